@@ -1,0 +1,99 @@
+//! Protocol message bodies: ListResponse, Error, and the discovery documents
+//! (`/ServiceProviderConfig`, `/Schemas`, `/ResourceTypes`).
+
+use serde_json::{json, Map, Value};
+
+use crate::error::ScimError;
+use crate::query::QueryLimits;
+use crate::schema::{Schema, SchemaRegistry};
+use crate::urns;
+
+/// A ListResponse (RFC 7644 section 3.4.2).
+pub fn list_response(total: u64, start_index: u64, resources: Vec<Value>) -> Value {
+    json!({
+        "schemas": [urns::LIST_RESPONSE],
+        "totalResults": total,
+        "startIndex": start_index,
+        "itemsPerPage": resources.len(),
+        "Resources": resources,
+    })
+}
+
+/// An Error body (RFC 7644 section 3.12); `status` is a string as the RFC's examples show.
+pub fn error_body(err: &ScimError) -> Value {
+    let mut body = Map::new();
+    body.insert("schemas".into(), json!([urns::ERROR]));
+    body.insert("status".into(), Value::String(err.status.to_string()));
+    if let Some(t) = err.scim_type {
+        body.insert("scimType".into(), Value::String(t.as_str().to_string()));
+    }
+    body.insert("detail".into(), Value::String(err.detail.clone()));
+    Value::Object(body)
+}
+
+/// What the server supports, for `/ServiceProviderConfig`.
+#[derive(Debug, Clone)]
+pub struct ServerCapabilities {
+    /// query limits
+    pub query: QueryLimits,
+    /// largest accepted request body, in bytes
+    pub max_body_bytes: usize,
+    /// link to the documentation
+    pub documentation_uri: Option<String>,
+}
+
+/// The ServiceProviderConfig document.
+pub fn service_provider_config(caps: &ServerCapabilities, base_url: &str) -> Value {
+    json!({
+        "schemas": [urns::SERVICE_PROVIDER_CONFIG],
+        "documentationUri": caps.documentation_uri,
+        "patch": { "supported": true },
+        "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": 0 },
+        "filter": { "supported": true, "maxResults": caps.query.max_count },
+        "changePassword": { "supported": false },
+        "sort": { "supported": false },
+        "etag": { "supported": true },
+        "authenticationSchemes": [{
+            "type": "oauthbearertoken",
+            "name": "Bearer Token",
+            "description": "Authentication with a bearer token issued by this server (scim-server token create).",
+            "primary": true
+        }],
+        urns::LIMITS_EXTENSION: {
+            "maxBodyBytes": caps.max_body_bytes,
+            "defaultPageSize": caps.query.default_count,
+            "maxPageSize": caps.query.max_count,
+            "filterMaxLength": caps.query.filter.max_length,
+            "filterMaxDepth": caps.query.filter.max_depth
+        },
+        "meta": {
+            "resourceType": "ServiceProviderConfig",
+            "location": format!("{base_url}/ServiceProviderConfig")
+        }
+    })
+}
+
+/// A schema as served by `/Schemas/{id}`.
+pub fn schema_document(schema: &Schema, base_url: &str) -> Value {
+    let mut v = serde_json::to_value(schema).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("schemas".into(), json!([urns::SCHEMA]));
+        o.insert("meta".into(), json!({"resourceType": "Schema", "location": format!("{base_url}/Schemas/{}", schema.id)}));
+    }
+    v
+}
+
+/// A resource type as served by `/ResourceTypes/{id}`.
+pub fn resource_type_document(
+    registry: &SchemaRegistry,
+    id: &str,
+    base_url: &str,
+) -> Option<Value> {
+    let rt = registry.resource_type(id)?;
+    let mut v = serde_json::to_value(rt).ok()?;
+    if let Value::Object(o) = &mut v {
+        o.insert("schemas".into(), json!([urns::RESOURCE_TYPE]));
+        o.insert("meta".into(), json!({"resourceType": "ResourceType", "location": format!("{base_url}/ResourceTypes/{}", rt.id)}));
+    }
+    Some(v)
+}

@@ -1,0 +1,426 @@
+//! Turning client JSON into a validated document, and documents back into SCIM JSON.
+//!
+//! # How client input is treated (documented leniencies)
+//!
+//! * Attribute names match case-insensitively and are stored under the schema's spelling.
+//! * Attributes and extension URNs the schema does not know are **ignored** (not stored):
+//!   identity providers send extra fields, and a create must not fail because of them.
+//! * `readOnly` attributes (`id`, `meta`, `groups`, `members.display`) are ignored on input.
+//! * `null` and empty arrays mean "no value".
+//! * A boolean may arrive as the string `"True"`/`"false"` (Entra ID).
+//! * A multi-valued attribute may arrive as a single object (OneLogin `emails`).
+//! * A complex attribute with a `value` sub-attribute may arrive as a bare string
+//!   (Entra ID `manager`).
+//! * `password` is write-only; it is accepted and discarded (never stored, never returned).
+
+use serde_json::{Map, Value};
+
+use crate::error::ScimError;
+use crate::schema::{AttrType, Attribute, Mutability, ResourceType, SchemaRegistry};
+use crate::store::{IndexKeys, MemberOp, ResourceRecord, ResourceWrite};
+use crate::urns;
+
+/// Unicode case folding used for every case-insensitive comparison and index.
+pub fn fold(s: &str) -> String {
+    s.to_lowercase()
+}
+
+/// A resource type together with the registry, the context of most operations.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    /// the registry
+    pub registry: &'a SchemaRegistry,
+    /// the resource type
+    pub rt: &'a ResourceType,
+}
+
+impl<'a> Ctx<'a> {
+    /// Looks up a resource type.
+    pub fn new(registry: &'a SchemaRegistry, resource_type: &str) -> Result<Self, ScimError> {
+        let rt = registry.resource_type(resource_type).ok_or_else(|| {
+            ScimError::not_found(format!("Unknown resource type {resource_type}"))
+        })?;
+        Ok(Ctx { registry, rt })
+    }
+
+    pub(crate) fn is_group(&self) -> bool {
+        self.rt.schema == urns::GROUP
+    }
+
+    pub(crate) fn is_user(&self) -> bool {
+        self.rt.schema == urns::USER
+    }
+}
+
+/// Whether this attribute (top-level, core schema) is Group `members`, which lives in its own table.
+pub(crate) fn is_members(ctx: &Ctx<'_>, attr: &Attribute) -> bool {
+    ctx.is_group() && attr.name == "members"
+}
+
+/// Coerces one client value to the attribute's type. `Ok(None)` means "no value".
+pub fn coerce(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    if attr.multi_valued {
+        let items: Vec<&Value> = match value {
+            Value::Array(items) => items.iter().collect(),
+            other => vec![other],
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some(v) = coerce_single(attr, item)? {
+                out.push(v);
+            }
+        }
+        if out.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Value::Array(out)));
+    }
+    if value.is_array() {
+        // Single-valued attribute sent as a one-element array (Entra `manager`).
+        return match value.as_array().map(Vec::as_slice) {
+            Some([]) => Ok(None),
+            Some([one]) => coerce_single(attr, one),
+            _ => Err(ScimError::invalid_value(format!(
+                "Attribute '{}' is single-valued",
+                attr.name
+            ))),
+        };
+    }
+    coerce_single(attr, value)
+}
+
+fn coerce_single(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimError> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    if attr.attr_type != AttrType::Complex {
+        return coerce_scalar(attr, value);
+    }
+    let obj = match value {
+        Value::Object(obj) => obj,
+        Value::String(_) if attr.sub("value").is_some() => {
+            let mut m = Map::new();
+            m.insert("value".into(), value.clone());
+            return Ok(Some(Value::Object(m)));
+        }
+        _ => {
+            return Err(ScimError::invalid_value(format!(
+                "Attribute '{}' must be an object",
+                attr.name
+            )))
+        }
+    };
+    let mut out = Map::new();
+    for (key, v) in obj {
+        let Some(sub) = attr.sub(key) else { continue };
+        if sub.mutability == Mutability::ReadOnly {
+            continue;
+        }
+        if let Some(v) = coerce_scalar(sub, v)? {
+            out.insert(sub.name.clone(), v);
+        }
+    }
+    if out.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Value::Object(out)))
+}
+
+/// Coerces a scalar value (a simple attribute or a sub-attribute).
+pub fn coerce_scalar(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimError> {
+    let bad =
+        |what: &str| ScimError::invalid_value(format!("Attribute '{}' must be {what}", attr.name));
+    Ok(Some(match (attr.attr_type, value) {
+        (_, Value::Null) => return Ok(None),
+        (AttrType::String | AttrType::Reference | AttrType::Binary, Value::String(_)) => {
+            value.clone()
+        }
+        (AttrType::String | AttrType::Reference | AttrType::Binary, _) => {
+            return Err(bad("a string"))
+        }
+        (AttrType::Boolean, Value::Bool(_)) => value.clone(),
+        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("true") => {
+            Value::Bool(true)
+        }
+        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("false") => {
+            Value::Bool(false)
+        }
+        (AttrType::Boolean, _) => return Err(bad("a boolean")),
+        (AttrType::Integer, Value::Number(n)) if n.is_i64() => value.clone(),
+        (AttrType::Integer, _) => return Err(bad("an integer")),
+        (AttrType::Decimal, Value::Number(_)) => value.clone(),
+        (AttrType::Decimal, _) => return Err(bad("a number")),
+        (AttrType::DateTime, Value::String(s)) => {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| bad("an RFC 3339 date-time"))?;
+            value.clone()
+        }
+        (AttrType::DateTime, _) => return Err(bad("an RFC 3339 date-time")),
+        (AttrType::Complex, _) => return Err(bad("a simple value")),
+    }))
+}
+
+/// A client document after normalization, before it becomes a [`ResourceWrite`].
+#[derive(Debug, Default)]
+pub(crate) struct Normalized {
+    pub data: Map<String, Value>,
+    pub external_id: Option<String>,
+    /// Group members given in the body, if the body had the attribute
+    pub members: Option<Vec<String>>,
+}
+
+/// Checks the `schemas` attribute of a resource body.
+pub(crate) fn check_schemas(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<(), ScimError> {
+    let schemas = body
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("schemas"))
+        .map(|(_, v)| v);
+    let Some(Value::Array(list)) = schemas else {
+        return Err(ScimError::invalid_syntax(format!(
+            "The 'schemas' attribute must be an array containing \"{}\"",
+            ctx.rt.schema
+        )));
+    };
+    let has_core = list.iter().any(|v| {
+        v.as_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case(&ctx.rt.schema))
+    });
+    if !has_core {
+        return Err(ScimError::invalid_syntax(format!(
+            "The 'schemas' attribute must contain \"{}\"",
+            ctx.rt.schema
+        )));
+    }
+    Ok(())
+}
+
+/// Normalizes a full resource body (POST / PUT).
+pub(crate) fn normalize(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<Normalized, ScimError> {
+    let core = ctx
+        .registry
+        .core_schema(ctx.rt)
+        .ok_or_else(|| ScimError::internal("resource type without core schema"))?;
+    let mut out = Normalized::default();
+    for (key, value) in body {
+        if key.len() > 4 && key[..4].eq_ignore_ascii_case("urn:") {
+            if let Some(ext) = ctx.registry.extension(ctx.rt, key) {
+                let ext_obj = match value {
+                    Value::Null => continue,
+                    Value::Object(o) => o,
+                    _ => {
+                        return Err(ScimError::invalid_value(format!(
+                            "Extension '{}' must be an object",
+                            ext.id
+                        )))
+                    }
+                };
+                let mut ext_data = Map::new();
+                for (k, v) in ext_obj {
+                    let Some(attr) = ext.attribute(k) else {
+                        continue;
+                    };
+                    if attr.mutability == Mutability::ReadOnly {
+                        continue;
+                    }
+                    if let Some(v) = coerce(attr, v)? {
+                        ext_data.insert(attr.name.clone(), v);
+                    }
+                }
+                if !ext_data.is_empty() {
+                    out.data.insert(ext.id.clone(), Value::Object(ext_data));
+                }
+            }
+            continue;
+        }
+        if key.eq_ignore_ascii_case("externalId") {
+            out.external_id = match value {
+                Value::Null => None,
+                Value::String(s) if s.is_empty() => None,
+                Value::String(s) => Some(s.clone()),
+                _ => {
+                    return Err(ScimError::invalid_value(
+                        "Attribute 'externalId' must be a string",
+                    ))
+                }
+            };
+            continue;
+        }
+        let Some(attr) = core.attribute(key) else {
+            continue;
+        };
+        if is_members(ctx, attr) {
+            out.members = Some(member_ids(value)?);
+            continue;
+        }
+        if attr.mutability == Mutability::ReadOnly || attr.mutability == Mutability::WriteOnly {
+            // readOnly: ignored on input. writeOnly (password): accepted, never stored.
+            continue;
+        }
+        if let Some(v) = coerce(attr, value)? {
+            out.data.insert(attr.name.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
+/// Extracts member ids from a `members` value (array of `{"value": id}`, or one object).
+pub(crate) fn member_ids(value: &Value) -> Result<Vec<String>, ScimError> {
+    let items: Vec<&Value> = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        let id = item
+            .as_object()
+            .and_then(|o| {
+                o.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("value"))
+                    .map(|(_, v)| v)
+            })
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ScimError::invalid_value("Each member must be an object with a string 'value'")
+            })?;
+        ids.push(id.to_string());
+    }
+    Ok(ids)
+}
+
+/// Validates a complete document: required attributes, single `primary`, immutables.
+pub(crate) fn validate(
+    ctx: &Ctx<'_>,
+    n: &Normalized,
+    previous: Option<&ResourceRecord>,
+) -> Result<(), ScimError> {
+    let core = ctx
+        .registry
+        .core_schema(ctx.rt)
+        .ok_or_else(|| ScimError::internal("resource type without core schema"))?;
+    let schemas = std::iter::once((core, None))
+        .chain(ctx.registry.extensions(ctx.rt).map(|s| (s, Some(&s.id))));
+    for (schema, ext_key) in schemas {
+        let container = match ext_key {
+            None => Some(&n.data),
+            Some(k) => n.data.get(k.as_str()).and_then(Value::as_object),
+        };
+        let prev_container = previous.and_then(|p| match ext_key {
+            None => Some(&p.data),
+            Some(k) => p.data.get(k.as_str()).and_then(Value::as_object),
+        });
+        for attr in &schema.attributes {
+            let value = container.and_then(|c| c.get(&attr.name));
+            let required =
+                attr.required && attr.mutability != Mutability::ReadOnly && !is_members(ctx, attr);
+            let empty = match value {
+                None => true,
+                Some(Value::String(s)) => s.is_empty(),
+                _ => false,
+            };
+            if required && empty {
+                return Err(ScimError::invalid_value(format!(
+                    "Attribute '{}' is required",
+                    attr.name
+                )));
+            }
+            if let Some(Value::Array(items)) = value {
+                let primaries = items
+                    .iter()
+                    .filter(|i| i.get("primary") == Some(&Value::Bool(true)))
+                    .count();
+                if primaries > 1 {
+                    return Err(ScimError::invalid_value(format!(
+                        "At most one value of '{}' may have primary set to true",
+                        attr.name
+                    )));
+                }
+            }
+            if attr.mutability == Mutability::Immutable {
+                if let Some(old) = prev_container.and_then(|c| c.get(&attr.name)) {
+                    if value != Some(old) {
+                        return Err(ScimError::mutability(format!(
+                            "Attribute '{}' is immutable",
+                            attr.name
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Computes the index keys of a document.
+pub(crate) fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
+    let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+    let user_name = if ctx.is_user() { s("userName") } else { None };
+    let display_name = s("displayName");
+    IndexKeys {
+        user_name: user_name.as_deref().map(fold),
+        display_name: display_name.as_deref().map(fold),
+        display: display_name.or(user_name),
+    }
+}
+
+/// Validates a POST body and turns it into a write.
+pub fn prepare_create(ctx: &Ctx<'_>, body: &Value) -> Result<ResourceWrite, ScimError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ScimError::invalid_syntax("The request body must be a JSON object"))?;
+    check_schemas(ctx, obj)?;
+    let n = normalize(ctx, obj)?;
+    validate(ctx, &n, None)?;
+    Ok(into_write(ctx, n, false))
+}
+
+/// Validates a PUT body against the current resource (RFC 7644 section 3.5.1) and turns it
+/// into a write that replaces the resource.
+pub fn prepare_replace(
+    ctx: &Ctx<'_>,
+    body: &Value,
+    current: &ResourceRecord,
+) -> Result<ResourceWrite, ScimError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ScimError::invalid_syntax("The request body must be a JSON object"))?;
+    check_schemas(ctx, obj)?;
+    if let Some(id) = obj
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("id"))
+        .and_then(|(_, v)| v.as_str())
+    {
+        if id != current.id {
+            return Err(ScimError::mutability(
+                "Attribute 'id' is readOnly and does not match the resource",
+            ));
+        }
+    }
+    let n = normalize(ctx, obj)?;
+    validate(ctx, &n, Some(current))?;
+    Ok(into_write(ctx, n, true))
+}
+
+pub(crate) fn into_write(ctx: &Ctx<'_>, n: Normalized, replace_members: bool) -> ResourceWrite {
+    let keys = index_keys(ctx, &n.data);
+    let mut member_ops = Vec::new();
+    if ctx.is_group() {
+        if replace_members {
+            member_ops.push(MemberOp::RemoveAll);
+        }
+        if let Some(ids) = n.members {
+            if !ids.is_empty() {
+                member_ops.push(MemberOp::Add(ids));
+            }
+        }
+    }
+    ResourceWrite {
+        data: n.data,
+        external_id: n.external_id,
+        keys,
+        member_ops,
+    }
+}

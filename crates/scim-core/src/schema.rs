@@ -1,0 +1,342 @@
+//! The schema model of RFC 7643 section 7 and the registry built from the embedded JSON files.
+//!
+//! The JSON under `crates/scim-core/schemas/` is the only place attribute metadata is written
+//! by hand; everything here reads it.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ScimError;
+
+/// Attribute data types (RFC 7643 section 2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AttrType {
+    /// UTF-8 text
+    String,
+    /// `true` / `false`
+    Boolean,
+    /// real number
+    Decimal,
+    /// whole number
+    Integer,
+    /// xsd:dateTime
+    DateTime,
+    /// base64 encoded bytes
+    Binary,
+    /// URI
+    Reference,
+    /// object with sub-attributes
+    Complex,
+}
+
+/// Who may change an attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mutability {
+    /// never changed by clients
+    ReadOnly,
+    /// freely changed
+    ReadWrite,
+    /// set once, then fixed
+    Immutable,
+    /// set but never returned
+    WriteOnly,
+}
+
+/// When an attribute is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Returned {
+    /// always, even if excluded
+    Always,
+    /// never
+    Never,
+    /// unless excluded
+    Default,
+    /// only when asked for
+    Request,
+}
+
+/// Uniqueness of values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Uniqueness {
+    /// no constraint
+    None,
+    /// unique within the service provider (tenant)
+    Server,
+    /// globally unique
+    Global,
+}
+
+/// An attribute definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attribute {
+    /// attribute name
+    pub name: String,
+    /// data type
+    #[serde(rename = "type")]
+    pub attr_type: AttrType,
+    /// multi-valued?
+    pub multi_valued: bool,
+    /// description
+    #[serde(default)]
+    pub description: String,
+    /// required?
+    #[serde(default)]
+    pub required: bool,
+    /// suggested values (never enforced)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canonical_values: Option<Vec<String>>,
+    /// case sensitivity of string comparisons
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_exact: Option<bool>,
+    /// mutability
+    pub mutability: Mutability,
+    /// returned
+    pub returned: Returned,
+    /// uniqueness
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uniqueness: Option<Uniqueness>,
+    /// for references: what they point to
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_types: Option<Vec<String>>,
+    /// for complex attributes
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_attributes: Option<Vec<Attribute>>,
+}
+
+impl Attribute {
+    /// Whether string comparison is case sensitive.
+    pub fn is_case_exact(&self) -> bool {
+        self.case_exact.unwrap_or(false)
+    }
+
+    /// Sub-attributes (empty unless complex).
+    pub fn subs(&self) -> &[Attribute] {
+        self.sub_attributes.as_deref().unwrap_or(&[])
+    }
+
+    /// Finds a sub-attribute by name, case-insensitively.
+    pub fn sub(&self, name: &str) -> Option<&Attribute> {
+        self.subs()
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// A schema (RFC 7643 section 7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schema {
+    /// the schema URN
+    pub id: String,
+    /// short name
+    pub name: String,
+    /// description
+    #[serde(default)]
+    pub description: String,
+    /// attribute definitions
+    pub attributes: Vec<Attribute>,
+}
+
+impl Schema {
+    /// Finds an attribute by name, case-insensitively.
+    pub fn attribute(&self, name: &str) -> Option<&Attribute> {
+        self.attributes
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// An extension declared by a resource type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaExtension {
+    /// the extension schema URN
+    pub schema: String,
+    /// whether resources must carry it
+    pub required: bool,
+}
+
+/// A resource type (RFC 7643 section 6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceType {
+    /// e.g. `User`
+    pub id: String,
+    /// e.g. `User`
+    pub name: String,
+    /// e.g. `/Users`
+    pub endpoint: String,
+    /// description
+    #[serde(default)]
+    pub description: String,
+    /// core schema URN
+    pub schema: String,
+    /// extensions
+    #[serde(default)]
+    pub schema_extensions: Vec<SchemaExtension>,
+}
+
+/// Where an attribute was found.
+#[derive(Debug, Clone, Copy)]
+pub struct ResolvedAttr<'a> {
+    /// the schema that defines it
+    pub schema: &'a Schema,
+    /// whether that schema is an extension (stored under its URN key)
+    pub is_extension: bool,
+    /// the top-level attribute
+    pub attr: &'a Attribute,
+    /// the sub-attribute, if the path named one
+    pub sub: Option<&'a Attribute>,
+}
+
+/// All schemas and resource types the server knows.
+#[derive(Debug, Clone)]
+pub struct SchemaRegistry {
+    schemas: Vec<Schema>,
+    resource_types: Vec<ResourceType>,
+    common: Schema,
+    by_id: HashMap<String, usize>,
+}
+
+const USER_JSON: &str = include_str!("../schemas/user.json");
+const GROUP_JSON: &str = include_str!("../schemas/group.json");
+const ENTERPRISE_JSON: &str = include_str!("../schemas/enterprise_user.json");
+const RESOURCE_TYPES_JSON: &str = include_str!("../schemas/resource_types.json");
+const COMMON_JSON: &str = include_str!("../schemas/common.json");
+
+impl SchemaRegistry {
+    /// The RFC 7643 User, Group and Enterprise User schemas with the User and Group resource types.
+    pub fn builtin() -> Result<Self, ScimError> {
+        let parse = |name: &str, text: &str| -> Result<Schema, ScimError> {
+            serde_json::from_str(text)
+                .map_err(|e| ScimError::internal(format!("schema {name}: {e}")))
+        };
+        let schemas = vec![
+            parse("user.json", USER_JSON)?,
+            parse("group.json", GROUP_JSON)?,
+            parse("enterprise_user.json", ENTERPRISE_JSON)?,
+        ];
+        let resource_types: Vec<ResourceType> = serde_json::from_str(RESOURCE_TYPES_JSON)
+            .map_err(|e| ScimError::internal(format!("resource_types.json: {e}")))?;
+        let common = parse("common.json", COMMON_JSON)?;
+        Self::new(schemas, resource_types, common)
+    }
+
+    fn new(
+        schemas: Vec<Schema>,
+        resource_types: Vec<ResourceType>,
+        common: Schema,
+    ) -> Result<Self, ScimError> {
+        let by_id = schemas
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.to_ascii_lowercase(), i))
+            .collect::<HashMap<_, _>>();
+        for rt in &resource_types {
+            for urn in
+                std::iter::once(&rt.schema).chain(rt.schema_extensions.iter().map(|e| &e.schema))
+            {
+                if !by_id.contains_key(&urn.to_ascii_lowercase()) {
+                    return Err(ScimError::internal(format!(
+                        "resource type {} names unknown schema {urn}",
+                        rt.id
+                    )));
+                }
+            }
+        }
+        Ok(SchemaRegistry {
+            schemas,
+            resource_types,
+            common,
+            by_id,
+        })
+    }
+
+    /// All schemas.
+    pub fn schemas(&self) -> &[Schema] {
+        &self.schemas
+    }
+
+    /// All resource types.
+    pub fn resource_types(&self) -> &[ResourceType] {
+        &self.resource_types
+    }
+
+    /// The common attributes (`id`, `externalId`, `meta`) every resource has.
+    pub fn common(&self) -> &Schema {
+        &self.common
+    }
+
+    /// A schema by URN (case-insensitive).
+    pub fn schema(&self, urn: &str) -> Option<&Schema> {
+        self.by_id
+            .get(&urn.to_ascii_lowercase())
+            .and_then(|&i| self.schemas.get(i))
+    }
+
+    /// A resource type by id (case-insensitive).
+    pub fn resource_type(&self, id: &str) -> Option<&ResourceType> {
+        self.resource_types
+            .iter()
+            .find(|r| r.id.eq_ignore_ascii_case(id))
+    }
+
+    /// The core schema of a resource type.
+    pub fn core_schema(&self, rt: &ResourceType) -> Option<&Schema> {
+        self.schema(&rt.schema)
+    }
+
+    /// The extension schemas of a resource type.
+    pub fn extensions<'a>(&'a self, rt: &'a ResourceType) -> impl Iterator<Item = &'a Schema> + 'a {
+        rt.schema_extensions
+            .iter()
+            .filter_map(|e| self.schema(&e.schema))
+    }
+
+    /// The extension of `rt` whose URN is `urn` (case-insensitive).
+    pub fn extension<'a>(&'a self, rt: &'a ResourceType, urn: &str) -> Option<&'a Schema> {
+        self.extensions(rt).find(|s| s.id.eq_ignore_ascii_case(urn))
+    }
+
+    /// Resolves an attribute path (optional URN, name, optional sub) for a resource type.
+    /// Returns `None` when the schema has no such attribute.
+    pub fn resolve<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        urn: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+    ) -> Option<ResolvedAttr<'a>> {
+        let core = self.core_schema(rt)?;
+        let (schema, is_extension, attr) = match urn {
+            Some(urn) if urn.eq_ignore_ascii_case(&core.id) => {
+                let attr = core
+                    .attribute(name)
+                    .or_else(|| self.common.attribute(name))?;
+                (core, false, attr)
+            }
+            Some(urn) => {
+                let ext = self.extension(rt, urn)?;
+                (ext, true, ext.attribute(name)?)
+            }
+            None => match core.attribute(name) {
+                Some(a) => (core, false, a),
+                None => (core, false, self.common.attribute(name)?),
+            },
+        };
+        let sub = match sub {
+            Some(s) => Some(attr.sub(s)?),
+            None => None,
+        };
+        Some(ResolvedAttr {
+            schema,
+            is_extension,
+            attr,
+            sub,
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! The storage interface: what a backend must do, in SCIM-free terms.
+//!
+//! Core decides *what* to write (validated document, index keys, membership changes); the store
+//! decides *how*, and guarantees that each call is one transaction.
+
+use serde_json::{Map, Value};
+
+use crate::error::{ScimError, StoreError};
+
+/// A resource as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRecord {
+    /// server-issued id
+    pub id: String,
+    /// resource type id (`User`, `Group`)
+    pub resource_type: String,
+    /// version counter, starts at 1, +1 on every change
+    pub version: i64,
+    /// RFC 3339 UTC timestamp
+    pub created: String,
+    /// RFC 3339 UTC timestamp
+    pub last_modified: String,
+    /// client-issued id
+    pub external_id: Option<String>,
+    /// attributes other than `id`, `externalId`, `meta`, `members` and `groups`, under their
+    /// canonical names; extension attributes under the extension URN
+    pub data: Map<String, Value>,
+    /// direct members (groups only), when asked for
+    pub members: Option<Vec<MemberRef>>,
+    /// groups that have this resource as a direct member, when asked for
+    pub groups: Option<Vec<MemberRef>>,
+}
+
+/// One end of a membership, with the other side's display name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRef {
+    /// id of the member (or of the group, for `groups`)
+    pub id: String,
+    /// its resource type
+    pub resource_type: String,
+    /// its display name (`displayName`, else `userName`)
+    pub display: Option<String>,
+}
+
+/// A change to a group's membership, applied as a set operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberOp {
+    /// add these ids (already-present ones are ignored)
+    Add(Vec<String>),
+    /// remove these ids (absent ones are ignored)
+    Remove(Vec<String>),
+    /// remove every member
+    RemoveAll,
+}
+
+/// Values the store indexes, computed by core from the document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexKeys {
+    /// case-folded `userName` (users); unique per tenant
+    pub user_name: Option<String>,
+    /// case-folded `displayName`
+    pub display_name: Option<String>,
+    /// what other resources show for this one (`members.display`, `groups.display`)
+    pub display: Option<String>,
+}
+
+/// A validated write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceWrite {
+    /// the new document
+    pub data: Map<String, Value>,
+    /// the new externalId
+    pub external_id: Option<String>,
+    /// index columns
+    pub keys: IndexKeys,
+    /// membership changes, in order
+    pub member_ops: Vec<MemberOp>,
+}
+
+/// Which derived parts to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Include {
+    /// read a group's members
+    pub members: bool,
+    /// read the groups a resource belongs to
+    pub groups: bool,
+}
+
+/// A field the store can filter on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IndexedField {
+    /// `id` (exact)
+    Id,
+    /// `externalId` (exact)
+    ExternalId,
+    /// `userName` (folded)
+    UserName,
+    /// `displayName` (folded)
+    DisplayName,
+}
+
+/// A filter in terms the store understands; built by [`crate::query::plan_filter`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreFilter {
+    /// matches everything
+    All,
+    /// `field = value` (value already folded where the field is folded)
+    Eq(IndexedField, String),
+    /// groups that have this direct member
+    HasMember(String),
+    /// all of
+    And(Vec<StoreFilter>),
+    /// any of
+    Or(Vec<StoreFilter>),
+    /// not
+    Not(Box<StoreFilter>),
+}
+
+/// A page request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    /// what to match
+    pub filter: StoreFilter,
+    /// 1-based index of the first result
+    pub start_index: u64,
+    /// maximum results (0 = only count)
+    pub count: u64,
+    /// derived parts to read
+    pub include: Include,
+}
+
+/// A page of results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// matches in total
+    pub total: u64,
+    /// this page, in a stable order
+    pub resources: Vec<ResourceRecord>,
+}
+
+/// Callback run inside an update transaction: gets the current resource, returns the write.
+pub type UpdateFn<'a> = dyn FnMut(&ResourceRecord) -> Result<ResourceWrite, ScimError> + 'a;
+
+/// Persistent storage of SCIM resources. Every method is one transaction.
+pub trait ResourceStore: Send + Sync {
+    /// Inserts a new resource (version 1). Fails with [`StoreError::Conflict`] on a duplicate
+    /// `userName` and with a [`ScimError`] naming unknown member ids.
+    fn create(
+        &self,
+        tenant: &str,
+        resource_type: &str,
+        id: &str,
+        now: &str,
+        write: ResourceWrite,
+        include: Include,
+    ) -> Result<ResourceRecord, StoreError>;
+
+    /// Reads one resource.
+    fn get(
+        &self,
+        tenant: &str,
+        resource_type: &str,
+        id: &str,
+        include: Include,
+    ) -> Result<ResourceRecord, StoreError>;
+
+    /// Lists resources in a stable order.
+    fn list(
+        &self,
+        tenant: &str,
+        resource_type: &str,
+        query: &ListQuery,
+    ) -> Result<Page, StoreError>;
+
+    /// Reads the resource, calls `update` with it and writes the result, atomically. When
+    /// `if_match` is set and differs from the stored version, fails with
+    /// [`StoreError::VersionMismatch`] without calling `update`.
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &self,
+        tenant: &str,
+        resource_type: &str,
+        id: &str,
+        now: &str,
+        if_match: Option<i64>,
+        include: Include,
+        update: &mut UpdateFn<'_>,
+    ) -> Result<ResourceRecord, StoreError>;
+
+    /// Deletes a resource and its memberships.
+    fn delete(
+        &self,
+        tenant: &str,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A bearer token as stored: only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// token id (public, for revocation)
+    pub id: String,
+    /// owning tenant
+    pub tenant_id: String,
+    /// label
+    pub name: String,
+    /// RFC 3339 creation time
+    pub created: String,
+}
+
+/// Tenants and their bearer tokens.
+pub trait CredentialStore: Send + Sync {
+    /// The tenant of a live token with this hash.
+    fn find_token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Whether any token exists at all.
+    fn has_tokens(&self) -> Result<bool, StoreError>;
+    /// Creates a tenant unless it exists.
+    fn ensure_tenant(&self, tenant_id: &str, name: &str, now: &str) -> Result<(), StoreError>;
+    /// Stores a token hash.
+    fn create_token(&self, record: &TokenRecord, token_hash: &str) -> Result<(), StoreError>;
+    /// Revokes a token by id; `false` when there was no such live token.
+    fn revoke_token(&self, token_id: &str, now: &str) -> Result<bool, StoreError>;
+    /// Live tokens.
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// The first tenant (the one a fresh server created), if any.
+    fn default_tenant(&self) -> Result<Option<String>, StoreError>;
+}

@@ -1,0 +1,310 @@
+//! Unit tests of validation, PATCH and projection, through small `check` helpers.
+
+use serde_json::{json, Value};
+
+use crate::patch::prepare_patch;
+use crate::render::{render, Projection};
+use crate::resource::{prepare_create, Ctx};
+use crate::store::{MemberOp, ResourceRecord, ResourceWrite};
+use crate::{SchemaRegistry, ScimType};
+
+fn registry() -> SchemaRegistry {
+    SchemaRegistry::builtin().unwrap()
+}
+
+fn record(ctx: &Ctx<'_>, w: ResourceWrite) -> ResourceRecord {
+    ResourceRecord {
+        id: "id1".into(),
+        resource_type: ctx.rt.id.clone(),
+        version: 1,
+        created: "2026-01-01T00:00:00.000000Z".into(),
+        last_modified: "2026-01-01T00:00:00.000000Z".into(),
+        external_id: w.external_id,
+        data: w.data,
+        members: None,
+        groups: None,
+    }
+}
+
+/// Creates `body`, applies `patch`, renders with default projection (minus meta).
+fn patch_user(body: Value, ops: Value) -> Result<Value, crate::ScimError> {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let rec = record(&ctx, prepare_create(&ctx, &body).unwrap());
+    let patch =
+        json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    let w = prepare_patch(&ctx, &patch, &rec, &Default::default())?;
+    let out = render(
+        &ctx,
+        &record(&ctx, w),
+        "http://x/scim/v2",
+        &Projection::parse(&ctx, None, Some("meta")),
+    );
+    Ok(out)
+}
+
+fn user(extra: Value) -> Value {
+    let mut base =
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "bjensen"});
+    if let (Value::Object(b), Value::Object(e)) = (&mut base, extra) {
+        b.extend(e);
+    }
+    base
+}
+
+#[test]
+fn create_normalizes_names_types_and_ignores_unknown_and_read_only() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let body = json!({
+        "schemas": ["urn:scim:schemas:core:1.0", "urn:ietf:params:scim:schemas:core:2.0:User"],
+        "UserName": "BJensen", "Active": "False", "id": "client-id", "meta": {"resourceType": "User"},
+        "groups": [], "password": "secret", "unknownThing": 1, "title": null, "roles": [],
+        "emails": {"value": "b@example.com", "type": "work", "primary": "True"},
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"Manager": "271", "department": "Sales"},
+        "urn:ietf:params:scim:schemas:extension:Custom:2.0:User": {"x": 1}
+    });
+    let w = prepare_create(&ctx, &body).unwrap();
+    assert_eq!(
+        Value::Object(w.data),
+        json!({
+            "userName": "BJensen", "active": false,
+            "emails": [{"value": "b@example.com", "type": "work", "primary": true}],
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"manager": {"value": "271"}, "department": "Sales"}
+        })
+    );
+    assert_eq!(w.keys.user_name.as_deref(), Some("bjensen"));
+}
+
+#[test]
+fn create_errors() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let cases = [
+        (json!([1]), ScimType::InvalidSyntax),
+        (json!({"userName": "a"}), ScimType::InvalidSyntax),
+        (
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "userName": "a"}),
+            ScimType::InvalidSyntax,
+        ),
+        (user(json!({"userName": ""})), ScimType::InvalidValue),
+        (
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"]}),
+            ScimType::InvalidValue,
+        ),
+        (user(json!({"active": 3})), ScimType::InvalidValue),
+        (user(json!({"userName": 5})), ScimType::InvalidValue),
+        (user(json!({"name": "x"})), ScimType::InvalidValue),
+        (
+            user(
+                json!({"emails": [{"value": "a", "primary": true}, {"value": "b", "primary": true}]}),
+            ),
+            ScimType::InvalidValue,
+        ),
+    ];
+    for (body, want) in cases {
+        let err = prepare_create(&ctx, &body).unwrap_err();
+        assert_eq!(err.status, 400, "{body}");
+        assert_eq!(err.scim_type, Some(want), "{body}: {err}");
+    }
+}
+
+#[test]
+fn patch_replace_forms() {
+    // Entra ID, without the compatibility flag: capitalised op, string boolean.
+    let out = patch_user(
+        user(json!({})),
+        json!([{"op": "Replace", "path": "active", "value": "False"}]),
+    )
+    .unwrap();
+    assert_eq!(out["active"], json!(false));
+    // Okta path-less deactivate.
+    let out = patch_user(
+        user(json!({})),
+        json!([{"op": "replace", "value": {"active": false}}]),
+    )
+    .unwrap();
+    assert_eq!(out["active"], json!(false));
+    // Entra ID with the flag: dotted and URN keys.
+    let out = patch_user(
+        user(json!({})),
+        json!([{"op": "replace", "value": {
+            "displayName": "Jane", "name.givenName": "Jane", "name.familyName": "Doe",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber": "701984"}}]),
+    )
+    .unwrap();
+    assert_eq!(
+        out["name"],
+        json!({"givenName": "Jane", "familyName": "Doe"})
+    );
+    assert_eq!(
+        out["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"]["employeeNumber"],
+        json!("701984")
+    );
+    assert!(out["schemas"].as_array().unwrap().len() == 2);
+}
+
+#[test]
+fn patch_value_paths_and_upsert() {
+    let base = user(json!({"emails": [{"type": "home", "value": "h@x", "primary": true}]}));
+    // No work email yet: Entra expects it to be created.
+    let out = patch_user(
+        base.clone(),
+        json!([{"op": "Add", "path": "emails[type eq \"work\"].value", "value": "w@x"}]),
+    )
+    .unwrap();
+    assert_eq!(
+        out["emails"],
+        json!([{"type": "home", "value": "h@x", "primary": true}, {"type": "work", "value": "w@x"}])
+    );
+    // Replace the existing home one.
+    let out = patch_user(
+        base.clone(),
+        json!([{"op": "replace", "path": "emails[type eq \"home\"].value", "value": "h2@x"}]),
+    )
+    .unwrap();
+    assert_eq!(
+        out["emails"],
+        json!([{"type": "home", "value": "h2@x", "primary": true}])
+    );
+    // Remove by filter.
+    let out = patch_user(
+        base.clone(),
+        json!([{"op": "remove", "path": "emails[type eq \"home\"]"}]),
+    )
+    .unwrap();
+    assert!(out.get("emails").is_none());
+    // Adding a new primary clears the old one.
+    let out = patch_user(
+        base,
+        json!([{"op": "add", "path": "emails", "value": [{"value": "n@x", "primary": true}]}]),
+    )
+    .unwrap();
+    assert_eq!(
+        out["emails"],
+        json!([{"type": "home", "value": "h@x", "primary": false}, {"value": "n@x", "primary": true}])
+    );
+}
+
+#[test]
+fn patch_errors_apply_nothing() {
+    let cases = [
+        (json!([{"op": "remove"}]), ScimType::NoTarget),
+        (
+            json!([{"op": "remove", "path": "userName"}]),
+            ScimType::InvalidValue,
+        ),
+        (
+            json!([{"op": "replace", "path": "id", "value": "x"}]),
+            ScimType::Mutability,
+        ),
+        (
+            json!([{"op": "replace", "value": {"id": "other"}}]),
+            ScimType::Mutability,
+        ),
+        (
+            json!([{"op": "replace", "path": "nope", "value": "x"}]),
+            ScimType::InvalidPath,
+        ),
+        (
+            json!([{"op": "replace", "path": "emails[type eq", "value": "x"}]),
+            ScimType::InvalidPath,
+        ),
+        (
+            json!([{"op": "jump", "path": "title", "value": "x"}]),
+            ScimType::InvalidSyntax,
+        ),
+        (
+            json!([{"op": "replace", "path": "title", "value": "ok"}, {"op": "replace", "path": "active", "value": "maybe"}]),
+            ScimType::InvalidValue,
+        ),
+    ];
+    for (ops, want) in cases {
+        let err = patch_user(user(json!({})), ops.clone()).unwrap_err();
+        assert_eq!(err.scim_type, Some(want), "{ops}: {err}");
+    }
+}
+
+#[test]
+fn patch_empty_operations_is_noop_and_okta_id_is_accepted() {
+    let out = patch_user(user(json!({"title": "t"})), json!([])).unwrap();
+    assert_eq!(out["title"], json!("t"));
+    let out = patch_user(
+        user(json!({})),
+        json!([{"op": "replace", "value": {"id": "id1", "displayName": "D"}}]),
+    )
+    .unwrap();
+    assert_eq!(out["displayName"], json!("D"));
+}
+
+#[test]
+fn group_membership_becomes_set_operations() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "Group").unwrap();
+    let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "G", "members": [{"value": "u1"}]});
+    let w = prepare_create(&ctx, &body).unwrap();
+    assert_eq!(w.member_ops, vec![MemberOp::Add(vec!["u1".into()])]);
+    let rec = record(&ctx, w);
+    let ops = |o: Value| {
+        let body =
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": o});
+        prepare_patch(&ctx, &body, &rec, &Default::default()).map(|w| w.member_ops)
+    };
+    // Entra: remove with a value list removes only those.
+    assert_eq!(
+        ops(json!([{"op": "Remove", "path": "members", "value": [{"$ref": null, "value": "u1"}]}]))
+            .unwrap(),
+        vec![MemberOp::Remove(vec!["u1".into()])]
+    );
+    // Okta: remove by filter, add by array.
+    assert_eq!(
+        ops(json!([{"op": "remove", "path": "members[value eq \"u1\"]"}, {"op": "add", "path": "members", "value": [{"value": "u2", "display": "x"}]}])).unwrap(),
+        vec![MemberOp::Remove(vec!["u1".into()]), MemberOp::Add(vec!["u2".into()])]
+    );
+    // Okta "Push now" on an empty group.
+    assert_eq!(
+        ops(json!([{"op": "replace", "path": "members", "value": []}])).unwrap(),
+        vec![MemberOp::RemoveAll]
+    );
+    // Path-less rename carrying the group's id, with members.
+    assert_eq!(
+        ops(json!([{"op": "replace", "value": {"id": "id1", "displayName": "New", "members": [{"value": "u3"}]}}])).unwrap(),
+        vec![MemberOp::RemoveAll, MemberOp::Add(vec!["u3".into()])]
+    );
+}
+
+#[test]
+fn projection_honours_returned_and_parameters() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let w = prepare_create(&ctx, &user(json!({"externalId": "e1", "name": {"givenName": "B", "familyName": "J"}, "emails": [{"value": "b@x", "type": "work"}]}))).unwrap();
+    let rec = record(&ctx, w);
+    let r = |a: Option<&str>, e: Option<&str>| {
+        render(
+            &ctx,
+            &rec,
+            "http://x/scim/v2",
+            &Projection::parse(&ctx, a, e),
+        )
+    };
+    let only = r(Some("userName,name.givenName"), None);
+    assert_eq!(
+        only,
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "id1", "userName": "bjensen", "name": {"givenName": "B"}})
+    );
+    let without = r(None, Some("emails,meta,name.familyName,externalId"));
+    assert_eq!(
+        without,
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "id1", "userName": "bjensen", "name": {"givenName": "B"}})
+    );
+    let emails_value = r(Some("EMAILS.VALUE"), None);
+    assert_eq!(emails_value["emails"], json!([{"value": "b@x"}]));
+    let full = r(None, None);
+    assert_eq!(
+        full["meta"]["location"],
+        json!("http://x/scim/v2/Users/id1")
+    );
+    assert_eq!(full["meta"]["version"], json!("W/\"1\""));
+    // id cannot be excluded
+    assert_eq!(r(None, Some("id"))["id"], json!("id1"));
+}

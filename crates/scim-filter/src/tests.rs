@@ -1,0 +1,126 @@
+//! Data-driven parser tests: add a line to a file under `test_data/`, not a new function.
+
+use crate::{parse_filter, parse_patch_path, Filter, Limits, ParseErrorKind};
+
+fn cases(data: &str) -> impl Iterator<Item = (usize, &str, &str)> {
+    data.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.starts_with('#'))
+        .filter_map(|(n, l)| {
+            let (input, expected) = l.split_once(" ==> ")?;
+            Some((n + 1, input, expected))
+        })
+}
+
+fn kind_at(kind: ParseErrorKind, pos: usize) -> String {
+    format!("{kind:?}@{pos}")
+}
+
+#[test]
+fn filters_that_parse() {
+    let data = include_str!("../test_data/filter_ok.txt");
+    let mut count = 0;
+    for (line, input, expected) in cases(data) {
+        let parsed = parse_filter(input, &Limits::default())
+            .unwrap_or_else(|e| panic!("line {line}: {input:?} failed: {e}"));
+        assert_eq!(parsed.to_string(), expected, "line {line}: {input:?}");
+        // The canonical form is a fixed point (unquoted values print quoted).
+        let again = parse_filter(&parsed.to_string(), &Limits::default()).unwrap();
+        assert_eq!(
+            again.to_string(),
+            expected,
+            "line {line}: round trip of {input:?}"
+        );
+        count += 1;
+    }
+    assert!(count > 30, "only {count} cases found");
+}
+
+#[test]
+fn filters_that_fail() {
+    let data = include_str!("../test_data/filter_err.txt");
+    for (line, input, expected) in cases(data) {
+        let err = parse_filter(input, &Limits::default())
+            .err()
+            .unwrap_or_else(|| panic!("line {line}: {input:?} parsed but should not"));
+        assert_eq!(
+            kind_at(err.kind, err.position),
+            expected,
+            "line {line}: {input:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn patch_paths_that_parse() {
+    for (line, input, expected) in cases(include_str!("../test_data/path_ok.txt")) {
+        let parsed = parse_patch_path(input, &Limits::default())
+            .unwrap_or_else(|e| panic!("line {line}: {input:?} failed: {e}"));
+        assert_eq!(parsed.to_string(), expected, "line {line}");
+    }
+}
+
+#[test]
+fn patch_paths_that_fail() {
+    for (line, input, expected) in cases(include_str!("../test_data/path_err.txt")) {
+        let err = parse_patch_path(input, &Limits::default())
+            .err()
+            .unwrap_or_else(|| panic!("line {line}: {input:?} parsed but should not"));
+        assert_eq!(
+            kind_at(err.kind, err.position),
+            expected,
+            "line {line}: {input:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn urn_path_splits_at_last_colon() {
+    let p = parse_patch_path(
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager.value",
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        p.attr.urn.as_deref(),
+        Some("urn:ietf:params:scim:schemas:extension:enterprise:2.0:User")
+    );
+    assert_eq!(p.attr.name, "manager");
+    assert_eq!(p.attr.sub.as_deref(), Some("value"));
+}
+
+#[test]
+fn hostile_inputs_are_bounded() {
+    let limits = Limits::default();
+    let deep = format!("{}a pr{}", "(".repeat(100_000), ")".repeat(100_000));
+    assert_eq!(
+        parse_filter(&deep, &limits).unwrap_err().kind,
+        ParseErrorKind::TooLong
+    );
+    let deep = format!("{}a pr{}", "(".repeat(1000), ")".repeat(1000));
+    let big = Limits {
+        max_length: 1 << 20,
+        max_depth: 16,
+    };
+    assert_eq!(
+        parse_filter(&deep, &big).unwrap_err().kind,
+        ParseErrorKind::TooDeep
+    );
+    // A long flat chain is fine and stays flat.
+    let chain = vec!["a eq 1"; 2000].join(" and ");
+    match parse_filter(
+        &chain,
+        &Limits {
+            max_length: 1 << 20,
+            max_depth: 16,
+        },
+    )
+    .unwrap()
+    {
+        Filter::And(terms) => assert_eq!(terms.len(), 2000),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Brackets inside strings do not count towards depth.
+    let quoted = format!("a eq \"{}\"", "(".repeat(100));
+    assert!(parse_filter(&quoted, &limits).is_ok());
+}

@@ -1,0 +1,66 @@
+//! Project automation: `cargo xtask <command>`.
+//!
+//! * `codegen [--check]` regenerates code from `crates/scim-core/schemas/*.json`; with
+//!   `--check` it fails when a generated file is stale.
+//! * `lint` runs `cargo fmt --check`, `codegen --check` and `cargo clippy -D warnings`.
+//! * `ci` runs `lint` and then the test suite, as `.ci/run` does.
+
+mod codegen;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    match args.first().map(String::as_str) {
+        Some("codegen") => codegen::run(&root, args.iter().any(|a| a == "--check")),
+        Some("lint") => lint(&root),
+        Some("ci") => {
+            lint(&root)?;
+            cargo(&root, &["test", "--workspace"])
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <codegen [--check] | lint | ci>");
+            bail!("unknown or missing command")
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn lint(root: &Path) -> Result<()> {
+    cargo(root, &["fmt", "--all", "--", "--check"])?;
+    codegen::run(root, true)?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+}
