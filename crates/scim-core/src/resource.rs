@@ -355,7 +355,7 @@ pub(crate) fn validate(
 }
 
 /// Computes the index keys of a document.
-pub(crate) fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
+pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
     let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
     let user_name = if ctx.is_user() { s("userName") } else { None };
     let display_name = s("displayName");

@@ -1,0 +1,4 @@
+//! Rebuild when migrations change (they are embedded).
+fn main() {
+    println!("cargo:rerun-if-changed=../../migrations");
+}

@@ -1,0 +1,62 @@
+//! The few operations that differ between SQLite and PostgreSQL. Every branch here is
+//! exercised by the store tests on both databases.
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::prelude::*;
+use diesel::result::Error as DieselError;
+
+use crate::conn::AnyConnection;
+use crate::schema::group_members;
+
+/// Runs `f` in a write transaction.
+///
+/// SQLite: `BEGIN IMMEDIATE`, so the write lock is taken up front and concurrent
+/// read-then-write transactions queue on the busy timeout instead of failing with
+/// `SQLITE_BUSY` half-way. PostgreSQL: an ordinary transaction (row versions are checked by
+/// conditional updates).
+pub fn write_transaction<T, E>(conn: &mut AnyConnection, f: impl FnOnce(&mut AnyConnection) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<DieselError>,
+{
+    match conn {
+        AnyConnection::Postgres(_) => conn.transaction(f),
+        AnyConnection::Sqlite(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
+            let result = f(conn);
+            let AnyConnection::Sqlite(c) = conn else {
+                return result;
+            };
+            match result {
+                Ok(v) => match <AnsiTransactionManager as TransactionManager<diesel::SqliteConnection>>::commit_transaction(c) {
+                    Ok(()) => Ok(v),
+                    Err(e) => {
+                        let _ = <AnsiTransactionManager as TransactionManager<diesel::SqliteConnection>>::rollback_transaction(c);
+                        Err(e.into())
+                    }
+                },
+                Err(e) => {
+                    let _ = <AnsiTransactionManager as TransactionManager<diesel::SqliteConnection>>::rollback_transaction(c);
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = group_members)]
+struct MemberRow<'a> {
+    group_id: &'a str,
+    member_id: &'a str,
+}
+
+/// Inserts membership rows, ignoring ones that already exist. Returns rows inserted.
+pub fn insert_members_ignoring_existing(conn: &mut AnyConnection, group: &str, members: &[&str]) -> QueryResult<usize> {
+    let rows: Vec<MemberRow<'_>> = members.iter().map(|m| MemberRow { group_id: group, member_id: m }).collect();
+    match conn {
+        AnyConnection::Sqlite(c) => diesel::insert_or_ignore_into(group_members::table).values(&rows).execute(c),
+        AnyConnection::Postgres(c) => {
+            diesel::insert_into(group_members::table).values(&rows).on_conflict_do_nothing().execute(c)
+        }
+    }
+}

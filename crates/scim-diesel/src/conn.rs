@@ -1,0 +1,133 @@
+//! Connections: one enum over SQLite and PostgreSQL, chosen by URL, pooled with r2d2.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel::Connection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+mod any {
+    //! The derive below generates items without docs; they are documented here instead.
+    #![allow(missing_docs)]
+    use diesel::pg::PgConnection;
+    use diesel::sqlite::SqliteConnection;
+
+    /// A connection to either database; queries are written once against it.
+    #[derive(diesel::MultiConnection)]
+    pub enum AnyConnection {
+        /// PostgreSQL
+        Postgres(PgConnection),
+        /// SQLite
+        Sqlite(SqliteConnection),
+    }
+}
+
+pub use any::AnyConnection;
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://` or `postgresql://`
+    Postgres,
+    /// anything else: a file path, `sqlite://path` or `:memory:`
+    Sqlite,
+}
+
+impl Backend {
+    /// Chooses the backend from the URL scheme (never by trial, since SQLite accepts any path).
+    pub fn from_url(url: &str) -> Backend {
+        let lower = url.trim().to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+}
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+
+/// r2d2 manager that picks the connection type from the URL and prepares each connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionManager {
+    url: String,
+    backend: Backend,
+    busy_timeout: Duration,
+}
+
+impl ConnectionManager {
+    /// A manager for `url`.
+    pub fn new(url: &str, busy_timeout: Duration) -> Self {
+        let backend = Backend::from_url(url);
+        let url = match backend {
+            Backend::Sqlite => url.strip_prefix("sqlite://").unwrap_or(url).to_string(),
+            Backend::Postgres => url.to_string(),
+        };
+        ConnectionManager { url, backend, busy_timeout }
+    }
+
+    /// Which backend this manager connects to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Opens and prepares one connection.
+    pub fn establish(&self) -> Result<AnyConnection, diesel::ConnectionError> {
+        match self.backend {
+            Backend::Postgres => Ok(AnyConnection::Postgres(PgConnection::establish(&self.url)?)),
+            Backend::Sqlite => {
+                let mut c = SqliteConnection::establish(&self.url)?;
+                // WAL: readers never block the writer; synchronous=NORMAL in WAL mode keeps every
+                // commit durable across a crash of this process (not of the OS).
+                let pragmas = format!(
+                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                    self.busy_timeout.as_millis()
+                );
+                c.batch_execute(&pragmas)
+                    .map_err(|e| diesel::ConnectionError::BadConnection(format!("configuring SQLite: {e}")))?;
+                Ok(AnyConnection::Sqlite(c))
+            }
+        }
+    }
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = AnyConnection;
+    type Error = diesel::ConnectionError;
+
+    fn connect(&self) -> Result<AnyConnection, Self::Error> {
+        self.establish()
+    }
+
+    fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), Self::Error> {
+        conn.batch_execute("SELECT 1").map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))
+    }
+
+    fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
+        false
+    }
+}
+
+/// Applies pending migrations for the connection's backend; returns how many ran.
+pub fn run_migrations(conn: &mut AnyConnection) -> Result<usize, String> {
+    let applied = match conn {
+        AnyConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+        AnyConnection::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len()),
+    };
+    applied.map_err(|e| format!("migration failed: {e}"))
+}
+
+/// Reverts every migration (for tests of `down.sql`).
+pub fn revert_all_migrations(conn: &mut AnyConnection) -> Result<(), String> {
+    let r = match conn {
+        AnyConnection::Sqlite(c) => c.revert_all_migrations(SQLITE_MIGRATIONS).map(|_| ()),
+        AnyConnection::Postgres(c) => c.revert_all_migrations(POSTGRES_MIGRATIONS).map(|_| ()),
+    };
+    r.map_err(|e| format!("revert failed: {e}"))
+}
+
+/// The diesel backend type of [`AnyConnection`] (dispatches to SQLite or PostgreSQL).
+pub type AnyBackend = <AnyConnection as Connection>::Backend;

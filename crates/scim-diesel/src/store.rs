@@ -1,0 +1,560 @@
+//! `impl ResourceStore` and `impl CredentialStore` over the pooled connections.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use scim_core::store::{
+    CredentialStore, Include, IndexedField, ListQuery, MemberOp, MemberRef, Page, ResourceRecord, ResourceStore,
+    ResourceWrite, StoreFilter, TokenRecord, UpdateFn,
+};
+use scim_core::{ScimError, StoreError};
+use serde_json::{Map, Value};
+
+use crate::backend;
+use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
+use crate::schema::{group_members, resources, tenants, tokens};
+
+/// Largest number of ids bound in one statement (well under SQLite's and PostgreSQL's limits).
+const CHUNK: usize = 500;
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// database URL: `postgres://…`, or a SQLite file path (optionally `sqlite://path`)
+    pub url: String,
+    /// maximum pooled connections
+    pub pool_size: u32,
+    /// how long a request waits for a free connection
+    pub connection_timeout: Duration,
+    /// SQLite: how long a writer waits for the write lock
+    pub busy_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreConfig {
+            url: url.into(),
+            pool_size: 8,
+            connection_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The diesel-backed store.
+#[derive(Clone)]
+pub struct DieselStore {
+    pool: r2d2::Pool<ConnectionManager>,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for DieselStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DieselStore").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+type Conn = r2d2::PooledConnection<ConnectionManager>;
+
+fn map_err(e: DieselError) -> StoreError {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            let what = if info.message().contains("user_name") || info.constraint_name() == Some("resources_user_name") {
+                "A User with this userName already exists".to_string()
+            } else {
+                "A resource with this value already exists".to_string()
+            };
+            StoreError::Conflict(what)
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => StoreError::Unavailable(info.message().to_string()),
+        DieselError::DatabaseError(_, info)
+            if info.message().contains("database is locked") || info.message().contains("busy") =>
+        {
+            StoreError::Unavailable("the database is busy".into())
+        }
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// Errors inside a transaction: database errors or SCIM refusals from callbacks.
+#[derive(Debug)]
+enum TxError {
+    Db(DieselError),
+    Store(StoreError),
+}
+
+impl From<DieselError> for TxError {
+    fn from(e: DieselError) -> Self {
+        TxError::Db(e)
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> Self {
+        TxError::Store(e)
+    }
+}
+
+impl From<ScimError> for TxError {
+    fn from(e: ScimError) -> Self {
+        TxError::Store(StoreError::Scim(e))
+    }
+}
+
+impl From<TxError> for StoreError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Db(e) => map_err(e),
+            TxError::Store(e) => e,
+        }
+    }
+}
+
+#[derive(Queryable)]
+struct Row {
+    id: String,
+    resource_type: String,
+    version: i64,
+    created: String,
+    last_modified: String,
+    external_id: Option<String>,
+    data: String,
+}
+
+type RowColumns = (
+    resources::id,
+    resources::resource_type,
+    resources::version,
+    resources::created,
+    resources::last_modified,
+    resources::external_id,
+    resources::data,
+);
+
+const ROW_COLUMNS: RowColumns = (
+    resources::id,
+    resources::resource_type,
+    resources::version,
+    resources::created,
+    resources::last_modified,
+    resources::external_id,
+    resources::data,
+);
+
+impl Row {
+    fn into_record(self) -> Result<ResourceRecord, StoreError> {
+        let data: Map<String, Value> = serde_json::from_str(&self.data)
+            .map_err(|e| StoreError::Backend(format!("corrupt document of {}: {e}", self.id)))?;
+        Ok(ResourceRecord {
+            id: self.id,
+            resource_type: self.resource_type,
+            version: self.version,
+            created: self.created,
+            last_modified: self.last_modified,
+            external_id: self.external_id,
+            data,
+            members: None,
+            groups: None,
+        })
+    }
+}
+
+type BoxedCond<'a> = Box<dyn BoxableExpression<resources::table, crate::conn::AnyBackend, SqlType = diesel::sql_types::Bool> + 'a>;
+
+fn condition(f: &StoreFilter) -> BoxedCond<'_> {
+    match f {
+        StoreFilter::All => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 1")),
+        StoreFilter::Eq(IndexedField::Id, v) => Box::new(resources::id.eq(v.as_str())),
+        StoreFilter::Eq(IndexedField::ExternalId, v) => Box::new(resources::external_id.eq(v.as_str()).assume_not_null()),
+        StoreFilter::Eq(IndexedField::UserName, v) => Box::new(resources::user_name_ci.eq(v.as_str()).assume_not_null()),
+        StoreFilter::Eq(IndexedField::DisplayName, v) => Box::new(resources::display_name_ci.eq(v.as_str()).assume_not_null()),
+        StoreFilter::Eq(_, _) => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0")),
+        StoreFilter::HasMember(m) => Box::new(
+            resources::id.eq_any(group_members::table.select(group_members::group_id).filter(group_members::member_id.eq(m.as_str()))),
+        ),
+        StoreFilter::And(terms) => terms
+            .iter()
+            .map(condition)
+            .reduce(|a, b| Box::new(a.and(b)))
+            .unwrap_or_else(|| condition(&StoreFilter::All)),
+        StoreFilter::Or(terms) => terms
+            .iter()
+            .map(condition)
+            .reduce(|a, b| Box::new(a.or(b)))
+            .unwrap_or_else(|| Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0"))),
+        StoreFilter::Not(inner) => Box::new(diesel::dsl::not(condition(inner))),
+    }
+}
+
+impl DieselStore {
+    /// Opens the pool. Does not run migrations (see [`DieselStore::migrate`]).
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let manager = ConnectionManager::new(&config.url, config.busy_timeout);
+        let backend = manager.backend();
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool_size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(config.connection_timeout)
+            .test_on_check_out(backend == Backend::Postgres)
+            .build(manager)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))?;
+        Ok(DieselStore { pool, backend })
+    }
+
+    /// Which database this store uses.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations; returns how many ran.
+    pub fn migrate(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn()?;
+        run_migrations(&mut conn).map_err(StoreError::Backend)
+    }
+
+    fn conn(&self) -> Result<Conn, StoreError> {
+        self.pool.get().map_err(|e| StoreError::Unavailable(format!("no database connection available: {e}")))
+    }
+
+    /// A raw connection, for tests and administration.
+    pub fn connection(&self) -> Result<impl std::ops::DerefMut<Target = AnyConnection>, StoreError> {
+        self.conn()
+    }
+}
+
+fn load_row(conn: &mut AnyConnection, tenant: &str, rt: &str, id: &str) -> QueryResult<Option<Row>> {
+    resources::table
+        .select(ROW_COLUMNS)
+        .filter(resources::tenant_id.eq(tenant))
+        .filter(resources::resource_type.eq(rt))
+        .filter(resources::id.eq(id))
+        .first::<Row>(conn)
+        .optional()
+}
+
+/// Reads members of a group with their display names.
+fn read_members(conn: &mut AnyConnection, group: &str) -> QueryResult<Vec<MemberRef>> {
+    let rows: Vec<(String, String, Option<String>)> = group_members::table
+        .inner_join(resources::table.on(resources::id.eq(group_members::member_id)))
+        .filter(group_members::group_id.eq(group))
+        .select((resources::id, resources::resource_type, resources::display))
+        .order(resources::id)
+        .load(conn)?;
+    Ok(rows.into_iter().map(|(id, resource_type, display)| MemberRef { id, resource_type, display }).collect())
+}
+
+/// Reads the direct groups of many resources at once.
+fn read_groups(conn: &mut AnyConnection, ids: &[&str]) -> QueryResult<HashMap<String, Vec<MemberRef>>> {
+    let mut out: HashMap<String, Vec<MemberRef>> = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let rows: Vec<(String, String, String, Option<String>)> = group_members::table
+            .inner_join(resources::table.on(resources::id.eq(group_members::group_id)))
+            .filter(group_members::member_id.eq_any(chunk))
+            .select((group_members::member_id, resources::id, resources::resource_type, resources::display))
+            .order((group_members::member_id, resources::id))
+            .load(conn)?;
+        for (member, id, resource_type, display) in rows {
+            out.entry(member).or_default().push(MemberRef { id, resource_type, display });
+        }
+    }
+    Ok(out)
+}
+
+fn fill_includes(conn: &mut AnyConnection, records: &mut [ResourceRecord], include: Include) -> QueryResult<()> {
+    if include.members {
+        for r in records.iter_mut() {
+            r.members = Some(read_members(conn, &r.id)?);
+        }
+    }
+    if include.groups {
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let mut groups = read_groups(conn, &ids)?;
+        for r in records.iter_mut() {
+            r.groups = Some(groups.remove(&r.id).unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn apply_member_ops(conn: &mut AnyConnection, tenant: &str, group: &str, ops: &[MemberOp]) -> Result<(), TxError> {
+    for op in ops {
+        match op {
+            MemberOp::RemoveAll => {
+                diesel::delete(group_members::table.filter(group_members::group_id.eq(group))).execute(conn)?;
+            }
+            MemberOp::Remove(ids) => {
+                for chunk in ids.chunks(CHUNK) {
+                    diesel::delete(
+                        group_members::table
+                            .filter(group_members::group_id.eq(group))
+                            .filter(group_members::member_id.eq_any(chunk)),
+                    )
+                    .execute(conn)?;
+                }
+            }
+            MemberOp::Add(ids) => {
+                let unique: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+                if unique.contains(group) {
+                    return Err(ScimError::invalid_value("A group cannot be a member of itself").into());
+                }
+                let wanted: Vec<&str> = unique.into_iter().collect();
+                let mut missing = Vec::new();
+                for chunk in wanted.chunks(CHUNK) {
+                    let found: BTreeSet<String> = resources::table
+                        .select(resources::id)
+                        .filter(resources::tenant_id.eq(tenant))
+                        .filter(resources::id.eq_any(chunk))
+                        .load::<String>(conn)?
+                        .into_iter()
+                        .collect();
+                    missing.extend(chunk.iter().filter(|id| !found.contains(**id)).map(|s| s.to_string()));
+                }
+                if !missing.is_empty() {
+                    let shown: Vec<String> = missing.iter().take(20).map(|m| format!("\"{}\"", m.escape_debug())).collect();
+                    let more = if missing.len() > 20 { format!(" and {} more", missing.len() - 20) } else { String::new() };
+                    return Err(ScimError::invalid_value(format!(
+                        "Unknown member id(s): {}{more}; no change was made",
+                        shown.join(", ")
+                    ))
+                    .into());
+                }
+                for chunk in wanted.chunks(CHUNK) {
+                    backend::insert_members_ignoring_existing(conn, group, chunk)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl ResourceStore for DieselStore {
+    fn create(&self, tenant: &str, rt: &str, id: &str, now: &str, write: ResourceWrite, include: Include) -> Result<ResourceRecord, StoreError> {
+        let mut conn = self.conn()?;
+        let data = serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let result: Result<ResourceRecord, TxError> = backend::write_transaction(&mut conn, |c| {
+            diesel::insert_into(resources::table)
+                .values((
+                    resources::id.eq(id),
+                    resources::tenant_id.eq(tenant),
+                    resources::resource_type.eq(rt),
+                    resources::version.eq(1i64),
+                    resources::created.eq(now),
+                    resources::last_modified.eq(now),
+                    resources::external_id.eq(write.external_id.as_deref()),
+                    resources::user_name_ci.eq(write.keys.user_name.as_deref()),
+                    resources::display_name_ci.eq(write.keys.display_name.as_deref()),
+                    resources::display.eq(write.keys.display.as_deref()),
+                    resources::data.eq(&data),
+                ))
+                .execute(c)?;
+            apply_member_ops(c, tenant, id, &write.member_ops)?;
+            let mut rec = vec![ResourceRecord {
+                id: id.to_string(),
+                resource_type: rt.to_string(),
+                version: 1,
+                created: now.to_string(),
+                last_modified: now.to_string(),
+                external_id: write.external_id.clone(),
+                data: write.data.clone(),
+                members: None,
+                groups: None,
+            }];
+            fill_includes(c, &mut rec, include)?;
+            rec.pop().ok_or_else(|| TxError::Store(StoreError::Backend("lost record".into())))
+        });
+        result.map_err(Into::into)
+    }
+
+    fn get(&self, tenant: &str, rt: &str, id: &str, include: Include) -> Result<ResourceRecord, StoreError> {
+        let mut conn = self.conn()?;
+        let row = load_row(&mut conn, tenant, rt, id).map_err(map_err)?.ok_or(StoreError::NotFound)?;
+        let mut recs = vec![row.into_record()?];
+        fill_includes(&mut conn, &mut recs, include).map_err(map_err)?;
+        recs.pop().ok_or(StoreError::NotFound)
+    }
+
+    fn list(&self, tenant: &str, rt: &str, query: &ListQuery) -> Result<Page, StoreError> {
+        let mut conn = self.conn()?;
+        let base = || {
+            resources::table
+                .filter(resources::tenant_id.eq(tenant))
+                .filter(resources::resource_type.eq(rt))
+                .filter(condition(&query.filter))
+                .into_boxed::<crate::conn::AnyBackend>()
+        };
+        let total: i64 = base().select(count_star()).first(&mut *conn).map_err(map_err)?;
+        let mut records = Vec::new();
+        if query.count > 0 && (query.start_index as i64) <= total {
+            let rows: Vec<Row> = base()
+                .select(ROW_COLUMNS)
+                .order((resources::created.asc(), resources::id.asc()))
+                .offset(query.start_index.saturating_sub(1).min(i64::MAX as u64) as i64)
+                .limit(query.count.min(i64::MAX as u64) as i64)
+                .load(&mut *conn)
+                .map_err(map_err)?;
+            records = rows.into_iter().map(Row::into_record).collect::<Result<_, _>>()?;
+            fill_includes(&mut conn, &mut records, query.include).map_err(map_err)?;
+        }
+        Ok(Page { total: total.max(0) as u64, resources: records })
+    }
+
+    fn update(
+        &self,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        now: &str,
+        if_match: Option<i64>,
+        include: Include,
+        update: &mut UpdateFn<'_>,
+    ) -> Result<ResourceRecord, StoreError> {
+        let mut conn = self.conn()?;
+        // A conditional UPDATE detects a concurrent writer (PostgreSQL); the whole
+        // read-modify-write is then retried on the fresh row.
+        for _attempt in 0..8 {
+            let result: Result<Option<ResourceRecord>, TxError> = backend::write_transaction(&mut conn, |c| {
+                let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+                if if_match.is_some_and(|v| v != row.version) {
+                    return Err(StoreError::VersionMismatch.into());
+                }
+                let current = row.into_record()?;
+                let write = update(&current)?;
+                let unchanged = write.member_ops.is_empty() && write.data == current.data && write.external_id == current.external_id;
+                let mut rec = if unchanged {
+                    current
+                } else {
+                    let data = serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
+                    let n = diesel::update(
+                        resources::table.filter(resources::id.eq(id)).filter(resources::version.eq(current.version)),
+                    )
+                    .set((
+                        resources::version.eq(current.version + 1),
+                        resources::last_modified.eq(now),
+                        resources::external_id.eq(write.external_id.as_deref()),
+                        resources::user_name_ci.eq(write.keys.user_name.as_deref()),
+                        resources::display_name_ci.eq(write.keys.display_name.as_deref()),
+                        resources::display.eq(write.keys.display.as_deref()),
+                        resources::data.eq(&data),
+                    ))
+                    .execute(c)?;
+                    if n == 0 {
+                        return Ok(None); // lost a race: retry
+                    }
+                    apply_member_ops(c, tenant, id, &write.member_ops)?;
+                    ResourceRecord {
+                        version: current.version + 1,
+                        last_modified: now.to_string(),
+                        external_id: write.external_id,
+                        data: write.data,
+                        ..current
+                    }
+                };
+                let mut recs = vec![rec.clone()];
+                fill_includes(c, &mut recs, include)?;
+                rec = recs.pop().unwrap_or(rec);
+                Ok(Some(rec))
+            });
+            match result {
+                Ok(Some(rec)) => return Ok(rec),
+                Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
+                Ok(None) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Unavailable("too much contention on this resource; retry".into()))
+    }
+
+    fn delete(&self, tenant: &str, rt: &str, id: &str, if_match: Option<i64>) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let result: Result<(), TxError> = backend::write_transaction(&mut conn, |c| {
+            let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+            if if_match.is_some_and(|v| v != row.version) {
+                return Err(StoreError::VersionMismatch.into());
+            }
+            diesel::delete(resources::table.filter(resources::id.eq(id)).filter(resources::tenant_id.eq(tenant))).execute(c)?;
+            Ok(())
+        });
+        result.map_err(Into::into)
+    }
+}
+
+impl CredentialStore for DieselStore {
+    fn find_token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let mut conn = self.conn()?;
+        let row: Option<(String, String, String, String)> = tokens::table
+            .filter(tokens::token_hash.eq(token_hash))
+            .filter(tokens::revoked.is_null())
+            .select((tokens::id, tokens::tenant_id, tokens::name, tokens::created))
+            .first(&mut *conn)
+            .optional()
+            .map_err(map_err)?;
+        Ok(row.map(|(id, tenant_id, name, created)| TokenRecord { id, tenant_id, name, created }))
+    }
+
+    fn has_tokens(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let n: i64 = tokens::table.select(count_star()).first(&mut *conn).map_err(map_err)?;
+        Ok(n > 0)
+    }
+
+    fn ensure_tenant(&self, tenant_id: &str, name: &str, now: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let exists: i64 = tenants::table.filter(tenants::id.eq(tenant_id)).select(count_star()).first(&mut *conn).map_err(map_err)?;
+        if exists == 0 {
+            diesel::insert_into(tenants::table)
+                .values((tenants::id.eq(tenant_id), tenants::name.eq(name), tenants::created.eq(now)))
+                .execute(&mut *conn)
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    fn create_token(&self, record: &TokenRecord, token_hash: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        diesel::insert_into(tokens::table)
+            .values((
+                tokens::id.eq(&record.id),
+                tokens::tenant_id.eq(&record.tenant_id),
+                tokens::name.eq(&record.name),
+                tokens::token_hash.eq(token_hash),
+                tokens::created.eq(&record.created),
+            ))
+            .execute(&mut *conn)
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    fn revoke_token(&self, token_id: &str, now: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let n = diesel::update(tokens::table.filter(tokens::id.eq(token_id)).filter(tokens::revoked.is_null()))
+            .set(tokens::revoked.eq(now))
+            .execute(&mut *conn)
+            .map_err(map_err)?;
+        Ok(n > 0)
+    }
+
+    fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, String, String, String)> = tokens::table
+            .filter(tokens::revoked.is_null())
+            .select((tokens::id, tokens::tenant_id, tokens::name, tokens::created))
+            .order(tokens::created)
+            .load(&mut *conn)
+            .map_err(map_err)?;
+        Ok(rows.into_iter().map(|(id, tenant_id, name, created)| TokenRecord { id, tenant_id, name, created }).collect())
+    }
+
+    fn default_tenant(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn()?;
+        tenants::table
+            .select(tenants::id)
+            .order(tenants::created)
+            .first::<String>(&mut *conn)
+            .optional()
+            .map_err(map_err)
+    }
+}
