@@ -14,7 +14,10 @@ use crate::schema::group_members;
 /// read-then-write transactions queue on the busy timeout instead of failing with
 /// `SQLITE_BUSY` half-way. PostgreSQL: an ordinary transaction (row versions are checked by
 /// conditional updates).
-pub fn write_transaction<T, E>(conn: &mut AnyConnection, f: impl FnOnce(&mut AnyConnection) -> Result<T, E>) -> Result<T, E>
+pub fn write_transaction<T, E>(
+    conn: &mut AnyConnection,
+    f: impl FnOnce(&mut AnyConnection) -> Result<T, E>,
+) -> Result<T, E>
 where
     E: From<DieselError>,
 {
@@ -27,15 +30,22 @@ where
                 return result;
             };
             match result {
-                Ok(v) => match <AnsiTransactionManager as TransactionManager<diesel::SqliteConnection>>::commit_transaction(c) {
+                Ok(v) => match <AnsiTransactionManager as TransactionManager<
+                    diesel::SqliteConnection,
+                >>::commit_transaction(c)
+                {
                     Ok(()) => Ok(v),
                     Err(e) => {
-                        let _ = <AnsiTransactionManager as TransactionManager<diesel::SqliteConnection>>::rollback_transaction(c);
+                        let _ = <AnsiTransactionManager as TransactionManager<
+                            diesel::SqliteConnection,
+                        >>::rollback_transaction(c);
                         Err(e.into())
                     }
                 },
                 Err(e) => {
-                    let _ = <AnsiTransactionManager as TransactionManager<diesel::SqliteConnection>>::rollback_transaction(c);
+                    let _ = <AnsiTransactionManager as TransactionManager<
+                        diesel::SqliteConnection,
+                    >>::rollback_transaction(c);
                     Err(e)
                 }
             }
@@ -51,12 +61,42 @@ struct MemberRow<'a> {
 }
 
 /// Inserts membership rows, ignoring ones that already exist. Returns rows inserted.
-pub fn insert_members_ignoring_existing(conn: &mut AnyConnection, group: &str, members: &[&str]) -> QueryResult<usize> {
-    let rows: Vec<MemberRow<'_>> = members.iter().map(|m| MemberRow { group_id: group, member_id: m }).collect();
+pub fn insert_members_ignoring_existing(
+    conn: &mut AnyConnection,
+    group: &str,
+    members: &[&str],
+) -> QueryResult<usize> {
+    let rows: Vec<MemberRow<'_>> = members
+        .iter()
+        .map(|m| MemberRow {
+            group_id: group,
+            member_id: m,
+        })
+        .collect();
     match conn {
-        AnyConnection::Sqlite(c) => diesel::insert_or_ignore_into(group_members::table).values(&rows).execute(c),
-        AnyConnection::Postgres(c) => {
-            diesel::insert_into(group_members::table).values(&rows).on_conflict_do_nothing().execute(c)
-        }
+        AnyConnection::Sqlite(c) => diesel::insert_or_ignore_into(group_members::table)
+            .values(&rows)
+            .execute(c),
+        AnyConnection::Postgres(c) => diesel::insert_into(group_members::table)
+            .values(&rows)
+            .on_conflict_do_nothing()
+            .execute(c),
+    }
+}
+
+/// Locks a resource row for the rest of the write transaction, so concurrent
+/// read-modify-write cycles on one resource queue instead of racing.
+/// PostgreSQL: `SELECT … FOR UPDATE`. SQLite: nothing to do, `BEGIN IMMEDIATE` already holds
+/// the database write lock.
+pub fn lock_resource(conn: &mut AnyConnection, id: &str) -> QueryResult<()> {
+    use crate::schema::resources;
+    match conn {
+        AnyConnection::Sqlite(_) => Ok(()),
+        AnyConnection::Postgres(c) => resources::table
+            .filter(resources::id.eq(id))
+            .select(resources::id)
+            .for_update()
+            .load::<String>(c)
+            .map(|_| ()),
     }
 }

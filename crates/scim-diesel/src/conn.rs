@@ -66,7 +66,11 @@ impl ConnectionManager {
             Backend::Sqlite => url.strip_prefix("sqlite://").unwrap_or(url).to_string(),
             Backend::Postgres => url.to_string(),
         };
-        ConnectionManager { url, backend, busy_timeout }
+        ConnectionManager {
+            url,
+            backend,
+            busy_timeout,
+        }
     }
 
     /// Which backend this manager connects to.
@@ -86,8 +90,9 @@ impl ConnectionManager {
                     "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
                     self.busy_timeout.as_millis()
                 );
-                c.batch_execute(&pragmas)
-                    .map_err(|e| diesel::ConnectionError::BadConnection(format!("configuring SQLite: {e}")))?;
+                c.batch_execute(&pragmas).map_err(|e| {
+                    diesel::ConnectionError::BadConnection(format!("configuring SQLite: {e}"))
+                })?;
                 Ok(AnyConnection::Sqlite(c))
             }
         }
@@ -103,7 +108,8 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn is_valid(&self, conn: &mut AnyConnection) -> Result<(), Self::Error> {
-        conn.batch_execute("SELECT 1").map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))
+        conn.batch_execute("SELECT 1")
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))
     }
 
     fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
@@ -115,7 +121,9 @@ impl r2d2::ManageConnection for ConnectionManager {
 pub fn run_migrations(conn: &mut AnyConnection) -> Result<usize, String> {
     let applied = match conn {
         AnyConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
-        AnyConnection::Postgres(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len()),
+        AnyConnection::Postgres(c) => c
+            .run_pending_migrations(POSTGRES_MIGRATIONS)
+            .map(|v| v.len()),
     };
     applied.map_err(|e| format!("migration failed: {e}"))
 }

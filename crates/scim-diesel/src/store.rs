@@ -7,8 +7,8 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
-    CredentialStore, Include, IndexedField, ListQuery, MemberOp, MemberRef, Page, ResourceRecord, ResourceStore,
-    ResourceWrite, StoreFilter, TokenRecord, UpdateFn,
+    CredentialStore, Include, IndexedField, ListQuery, MemberOp, MemberRef, Page, ResourceRecord,
+    ResourceStore, ResourceWrite, StoreFilter, TokenRecord, UpdateFn,
 };
 use scim_core::{ScimError, StoreError};
 use serde_json::{Map, Value};
@@ -54,7 +54,9 @@ pub struct DieselStore {
 
 impl std::fmt::Debug for DieselStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DieselStore").field("backend", &self.backend).finish_non_exhaustive()
+        f.debug_struct("DieselStore")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }
 
@@ -63,14 +65,18 @@ type Conn = r2d2::PooledConnection<ConnectionManager>;
 fn map_err(e: DieselError) -> StoreError {
     match e {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-            let what = if info.message().contains("user_name") || info.constraint_name() == Some("resources_user_name") {
+            let what = if info.message().contains("user_name")
+                || info.constraint_name() == Some("resources_user_name")
+            {
                 "A User with this userName already exists".to_string()
             } else {
                 "A resource with this value already exists".to_string()
             };
             StoreError::Conflict(what)
         }
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => StoreError::Unavailable(info.message().to_string()),
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+            StoreError::Unavailable(info.message().to_string())
+        }
         DieselError::DatabaseError(_, info)
             if info.message().contains("database is locked") || info.message().contains("busy") =>
         {
@@ -163,18 +169,34 @@ impl Row {
     }
 }
 
-type BoxedCond<'a> = Box<dyn BoxableExpression<resources::table, crate::conn::AnyBackend, SqlType = diesel::sql_types::Bool> + 'a>;
+type BoxedCond<'a> = Box<
+    dyn BoxableExpression<
+            resources::table,
+            crate::conn::AnyBackend,
+            SqlType = diesel::sql_types::Bool,
+        > + 'a,
+>;
 
 fn condition(f: &StoreFilter) -> BoxedCond<'_> {
     match f {
         StoreFilter::All => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 1")),
         StoreFilter::Eq(IndexedField::Id, v) => Box::new(resources::id.eq(v.as_str())),
-        StoreFilter::Eq(IndexedField::ExternalId, v) => Box::new(resources::external_id.eq(v.as_str()).assume_not_null()),
-        StoreFilter::Eq(IndexedField::UserName, v) => Box::new(resources::user_name_ci.eq(v.as_str()).assume_not_null()),
-        StoreFilter::Eq(IndexedField::DisplayName, v) => Box::new(resources::display_name_ci.eq(v.as_str()).assume_not_null()),
+        StoreFilter::Eq(IndexedField::ExternalId, v) => {
+            Box::new(resources::external_id.eq(v.as_str()).assume_not_null())
+        }
+        StoreFilter::Eq(IndexedField::UserName, v) => {
+            Box::new(resources::user_name_ci.eq(v.as_str()).assume_not_null())
+        }
+        StoreFilter::Eq(IndexedField::DisplayName, v) => {
+            Box::new(resources::display_name_ci.eq(v.as_str()).assume_not_null())
+        }
         StoreFilter::Eq(_, _) => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0")),
         StoreFilter::HasMember(m) => Box::new(
-            resources::id.eq_any(group_members::table.select(group_members::group_id).filter(group_members::member_id.eq(m.as_str()))),
+            resources::id.eq_any(
+                group_members::table
+                    .select(group_members::group_id)
+                    .filter(group_members::member_id.eq(m.as_str())),
+            ),
         ),
         StoreFilter::And(terms) => terms
             .iter()
@@ -217,16 +239,25 @@ impl DieselStore {
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
-        self.pool.get().map_err(|e| StoreError::Unavailable(format!("no database connection available: {e}")))
+        self.pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(format!("no database connection available: {e}")))
     }
 
     /// A raw connection, for tests and administration.
-    pub fn connection(&self) -> Result<impl std::ops::DerefMut<Target = AnyConnection>, StoreError> {
+    pub fn connection(
+        &self,
+    ) -> Result<impl std::ops::DerefMut<Target = AnyConnection>, StoreError> {
         self.conn()
     }
 }
 
-fn load_row(conn: &mut AnyConnection, tenant: &str, rt: &str, id: &str) -> QueryResult<Option<Row>> {
+fn load_row(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+) -> QueryResult<Option<Row>> {
     resources::table
         .select(ROW_COLUMNS)
         .filter(resources::tenant_id.eq(tenant))
@@ -244,27 +275,50 @@ fn read_members(conn: &mut AnyConnection, group: &str) -> QueryResult<Vec<Member
         .select((resources::id, resources::resource_type, resources::display))
         .order(resources::id)
         .load(conn)?;
-    Ok(rows.into_iter().map(|(id, resource_type, display)| MemberRef { id, resource_type, display }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, resource_type, display)| MemberRef {
+            id,
+            resource_type,
+            display,
+        })
+        .collect())
 }
 
 /// Reads the direct groups of many resources at once.
-fn read_groups(conn: &mut AnyConnection, ids: &[&str]) -> QueryResult<HashMap<String, Vec<MemberRef>>> {
+fn read_groups(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+) -> QueryResult<HashMap<String, Vec<MemberRef>>> {
     let mut out: HashMap<String, Vec<MemberRef>> = HashMap::new();
     for chunk in ids.chunks(CHUNK) {
         let rows: Vec<(String, String, String, Option<String>)> = group_members::table
             .inner_join(resources::table.on(resources::id.eq(group_members::group_id)))
             .filter(group_members::member_id.eq_any(chunk))
-            .select((group_members::member_id, resources::id, resources::resource_type, resources::display))
+            .select((
+                group_members::member_id,
+                resources::id,
+                resources::resource_type,
+                resources::display,
+            ))
             .order((group_members::member_id, resources::id))
             .load(conn)?;
         for (member, id, resource_type, display) in rows {
-            out.entry(member).or_default().push(MemberRef { id, resource_type, display });
+            out.entry(member).or_default().push(MemberRef {
+                id,
+                resource_type,
+                display,
+            });
         }
     }
     Ok(out)
 }
 
-fn fill_includes(conn: &mut AnyConnection, records: &mut [ResourceRecord], include: Include) -> QueryResult<()> {
+fn fill_includes(
+    conn: &mut AnyConnection,
+    records: &mut [ResourceRecord],
+    include: Include,
+) -> QueryResult<()> {
     if include.members {
         for r in records.iter_mut() {
             r.members = Some(read_members(conn, &r.id)?);
@@ -280,11 +334,17 @@ fn fill_includes(conn: &mut AnyConnection, records: &mut [ResourceRecord], inclu
     Ok(())
 }
 
-fn apply_member_ops(conn: &mut AnyConnection, tenant: &str, group: &str, ops: &[MemberOp]) -> Result<(), TxError> {
+fn apply_member_ops(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    group: &str,
+    ops: &[MemberOp],
+) -> Result<(), TxError> {
     for op in ops {
         match op {
             MemberOp::RemoveAll => {
-                diesel::delete(group_members::table.filter(group_members::group_id.eq(group))).execute(conn)?;
+                diesel::delete(group_members::table.filter(group_members::group_id.eq(group)))
+                    .execute(conn)?;
             }
             MemberOp::Remove(ids) => {
                 for chunk in ids.chunks(CHUNK) {
@@ -299,7 +359,9 @@ fn apply_member_ops(conn: &mut AnyConnection, tenant: &str, group: &str, ops: &[
             MemberOp::Add(ids) => {
                 let unique: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
                 if unique.contains(group) {
-                    return Err(ScimError::invalid_value("A group cannot be a member of itself").into());
+                    return Err(
+                        ScimError::invalid_value("A group cannot be a member of itself").into(),
+                    );
                 }
                 let wanted: Vec<&str> = unique.into_iter().collect();
                 let mut missing = Vec::new();
@@ -311,11 +373,24 @@ fn apply_member_ops(conn: &mut AnyConnection, tenant: &str, group: &str, ops: &[
                         .load::<String>(conn)?
                         .into_iter()
                         .collect();
-                    missing.extend(chunk.iter().filter(|id| !found.contains(**id)).map(|s| s.to_string()));
+                    missing.extend(
+                        chunk
+                            .iter()
+                            .filter(|id| !found.contains(**id))
+                            .map(|s| s.to_string()),
+                    );
                 }
                 if !missing.is_empty() {
-                    let shown: Vec<String> = missing.iter().take(20).map(|m| format!("\"{}\"", m.escape_debug())).collect();
-                    let more = if missing.len() > 20 { format!(" and {} more", missing.len() - 20) } else { String::new() };
+                    let shown: Vec<String> = missing
+                        .iter()
+                        .take(20)
+                        .map(|m| format!("\"{}\"", m.escape_debug()))
+                        .collect();
+                    let more = if missing.len() > 20 {
+                        format!(" and {} more", missing.len() - 20)
+                    } else {
+                        String::new()
+                    };
                     return Err(ScimError::invalid_value(format!(
                         "Unknown member id(s): {}{more}; no change was made",
                         shown.join(", ")
@@ -332,9 +407,18 @@ fn apply_member_ops(conn: &mut AnyConnection, tenant: &str, group: &str, ops: &[
 }
 
 impl ResourceStore for DieselStore {
-    fn create(&self, tenant: &str, rt: &str, id: &str, now: &str, write: ResourceWrite, include: Include) -> Result<ResourceRecord, StoreError> {
+    fn create(
+        &self,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        now: &str,
+        write: ResourceWrite,
+        include: Include,
+    ) -> Result<ResourceRecord, StoreError> {
         let mut conn = self.conn()?;
-        let data = serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let data =
+            serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
         let result: Result<ResourceRecord, TxError> = backend::write_transaction(&mut conn, |c| {
             diesel::insert_into(resources::table)
                 .values((
@@ -364,14 +448,23 @@ impl ResourceStore for DieselStore {
                 groups: None,
             }];
             fill_includes(c, &mut rec, include)?;
-            rec.pop().ok_or_else(|| TxError::Store(StoreError::Backend("lost record".into())))
+            rec.pop()
+                .ok_or_else(|| TxError::Store(StoreError::Backend("lost record".into())))
         });
         result.map_err(Into::into)
     }
 
-    fn get(&self, tenant: &str, rt: &str, id: &str, include: Include) -> Result<ResourceRecord, StoreError> {
+    fn get(
+        &self,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        include: Include,
+    ) -> Result<ResourceRecord, StoreError> {
         let mut conn = self.conn()?;
-        let row = load_row(&mut conn, tenant, rt, id).map_err(map_err)?.ok_or(StoreError::NotFound)?;
+        let row = load_row(&mut conn, tenant, rt, id)
+            .map_err(map_err)?
+            .ok_or(StoreError::NotFound)?;
         let mut recs = vec![row.into_record()?];
         fill_includes(&mut conn, &mut recs, include).map_err(map_err)?;
         recs.pop().ok_or(StoreError::NotFound)
@@ -386,7 +479,10 @@ impl ResourceStore for DieselStore {
                 .filter(condition(&query.filter))
                 .into_boxed::<crate::conn::AnyBackend>()
         };
-        let total: i64 = base().select(count_star()).first(&mut *conn).map_err(map_err)?;
+        let total: i64 = base()
+            .select(count_star())
+            .first(&mut *conn)
+            .map_err(map_err)?;
         let mut records = Vec::new();
         if query.count > 0 && (query.start_index as i64) <= total {
             let rows: Vec<Row> = base()
@@ -396,10 +492,16 @@ impl ResourceStore for DieselStore {
                 .limit(query.count.min(i64::MAX as u64) as i64)
                 .load(&mut *conn)
                 .map_err(map_err)?;
-            records = rows.into_iter().map(Row::into_record).collect::<Result<_, _>>()?;
+            records = rows
+                .into_iter()
+                .map(Row::into_record)
+                .collect::<Result<_, _>>()?;
             fill_includes(&mut conn, &mut records, query.include).map_err(map_err)?;
         }
-        Ok(Page { total: total.max(0) as u64, resources: records })
+        Ok(Page {
+            total: total.max(0) as u64,
+            resources: records,
+        })
     }
 
     fn update(
@@ -413,51 +515,58 @@ impl ResourceStore for DieselStore {
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
         let mut conn = self.conn()?;
-        // A conditional UPDATE detects a concurrent writer (PostgreSQL); the whole
-        // read-modify-write is then retried on the fresh row.
+        // The row is locked before it is read; the conditional UPDATE is a second line of
+        // defence, and a lost race retries the whole read-modify-write on the fresh row.
         for _attempt in 0..8 {
-            let result: Result<Option<ResourceRecord>, TxError> = backend::write_transaction(&mut conn, |c| {
-                let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
-                if if_match.is_some_and(|v| v != row.version) {
-                    return Err(StoreError::VersionMismatch.into());
-                }
-                let current = row.into_record()?;
-                let write = update(&current)?;
-                let unchanged = write.member_ops.is_empty() && write.data == current.data && write.external_id == current.external_id;
-                let mut rec = if unchanged {
-                    current
-                } else {
-                    let data = serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
-                    let n = diesel::update(
-                        resources::table.filter(resources::id.eq(id)).filter(resources::version.eq(current.version)),
-                    )
-                    .set((
-                        resources::version.eq(current.version + 1),
-                        resources::last_modified.eq(now),
-                        resources::external_id.eq(write.external_id.as_deref()),
-                        resources::user_name_ci.eq(write.keys.user_name.as_deref()),
-                        resources::display_name_ci.eq(write.keys.display_name.as_deref()),
-                        resources::display.eq(write.keys.display.as_deref()),
-                        resources::data.eq(&data),
-                    ))
-                    .execute(c)?;
-                    if n == 0 {
-                        return Ok(None); // lost a race: retry
+            let result: Result<Option<ResourceRecord>, TxError> =
+                backend::write_transaction(&mut conn, |c| {
+                    backend::lock_resource(c, id)?;
+                    let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+                    if if_match.is_some_and(|v| v != row.version) {
+                        return Err(StoreError::VersionMismatch.into());
                     }
-                    apply_member_ops(c, tenant, id, &write.member_ops)?;
-                    ResourceRecord {
-                        version: current.version + 1,
-                        last_modified: now.to_string(),
-                        external_id: write.external_id,
-                        data: write.data,
-                        ..current
-                    }
-                };
-                let mut recs = vec![rec.clone()];
-                fill_includes(c, &mut recs, include)?;
-                rec = recs.pop().unwrap_or(rec);
-                Ok(Some(rec))
-            });
+                    let current = row.into_record()?;
+                    let write = update(&current)?;
+                    let unchanged = write.member_ops.is_empty()
+                        && write.data == current.data
+                        && write.external_id == current.external_id;
+                    let mut rec = if unchanged {
+                        current
+                    } else {
+                        let data = serde_json::to_string(&write.data)
+                            .map_err(|e| StoreError::Backend(e.to_string()))?;
+                        let n = diesel::update(
+                            resources::table
+                                .filter(resources::id.eq(id))
+                                .filter(resources::version.eq(current.version)),
+                        )
+                        .set((
+                            resources::version.eq(current.version + 1),
+                            resources::last_modified.eq(now),
+                            resources::external_id.eq(write.external_id.as_deref()),
+                            resources::user_name_ci.eq(write.keys.user_name.as_deref()),
+                            resources::display_name_ci.eq(write.keys.display_name.as_deref()),
+                            resources::display.eq(write.keys.display.as_deref()),
+                            resources::data.eq(&data),
+                        ))
+                        .execute(c)?;
+                        if n == 0 {
+                            return Ok(None); // lost a race: retry
+                        }
+                        apply_member_ops(c, tenant, id, &write.member_ops)?;
+                        ResourceRecord {
+                            version: current.version + 1,
+                            last_modified: now.to_string(),
+                            external_id: write.external_id,
+                            data: write.data,
+                            ..current
+                        }
+                    };
+                    let mut recs = vec![rec.clone()];
+                    fill_includes(c, &mut recs, include)?;
+                    rec = recs.pop().unwrap_or(rec);
+                    Ok(Some(rec))
+                });
             match result {
                 Ok(Some(rec)) => return Ok(rec),
                 Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
@@ -465,17 +574,30 @@ impl ResourceStore for DieselStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StoreError::Unavailable("too much contention on this resource; retry".into()))
+        Err(StoreError::Unavailable(
+            "too much contention on this resource; retry".into(),
+        ))
     }
 
-    fn delete(&self, tenant: &str, rt: &str, id: &str, if_match: Option<i64>) -> Result<(), StoreError> {
+    fn delete(
+        &self,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let result: Result<(), TxError> = backend::write_transaction(&mut conn, |c| {
             let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
             if if_match.is_some_and(|v| v != row.version) {
                 return Err(StoreError::VersionMismatch.into());
             }
-            diesel::delete(resources::table.filter(resources::id.eq(id)).filter(resources::tenant_id.eq(tenant))).execute(c)?;
+            diesel::delete(
+                resources::table
+                    .filter(resources::id.eq(id))
+                    .filter(resources::tenant_id.eq(tenant)),
+            )
+            .execute(c)?;
             Ok(())
         });
         result.map_err(Into::into)
@@ -492,21 +614,37 @@ impl CredentialStore for DieselStore {
             .first(&mut *conn)
             .optional()
             .map_err(map_err)?;
-        Ok(row.map(|(id, tenant_id, name, created)| TokenRecord { id, tenant_id, name, created }))
+        Ok(row.map(|(id, tenant_id, name, created)| TokenRecord {
+            id,
+            tenant_id,
+            name,
+            created,
+        }))
     }
 
     fn has_tokens(&self) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
-        let n: i64 = tokens::table.select(count_star()).first(&mut *conn).map_err(map_err)?;
+        let n: i64 = tokens::table
+            .select(count_star())
+            .first(&mut *conn)
+            .map_err(map_err)?;
         Ok(n > 0)
     }
 
     fn ensure_tenant(&self, tenant_id: &str, name: &str, now: &str) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
-        let exists: i64 = tenants::table.filter(tenants::id.eq(tenant_id)).select(count_star()).first(&mut *conn).map_err(map_err)?;
+        let exists: i64 = tenants::table
+            .filter(tenants::id.eq(tenant_id))
+            .select(count_star())
+            .first(&mut *conn)
+            .map_err(map_err)?;
         if exists == 0 {
             diesel::insert_into(tenants::table)
-                .values((tenants::id.eq(tenant_id), tenants::name.eq(name), tenants::created.eq(now)))
+                .values((
+                    tenants::id.eq(tenant_id),
+                    tenants::name.eq(name),
+                    tenants::created.eq(now),
+                ))
                 .execute(&mut *conn)
                 .map_err(map_err)?;
         }
@@ -530,10 +668,14 @@ impl CredentialStore for DieselStore {
 
     fn revoke_token(&self, token_id: &str, now: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
-        let n = diesel::update(tokens::table.filter(tokens::id.eq(token_id)).filter(tokens::revoked.is_null()))
-            .set(tokens::revoked.eq(now))
-            .execute(&mut *conn)
-            .map_err(map_err)?;
+        let n = diesel::update(
+            tokens::table
+                .filter(tokens::id.eq(token_id))
+                .filter(tokens::revoked.is_null()),
+        )
+        .set(tokens::revoked.eq(now))
+        .execute(&mut *conn)
+        .map_err(map_err)?;
         Ok(n > 0)
     }
 
@@ -545,7 +687,15 @@ impl CredentialStore for DieselStore {
             .order(tokens::created)
             .load(&mut *conn)
             .map_err(map_err)?;
-        Ok(rows.into_iter().map(|(id, tenant_id, name, created)| TokenRecord { id, tenant_id, name, created }).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant_id, name, created)| TokenRecord {
+                id,
+                tenant_id,
+                name,
+                created,
+            })
+            .collect())
     }
 
     fn default_tenant(&self) -> Result<Option<String>, StoreError> {

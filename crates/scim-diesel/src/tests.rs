@@ -7,7 +7,9 @@ use std::sync::Arc;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use scim_core::resource::prepare_create;
-use scim_core::store::{Include, ListQuery, MemberOp, ResourceStore, ResourceWrite, StoreFilter, IndexedField};
+use scim_core::store::{
+    Include, IndexedField, ListQuery, MemberOp, ResourceStore, ResourceWrite, StoreFilter,
+};
 use scim_core::{Ctx, SchemaRegistry, StoreError};
 use serde_json::json;
 
@@ -27,7 +29,11 @@ fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().join("test.db").to_string_lossy().into_owned();
     let store = DieselStore::open(&StoreConfig::new(url)).unwrap();
-    TestDb { store, _dir: Some(dir), name: "sqlite" }
+    TestDb {
+        store,
+        _dir: Some(dir),
+        name: "sqlite",
+    }
 }
 
 /// PostgreSQL URL for tests, or `None` (allowed only outside CI).
@@ -35,7 +41,9 @@ pub(crate) fn postgres_url() -> Option<String> {
     match std::env::var("SCIM_TEST_POSTGRES_URL") {
         Ok(u) if !u.is_empty() => Some(u),
         _ if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") => {
-            panic!("SCIM_TEST_POSTGRES_URL must be set under CI: PostgreSQL tests may not be skipped")
+            panic!(
+                "SCIM_TEST_POSTGRES_URL must be set under CI: PostgreSQL tests may not be skipped"
+            )
         }
         _ => {
             eprintln!("SCIM_TEST_POSTGRES_URL not set: PostgreSQL half of the store suite skipped");
@@ -58,16 +66,28 @@ fn uuid_like() -> String {
     for (i, x) in b.iter_mut().enumerate() {
         *x = (std::process::id() as u8).wrapping_add(i as u8);
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!("{:x}_{:x}_{}", nanos, std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    format!(
+        "{:x}_{:x}_{}",
+        nanos,
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 fn databases() -> Vec<TestDb> {
     let mut dbs = vec![sqlite()];
     if let Some(base) = postgres_url() {
         let store = DieselStore::open(&StoreConfig::new(postgres_schema_url(&base))).unwrap();
-        dbs.push(TestDb { store, _dir: None, name: "postgres" });
+        dbs.push(TestDb {
+            store,
+            _dir: None,
+            name: "postgres",
+        });
     }
     for db in &dbs {
         db.store.migrate().unwrap();
@@ -93,7 +113,17 @@ fn group(reg: &SchemaRegistry, name: &str, members: &[&str]) -> ResourceWrite {
 }
 
 fn member_ids(store: &DieselStore, id: &str) -> Vec<String> {
-    let g = store.get(T, "Group", id, Include { members: true, groups: false }).unwrap();
+    let g = store
+        .get(
+            T,
+            "Group",
+            id,
+            Include {
+                members: true,
+                groups: false,
+            },
+        )
+        .unwrap();
     g.members.unwrap().into_iter().map(|m| m.id).collect()
 }
 
@@ -102,7 +132,12 @@ fn set_members(store: &DieselStore, id: &str, ops: Vec<MemberOp>) -> Result<(), 
     let ctx = Ctx::new(&reg, "Group").unwrap();
     store
         .update(T, "Group", id, NOW, None, Include::default(), &mut |cur| {
-            Ok(ResourceWrite { data: cur.data.clone(), external_id: cur.external_id.clone(), keys: scim_core::resource::index_keys(&ctx, &cur.data), member_ops: ops.clone() })
+            Ok(ResourceWrite {
+                data: cur.data.clone(),
+                external_id: cur.external_id.clone(),
+                keys: scim_core::resource::index_keys(&ctx, &cur.data),
+                member_ops: ops.clone(),
+            })
         })
         .map(|_| ())
 }
@@ -112,29 +147,83 @@ fn crud_and_versions() {
     let reg = registry();
     for db in databases() {
         let s = &db.store;
-        let rec = s.create(T, "User", "u1", NOW, user(&reg, "Alice"), Include::default()).unwrap();
+        let rec = s
+            .create(
+                T,
+                "User",
+                "u1",
+                NOW,
+                user(&reg, "Alice"),
+                Include::default(),
+            )
+            .unwrap();
         assert_eq!(rec.version, 1, "{}", db.name);
-        let got = s.get(T, "User", "u1", Include { members: false, groups: true }).unwrap();
+        let got = s
+            .get(
+                T,
+                "User",
+                "u1",
+                Include {
+                    members: false,
+                    groups: true,
+                },
+            )
+            .unwrap();
         assert_eq!(got.data["userName"], json!("Alice"));
         assert_eq!(got.groups, Some(vec![]));
         // Other tenant and other type see nothing.
-        assert!(matches!(s.get("other", "User", "u1", Include::default()), Err(StoreError::NotFound)));
-        assert!(matches!(s.get(T, "Group", "u1", Include::default()), Err(StoreError::NotFound)));
+        assert!(matches!(
+            s.get("other", "User", "u1", Include::default()),
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            s.get(T, "Group", "u1", Include::default()),
+            Err(StoreError::NotFound)
+        ));
         let updated = s
-            .update(T, "User", "u1", "2026-01-02T00:00:00.000000Z", Some(1), Include::default(), &mut |cur| {
-                let mut w = user(&reg, "alice2");
-                w.data.insert("title".into(), json!("Boss"));
-                assert_eq!(cur.version, 1);
-                Ok(w)
-            })
+            .update(
+                T,
+                "User",
+                "u1",
+                "2026-01-02T00:00:00.000000Z",
+                Some(1),
+                Include::default(),
+                &mut |cur| {
+                    let mut w = user(&reg, "alice2");
+                    w.data.insert("title".into(), json!("Boss"));
+                    assert_eq!(cur.version, 1);
+                    Ok(w)
+                },
+            )
             .unwrap();
-        assert_eq!((updated.version, updated.last_modified.as_str()), (2, "2026-01-02T00:00:00.000000Z"));
+        assert_eq!(
+            (updated.version, updated.last_modified.as_str()),
+            (2, "2026-01-02T00:00:00.000000Z")
+        );
         // Stale If-Match.
-        let stale = s.update(T, "User", "u1", NOW, Some(1), Include::default(), &mut |_| panic!("must not be called"));
-        assert!(matches!(stale, Err(StoreError::VersionMismatch)), "{}", db.name);
-        assert!(matches!(s.delete(T, "User", "u1", Some(1)), Err(StoreError::VersionMismatch)));
+        let stale = s.update(
+            T,
+            "User",
+            "u1",
+            NOW,
+            Some(1),
+            Include::default(),
+            &mut |_| panic!("must not be called"),
+        );
+        assert!(
+            matches!(stale, Err(StoreError::VersionMismatch)),
+            "{}",
+            db.name
+        );
+        assert!(matches!(
+            s.delete(T, "User", "u1", Some(1)),
+            Err(StoreError::VersionMismatch)
+        ));
         s.delete(T, "User", "u1", Some(2)).unwrap();
-        assert!(matches!(s.delete(T, "User", "u1", None), Err(StoreError::NotFound)));
+        assert!(matches!(
+            s.delete(T, "User", "u1", None),
+            Err(StoreError::NotFound)
+        ));
     }
 }
 
@@ -143,16 +232,44 @@ fn user_name_is_unique_case_insensitively_per_tenant() {
     let reg = registry();
     for db in databases() {
         let s = &db.store;
-        s.create(T, "User", "u1", NOW, user(&reg, "Bob@Example.com"), Include::default()).unwrap();
-        let dup = s.create(T, "User", "u2", NOW, user(&reg, "bob@example.COM"), Include::default());
-        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{}: {dup:?}", db.name);
+        s.create(
+            T,
+            "User",
+            "u1",
+            NOW,
+            user(&reg, "Bob@Example.com"),
+            Include::default(),
+        )
+        .unwrap();
+        let dup = s.create(
+            T,
+            "User",
+            "u2",
+            NOW,
+            user(&reg, "bob@example.COM"),
+            Include::default(),
+        );
+        assert!(
+            matches!(dup, Err(StoreError::Conflict(_))),
+            "{}: {dup:?}",
+            db.name
+        );
         // Non-ASCII folding happens in Rust, identically on both databases.
-        s.create(T, "User", "u3", NOW, user(&reg, "ÅSA"), Include::default()).unwrap();
-        assert!(matches!(s.create(T, "User", "u4", NOW, user(&reg, "åsa"), Include::default()), Err(StoreError::Conflict(_))));
+        s.create(T, "User", "u3", NOW, user(&reg, "ÅSA"), Include::default())
+            .unwrap();
+        assert!(matches!(
+            s.create(T, "User", "u4", NOW, user(&reg, "åsa"), Include::default()),
+            Err(StoreError::Conflict(_))
+        ));
         // Rename into a taken name is a conflict too, and changes nothing.
-        let r = s.update(T, "User", "u3", NOW, None, Include::default(), &mut |_| Ok(user(&reg, "BOB@example.com")));
+        let r = s.update(T, "User", "u3", NOW, None, Include::default(), &mut |_| {
+            Ok(user(&reg, "BOB@example.com"))
+        });
         assert!(matches!(r, Err(StoreError::Conflict(_))), "{}", db.name);
-        assert_eq!(s.get(T, "User", "u3", Include::default()).unwrap().data["userName"], json!("ÅSA"));
+        assert_eq!(
+            s.get(T, "User", "u3", Include::default()).unwrap().data["userName"],
+            json!("ÅSA")
+        );
     }
 }
 
@@ -162,29 +279,82 @@ fn membership_is_set_operations_and_atomic() {
     for db in databases() {
         let s = &db.store;
         for u in ["a", "b", "c"] {
-            s.create(T, "User", u, NOW, user(&reg, u), Include::default()).unwrap();
+            s.create(T, "User", u, NOW, user(&reg, u), Include::default())
+                .unwrap();
         }
-        let g = s.create(T, "Group", "g", NOW, group(&reg, "G", &["a", "b"]), Include { members: true, groups: false }).unwrap();
+        let g = s
+            .create(
+                T,
+                "Group",
+                "g",
+                NOW,
+                group(&reg, "G", &["a", "b"]),
+                Include {
+                    members: true,
+                    groups: false,
+                },
+            )
+            .unwrap();
         assert_eq!(g.members.unwrap().len(), 2);
-        set_members(s, "g", vec![MemberOp::Add(vec!["b".into(), "c".into(), "c".into()])]).unwrap();
+        set_members(
+            s,
+            "g",
+            vec![MemberOp::Add(vec!["b".into(), "c".into(), "c".into()])],
+        )
+        .unwrap();
         assert_eq!(member_ids(s, "g"), ["a", "b", "c"]);
-        set_members(s, "g", vec![MemberOp::Remove(vec!["a".into(), "zzz".into()])]).unwrap();
+        set_members(
+            s,
+            "g",
+            vec![MemberOp::Remove(vec!["a".into(), "zzz".into()])],
+        )
+        .unwrap();
         assert_eq!(member_ids(s, "g"), ["b", "c"]);
         // Unknown id: error naming it, and nothing changes (not even the earlier op).
-        let err = set_members(s, "g", vec![MemberOp::RemoveAll, MemberOp::Add(vec!["a".into(), "ghost".into()])]).unwrap_err();
+        let err = set_members(
+            s,
+            "g",
+            vec![
+                MemberOp::RemoveAll,
+                MemberOp::Add(vec!["a".into(), "ghost".into()]),
+            ],
+        )
+        .unwrap_err();
         let msg = scim_core::ScimError::from(err).detail;
         assert!(msg.contains("\"ghost\"") && !msg.contains("\"a\""), "{msg}");
         assert_eq!(member_ids(s, "g"), ["b", "c"], "{}", db.name);
         // Version bumps on membership change.
-        assert_eq!(s.get(T, "Group", "g", Include::default()).unwrap().version, 3);
+        assert_eq!(
+            s.get(T, "Group", "g", Include::default()).unwrap().version,
+            3
+        );
         // Groups attribute of a user, and cascade on delete.
-        let b = s.get(T, "User", "b", Include { members: false, groups: true }).unwrap();
+        let b = s
+            .get(
+                T,
+                "User",
+                "b",
+                Include {
+                    members: false,
+                    groups: true,
+                },
+            )
+            .unwrap();
         assert_eq!(b.groups.unwrap()[0].display.as_deref(), Some("G"));
         s.delete(T, "User", "b", None).unwrap();
         assert_eq!(member_ids(s, "g"), ["c"]);
         // Filter by member.
         let page = s
-            .list(T, "Group", &ListQuery { filter: StoreFilter::HasMember("c".into()), start_index: 1, count: 10, include: Include::default() })
+            .list(
+                T,
+                "Group",
+                &ListQuery {
+                    filter: StoreFilter::HasMember("c".into()),
+                    start_index: 1,
+                    count: 10,
+                    include: Include::default(),
+                },
+            )
             .unwrap();
         assert_eq!(page.total, 1);
         set_members(s, "g", vec![MemberOp::RemoveAll]).unwrap();
@@ -199,26 +369,76 @@ fn listing_pages_filters_and_counts() {
         let s = &db.store;
         for i in 0..25 {
             let now = format!("2026-01-01T00:00:{i:02}.000000Z");
-            s.create(T, "User", &format!("u{i:02}"), &now, user(&reg, &format!("user{i:02}")), Include::default()).unwrap();
+            s.create(
+                T,
+                "User",
+                &format!("u{i:02}"),
+                &now,
+                user(&reg, &format!("user{i:02}")),
+                Include::default(),
+            )
+            .unwrap();
         }
         let q = |filter: StoreFilter, start: u64, count: u64| {
-            s.list(T, "User", &ListQuery { filter, start_index: start, count, include: Include::default() }).unwrap()
+            s.list(
+                T,
+                "User",
+                &ListQuery {
+                    filter,
+                    start_index: start,
+                    count,
+                    include: Include::default(),
+                },
+            )
+            .unwrap()
         };
         let p = q(StoreFilter::All, 1, 10);
         assert_eq!((p.total, p.resources.len()), (25, 10));
         assert_eq!(p.resources[0].id, "u00");
         let p = q(StoreFilter::All, 21, 10);
-        assert_eq!(p.resources.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["u20", "u21", "u22", "u23", "u24"]);
+        assert_eq!(
+            p.resources
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["u20", "u21", "u22", "u23", "u24"]
+        );
         assert_eq!(q(StoreFilter::All, 30, 10).resources.len(), 0);
         assert_eq!(q(StoreFilter::All, 1, 0).total, 25);
-        let p = q(StoreFilter::Eq(IndexedField::UserName, "user07".into()), 1, 10);
+        let p = q(
+            StoreFilter::Eq(IndexedField::UserName, "user07".into()),
+            1,
+            10,
+        );
         assert_eq!((p.total, p.resources[0].id.as_str()), (1, "u07"));
-        let p = q(StoreFilter::Or(vec![StoreFilter::Eq(IndexedField::ExternalId, "ext-user01".into()), StoreFilter::Eq(IndexedField::Id, "u02".into())]), 1, 10);
+        let p = q(
+            StoreFilter::Or(vec![
+                StoreFilter::Eq(IndexedField::ExternalId, "ext-user01".into()),
+                StoreFilter::Eq(IndexedField::Id, "u02".into()),
+            ]),
+            1,
+            10,
+        );
         assert_eq!(p.total, 2);
-        let p = q(StoreFilter::And(vec![StoreFilter::All, StoreFilter::Not(Box::new(StoreFilter::Eq(IndexedField::Id, "u02".into())))]), 1, 100);
+        let p = q(
+            StoreFilter::And(vec![
+                StoreFilter::All,
+                StoreFilter::Not(Box::new(StoreFilter::Eq(IndexedField::Id, "u02".into()))),
+            ]),
+            1,
+            100,
+        );
         assert_eq!(p.total, 24);
         // A value with SQL metacharacters is data, not SQL.
-        assert_eq!(q(StoreFilter::Eq(IndexedField::UserName, "x' OR '1'='1".into()), 1, 10).total, 0);
+        assert_eq!(
+            q(
+                StoreFilter::Eq(IndexedField::UserName, "x' OR '1'='1".into()),
+                1,
+                10
+            )
+            .total,
+            0
+        );
     }
 }
 
@@ -227,16 +447,37 @@ fn concurrent_membership_updates_lose_nothing() {
     let reg = registry();
     for db in databases() {
         let s = Arc::new(db.store.clone());
-        s.create(T, "Group", "g", NOW, group(&reg, "G", &[]), Include::default()).unwrap();
+        s.create(
+            T,
+            "Group",
+            "g",
+            NOW,
+            group(&reg, "G", &[]),
+            Include::default(),
+        )
+        .unwrap();
         for i in 0..40 {
-            s.create(T, "User", &format!("u{i}"), NOW, user(&reg, &format!("u{i}")), Include::default()).unwrap();
+            s.create(
+                T,
+                "User",
+                &format!("u{i}"),
+                NOW,
+                user(&reg, &format!("u{i}")),
+                Include::default(),
+            )
+            .unwrap();
         }
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let s = Arc::clone(&s);
                 std::thread::spawn(move || {
                     for i in 0..10 {
-                        set_members(&s, "g", vec![MemberOp::Add(vec![format!("u{}", t * 10 + i)])]).unwrap();
+                        set_members(
+                            &s,
+                            "g",
+                            vec![MemberOp::Add(vec![format!("u{}", t * 10 + i)])],
+                        )
+                        .unwrap();
                     }
                 })
             })
@@ -245,7 +486,10 @@ fn concurrent_membership_updates_lose_nothing() {
             t.join().unwrap();
         }
         assert_eq!(member_ids(&s, "g").len(), 40, "{}", db.name);
-        assert_eq!(s.get(T, "Group", "g", Include::default()).unwrap().version, 41);
+        assert_eq!(
+            s.get(T, "Group", "g", Include::default()).unwrap().version,
+            41
+        );
     }
 }
 
@@ -276,7 +520,20 @@ fn schema_rs_matches_migrated_columns_on_both_databases() {
     }
     cols!(tenants, id, name, created);
     cols!(tokens, id, tenant_id, name, token_hash, created, revoked);
-    cols!(resources, id, tenant_id, resource_type, version, created, last_modified, external_id, user_name_ci, display_name_ci, display, data);
+    cols!(
+        resources,
+        id,
+        tenant_id,
+        resource_type,
+        version,
+        created,
+        last_modified,
+        external_id,
+        user_name_ci,
+        display_name_ci,
+        display,
+        data
+    );
     cols!(group_members, group_id, member_id);
     expected.sort();
     for db in databases() {
@@ -285,8 +542,12 @@ fn schema_rs_matches_migrated_columns_on_both_databases() {
             AnyConnection::Sqlite(_) => "SELECT m.name AS table_name, p.name AS column_name FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table' AND m.name NOT LIKE '\\_\\_%' ESCAPE '\\' AND m.name NOT LIKE 'sqlite%'",
             AnyConnection::Postgres(_) => "SELECT table_name::text AS table_name, column_name::text AS column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_\\_%'",
         };
-        let mut got: Vec<(String, String)> =
-            diesel::sql_query(sql).load::<Col>(&mut *conn).unwrap().into_iter().map(|c| (c.table_name, c.column_name)).collect();
+        let mut got: Vec<(String, String)> = diesel::sql_query(sql)
+            .load::<Col>(&mut *conn)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.table_name, c.column_name))
+            .collect();
         got.sort();
         assert_eq!(got, expected, "{}", db.name);
     }
