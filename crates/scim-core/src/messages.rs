@@ -48,7 +48,8 @@ pub fn service_provider_config(caps: &ServerCapabilities, base_url: &str) -> Val
         "schemas": [urns::SERVICE_PROVIDER_CONFIG],
         "documentationUri": caps.documentation_uri,
         "patch": { "supported": true },
-        "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": 0 },
+        // Bulk is not supported yet; maxPayloadSize still states the request body limit.
+        "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": caps.max_body_bytes },
         "filter": { "supported": true, "maxResults": caps.query.max_count },
         "changePassword": { "supported": false },
         "sort": { "supported": false },
@@ -59,13 +60,6 @@ pub fn service_provider_config(caps: &ServerCapabilities, base_url: &str) -> Val
             "description": "Authentication with a bearer token issued by this server (scim-server token create).",
             "primary": true
         }],
-        urns::LIMITS_EXTENSION: {
-            "maxBodyBytes": caps.max_body_bytes,
-            "defaultPageSize": caps.query.default_count,
-            "maxPageSize": caps.query.max_count,
-            "filterMaxLength": caps.query.filter.max_length,
-            "filterMaxDepth": caps.query.filter.max_depth
-        },
         "meta": {
             "resourceType": "ServiceProviderConfig",
             "location": format!("{base_url}/ServiceProviderConfig")

@@ -81,11 +81,12 @@ impl Projection {
             }
             return sub.returned != Returned::Request;
         }
-        !self
-            .excluded
-            .iter()
-            .filter(same_attr)
-            .any(|e| e.sub.as_deref() == Some(&sname))
+        sub.returned != Returned::Request
+            && !self
+                .excluded
+                .iter()
+                .filter(same_attr)
+                .any(|e| e.sub.as_deref() == Some(&sname))
     }
 
     /// Which derived parts a store must read for this projection.

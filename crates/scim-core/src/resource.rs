@@ -422,5 +422,6 @@ pub(crate) fn into_write(ctx: &Ctx<'_>, n: Normalized, replace_members: bool) ->
         external_id: n.external_id,
         keys,
         member_ops,
+        unknown_members: Default::default(),
     }
 }

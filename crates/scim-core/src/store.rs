@@ -64,6 +64,16 @@ pub struct IndexKeys {
     pub display: Option<String>,
 }
 
+/// What to do with member ids that name no resource of the tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnknownMembers {
+    /// Skip them and add the others (tolerant; what most identity providers expect).
+    #[default]
+    Ignore,
+    /// Fail the whole write with an error naming them.
+    Reject,
+}
+
 /// A validated write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceWrite {
@@ -75,6 +85,8 @@ pub struct ResourceWrite {
     pub keys: IndexKeys,
     /// membership changes, in order
     pub member_ops: Vec<MemberOp>,
+    /// policy for member ids that do not exist
+    pub unknown_members: UnknownMembers,
 }
 
 /// Which derived parts to read.

@@ -308,3 +308,41 @@ fn projection_honours_returned_and_parameters() {
     // id cannot be excluded
     assert_eq!(r(None, Some("id"))["id"], json!("id1"));
 }
+
+#[test]
+fn members_display_is_returned_only_on_request() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "Group").unwrap();
+    let w = prepare_create(
+        &ctx,
+        &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "G"}),
+    )
+    .unwrap();
+    let mut rec = record(&ctx, w);
+    rec.members = Some(vec![crate::store::MemberRef {
+        id: "u1".into(),
+        resource_type: "User".into(),
+        display: Some("Alice".into()),
+    }]);
+    let r = |a: Option<&str>| {
+        render(
+            &ctx,
+            &rec,
+            "http://x/scim/v2",
+            &Projection::parse(&ctx, a, None),
+        )["members"]
+            .clone()
+    };
+    assert_eq!(
+        r(None),
+        json!([{"value": "u1", "$ref": "http://x/scim/v2/Users/u1", "type": "User"}])
+    );
+    assert_eq!(
+        r(Some("members")),
+        json!([{"value": "u1", "$ref": "http://x/scim/v2/Users/u1", "type": "User"}])
+    );
+    assert_eq!(
+        r(Some("members.display,members.value")),
+        json!([{"value": "u1", "display": "Alice"}])
+    );
+}

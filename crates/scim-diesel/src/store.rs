@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
     CredentialStore, Include, IndexedField, ListQuery, MemberOp, MemberRef, Page, ResourceRecord,
-    ResourceStore, ResourceWrite, StoreFilter, TokenRecord, UpdateFn,
+    ResourceStore, ResourceWrite, StoreFilter, TokenRecord, UnknownMembers, UpdateFn,
 };
 use scim_core::{ScimError, StoreError};
 use serde_json::{Map, Value};
@@ -339,6 +339,7 @@ fn apply_member_ops(
     tenant: &str,
     group: &str,
     ops: &[MemberOp],
+    unknown: UnknownMembers,
 ) -> Result<(), TxError> {
     for op in ops {
         match op {
@@ -363,7 +364,7 @@ fn apply_member_ops(
                         ScimError::invalid_value("A group cannot be a member of itself").into(),
                     );
                 }
-                let wanted: Vec<&str> = unique.into_iter().collect();
+                let mut wanted: Vec<&str> = unique.into_iter().collect();
                 let mut missing = Vec::new();
                 for chunk in wanted.chunks(CHUNK) {
                     let found: BTreeSet<String> = resources::table
@@ -380,7 +381,16 @@ fn apply_member_ops(
                             .map(|s| s.to_string()),
                     );
                 }
-                if !missing.is_empty() {
+                if !missing.is_empty() && unknown == UnknownMembers::Ignore {
+                    let shown: Vec<String> =
+                        missing.iter().take(20).map(|m| format!("{m:?}")).collect();
+                    log::warn!(
+                        "group {group}: ignored {} unknown member id(s): {}",
+                        missing.len(),
+                        shown.join(", ")
+                    );
+                    wanted.retain(|w| !missing.iter().any(|m| m == w));
+                } else if !missing.is_empty() {
                     let shown: Vec<String> = missing
                         .iter()
                         .take(20)
@@ -435,7 +445,7 @@ impl ResourceStore for DieselStore {
                     resources::data.eq(&data),
                 ))
                 .execute(c)?;
-            apply_member_ops(c, tenant, id, &write.member_ops)?;
+            apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
             let mut rec = vec![ResourceRecord {
                 id: id.to_string(),
                 resource_type: rt.to_string(),
@@ -553,7 +563,7 @@ impl ResourceStore for DieselStore {
                         if n == 0 {
                             return Ok(None); // lost a race: retry
                         }
-                        apply_member_ops(c, tenant, id, &write.member_ops)?;
+                        apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
                         ResourceRecord {
                             version: current.version + 1,
                             last_modified: now.to_string(),

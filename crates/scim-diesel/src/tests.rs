@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use scim_core::resource::prepare_create;
 use scim_core::store::{
     Include, IndexedField, ListQuery, MemberOp, ResourceStore, ResourceWrite, StoreFilter,
+    UnknownMembers,
 };
 use scim_core::{Ctx, SchemaRegistry, StoreError};
 use serde_json::json;
@@ -137,6 +138,7 @@ fn set_members(store: &DieselStore, id: &str, ops: Vec<MemberOp>) -> Result<(), 
                 external_id: cur.external_id.clone(),
                 keys: scim_core::resource::index_keys(&ctx, &cur.data),
                 member_ops: ops.clone(),
+                unknown_members: UnknownMembers::Reject,
             })
         })
         .map(|_| ())
@@ -323,10 +325,24 @@ fn membership_is_set_operations_and_atomic() {
         let msg = scim_core::ScimError::from(err).detail;
         assert!(msg.contains("\"ghost\"") && !msg.contains("\"a\""), "{msg}");
         assert_eq!(member_ids(s, "g"), ["b", "c"], "{}", db.name);
-        // Version bumps on membership change.
+        // The tolerant policy adds the known ids and skips the unknown one.
+        s.update(T, "Group", "g", NOW, None, Include::default(), &mut |cur| {
+            let ctx = Ctx::new(&reg, "Group").unwrap();
+            Ok(ResourceWrite {
+                data: cur.data.clone(),
+                external_id: None,
+                keys: scim_core::resource::index_keys(&ctx, &cur.data),
+                member_ops: vec![MemberOp::Add(vec!["a".into(), "ghost".into()])],
+                unknown_members: UnknownMembers::Ignore,
+            })
+        })
+        .unwrap();
+        assert_eq!(member_ids(s, "g"), ["a", "b", "c"], "{}", db.name);
+        set_members(s, "g", vec![MemberOp::Remove(vec!["a".into()])]).unwrap();
+        // Version bumps on every membership change (and not on the failed one).
         assert_eq!(
             s.get(T, "Group", "g", Include::default()).unwrap().version,
-            3
+            5
         );
         // Groups attribute of a user, and cascade on delete.
         let b = s

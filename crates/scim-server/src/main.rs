@@ -1,1 +1,94 @@
-fn main() {}
+//! `scim-server`: serve (default), `migrate`, and `token create|list|revoke`.
+
+use anyhow::{bail, Context, Result};
+use scim_server::{AppState, Config};
+
+const USAGE: &str = "usage:
+  scim-server                       serve SCIM 2.0 at http://$SCIM_LISTEN/scim/v2
+  scim-server migrate               apply database migrations and exit
+  scim-server token create [NAME]   create a bearer token for the default tenant (printed once)
+  scim-server token list            list live tokens (ids and names, never the tokens)
+  scim-server token revoke ID       revoke a token
+
+Settings come from environment variables; see docs/CONFIGURATION.md.";
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut config = Config::from_env()?;
+    match args.as_slice() {
+        [] | ["serve"] => {
+            let state = AppState::open(config)?;
+            if let Some(token) = state.bootstrap()? {
+                println!("Created the first tenant and its bearer token (shown only this once):\n\n    {token}\n");
+                println!(
+                    "Try: curl -H 'Authorization: Bearer {token}' http://{}/scim/v2/Users\n",
+                    state.config.listen
+                );
+            }
+            println!(
+                "SCIM 2.0 base URL: {}  (database: {})",
+                state.config.public_url,
+                redact(&state.config.database_url)
+            );
+            actix_web::rt::System::new().block_on(scim_server::serve(state))
+        }
+        ["migrate"] => {
+            config.migrate_on_start = true;
+            AppState::open(config)?;
+            println!("migrations applied");
+            Ok(())
+        }
+        ["token", "create", rest @ ..] => {
+            let name = rest.first().copied().unwrap_or("cli");
+            let state = AppState::open(config)?;
+            if let Some(token) = state.bootstrap()? {
+                println!("{token}");
+                return Ok(());
+            }
+            let tenant = state.creds.default_tenant()?.context("no tenant")?;
+            let token = scim_auth::generate_token()?;
+            let id = state.create_token(&tenant, name, &token)?;
+            eprintln!("token id {id} (use it to revoke)");
+            println!("{token}");
+            Ok(())
+        }
+        ["token", "list"] => {
+            let state = AppState::open(config)?;
+            for t in state.creds.list_tokens()? {
+                println!(
+                    "{}\t{}\t{}\ttenant {}",
+                    t.id, t.created, t.name, t.tenant_id
+                );
+            }
+            Ok(())
+        }
+        ["token", "revoke", id] => {
+            let state = AppState::open(config)?;
+            if !state.creds.revoke_token(id, &scim_server::now())? {
+                bail!("no live token with id {id}");
+            }
+            println!("revoked {id}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            bail!("unknown command")
+        }
+    }
+}
+
+/// Hides a password in a database URL before printing it.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

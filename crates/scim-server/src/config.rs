@@ -1,0 +1,105 @@
+//! Settings from environment variables (see docs/CONFIGURATION.md).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use scim_core::query::QueryLimits;
+use scim_core::store::UnknownMembers;
+
+/// Everything the server can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `SCIM_DATABASE_URL`
+    pub database_url: String,
+    /// `SCIM_LISTEN`
+    pub listen: String,
+    /// `SCIM_PUBLIC_URL`: base of `Location` and `meta.location`; never taken from requests
+    pub public_url: String,
+    /// `SCIM_BOOTSTRAP_TOKEN`
+    pub bootstrap_token: Option<String>,
+    /// `SCIM_MIGRATE_ON_START`
+    pub migrate_on_start: bool,
+    /// `SCIM_MAX_BODY_BYTES`
+    pub max_body_bytes: usize,
+    /// `SCIM_DEFAULT_PAGE_SIZE`, `SCIM_MAX_PAGE_SIZE`, `SCIM_FILTER_MAX_LENGTH`, `SCIM_FILTER_MAX_DEPTH`
+    pub query: QueryLimits,
+    /// `SCIM_DB_POOL_SIZE`
+    pub pool_size: u32,
+    /// `SCIM_DB_CONNECT_TIMEOUT_MS`
+    pub connect_timeout: Duration,
+    /// `SCIM_WORKERS` (0 = one per core)
+    pub workers: usize,
+    /// `SCIM_UNKNOWN_MEMBERS`: `ignore` (default) or `reject`
+    pub unknown_members: UnknownMembers,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .ok()
+            .with_context(|| format!("{name} must be a number, got {v:?}")),
+    }
+}
+
+fn flag(name: &str, default: bool) -> Result<bool> {
+    match var(name).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+        Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+        Some(v) => bail!("{name} must be true or false, got {v:?}"),
+    }
+}
+
+impl Config {
+    /// Reads the environment.
+    pub fn from_env() -> Result<Self> {
+        let listen = var("SCIM_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let public_url =
+            var("SCIM_PUBLIC_URL").unwrap_or_else(|| format!("http://{listen}/scim/v2"));
+        let defaults = QueryLimits::default();
+        let query = QueryLimits {
+            default_count: num("SCIM_DEFAULT_PAGE_SIZE", defaults.default_count)?,
+            max_count: num("SCIM_MAX_PAGE_SIZE", defaults.max_count)?,
+            filter: scim_filter::Limits {
+                max_length: num("SCIM_FILTER_MAX_LENGTH", defaults.filter.max_length)?,
+                max_depth: num("SCIM_FILTER_MAX_DEPTH", defaults.filter.max_depth)?,
+            },
+        };
+        if query.max_count == 0 || query.default_count > query.max_count {
+            bail!(
+                "SCIM_DEFAULT_PAGE_SIZE must be at most SCIM_MAX_PAGE_SIZE, which must be positive"
+            );
+        }
+        Ok(Config {
+            database_url: var("SCIM_DATABASE_URL").unwrap_or_else(|| "scim.db".into()),
+            listen,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            bootstrap_token: var("SCIM_BOOTSTRAP_TOKEN"),
+            migrate_on_start: flag("SCIM_MIGRATE_ON_START", true)?,
+            max_body_bytes: num("SCIM_MAX_BODY_BYTES", 1024 * 1024)?,
+            query,
+            pool_size: num("SCIM_DB_POOL_SIZE", 8)?,
+            connect_timeout: Duration::from_millis(num("SCIM_DB_CONNECT_TIMEOUT_MS", 5000)?),
+            workers: num("SCIM_WORKERS", 0)?,
+            unknown_members: match var("SCIM_UNKNOWN_MEMBERS")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("ignore") => UnknownMembers::Ignore,
+                Some("reject") => UnknownMembers::Reject,
+                Some(other) => {
+                    bail!("SCIM_UNKNOWN_MEMBERS must be ignore or reject, got {other:?}")
+                }
+            },
+        })
+    }
+}

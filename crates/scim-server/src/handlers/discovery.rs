@@ -1,0 +1,88 @@
+//! `/ServiceProviderConfig`, `/Schemas`, `/ResourceTypes` (RFC 7644 section 4), plus the
+//! 404 and 405 fallbacks.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use scim_core::messages::{
+    list_response, resource_type_document, schema_document, service_provider_config,
+};
+use scim_core::ScimError;
+
+use crate::error::{ApiError, ApiResult};
+use crate::http::scim_json;
+use crate::AppState;
+
+/// `GET /ServiceProviderConfig`
+pub async fn service_provider(state: web::Data<AppState>) -> HttpResponse {
+    scim_json(
+        StatusCode::OK,
+        &service_provider_config(&state.capabilities, &state.config.public_url),
+    )
+}
+
+/// `GET /Schemas`
+pub async fn schemas(state: web::Data<AppState>) -> HttpResponse {
+    let docs: Vec<_> = state
+        .registry
+        .schemas()
+        .iter()
+        .map(|s| schema_document(s, &state.config.public_url))
+        .collect();
+    scim_json(StatusCode::OK, &list_response(docs.len() as u64, 1, docs))
+}
+
+/// `GET /Schemas/{id}`
+pub async fn schema(state: web::Data<AppState>, id: web::Path<String>) -> ApiResult<HttpResponse> {
+    let schema = state
+        .registry
+        .schema(&id)
+        .ok_or_else(|| ApiError(ScimError::not_found("Unknown schema")))?;
+    Ok(scim_json(
+        StatusCode::OK,
+        &schema_document(schema, &state.config.public_url),
+    ))
+}
+
+/// `GET /ResourceTypes`
+pub async fn resource_types(state: web::Data<AppState>) -> HttpResponse {
+    let docs: Vec<_> = state
+        .registry
+        .resource_types()
+        .iter()
+        .filter_map(|rt| resource_type_document(&state.registry, &rt.id, &state.config.public_url))
+        .collect();
+    scim_json(StatusCode::OK, &list_response(docs.len() as u64, 1, docs))
+}
+
+/// `GET /ResourceTypes/{id}`
+pub async fn resource_type(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let doc = resource_type_document(&state.registry, &id, &state.config.public_url)
+        .ok_or_else(|| ApiError(ScimError::not_found("Unknown resource type")))?;
+    Ok(scim_json(StatusCode::OK, &doc))
+}
+
+/// Any method a route does not support.
+pub async fn method_not_allowed() -> ApiResult<HttpResponse> {
+    Err(ApiError(ScimError::new(
+        405,
+        None,
+        "This method is not supported on this endpoint",
+    )))
+}
+
+/// Any unknown path.
+pub async fn not_found() -> ApiResult<HttpResponse> {
+    Err(ApiError(ScimError::not_found("No such endpoint")))
+}
+
+/// `POST /.search` across resource types: not implemented yet (RFC 7644 section 3.12: 501).
+pub async fn root_search() -> ApiResult<HttpResponse> {
+    Err(ApiError(ScimError::new(
+        501,
+        None,
+        "Searching several resource types at once is not supported yet; use /Users/.search or /Groups/.search",
+    )))
+}

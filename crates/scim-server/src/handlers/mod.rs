@@ -1,0 +1,4 @@
+//! HTTP handlers.
+
+pub mod discovery;
+pub mod resources;

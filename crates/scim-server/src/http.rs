@@ -1,0 +1,180 @@
+//! Request plumbing shared by the handlers: bounded body reading, query parameters,
+//! conditional headers, and SCIM JSON responses.
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use scim_core::render::{etag, parse_etag};
+use scim_core::ScimError;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult, SCIM_JSON};
+
+/// Reads a JSON request body of at most `limit` bytes. Over the limit: 413, never buffered.
+pub async fn json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> ApiResult<Value> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        if !ct.is_empty() && !ct.contains("json") {
+            return Err(ApiError(ScimError::new(
+                415,
+                None,
+                "Request bodies must be application/scim+json or application/json",
+            )));
+        }
+    }
+    let too_large = || {
+        ApiError(ScimError::new(
+            413,
+            None,
+            format!("The request body exceeds the limit of {limit} bytes"),
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError(ScimError::invalid_syntax(format!(
+                "Could not read the request body: {e}"
+            )))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.is_empty() {
+        return Err(ApiError(ScimError::invalid_syntax(
+            "The request body is empty",
+        )));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError(ScimError::invalid_syntax(format!(
+            "The request body is not valid JSON: {e}"
+        )))
+    })
+}
+
+/// Query parameters, looked up case-insensitively (`startIndex` = `startindex`).
+#[derive(Debug, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Parses the query string (`+` is a space, as in forms).
+    pub fn from_request(req: &HttpRequest) -> ApiResult<Self> {
+        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map(|q| Params(q.into_inner()))
+            .map_err(|e| {
+                ApiError(ScimError::invalid_syntax(format!(
+                    "Malformed query string: {e}"
+                )))
+            })
+    }
+
+    /// From a JSON object (a `.search` body).
+    pub fn from_json(v: &Value) -> ApiResult<Self> {
+        let obj = v.as_object().ok_or_else(|| {
+            ApiError(ScimError::invalid_syntax(
+                "The search request must be an object",
+            ))
+        })?;
+        let mut out = Vec::new();
+        for (k, v) in obj {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Value::Null => continue,
+                _ => {
+                    return Err(ApiError(ScimError::invalid_value(format!(
+                        "Search parameter '{k}' has the wrong type"
+                    ))))
+                }
+            };
+            out.push((k.clone(), s));
+        }
+        Ok(Params(out))
+    }
+
+    /// A parameter's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// An integer parameter; malformed is a 400.
+    pub fn int(&self, name: &str) -> ApiResult<Option<i64>> {
+        match self.get(name).map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError(ScimError::invalid_value(format!(
+                    "'{name}' must be an integer"
+                )))
+            }),
+        }
+    }
+}
+
+/// The version named by `If-Match`, if any. `*` means "any version".
+pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let v = v.to_str().unwrap_or("").trim();
+    if v == "*" {
+        return Ok(None);
+    }
+    // Several tags may be listed; a resource has one version, so any of them may match.
+    // We support a single tag, the common case.
+    parse_etag(v).map(Some).ok_or_else(|| {
+        ApiError(ScimError::precondition_failed(
+            "If-Match does not name a version of this resource",
+        ))
+    })
+}
+
+/// Whether `If-None-Match` names `version` (or `*`).
+pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
+    let Some(v) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    v.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || parse_etag(t) == Some(version))
+}
+
+/// A SCIM JSON response.
+pub fn scim_json(status: StatusCode, body: &Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, SCIM_JSON))
+        .body(body.to_string())
+}
+
+/// A SCIM JSON response for one resource, with its `ETag`.
+pub fn resource_response(status: StatusCode, body: &Value, version: i64) -> HttpResponse {
+    let mut resp = scim_json(status, body);
+    if let Ok(v) = header::HeaderValue::from_str(&etag(version)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}

@@ -1,0 +1,223 @@
+//! The SCIM 2.0 server: configuration, the actix-web application, and startup.
+//!
+//! `main.rs` only parses the command line; everything else is here so that tests build the
+//! very same application.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod http;
+
+use std::sync::Arc;
+
+use actix_web::{web, App};
+use anyhow::{Context, Result};
+use scim_core::messages::ServerCapabilities;
+use scim_core::store::{CredentialStore, ResourceStore, TokenRecord};
+use scim_core::SchemaRegistry;
+use scim_diesel::{DieselStore, StoreConfig};
+
+pub use config::Config;
+
+/// Shared state of every worker.
+pub struct AppState {
+    /// resources
+    pub store: Arc<dyn ResourceStore>,
+    /// tokens
+    pub creds: Arc<dyn CredentialStore>,
+    /// schemas and resource types
+    pub registry: Arc<SchemaRegistry>,
+    /// settings
+    pub config: Config,
+    /// what `/ServiceProviderConfig` advertises
+    pub capabilities: ServerCapabilities,
+}
+
+/// Route data: which resource type a route serves.
+#[derive(Debug, Clone)]
+pub struct ResourceTypeId(pub String);
+
+/// The current time, formatted for storage.
+pub fn now() -> String {
+    scim_core::time_fmt::format_timestamp(time::OffsetDateTime::now_utc())
+}
+
+impl AppState {
+    /// Opens the store (and migrates, when configured).
+    pub fn open(config: Config) -> Result<Self> {
+        let mut sc = StoreConfig::new(config.database_url.clone());
+        sc.pool_size = config.pool_size;
+        sc.connection_timeout = config.connect_timeout;
+        let store = DieselStore::open(&sc).with_context(|| "opening the database")?;
+        if config.migrate_on_start {
+            let n = store.migrate().with_context(|| "applying migrations")?;
+            if n > 0 {
+                log::info!("applied {n} migration(s)");
+            }
+        }
+        let registry = SchemaRegistry::builtin().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let capabilities = ServerCapabilities {
+            query: config.query,
+            max_body_bytes: config.max_body_bytes,
+            documentation_uri: None,
+        };
+        let store = Arc::new(store);
+        Ok(AppState {
+            store: store.clone(),
+            creds: store,
+            registry: Arc::new(registry),
+            config,
+            capabilities,
+        })
+    }
+
+    /// On a database without tokens: creates the first tenant and token. Returns the token
+    /// when one was generated or taken from `SCIM_BOOTSTRAP_TOKEN`, so the caller can show it once.
+    pub fn bootstrap(&self) -> Result<Option<String>> {
+        if self.creds.has_tokens()? {
+            return Ok(None);
+        }
+        let tenant = match self.creds.default_tenant()? {
+            Some(t) => t,
+            None => {
+                let t = uuid::Uuid::new_v4().to_string();
+                self.creds.ensure_tenant(&t, "default", &now())?;
+                t
+            }
+        };
+        let token = match &self.config.bootstrap_token {
+            Some(t) => t.clone(),
+            None => scim_auth::generate_token()?,
+        };
+        self.create_token(&tenant, "bootstrap", &token)?;
+        Ok(Some(token))
+    }
+
+    /// Stores a token for a tenant; returns its id.
+    pub fn create_token(&self, tenant: &str, name: &str, token: &str) -> Result<String> {
+        let rec = TokenRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: tenant.to_string(),
+            name: name.to_string(),
+            created: now(),
+        };
+        self.creds
+            .create_token(&rec, &scim_auth::hash_token(token))?;
+        Ok(rec.id)
+    }
+}
+
+/// Registers every route under `/scim/v2`.
+pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        use handlers::discovery as d;
+        use handlers::resources as r;
+        let mut scope = web::scope("/scim/v2")
+            .service(
+                web::resource("/ServiceProviderConfig")
+                    .route(web::get().to(d::service_provider))
+                    .default_service(web::to(d::method_not_allowed)),
+            )
+            .service(
+                web::resource("/Schemas")
+                    .route(web::get().to(d::schemas))
+                    .default_service(web::to(d::method_not_allowed)),
+            )
+            .service(
+                web::resource("/Schemas/{id}")
+                    .route(web::get().to(d::schema))
+                    .default_service(web::to(d::method_not_allowed)),
+            )
+            .service(
+                web::resource("/ResourceTypes")
+                    .route(web::get().to(d::resource_types))
+                    .default_service(web::to(d::method_not_allowed)),
+            )
+            .service(
+                web::resource("/ResourceTypes/{id}")
+                    .route(web::get().to(d::resource_type))
+                    .default_service(web::to(d::method_not_allowed)),
+            );
+        scope = scope.service(
+            web::resource("/.search")
+                .route(web::post().to(d::root_search))
+                .default_service(web::to(d::method_not_allowed)),
+        );
+        for rt in state.registry.resource_types() {
+            let data = web::Data::new(ResourceTypeId(rt.id.clone()));
+            scope = scope
+                .service(
+                    web::resource(rt.endpoint.clone())
+                        .app_data(data.clone())
+                        .route(web::get().to(r::list))
+                        .route(web::post().to(r::create))
+                        .default_service(web::to(d::method_not_allowed)),
+                )
+                .service(
+                    web::resource(format!("{}/.search", rt.endpoint))
+                        .app_data(data.clone())
+                        .route(web::post().to(r::search))
+                        .default_service(web::to(d::method_not_allowed)),
+                )
+                .service(
+                    web::resource(format!("{}/{{id}}", rt.endpoint))
+                        .app_data(data)
+                        .route(web::get().to(r::get))
+                        .route(web::put().to(r::replace))
+                        .route(web::patch().to(r::patch))
+                        .route(web::delete().to(r::delete))
+                        .default_service(web::to(d::method_not_allowed)),
+                );
+        }
+        cfg.app_data(state).service(scope);
+    }
+}
+
+/// The application, as served and as tested.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .wrap(
+            actix_web::middleware::Logger::new("%s %Dms \"%{request}xi\"").custom_request_replace(
+                "request",
+                |req| {
+                    // Method and path only (no query: filters may carry personal data),
+                    // escaped so that nothing a client sends can forge log lines.
+                    format!("{} {}", req.method(), req.path())
+                        .escape_debug()
+                        .to_string()
+                },
+            ),
+        )
+        .configure(configure(state))
+        .default_service(web::to(handlers::discovery::not_found))
+}
+
+/// Starts serving; returns when the server stops.
+pub async fn serve(state: AppState) -> Result<()> {
+    let listen = state.config.listen.clone();
+    let workers = state.config.workers;
+    let state = web::Data::new(state);
+    let mut server = actix_web::HttpServer::new(move || app(state.clone()));
+    if workers > 0 {
+        server = server.workers(workers);
+    }
+    let server = server
+        .bind(&listen)
+        .with_context(|| format!("binding {listen}"))?;
+    for addr in server.addrs() {
+        log::info!("listening on http://{addr}/scim/v2");
+    }
+    server.run().await?;
+    Ok(())
+}
