@@ -15,6 +15,7 @@ mod backend;
 pub mod conn;
 pub mod schema;
 mod store;
+pub mod testing;
 
 pub use conn::{AnyConnection, Backend};
 pub use store::{DieselStore, StoreConfig};

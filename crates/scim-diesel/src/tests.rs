@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use scim_core::resource::prepare_create;
 use scim_core::store::{
@@ -37,53 +36,11 @@ fn sqlite() -> TestDb {
     }
 }
 
-/// PostgreSQL URL for tests, or `None` (allowed only outside CI).
-pub(crate) fn postgres_url() -> Option<String> {
-    match std::env::var("SCIM_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") => {
-            panic!(
-                "SCIM_TEST_POSTGRES_URL must be set under CI: PostgreSQL tests may not be skipped"
-            )
-        }
-        _ => {
-            eprintln!("SCIM_TEST_POSTGRES_URL not set: PostgreSQL half of the store suite skipped");
-            None
-        }
-    }
-}
-
-/// A fresh schema on the test PostgreSQL, as a URL whose connections use it.
-pub(crate) fn postgres_schema_url(base: &str) -> String {
-    let schema = format!("t_{}", uuid_like());
-    let mut c = diesel::PgConnection::establish(base).unwrap();
-    c.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
-}
-
-fn uuid_like() -> String {
-    let mut b = [0u8; 8];
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = (std::process::id() as u8).wrapping_add(i as u8);
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    format!(
-        "{:x}_{:x}_{}",
-        nanos,
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
-}
-
 fn databases() -> Vec<TestDb> {
     let mut dbs = vec![sqlite()];
-    if let Some(base) = postgres_url() {
-        let store = DieselStore::open(&StoreConfig::new(postgres_schema_url(&base))).unwrap();
+    if let Some(base) = crate::testing::postgres_test_url() {
+        let url = crate::testing::fresh_postgres_schema(&base).unwrap();
+        let store = DieselStore::open(&StoreConfig::new(url)).unwrap();
         dbs.push(TestDb {
             store,
             _dir: None,

@@ -60,6 +60,24 @@ fn flag(name: &str, default: bool) -> Result<bool> {
 }
 
 impl Config {
+    /// Defaults, with the given database and no environment involved.
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        let listen = "127.0.0.1:8080".to_string();
+        Config {
+            database_url: database_url.into(),
+            public_url: format!("http://{listen}/scim/v2"),
+            listen,
+            bootstrap_token: None,
+            migrate_on_start: true,
+            max_body_bytes: 1024 * 1024,
+            query: QueryLimits::default(),
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+            workers: 0,
+            unknown_members: UnknownMembers::Ignore,
+        }
+    }
+
     /// Reads the environment.
     pub fn from_env() -> Result<Self> {
         let listen = var("SCIM_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());

@@ -203,21 +203,26 @@ pub fn app(
         .default_service(web::to(handlers::discovery::not_found))
 }
 
-/// Starts serving; returns when the server stops.
-pub async fn serve(state: AppState) -> Result<()> {
-    let listen = state.config.listen.clone();
+/// Builds the HTTP server on an already bound listener (tests bind port 0 first).
+pub fn server_on(
+    state: AppState,
+    listener: std::net::TcpListener,
+) -> Result<actix_web::dev::Server> {
     let workers = state.config.workers;
     let state = web::Data::new(state);
     let mut server = actix_web::HttpServer::new(move || app(state.clone()));
     if workers > 0 {
         server = server.workers(workers);
     }
-    let server = server
-        .bind(&listen)
-        .with_context(|| format!("binding {listen}"))?;
-    for addr in server.addrs() {
-        log::info!("listening on http://{addr}/scim/v2");
-    }
-    server.run().await?;
+    Ok(server.listen(listener)?.run())
+}
+
+/// Binds `SCIM_LISTEN` and serves; returns when the server stops.
+pub async fn serve(state: AppState) -> Result<()> {
+    let listen = state.config.listen.clone();
+    let listener =
+        std::net::TcpListener::bind(&listen).with_context(|| format!("binding {listen}"))?;
+    log::info!("listening on http://{}/scim/v2", listener.local_addr()?);
+    server_on(state, listener)?.await?;
     Ok(())
 }

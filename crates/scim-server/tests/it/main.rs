@@ -1,0 +1,6 @@
+//! The one integration-test binary of the server: real HTTP against a real server on a
+//! loopback port, on SQLite and (when `SCIM_TEST_POSTGRES_URL` is set) PostgreSQL.
+
+mod conformance;
+mod security;
+mod server;

@@ -1,0 +1,225 @@
+//! Properties a client or operator can observe that are not request/response pairs:
+//! secrets never stored in clear, hostile headers never echoed, races with one winner.
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+use crate::server::{databases, Db, TestServer};
+
+fn post_user(client: &Client, s: &TestServer, body: Value) -> reqwest::blocking::Response {
+    client
+        .post(format!("{}/Users", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/scim+json")
+        .body(body.to_string())
+        .send()
+        .unwrap()
+}
+
+/// Every byte of the SQLite database files.
+fn database_bytes(s: &TestServer) -> Vec<u8> {
+    let path = s.db_path.as_ref().unwrap();
+    let mut all = Vec::new();
+    for suffix in ["", "-wal"] {
+        let p = format!("{}{suffix}", path.display());
+        if let Ok(b) = std::fs::read(&p) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn passwords_and_tokens_are_never_stored_in_clear() {
+    let s = TestServer::start(&Db::Sqlite);
+    let client = Client::new();
+    let password = "Pa55-word-that-must-not-be-stored";
+    let r = post_user(
+        &client,
+        &s,
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "p", "password": password}),
+    );
+    assert_eq!(r.status(), 201);
+    let text = r.text().unwrap();
+    assert!(
+        !text.contains(password) && !text.contains("password"),
+        "{text}"
+    );
+    let bytes = database_bytes(&s);
+    assert!(
+        contains(&bytes, "\"userName\":\"p\""),
+        "the scan must see the stored document"
+    );
+    assert!(
+        !contains(&bytes, password),
+        "password found in the database file"
+    );
+    assert!(
+        !contains(&bytes, &s.token),
+        "bearer token found in clear in the database file"
+    );
+    assert!(
+        contains(&bytes, &scim_auth::hash_token(&s.token)),
+        "token hash should be stored"
+    );
+}
+
+#[test]
+fn location_never_comes_from_the_request() {
+    let s = TestServer::start(&Db::Sqlite);
+    let r = Client::new()
+        .post(format!("{}/Users", s.base))
+        .bearer_auth(&s.token)
+        .header("host", "evil.example")
+        .header("x-forwarded-host", "evil.example")
+        .header("content-type", "application/scim+json")
+        .body(
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "h"})
+                .to_string(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(loc.starts_with(&s.base), "{loc}");
+    assert!(!r.text().unwrap().contains("evil.example"));
+}
+
+#[test]
+fn racing_creates_of_one_user_name_have_exactly_one_winner() {
+    for db in databases() {
+        let s = TestServer::start(&db);
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..12)
+                .map(|i| {
+                    let s = &s;
+                    scope.spawn(move || {
+                        let name = if i % 2 == 0 { "Racer@Example.com" } else { "racer@example.COM" };
+                        post_user(&Client::new(), s, json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name}))
+                            .status()
+                            .as_u16()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            statuses.iter().filter(|&&c| c == 201).count(),
+            1,
+            "{}: {statuses:?}",
+            db.name()
+        );
+        assert_eq!(
+            statuses.iter().filter(|&&c| c == 409).count(),
+            11,
+            "{}: {statuses:?}",
+            db.name()
+        );
+        let list: Value = Client::new()
+            .get(format!("{}/Users", s.base))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(list["totalResults"], json!(1));
+    }
+}
+
+#[test]
+fn concurrent_membership_patches_through_http_lose_nothing() {
+    for db in databases() {
+        let s = TestServer::start(&db);
+        let client = Client::new();
+        let ids: Vec<String> = (0..24)
+            .map(|i| {
+                let r: Value = post_user(&client, &s, json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("m{i}")})).json().unwrap();
+                r["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        let g: Value = client
+            .post(format!("{}/Groups", s.base))
+            .bearer_auth(&s.token)
+            .header("content-type", "application/scim+json")
+            .body(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "G"}).to_string())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let gid = g["id"].as_str().unwrap().to_string();
+        std::thread::scope(|scope| {
+            for chunk in ids.chunks(3) {
+                let (s, gid) = (&s, &gid);
+                scope.spawn(move || {
+                    let members: Vec<Value> = chunk.iter().map(|id| json!({"value": id})).collect();
+                    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "add", "path": "members", "value": members}]});
+                    let r = Client::new()
+                        .patch(format!("{}/Groups/{gid}", s.base))
+                        .bearer_auth(&s.token)
+                        .header("content-type", "application/scim+json")
+                        .body(body.to_string())
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                });
+            }
+        });
+        let g: Value = client
+            .get(format!("{}/Groups/{gid}", s.base))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(
+            g["members"].as_array().map(Vec::len),
+            Some(24),
+            "{}",
+            db.name()
+        );
+        assert_eq!(
+            g["meta"]["version"],
+            json!("W/\"9\""),
+            "{}: one version per PATCH",
+            db.name()
+        );
+    }
+}
+
+#[test]
+fn strict_unknown_members_policy_names_the_ids() {
+    let s = TestServer::start_with(&Db::Sqlite, |c| {
+        c.unknown_members = scim_core::store::UnknownMembers::Reject
+    });
+    let r = Client::new()
+        .post(format!("{}/Groups", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/scim+json")
+        .body(json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "G", "members": [{"value": "ghost-1"}, {"value": "ghost-\"2"}]}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["scimType"], json!("invalidValue"));
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("ghost-1") && detail.contains("ghost-\\\"2"),
+        "{detail}"
+    );
+    let list: Value = Client::new()
+        .get(format!("{}/Groups", s.base))
+        .bearer_auth(&s.token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        list["totalResults"],
+        json!(0),
+        "the failed create left nothing behind"
+    );
+}
