@@ -115,17 +115,15 @@ impl Run<'_> {
         if let Some(want) = expect.get("status").and_then(Value::as_u64) {
             assert_eq!(status as u64, want, "{ctx}");
         }
-        if status >= 400 || expect.get("body").is_some() {
-            if !text.is_empty() {
-                let ct = headers
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                assert_eq!(
-                    ct, "application/scim+json",
-                    "{ctx}: every body is SCIM JSON"
-                );
-            }
+        if !text.is_empty() {
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            assert_eq!(
+                ct, "application/scim+json",
+                "{ctx}: every body is SCIM JSON"
+            );
         }
         if status >= 400 {
             let b = body
