@@ -45,7 +45,7 @@ pub struct ServerCapabilities {
 /// The ServiceProviderConfig document.
 pub fn service_provider_config(caps: &ServerCapabilities, base_url: &str) -> Value {
     json!({
-        "schemas": [urns::SERVICE_PROVIDER_CONFIG],
+        "schemas": [urns::SERVICE_PROVIDER_CONFIGURATION],
         "documentationUri": caps.documentation_uri,
         "patch": { "supported": true },
         // Bulk is not supported yet; maxPayloadSize still states the request body limit.

@@ -207,6 +207,9 @@ const GROUP_JSON: &str = include_str!("../schemas/group.json");
 const ENTERPRISE_JSON: &str = include_str!("../schemas/enterprise_user.json");
 const RESOURCE_TYPES_JSON: &str = include_str!("../schemas/resource_types.json");
 const COMMON_JSON: &str = include_str!("../schemas/common.json");
+const SPC_JSON: &str = include_str!("../schemas/service_provider_config.json");
+const RESOURCE_TYPE_JSON: &str = include_str!("../schemas/resource_type.json");
+const SCHEMA_JSON: &str = include_str!("../schemas/schema.json");
 
 impl SchemaRegistry {
     /// The RFC 7643 User, Group and Enterprise User schemas with the User and Group resource types.
@@ -219,6 +222,10 @@ impl SchemaRegistry {
             parse("user.json", USER_JSON)?,
             parse("group.json", GROUP_JSON)?,
             parse("enterprise_user.json", ENTERPRISE_JSON)?,
+            // RFC 7643 section 8.7.2: the schemas of the discovery documents themselves.
+            parse("service_provider_config.json", SPC_JSON)?,
+            parse("resource_type.json", RESOURCE_TYPE_JSON)?,
+            parse("schema.json", SCHEMA_JSON)?,
         ];
         let resource_types: Vec<ResourceType> = serde_json::from_str(RESOURCE_TYPES_JSON)
             .map_err(|e| ScimError::internal(format!("resource_types.json: {e}")))?;

@@ -186,3 +186,120 @@ pub mod enterprise_user {
     /// `manager.displayName`
     pub const MANAGER_DISPLAY_NAME: &str = "manager.displayName";
 }
+
+/// Schema URN of `ServiceProviderConfiguration`.
+pub const SERVICE_PROVIDER_CONFIGURATION: &str =
+    "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig";
+
+/// Attribute paths of the `ServiceProviderConfiguration` schema.
+pub mod service_provider_configuration {
+    /// `documentationUri`
+    pub const DOCUMENTATION_URI: &str = "documentationUri";
+    /// `patch`
+    pub const PATCH: &str = "patch";
+    /// `patch.supported`
+    pub const PATCH_SUPPORTED: &str = "patch.supported";
+    /// `bulk`
+    pub const BULK: &str = "bulk";
+    /// `bulk.supported`
+    pub const BULK_SUPPORTED: &str = "bulk.supported";
+    /// `bulk.maxOperations`
+    pub const BULK_MAX_OPERATIONS: &str = "bulk.maxOperations";
+    /// `bulk.maxPayloadSize`
+    pub const BULK_MAX_PAYLOAD_SIZE: &str = "bulk.maxPayloadSize";
+    /// `filter`
+    pub const FILTER: &str = "filter";
+    /// `filter.supported`
+    pub const FILTER_SUPPORTED: &str = "filter.supported";
+    /// `filter.maxResults`
+    pub const FILTER_MAX_RESULTS: &str = "filter.maxResults";
+    /// `changePassword`
+    pub const CHANGE_PASSWORD: &str = "changePassword";
+    /// `changePassword.supported`
+    pub const CHANGE_PASSWORD_SUPPORTED: &str = "changePassword.supported";
+    /// `sort`
+    pub const SORT: &str = "sort";
+    /// `sort.supported`
+    pub const SORT_SUPPORTED: &str = "sort.supported";
+    /// `etag`
+    pub const ETAG: &str = "etag";
+    /// `etag.supported`
+    pub const ETAG_SUPPORTED: &str = "etag.supported";
+    /// `authenticationSchemes`
+    pub const AUTHENTICATION_SCHEMES: &str = "authenticationSchemes";
+    /// `authenticationSchemes.type`
+    pub const AUTHENTICATION_SCHEMES_TYPE: &str = "authenticationSchemes.type";
+    /// `authenticationSchemes.name`
+    pub const AUTHENTICATION_SCHEMES_NAME: &str = "authenticationSchemes.name";
+    /// `authenticationSchemes.description`
+    pub const AUTHENTICATION_SCHEMES_DESCRIPTION: &str = "authenticationSchemes.description";
+    /// `authenticationSchemes.specUri`
+    pub const AUTHENTICATION_SCHEMES_SPEC_URI: &str = "authenticationSchemes.specUri";
+    /// `authenticationSchemes.documentationUri`
+    pub const AUTHENTICATION_SCHEMES_DOCUMENTATION_URI: &str =
+        "authenticationSchemes.documentationUri";
+    /// `authenticationSchemes.primary`
+    pub const AUTHENTICATION_SCHEMES_PRIMARY: &str = "authenticationSchemes.primary";
+}
+
+/// Schema URN of `ResourceType`.
+pub const RESOURCE_TYPE: &str = "urn:ietf:params:scim:schemas:core:2.0:ResourceType";
+
+/// Attribute paths of the `ResourceType` schema.
+pub mod resource_type {
+    /// `id`
+    pub const ID: &str = "id";
+    /// `name`
+    pub const NAME: &str = "name";
+    /// `description`
+    pub const DESCRIPTION: &str = "description";
+    /// `endpoint`
+    pub const ENDPOINT: &str = "endpoint";
+    /// `schema`
+    pub const SCHEMA: &str = "schema";
+    /// `schemaExtensions`
+    pub const SCHEMA_EXTENSIONS: &str = "schemaExtensions";
+    /// `schemaExtensions.schema`
+    pub const SCHEMA_EXTENSIONS_SCHEMA: &str = "schemaExtensions.schema";
+    /// `schemaExtensions.required`
+    pub const SCHEMA_EXTENSIONS_REQUIRED: &str = "schemaExtensions.required";
+}
+
+/// Schema URN of `Schema`.
+pub const SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Schema";
+
+/// Attribute paths of the `Schema` schema.
+pub mod schema {
+    /// `id`
+    pub const ID: &str = "id";
+    /// `name`
+    pub const NAME: &str = "name";
+    /// `description`
+    pub const DESCRIPTION: &str = "description";
+    /// `attributes`
+    pub const ATTRIBUTES: &str = "attributes";
+    /// `attributes.name`
+    pub const ATTRIBUTES_NAME: &str = "attributes.name";
+    /// `attributes.type`
+    pub const ATTRIBUTES_TYPE: &str = "attributes.type";
+    /// `attributes.multiValued`
+    pub const ATTRIBUTES_MULTI_VALUED: &str = "attributes.multiValued";
+    /// `attributes.description`
+    pub const ATTRIBUTES_DESCRIPTION: &str = "attributes.description";
+    /// `attributes.required`
+    pub const ATTRIBUTES_REQUIRED: &str = "attributes.required";
+    /// `attributes.canonicalValues`
+    pub const ATTRIBUTES_CANONICAL_VALUES: &str = "attributes.canonicalValues";
+    /// `attributes.caseExact`
+    pub const ATTRIBUTES_CASE_EXACT: &str = "attributes.caseExact";
+    /// `attributes.mutability`
+    pub const ATTRIBUTES_MUTABILITY: &str = "attributes.mutability";
+    /// `attributes.returned`
+    pub const ATTRIBUTES_RETURNED: &str = "attributes.returned";
+    /// `attributes.uniqueness`
+    pub const ATTRIBUTES_UNIQUENESS: &str = "attributes.uniqueness";
+    /// `attributes.referenceTypes`
+    pub const ATTRIBUTES_REFERENCE_TYPES: &str = "attributes.referenceTypes";
+    /// `attributes.subAttributes`
+    pub const ATTRIBUTES_SUB_ATTRIBUTES: &str = "attributes.subAttributes";
+}
