@@ -20,12 +20,12 @@ fn main() -> Result<()> {
     match args.as_slice() {
         [] | ["serve"] => {
             let state = AppState::open(config)?;
-            if let Some(token) = state.bootstrap()? {
-                println!("Created the first tenant and its bearer token (shown only this once):\n\n    {token}\n");
-                println!(
-                    "Try: curl -H 'Authorization: Bearer {token}' http://{}/scim/v2/Users\n",
-                    state.config.listen
-                );
+            match state.bootstrap()? {
+                Some(token) => {
+                    println!("Created the first tenant and its bearer token (shown only this once):\n\n    {token}\n");
+                    println!("Try: curl -H 'Authorization: Bearer {token}' {}/Users\n", state.config.public_url);
+                }
+                None => println!("Bearer tokens exist already; create another with: scim-server token create NAME"),
             }
             println!(
                 "SCIM 2.0 base URL: {}  (database: {})",
