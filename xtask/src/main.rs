@@ -4,8 +4,15 @@
 //!   `--check` it fails when a generated file is stale.
 //! * `lint` runs `cargo fmt --check`, `codegen --check` and `cargo clippy -D warnings`.
 //! * `ci` runs `lint` and then the test suite, as `.ci/run` does.
+//! * `conformance [--url URL --token T] [--backend sqlite|postgres|all] [--external]` runs the
+//!   black-box corpus against the server binary (or a URL), and with `--external` the
+//!   third-party checkers too.
+//! * `bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C]
+//!   [--members M] [--lookups L] [--workers W] [--pool-size P]` runs the load client.
 
 mod codegen;
+mod external;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,12 +25,14 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("codegen") => codegen::run(&root, args.iter().any(|a| a == "--check")),
         Some("lint") => lint(&root),
+        Some("conformance") => run::conformance(&root, &run::Flags::new(&args[1..])),
+        Some("bench") => run::bench(&root, &run::Flags::new(&args[1..])),
         Some("ci") => {
             lint(&root)?;
             cargo(&root, &["test", "--workspace"])
         }
         _ => {
-            eprintln!("usage: cargo xtask <codegen [--check] | lint | ci>");
+            eprintln!("usage: cargo xtask <codegen [--check] | lint | ci | conformance [..] | bench [..]>");
             bail!("unknown or missing command")
         }
     }

@@ -260,22 +260,91 @@ fn matches(want: &Value, got: &Value, at: &str) -> Result<(), String> {
     }
 }
 
+/// Where the corpus runs, from the environment:
+/// `SCIM_CONFORMANCE_URL` (+ `SCIM_CONFORMANCE_TOKEN`): an external, empty server;
+/// `SCIM_CONFORMANCE_BIN`: that binary, started per case on `SCIM_CONFORMANCE_BACKEND`
+/// (`sqlite`, `postgres` or `all`); otherwise the in-process server on every database.
+type Starter = Box<dyn Fn() -> TestServer>;
+
+fn servers() -> Vec<(String, Starter)> {
+    if let Ok(url) = std::env::var("SCIM_CONFORMANCE_URL") {
+        let token = std::env::var("SCIM_CONFORMANCE_TOKEN").unwrap_or_default();
+        return vec![(
+            "external".into(),
+            Box::new(move || TestServer::external(&url, &token)),
+        )];
+    }
+    let dbs = match std::env::var("SCIM_CONFORMANCE_BACKEND").as_deref() {
+        Ok("sqlite") => vec![crate::server::Db::Sqlite],
+        Ok("postgres") => {
+            let url = scim_diesel::testing::postgres_test_url()
+                .expect("--backend postgres needs SCIM_TEST_POSTGRES_URL");
+            vec![crate::server::Db::Postgres(url)]
+        }
+        _ => databases(),
+    };
+    let bin = std::env::var("SCIM_CONFORMANCE_BIN").ok();
+    dbs.into_iter()
+        .map(|db| {
+            let name = db.name().to_string();
+            let start: Starter = match bin.clone() {
+                Some(bin) => Box::new(move || TestServer::spawn_binary(&bin, &db)),
+                None => Box::new(move || TestServer::start(&db)),
+            };
+            (name, start)
+        })
+        .collect()
+}
+
+/// Deletes every Group and User (external mode only, between cases).
+fn empty_server(server: &TestServer, client: &Client) {
+    for endpoint in ["/Groups", "/Users"] {
+        for _round in 0..1000 {
+            let page: Value = client
+                .get(format!("{}{endpoint}?count=100&attributes=id", server.base))
+                .bearer_auth(&server.token)
+                .send()
+                .and_then(|r| r.json())
+                .unwrap_or(Value::Null);
+            let ids: Vec<String> = page["Resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["id"].as_str().map(str::to_string))
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                let _ = client
+                    .delete(format!("{}{endpoint}/{id}", server.base))
+                    .bearer_auth(&server.token)
+                    .send();
+            }
+        }
+    }
+}
+
 fn run_case(name: &str, case: &Value) {
     let steps = case["steps"]
         .as_array()
         .unwrap_or_else(|| panic!("{name}: no steps"));
-    for db in databases() {
-        let server = TestServer::start(&db);
+    for (label, start) in servers() {
+        let server = start();
+        let client = Client::new();
+        if server.is_external() {
+            empty_server(&server, &client);
+        }
         let mut run = Run {
             server: &server,
-            client: Client::new(),
+            client,
             vars: HashMap::new(),
             where_: String::new(),
         };
         run.vars.insert("base".into(), server.base.clone());
         for (i, step) in steps.iter().enumerate() {
-            let label = step.get("name").and_then(Value::as_str).unwrap_or("");
-            run.where_ = format!("{name} [{}] step {} {label}", db.name(), i + 1);
+            let step_label = step.get("name").and_then(Value::as_str).unwrap_or("");
+            run.where_ = format!("{name} [{label}] step {} {step_label}", i + 1);
             run.step(step);
         }
     }
@@ -297,7 +366,14 @@ fn corpus() {
             ran += 1;
         }
     }
-    eprintln!("ran {ran} conformance case files");
+    eprintln!(
+        "ran {ran} conformance case files against {}",
+        servers()
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }
 
 #[test]

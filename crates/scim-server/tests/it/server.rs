@@ -34,9 +34,17 @@ pub struct TestServer {
     pub base: String,
     pub token: String,
     pub db_path: Option<std::path::PathBuf>,
-    handle: actix_web::dev::ServerHandle,
-    thread: Option<JoinHandle<()>>,
+    kind: Kind,
     _dir: Option<tempfile::TempDir>,
+}
+
+enum Kind {
+    InProcess {
+        handle: actix_web::dev::ServerHandle,
+        thread: Option<JoinHandle<()>>,
+    },
+    Child(std::process::Child),
+    External,
 }
 
 pub const TEST_MAX_BODY: usize = 64 * 1024;
@@ -87,21 +95,103 @@ impl TestServer {
             base,
             token,
             db_path,
-            handle,
-            thread: Some(thread),
+            kind: Kind::InProcess {
+                handle,
+                thread: Some(thread),
+            },
             _dir: dir,
         }
+    }
+
+    /// Starts the `scim-server` binary at `bin` as a child process on a free port.
+    pub fn spawn_binary(bin: &str, db: &Db) -> TestServer {
+        let (url, dir, db_path) = match db {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("scim.db");
+                (path.to_string_lossy().into_owned(), Some(dir), Some(path))
+            }
+            Db::Postgres(base) => (
+                scim_diesel::testing::fresh_postgres_schema(base).unwrap(),
+                None,
+                None,
+            ),
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let base = format!("http://{listen}/scim/v2");
+        let token = scim_auth::generate_token().unwrap();
+        let child = std::process::Command::new(bin)
+            .env("SCIM_DATABASE_URL", &url)
+            .env("SCIM_LISTEN", &listen)
+            .env("SCIM_PUBLIC_URL", &base)
+            .env("SCIM_BOOTSTRAP_TOKEN", &token)
+            .env("SCIM_MAX_BODY_BYTES", TEST_MAX_BODY.to_string())
+            .env("SCIM_WORKERS", "2")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        let server = TestServer {
+            base,
+            token,
+            db_path,
+            kind: Kind::Child(child),
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let client = reqwest::blocking::Client::new();
+        while std::time::Instant::now() < deadline {
+            if client
+                .get(format!("{}/ServiceProviderConfig", server.base))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{bin} did not answer on {} within 30 s", server.base);
+    }
+
+    /// A server someone else runs (must be empty, and is emptied between cases).
+    pub fn external(base: &str, token: &str) -> TestServer {
+        TestServer {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            db_path: None,
+            kind: Kind::External,
+            _dir: None,
+        }
+    }
+
+    pub fn is_external(&self) -> bool {
+        matches!(self.kind, Kind::External)
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        let handle = self.handle.clone();
-        let _ =
-            std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(false)))
+        match &mut self.kind {
+            Kind::InProcess { handle, thread } => {
+                let handle = handle.clone();
+                let _ = std::thread::spawn(move || {
+                    actix_web::rt::System::new().block_on(handle.stop(false))
+                })
                 .join();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Kind::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Kind::External => {}
         }
     }
 }

@@ -1,0 +1,355 @@
+//! `cargo xtask conformance` and `cargo xtask bench`: start the real server binary on a free
+//! loopback port with a temporary database, run a client against it, stop it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Simple `--flag value` / `--switch` parsing.
+pub struct Flags(Vec<String>);
+
+impl Flags {
+    pub fn new(args: &[String]) -> Self {
+        Flags(args.to_vec())
+    }
+    pub fn value(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.0.get(i + 1))
+            .cloned()
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|a| a == name)
+    }
+}
+
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// A `scim-server` child process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub token: String,
+    _dir: Option<TempDir>,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!("{prefix}-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+    Ok(format!(
+        "scim_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+impl Server {
+    /// Starts `bin` on `database_url` (or a temporary SQLite file) with extra environment.
+    pub fn start(bin: &Path, database_url: Option<&str>, env: &[(&str, String)]) -> Result<Server> {
+        let (url, dir) = match database_url {
+            Some(u) => (u.to_string(), None),
+            None => {
+                let dir = TempDir::new("scim-xtask")?;
+                (
+                    dir.0.join("scim.db").to_string_lossy().into_owned(),
+                    Some(dir),
+                )
+            }
+        };
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let base = format!("http://{listen}/scim/v2");
+        let token = random_token()?;
+        let mut cmd = Command::new(bin);
+        cmd.env("SCIM_DATABASE_URL", &url)
+            .env("SCIM_LISTEN", &listen)
+            .env("SCIM_PUBLIC_URL", &base)
+            .env("SCIM_BOOTSTRAP_TOKEN", &token)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut server = Server {
+            child,
+            base,
+            token,
+            _dir: dir,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let addr = self
+            .base
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the server exited during start-up ({status})");
+            }
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the server did not listen on {addr} within 60 s")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory (VmHWM) in MiB, from /proc.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// Current resident memory (VmRSS) in MiB.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn check_loopback(url: &str) -> Result<()> {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    if host.starts_with("127.") || host == "localhost" {
+        Ok(())
+    } else {
+        bail!("refusing non-loopback URL {url}: conformance runs and benchmarks create and delete data")
+    }
+}
+
+/// `cargo xtask conformance [--url URL --token T] [--backend sqlite|postgres|all] [--external]`
+pub fn conformance(root: &Path, flags: &Flags) -> Result<()> {
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let backend = flags.value("--backend").unwrap_or_else(|| "all".into());
+    let url = flags.value("--url");
+    if let Some(url) = &url {
+        check_loopback(url)?;
+        env.push(("SCIM_CONFORMANCE_URL", url.clone()));
+        env.push((
+            "SCIM_CONFORMANCE_TOKEN",
+            flags.value("--token").unwrap_or_default(),
+        ));
+    } else {
+        crate::cargo(root, &["build", "-p", "scim-server"])?;
+        let bin = target_dir(root).join("debug/scim-server");
+        env.push(("SCIM_CONFORMANCE_BIN", bin.to_string_lossy().into_owned()));
+        env.push(("SCIM_CONFORMANCE_BACKEND", backend.clone()));
+    }
+    eprintln!(
+        "$ cargo test -p scim-server --test it corpus  ({})",
+        env.iter()
+            .map(|(k, v)| format!("{k}={}", if k.contains("TOKEN") { "***" } else { v }))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "test",
+            "-p",
+            "scim-server",
+            "--test",
+            "it",
+            "corpus",
+            "--",
+            "--nocapture",
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(root)
+        .status()?;
+    let own_ok = status.success();
+    println!(
+        "project corpus (tests/conformance): {}",
+        if own_ok { "passed" } else { "FAILED" }
+    );
+    let mut external_ok = true;
+    if flags.has("--external") {
+        let (base, token, _server) = match url {
+            Some(u) => (u, flags.value("--token").unwrap_or_default(), None),
+            None => {
+                let bin = target_dir(root).join("debug/scim-server");
+                let s = Server::start(&bin, None, &[])?;
+                (s.base.clone(), s.token.clone(), Some(s))
+            }
+        };
+        external_ok = crate::external::run_all(&base, &token)?;
+    }
+    if !own_ok || !external_ok {
+        bail!("conformance failures");
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C] ...`
+pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
+    crate::cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "scim-server",
+            "-p",
+            "scim-bench",
+        ],
+    )?;
+    let release = target_dir(root).join("release");
+    let mut server = None;
+    let (base, token) = match flags.value("--url") {
+        Some(u) => {
+            check_loopback(&u)?;
+            (u, flags.value("--token").unwrap_or_default())
+        }
+        None => {
+            let db = flags.value("--database-url");
+            let mut env = vec![("SCIM_MAX_PAGE_SIZE", "1000".to_string())];
+            if let Some(w) = flags.value("--workers") {
+                env.push(("SCIM_WORKERS", w));
+            }
+            if let Some(p) = flags.value("--pool-size") {
+                env.push(("SCIM_DB_POOL_SIZE", p));
+            }
+            let s = Server::start(&release.join("scim-server"), db.as_deref(), &env)?;
+            let out = (s.base.clone(), s.token.clone());
+            server = Some(s);
+            out
+        }
+    };
+    let mut args = vec!["--url".to_string(), base];
+    for f in [
+        "--users",
+        "--concurrency",
+        "--members",
+        "--lookups",
+        "--max-seconds",
+    ] {
+        if let Some(v) = flags.value(f) {
+            args.push(f.into());
+            args.push(v);
+        }
+    }
+    println!("{}", machine_line(root));
+    println!(
+        "command: cargo xtask bench {}",
+        std::env::args().skip(2).collect::<Vec<_>>().join(" ")
+    );
+    if let Some(s) = &server {
+        println!(
+            "server: release build, pid {}, idle RSS {:.1} MiB",
+            s.pid(),
+            s.rss_mib().unwrap_or(0.0)
+        );
+    }
+    let status = Command::new(release.join("scim-bench"))
+        .args(&args)
+        .env("SCIM_BENCH_TOKEN", &token)
+        .status()?;
+    if let Some(s) = &server {
+        println!(
+            "\nserver memory: peak RSS {:.1} MiB, RSS after the run {:.1} MiB",
+            s.peak_rss_mib().unwrap_or(0.0),
+            s.rss_mib().unwrap_or(0.0)
+        );
+    }
+    if !status.success() {
+        bail!("the benchmark saw errors");
+    }
+    Ok(())
+}
+
+fn machine_line(_root: &Path) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("machine: {cores} cores ({cpu}), {mem:.0} GiB; date: {date}")
+}
