@@ -62,6 +62,24 @@ impl std::fmt::Debug for DieselStore {
 
 type Conn = r2d2::PooledConnection<ConnectionManager>;
 
+/// Errors worth a retry: lost connections, a database shutting down, SQLite lock timeouts.
+fn is_transient(message: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "database is locked",
+        "database is busy",
+        "server closed the connection",
+        "terminating connection",
+        "connection to server",
+        "could not connect",
+        "no connection to the server",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "could not receive data",
+        "could not send data",
+    ];
+    MARKERS.iter().any(|m| message.contains(m))
+}
+
 fn map_err(e: DieselError) -> StoreError {
     match e {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
@@ -74,13 +92,14 @@ fn map_err(e: DieselError) -> StoreError {
             };
             StoreError::Conflict(what)
         }
-        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
-            StoreError::Unavailable(info.message().to_string())
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => {
+            StoreError::Unavailable("the database connection was lost".into())
         }
-        DieselError::DatabaseError(_, info)
-            if info.message().contains("database is locked") || info.message().contains("busy") =>
-        {
-            StoreError::Unavailable("the database is busy".into())
+        DieselError::DatabaseError(_, info) if is_transient(info.message()) => {
+            StoreError::Unavailable("the database is unavailable or busy".into())
+        }
+        DieselError::BrokenTransactionManager => {
+            StoreError::Unavailable("the database connection was lost".into())
         }
         other => StoreError::Backend(other.to_string()),
     }

@@ -9,14 +9,17 @@ use scim_server::{AppState, Config};
 #[derive(Debug, Clone)]
 pub enum Db {
     Sqlite,
+    /// a fresh schema on this PostgreSQL
     Postgres(String),
+    /// exactly this database URL (shared by several servers)
+    Exact(String),
 }
 
 impl Db {
     pub fn name(&self) -> &'static str {
         match self {
             Db::Sqlite => "sqlite",
-            Db::Postgres(_) => "postgres",
+            Db::Postgres(_) | Db::Exact(_) => "postgres",
         }
     }
 }
@@ -66,6 +69,7 @@ impl TestServer {
                 None,
                 None,
             ),
+            Db::Exact(url) => (url.clone(), None, None),
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -116,6 +120,7 @@ impl TestServer {
                 None,
                 None,
             ),
+            Db::Exact(url) => (url.clone(), None, None),
         };
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()

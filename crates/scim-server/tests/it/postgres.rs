@@ -1,0 +1,291 @@
+//! Production behaviour on PostgreSQL: several server processes on one database, and a
+//! database that goes away and comes back. Runs when `SCIM_TEST_POSTGRES_URL` is set
+//! (always under CI).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+use crate::server::{Db, TestServer};
+
+fn pg() -> Option<String> {
+    scim_diesel::testing::postgres_test_url()
+}
+
+fn send(
+    client: &Client,
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut rb = client
+        .request(method, format!("{}{path}", s.base))
+        .bearer_auth(&s.token);
+    if let Some(b) = body {
+        rb = rb
+            .header("content-type", "application/scim+json")
+            .body(b.to_string());
+    }
+    let r = rb.send().unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let v = r.json().unwrap_or(Value::Null);
+    (status, v, headers)
+}
+
+#[test]
+fn two_server_processes_on_one_database_agree() {
+    let Some(base) = pg() else { return };
+    let url = scim_diesel::testing::fresh_postgres_schema(&base).unwrap();
+    let bin = env!("CARGO_BIN_EXE_scim-server");
+    let a = TestServer::spawn_binary(bin, &Db::Exact(url.clone()));
+    // The second instance finds a token in the database and creates none: use the first's.
+    let mut b = TestServer::spawn_binary(bin, &Db::Exact(url));
+    b.token = a.token.clone();
+    let servers = [&a, &b];
+    let client = Client::new();
+
+    // Racing creates of the same 10 userNames through both instances: exactly one winner each.
+    let outcomes: Vec<(usize, u16)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let s = servers[i % 2];
+                scope.spawn(move || {
+                    let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("Shared{}", i % 10)});
+                    (i % 10, send(&Client::new(), s, reqwest::Method::POST, "/Users", Some(body)).0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for name in 0..10 {
+        let codes: Vec<u16> = outcomes
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .collect();
+        assert_eq!(
+            codes.iter().filter(|&&c| c == 201).count(),
+            1,
+            "Shared{name}: {codes:?}"
+        );
+        assert!(
+            codes.iter().all(|&c| c == 201 || c == 409),
+            "Shared{name}: {codes:?}"
+        );
+    }
+    let (_, list, _) = send(&client, &b, reqwest::Method::GET, "/Users?count=100", None);
+    assert_eq!(list["totalResults"], json!(10));
+    let ids: Vec<String> = list["Resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+
+    // Concurrent membership PATCHes to one group through both instances lose nothing.
+    let (status, g, _) = send(
+        &client,
+        &a,
+        reqwest::Method::POST,
+        "/Groups",
+        Some(
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Shared"}),
+        ),
+    );
+    assert_eq!(status, 201);
+    let gid = g["id"].as_str().unwrap().to_string();
+    std::thread::scope(|scope| {
+        for (i, id) in ids.iter().enumerate() {
+            let (s, gid) = (servers[i % 2], &gid);
+            scope.spawn(move || {
+                let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "add", "path": "members", "value": [{"value": id}]}]});
+                let (status, _, _) = send(&Client::new(), s, reqwest::Method::PATCH, &format!("/Groups/{gid}"), Some(body));
+                assert_eq!(status, 200);
+            });
+        }
+    });
+    // Both instances see the same, complete group at the same version; ETags agree.
+    let (_, ga, ha) = send(
+        &client,
+        &a,
+        reqwest::Method::GET,
+        &format!("/Groups/{gid}"),
+        None,
+    );
+    let (_, gb, hb) = send(
+        &client,
+        &b,
+        reqwest::Method::GET,
+        &format!("/Groups/{gid}"),
+        None,
+    );
+    assert_eq!(ga["members"].as_array().map(Vec::len), Some(10));
+    // Identical but for each instance's own base URL (behind a load balancer they share one).
+    let gb = serde_json::from_str::<Value>(&gb.to_string().replace(&b.base, &a.base)).unwrap();
+    assert_eq!(ga, gb);
+    assert_eq!(ha["etag"], hb["etag"]);
+    assert_eq!(ga["meta"]["version"], json!("W/\"11\""));
+    // A stale If-Match through the other instance is refused.
+    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "displayName", "value": "x"}]});
+    let r = client
+        .patch(format!("{}/Groups/{gid}", b.base))
+        .bearer_auth(&b.token)
+        .header("content-type", "application/scim+json")
+        .header("if-match", "W/\"10\"")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 412);
+}
+
+/// A TCP relay that can cut every connection and refuse new ones, standing in for a
+/// database that goes down.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                conns2
+                    .lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, up, conns }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `postgres://user@host:port/db?...` with host:port replaced.
+fn via(url: &str, port: u16) -> (String, String) {
+    let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let rest = &url[after_scheme..];
+    let host_start = after_scheme + rest.find('@').map(|i| i + 1).unwrap_or(0);
+    let host_end = host_start
+        + url[host_start..]
+            .find(['/', '?'])
+            .unwrap_or(url.len() - host_start);
+    let upstream = url[host_start..host_end].to_string();
+    let upstream = if upstream.contains(':') {
+        upstream
+    } else {
+        format!("{upstream}:5432")
+    };
+    (
+        format!("{}127.0.0.1:{port}{}", &url[..host_start], &url[host_end..]),
+        upstream,
+    )
+}
+
+#[test]
+fn database_outage_gives_503_and_the_server_recovers_by_itself() {
+    let Some(base) = pg() else { return };
+    let schema_url = scim_diesel::testing::fresh_postgres_schema(&base).unwrap();
+    let (_, upstream) = via(&schema_url, 0);
+    let relay = Relay::start(upstream);
+    let (proxied, _) = via(&schema_url, relay.port);
+    let s = TestServer::start_with(&Db::Exact(proxied), |c| {
+        c.connect_timeout = Duration::from_millis(800);
+        c.pool_size = 2;
+    });
+    let client = Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let user =
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "before"});
+    assert_eq!(
+        send(&client, &s, reqwest::Method::POST, "/Users", Some(user)).0,
+        201
+    );
+
+    relay.down();
+    for path in ["/Users", "/Users?filter=userName%20eq%20%22before%22"] {
+        let t = Instant::now();
+        let (status, body, headers) = send(&client, &s, reqwest::Method::GET, path, None);
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["status"], json!("503"));
+        assert!(headers.contains_key("retry-after"));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "answered in {:?}",
+            t.elapsed()
+        );
+    }
+    let write =
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "during"});
+    assert_eq!(
+        send(&client, &s, reqwest::Method::POST, "/Users", Some(write)).0,
+        503
+    );
+
+    relay.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut status = 0;
+    while Instant::now() < deadline {
+        status = send(&client, &s, reqwest::Method::GET, "/Users", None).0;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        status, 200,
+        "the server did not recover after the database came back"
+    );
+    let (_, list, _) = send(&client, &s, reqwest::Method::GET, "/Users", None);
+    assert_eq!(
+        list["totalResults"],
+        json!(1),
+        "the write during the outage must not have happened"
+    );
+}
