@@ -259,14 +259,22 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
         ],
     )?;
     let release = target_dir(root).join("release");
-    let mut server = None;
-    let (base, token) = match flags.value("--url") {
+    let mut servers: Vec<Server> = Vec::new();
+    let (bases, token) = match flags.value("--url") {
         Some(u) => {
             check_loopback(&u)?;
-            (u, flags.value("--token").unwrap_or_default())
+            (vec![u], flags.value("--token").unwrap_or_default())
         }
         None => {
             let db = flags.value("--database-url");
+            let instances: usize = flags
+                .value("--instances")
+                .map(|v| v.parse())
+                .transpose()?
+                .unwrap_or(1);
+            if instances > 1 && db.is_none() {
+                bail!("--instances needs --database-url postgres://… (SQLite is one process)");
+            }
             let mut env = vec![("SCIM_MAX_PAGE_SIZE", "1000".to_string())];
             if let Some(w) = flags.value("--workers") {
                 env.push(("SCIM_WORKERS", w));
@@ -274,13 +282,24 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
             if let Some(p) = flags.value("--pool-size") {
                 env.push(("SCIM_DB_POOL_SIZE", p));
             }
-            let s = Server::start(&release.join("scim-server"), db.as_deref(), &env)?;
-            let out = (s.base.clone(), s.token.clone());
-            server = Some(s);
-            out
+            let first = Server::start(&release.join("scim-server"), db.as_deref(), &env)?;
+            let token = first.token.clone();
+            servers.push(first);
+            for _ in 1..instances {
+                servers.push(Server::start(
+                    &release.join("scim-server"),
+                    db.as_deref(),
+                    &env,
+                )?);
+            }
+            (servers.iter().map(|s| s.base.clone()).collect(), token)
         }
     };
-    let mut args = vec!["--url".to_string(), base];
+    let mut args = Vec::new();
+    for b in bases {
+        args.push("--url".to_string());
+        args.push(b);
+    }
     for f in [
         "--users",
         "--concurrency",
@@ -298,7 +317,7 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
         "command: cargo xtask bench {}",
         std::env::args().skip(2).collect::<Vec<_>>().join(" ")
     );
-    if let Some(s) = &server {
+    for s in &servers {
         println!(
             "server: release build, pid {}, idle RSS {:.1} MiB",
             s.pid(),
@@ -309,9 +328,10 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
         .args(&args)
         .env("SCIM_BENCH_TOKEN", &token)
         .status()?;
-    if let Some(s) = &server {
+    for s in &servers {
         println!(
-            "\nserver memory: peak RSS {:.1} MiB, RSS after the run {:.1} MiB",
+            "\nserver {} memory: peak RSS {:.1} MiB, RSS after the run {:.1} MiB",
+            s.pid(),
             s.peak_rss_mib().unwrap_or(0.0),
             s.rss_mib().unwrap_or(0.0)
         );

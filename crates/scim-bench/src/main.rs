@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 struct Args {
-    url: String,
+    urls: Vec<String>,
     token: String,
     users: usize,
     concurrency: usize,
@@ -29,7 +29,7 @@ struct Args {
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
-        url: String::new(),
+        urls: Vec::new(),
         token: String::new(),
         users: 10_000,
         concurrency: 16,
@@ -41,7 +41,7 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--url" => a.url = val()?.trim_end_matches('/').to_string(),
+            "--url" => a.urls.push(val()?.trim_end_matches('/').to_string()),
             "--token" => a.token = val()?,
             "--users" => a.users = val()?.parse()?,
             "--concurrency" => a.concurrency = val()?.parse()?,
@@ -54,19 +54,20 @@ fn parse_args() -> Result<Args> {
     if a.token.is_empty() {
         a.token = std::env::var("SCIM_BENCH_TOKEN").unwrap_or_default();
     }
-    let host = a
-        .url
-        .split("://")
-        .nth(1)
-        .unwrap_or("")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    if !(host.starts_with("127.") || host == "localhost" || host == "[") {
-        bail!(
-            "refusing non-loopback URL {:?}: benchmarks run against this machine only",
-            a.url
-        );
+    if a.urls.is_empty() {
+        bail!("--url is required (repeat it to spread the load over several instances)");
+    }
+    for url in &a.urls {
+        let host = url
+            .split("://")
+            .nth(1)
+            .unwrap_or("")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("");
+        if !(host.starts_with("127.") || host == "localhost") {
+            bail!("refusing non-loopback URL {url:?}: benchmarks run against this machine only");
+        }
     }
     a.members = a.members.min(a.users);
     Ok(a)
@@ -112,7 +113,9 @@ impl Stats {
 #[derive(Clone)]
 struct Client {
     http: reqwest::Client,
-    base: Arc<str>,
+    /// one or more server instances; requests go round-robin
+    bases: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
     token: Arc<str>,
 }
 
@@ -124,9 +127,10 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value)> {
+        let base = &self.bases[self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len()];
         let mut rb = self
             .http
-            .request(method, format!("{}{}", self.base, path))
+            .request(method, format!("{base}{path}"))
             .bearer_auth(&*self.token);
         if let Some(b) = body {
             rb = rb
@@ -244,7 +248,8 @@ async fn main() -> Result<()> {
         .build()?;
     let client = Client {
         http,
-        base: a.url.clone().into(),
+        bases: Arc::new(a.urls.clone()),
+        next: Arc::default(),
         token: a.token.clone().into(),
     };
     let run = format!(

@@ -1,6 +1,7 @@
 //! `impl ResourceStore` and `impl CredentialStore` over the pooled connections.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel::dsl::count_star;
@@ -50,6 +51,10 @@ impl StoreConfig {
 pub struct DieselStore {
     pool: r2d2::Pool<ConnectionManager>,
     backend: Backend,
+    /// SQLite only: writers of this process take turns here before `BEGIN IMMEDIATE`, so
+    /// they queue instead of sleep-polling SQLite's busy handler. Performance only: SQLite's
+    /// own lock still guarantees correctness, including against other processes.
+    writers: Option<Arc<Mutex<()>>>,
 }
 
 impl std::fmt::Debug for DieselStore {
@@ -243,7 +248,12 @@ impl DieselStore {
             .test_on_check_out(backend == Backend::Postgres)
             .build(manager)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))?;
-        Ok(DieselStore { pool, backend })
+        let writers = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Ok(DieselStore {
+            pool,
+            backend,
+            writers,
+        })
     }
 
     /// Which database this store uses.
@@ -255,6 +265,13 @@ impl DieselStore {
     pub fn migrate(&self) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
         run_migrations(&mut conn).map_err(StoreError::Backend)
+    }
+
+    /// Waits for this process's SQLite writer turn (a no-op on PostgreSQL).
+    fn writer_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.writers
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
@@ -445,6 +462,7 @@ impl ResourceStore for DieselStore {
         write: ResourceWrite,
         include: Include,
     ) -> Result<ResourceRecord, StoreError> {
+        let _writer = self.writer_turn();
         let mut conn = self.conn()?;
         let data =
             serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -543,6 +561,7 @@ impl ResourceStore for DieselStore {
         include: Include,
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
+        let _writer = self.writer_turn();
         let mut conn = self.conn()?;
         // The row is locked before it is read; the conditional UPDATE is a second line of
         // defence, and a lost race retries the whole read-modify-write on the fresh row.
@@ -615,6 +634,7 @@ impl ResourceStore for DieselStore {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<(), StoreError> {
+        let _writer = self.writer_turn();
         let mut conn = self.conn()?;
         let result: Result<(), TxError> = backend::write_transaction(&mut conn, |c| {
             let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;

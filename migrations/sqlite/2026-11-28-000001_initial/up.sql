@@ -35,8 +35,9 @@ CREATE TABLE resources (
 -- userName is unique per tenant, case-insensitively (folded in Rust before writing).
 -- NULLs (groups) never collide.
 CREATE UNIQUE INDEX resources_user_name ON resources (tenant_id, user_name_ci);
-CREATE INDEX resources_external_id ON resources (tenant_id, resource_type, external_id);
-CREATE INDEX resources_display_name ON resources (tenant_id, resource_type, display_name_ci);
+CREATE INDEX resources_external_id ON resources (tenant_id, resource_type, external_id, created, id);
+CREATE INDEX resources_display_name ON resources (tenant_id, resource_type, display_name_ci, created, id);
+-- Lookups carry (created, id) so that one index answers both the filter and the stable order.
 -- Stable listing order.
 CREATE INDEX resources_order ON resources (tenant_id, resource_type, created, id);
 
