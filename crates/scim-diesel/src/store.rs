@@ -55,6 +55,19 @@ pub struct DieselStore {
     /// they queue instead of sleep-polling SQLite's busy handler. Performance only: SQLite's
     /// own lock still guarantees correctness, including against other processes.
     writers: Option<Arc<Mutex<()>>>,
+    /// PostgreSQL only: refreshes planner statistics after bulk changes (see `note_writes`).
+    analyze: Arc<AnalyzeState>,
+}
+
+/// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
+/// import: without statistics the planner can walk the order index instead of probing the
+/// `userName` index, and a lookup becomes a scan. Mirrors autovacuum's rule (analyze after
+/// changes to 10% of the rows, at least 500). Performance only; nothing depends on it.
+#[derive(Debug)]
+struct AnalyzeState {
+    since: std::sync::atomic::AtomicU64,
+    threshold: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for DieselStore {
@@ -236,6 +249,25 @@ fn condition(f: &StoreFilter) -> BoxedCond<'_> {
     }
 }
 
+/// Rows a list of membership operations may touch (for the statistics refresh).
+fn ops_rows(ops: &[MemberOp]) -> u64 {
+    ops.iter()
+        .map(|op| match op {
+            MemberOp::Add(ids) | MemberOp::Remove(ids) => ids.len() as u64,
+            MemberOp::RemoveAll => 1,
+        })
+        .sum()
+}
+
+/// Whether a filter can match at most one resource (it requires a unique key).
+fn pins_one_row(f: &StoreFilter) -> bool {
+    match f {
+        StoreFilter::Eq(IndexedField::Id | IndexedField::UserName, _) => true,
+        StoreFilter::And(terms) => terms.iter().any(pins_one_row),
+        _ => false,
+    }
+}
+
 impl DieselStore {
     /// Opens the pool. Does not run migrations (see [`DieselStore::migrate`]).
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
@@ -249,10 +281,16 @@ impl DieselStore {
             .build(manager)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))?;
         let writers = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let analyze = Arc::new(AnalyzeState {
+            since: 0.into(),
+            threshold: 500.into(),
+            running: false.into(),
+        });
         Ok(DieselStore {
             pool,
             backend,
             writers,
+            analyze,
         })
     }
 
@@ -265,6 +303,39 @@ impl DieselStore {
     pub fn migrate(&self) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
         run_migrations(&mut conn).map_err(StoreError::Backend)
+    }
+
+    /// Counts row changes and, on PostgreSQL, starts a background `ANALYZE` when enough
+    /// accumulated (see [`AnalyzeState`]).
+    fn note_writes(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let since = self.analyze.since.fetch_add(n, Relaxed) + n;
+        if since < self.analyze.threshold.load(Relaxed) || self.analyze.running.swap(true, Relaxed)
+        {
+            return;
+        }
+        self.analyze.since.store(0, Relaxed);
+        let (pool, state) = (self.pool.clone(), self.analyze.clone());
+        std::thread::spawn(move || {
+            if let Ok(mut conn) = pool.get() {
+                use diesel::connection::SimpleConnection;
+                match conn.batch_execute("ANALYZE resources; ANALYZE group_members;") {
+                    Ok(()) => {
+                        let rows: Result<f64, _> = diesel::select(diesel::dsl::sql::<diesel::sql_types::Double>(
+                            "(SELECT GREATEST(reltuples, 0)::float8 FROM pg_class WHERE relname = 'resources' AND relnamespace = current_schema()::regnamespace)",
+                        ))
+                        .get_result(&mut *conn);
+                        let next = (rows.unwrap_or(0.0) * 0.1) as u64;
+                        state.threshold.store(next.max(500), Relaxed);
+                    }
+                    Err(e) => log::warn!("background ANALYZE failed: {e}"),
+                }
+            }
+            state.running.store(false, Relaxed);
+        });
     }
 
     /// Waits for this process's SQLite writer turn (a no-op on PostgreSQL).
@@ -498,6 +569,9 @@ impl ResourceStore for DieselStore {
             rec.pop()
                 .ok_or_else(|| TxError::Store(StoreError::Backend("lost record".into())))
         });
+        if result.is_ok() {
+            self.note_writes(1 + ops_rows(&write.member_ops));
+        }
         result.map_err(Into::into)
     }
 
@@ -526,27 +600,42 @@ impl ResourceStore for DieselStore {
                 .filter(condition(&query.filter))
                 .into_boxed::<crate::conn::AnyBackend>()
         };
-        let total: i64 = base()
-            .select(count_star())
-            .first(&mut *conn)
-            .map_err(map_err)?;
-        let mut records = Vec::new();
-        if query.count > 0 && (query.start_index as i64) <= total {
-            let rows: Vec<Row> = base()
-                .select(ROW_COLUMNS)
-                .order((resources::created.asc(), resources::id.asc()))
-                .offset(query.start_index.saturating_sub(1).min(i64::MAX as u64) as i64)
+        let unique = pins_one_row(&query.filter);
+        let load_page = |conn: &mut AnyConnection| -> QueryResult<Vec<Row>> {
+            let mut page = base().select(ROW_COLUMNS);
+            // At most one row can match a unique key: ordering it is pointless, and leaving the
+            // ORDER BY out keeps planners without statistics from walking the order index.
+            if !unique {
+                page = page.order((resources::created.asc(), resources::id.asc()));
+            }
+            page.offset(query.start_index.saturating_sub(1).min(i64::MAX as u64) as i64)
                 .limit(query.count.min(i64::MAX as u64) as i64)
-                .load(&mut *conn)
+                .load(conn)
+        };
+        let (total, rows) = if unique && query.start_index == 1 && query.count > 0 {
+            // The page holds every match, so its length is the total: one query, not two.
+            let rows = load_page(&mut conn).map_err(map_err)?;
+            (rows.len() as u64, rows)
+        } else {
+            let total: i64 = base()
+                .select(count_star())
+                .first(&mut *conn)
                 .map_err(map_err)?;
-            records = rows
-                .into_iter()
-                .map(Row::into_record)
-                .collect::<Result<_, _>>()?;
-            fill_includes(&mut conn, &mut records, query.include).map_err(map_err)?;
-        }
+            let total = total.max(0) as u64;
+            let rows = if query.count > 0 && query.start_index <= total {
+                load_page(&mut conn).map_err(map_err)?
+            } else {
+                Vec::new()
+            };
+            (total, rows)
+        };
+        let mut records: Vec<ResourceRecord> = rows
+            .into_iter()
+            .map(Row::into_record)
+            .collect::<Result<_, _>>()?;
+        fill_includes(&mut conn, &mut records, query.include).map_err(map_err)?;
         Ok(Page {
-            total: total.max(0) as u64,
+            total,
             resources: records,
         })
     }
@@ -563,6 +652,7 @@ impl ResourceStore for DieselStore {
     ) -> Result<ResourceRecord, StoreError> {
         let _writer = self.writer_turn();
         let mut conn = self.conn()?;
+        let mut touched = 0u64;
         // The row is locked before it is read; the conditional UPDATE is a second line of
         // defence, and a lost race retries the whole read-modify-write on the fresh row.
         for _attempt in 0..8 {
@@ -601,6 +691,7 @@ impl ResourceStore for DieselStore {
                         if n == 0 {
                             return Ok(None); // lost a race: retry
                         }
+                        touched = ops_rows(&write.member_ops);
                         apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
                         ResourceRecord {
                             version: current.version + 1,
@@ -616,7 +707,10 @@ impl ResourceStore for DieselStore {
                     Ok(Some(rec))
                 });
             match result {
-                Ok(Some(rec)) => return Ok(rec),
+                Ok(Some(rec)) => {
+                    self.note_writes(1 + touched);
+                    return Ok(rec);
+                }
                 Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
                 Ok(None) => continue,
                 Err(e) => return Err(e.into()),
@@ -649,6 +743,9 @@ impl ResourceStore for DieselStore {
             .execute(c)?;
             Ok(())
         });
+        if result.is_ok() {
+            self.note_writes(1);
+        }
         result.map_err(Into::into)
     }
 }

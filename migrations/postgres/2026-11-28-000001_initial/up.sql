@@ -34,7 +34,7 @@ CREATE TABLE resources (
 
 -- userName is unique per tenant, case-insensitively (folded in Rust before writing).
 -- NULLs (groups) never collide.
-CREATE UNIQUE INDEX resources_user_name ON resources (tenant_id, user_name_ci);
+CREATE UNIQUE INDEX resources_user_name ON resources (tenant_id, resource_type, user_name_ci);
 CREATE INDEX resources_external_id ON resources (tenant_id, resource_type, external_id, created, id);
 CREATE INDEX resources_display_name ON resources (tenant_id, resource_type, display_name_ci, created, id);
 -- Lookups carry (created, id) so that one index answers both the filter and the stable order.
