@@ -425,3 +425,23 @@ pub(crate) fn into_write(ctx: &Ctx<'_>, n: Normalized, replace_members: bool) ->
         unknown_members: Default::default(),
     }
 }
+
+/// Re-provisioning of a deactivated user (Okta re-assigns a user it deactivated earlier by
+/// POSTing it again). When `current` is inactive, the POST body replaces it and the user is
+/// active again; an active user is a genuine duplicate (409 `uniqueness`).
+pub fn prepare_reactivation(
+    ctx: &Ctx<'_>,
+    body: &Value,
+    current: &ResourceRecord,
+) -> Result<ResourceWrite, ScimError> {
+    if current.data.get("active") != Some(&Value::Bool(false)) {
+        return Err(ScimError::uniqueness(
+            "A User with this userName already exists",
+        ));
+    }
+    let mut write = prepare_replace(ctx, body, current)?;
+    if !write.data.contains_key("active") {
+        write.data.insert("active".into(), Value::Bool(true));
+    }
+    Ok(write)
+}

@@ -565,7 +565,15 @@ impl ResourceStore for DieselStore {
                 members: None,
                 groups: None,
             }];
-            fill_includes(c, &mut rec, include)?;
+            // A resource created a moment ago is in no group yet: no need to ask.
+            let read = Include {
+                groups: false,
+                ..include
+            };
+            fill_includes(c, &mut rec, read)?;
+            if let (true, Some(r)) = (include.groups, rec.first_mut()) {
+                r.groups = Some(Vec::new());
+            }
             rec.pop()
                 .ok_or_else(|| TxError::Store(StoreError::Backend("lost record".into())))
         });

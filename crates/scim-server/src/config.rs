@@ -31,6 +31,9 @@ pub struct Config {
     pub workers: usize,
     /// `SCIM_UNKNOWN_MEMBERS`: `ignore` (default) or `reject`
     pub unknown_members: UnknownMembers,
+    /// `SCIM_REACTIVATE_ON_CONFLICT`: a POST whose userName belongs to an inactive user
+    /// re-activates and updates that user instead of answering 409
+    pub reactivate_on_conflict: bool,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -75,6 +78,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             workers: 0,
             unknown_members: UnknownMembers::Ignore,
+            reactivate_on_conflict: false,
         }
     }
 
@@ -108,6 +112,7 @@ impl Config {
             pool_size: num("SCIM_DB_POOL_SIZE", 8)?,
             connect_timeout: Duration::from_millis(num("SCIM_DB_CONNECT_TIMEOUT_MS", 5000)?),
             workers: num("SCIM_WORKERS", 0)?,
+            reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
             unknown_members: match var("SCIM_UNKNOWN_MEMBERS")
                 .map(|v| v.to_ascii_lowercase())
                 .as_deref()

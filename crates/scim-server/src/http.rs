@@ -163,6 +163,15 @@ pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
         .any(|t| t == "*" || parse_etag(t) == Some(version))
 }
 
+/// Whether the client sent `Prefer: return=minimal` (RFC 7240).
+pub fn prefers_minimal(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
+}
+
 /// A SCIM JSON response.
 pub fn scim_json(status: StatusCode, body: &Value) -> HttpResponse {
     HttpResponse::build(status)

@@ -7,9 +7,9 @@ use scim_core::messages::list_response;
 use scim_core::patch::prepare_patch;
 use scim_core::query::{paging, plan_filter};
 use scim_core::render::{render, Projection};
-use scim_core::resource::{prepare_create, prepare_replace};
-use scim_core::store::ListQuery;
-use scim_core::{Ctx, ScimError};
+use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
+use scim_core::store::{Include, IndexedField, ListQuery, ResourceRecord, StoreFilter};
+use scim_core::{Ctx, ScimError, StoreError};
 use serde_json::Value;
 
 use crate::auth::Tenant;
@@ -51,14 +51,18 @@ pub async fn create(
         write.unknown_members = st.config.unknown_members;
         let proj = projection(&ctx, &params);
         let id = uuid::Uuid::new_v4().to_string();
-        let rec = st.store.create(
-            &tenant.0,
-            &ctx.rt.id,
-            &id,
-            &now(),
-            write,
-            proj.include(&ctx),
-        )?;
+        let include = proj.include(&ctx);
+        let rec = match st
+            .store
+            .create(&tenant.0, &ctx.rt.id, &id, &now(), write, include)
+        {
+            Err(StoreError::Conflict(_))
+                if st.config.reactivate_on_conflict && ctx.rt.id == "User" =>
+            {
+                reactivate(&st, &ctx, &tenant.0, &body, include)?
+            }
+            other => other?,
+        };
         let location = format!("{}{}/{}", st.config.public_url, ctx.rt.endpoint, rec.id);
         Ok((
             render(&ctx, &rec, &st.config.public_url, &proj),
@@ -232,6 +236,14 @@ async fn update(
         ))
     })
     .await?;
+    if crate::http::prefers_minimal(req.headers()) {
+        // RFC 7240 `Prefer: return=minimal`: the change is applied; no body, just the new ETag.
+        let mut resp = HttpResponse::NoContent().finish();
+        if let Ok(v) = header::HeaderValue::from_str(&scim_core::render::etag(version)) {
+            resp.headers_mut().insert(header::ETAG, v);
+        }
+        return Ok(resp);
+    }
     Ok(resource_response(StatusCode::OK, &value, version))
 }
 
@@ -277,4 +289,57 @@ pub async fn delete(
     })
     .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `SCIM_REACTIVATE_ON_CONFLICT`: the POST collided with an existing userName; if that user is
+/// inactive, it is updated from the body and re-activated (core decides, see
+/// `prepare_reactivation`), otherwise the answer stays 409.
+fn reactivate(
+    st: &AppState,
+    ctx: &Ctx<'_>,
+    tenant: &str,
+    body: &Value,
+    include: Include,
+) -> ApiResult<ResourceRecord> {
+    let user_name = body
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("userName")))
+        .and_then(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            ApiError(ScimError::uniqueness(
+                "A User with this userName already exists",
+            ))
+        })?;
+    let filter = StoreFilter::Eq(IndexedField::UserName, scim_core::resource::fold(user_name));
+    let found = st.store.list(
+        tenant,
+        &ctx.rt.id,
+        &ListQuery {
+            filter,
+            start_index: 1,
+            count: 1,
+            include: Include::default(),
+        },
+    )?;
+    let existing = found.resources.first().ok_or_else(|| {
+        ApiError(ScimError::uniqueness(
+            "A User with this userName already exists",
+        ))
+    })?;
+    let unknown_members = st.config.unknown_members;
+    let rec = st.store.update(
+        tenant,
+        &ctx.rt.id,
+        &existing.id,
+        &now(),
+        None,
+        include,
+        &mut |cur| {
+            let mut write = prepare_reactivation(ctx, body, cur)?;
+            write.unknown_members = unknown_members;
+            Ok(write)
+        },
+    )?;
+    log::info!("re-activated user {} on a conflicting create", rec.id);
+    Ok(rec)
 }

@@ -1,0 +1,167 @@
+//! Behaviour that depends on settings: each test starts a server configured for it.
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+use crate::server::{databases, Db, TestServer};
+
+fn call(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut rb = Client::new()
+        .request(method, format!("{}{path}", s.base))
+        .bearer_auth(&s.token);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    if let Some(b) = body {
+        rb = rb
+            .header("content-type", "application/scim+json")
+            .body(b.to_string());
+    }
+    let r = rb.send().unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, r.json().unwrap_or(Value::Null), headers)
+}
+
+fn user(name: &str, extra: Value) -> Value {
+    let mut u =
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name});
+    if let (Value::Object(u), Value::Object(e)) = (&mut u, extra) {
+        u.extend(e);
+    }
+    u
+}
+
+#[test]
+fn okta_reprovisioning_reactivates_an_inactive_user_when_enabled() {
+    for db in databases() {
+        let s = TestServer::start_with(&db, |c| c.reactivate_on_conflict = true);
+        let post = reqwest::Method::POST;
+        let (status, created, _) = call(
+            &s,
+            post.clone(),
+            "/Users",
+            Some(user(
+                "okta.user@example.com",
+                json!({"externalId": "00u1", "title": "Old"}),
+            )),
+            &[],
+        );
+        assert_eq!(status, 201);
+        let id = created["id"].as_str().unwrap().to_string();
+        // An active user: a real duplicate stays 409.
+        let (status, body, _) = call(
+            &s,
+            post.clone(),
+            "/Users",
+            Some(user("OKTA.USER@example.com", json!({}))),
+            &[],
+        );
+        assert_eq!(
+            (status, body["scimType"].clone()),
+            (409, json!("uniqueness")),
+            "{}",
+            db.name()
+        );
+        // Deactivate, then Okta re-assigns: same user, updated and active again.
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]});
+        assert_eq!(
+            call(
+                &s,
+                reqwest::Method::PATCH,
+                &format!("/Users/{id}"),
+                Some(patch),
+                &[]
+            )
+            .0,
+            200
+        );
+        let (status, again, headers) = call(
+            &s,
+            post,
+            "/Users",
+            Some(user(
+                "okta.user@example.com",
+                json!({"externalId": "00u2", "name": {"givenName": "New"}}),
+            )),
+            &[],
+        );
+        assert_eq!(status, 201, "{}: {again}", db.name());
+        assert_eq!(
+            again["id"],
+            json!(id),
+            "the existing user is adopted, not duplicated"
+        );
+        assert_eq!(again["active"], json!(true));
+        assert_eq!(again["externalId"], json!("00u2"));
+        assert!(
+            again.get("title").is_none(),
+            "the body replaces the old state"
+        );
+        assert_eq!(
+            headers["location"].to_str().unwrap(),
+            format!("{}/Users/{id}", s.base)
+        );
+        let (_, list, _) = call(&s, reqwest::Method::GET, "/Users", None, &[]);
+        assert_eq!(list["totalResults"], json!(1));
+    }
+}
+
+#[test]
+fn reprovisioning_is_409_by_default() {
+    let s = TestServer::start(&Db::Sqlite);
+    let (_, created, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/Users",
+        Some(user("u", json!({"active": false}))),
+        &[],
+    );
+    assert!(created["id"].is_string());
+    let (status, _, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/Users",
+        Some(user("u", json!({}))),
+        &[],
+    );
+    assert_eq!(status, 409);
+}
+
+#[test]
+fn prefer_return_minimal_answers_204_with_the_new_etag() {
+    let s = TestServer::start(&Db::Sqlite);
+    let (_, created, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/Groups",
+        Some(
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "G"}),
+        ),
+        &[],
+    );
+    let id = created["id"].as_str().unwrap();
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "path": "displayName", "value": "H"}]});
+    let (status, body, headers) = call(
+        &s,
+        reqwest::Method::PATCH,
+        &format!("/Groups/{id}"),
+        Some(patch),
+        &[("Prefer", "return=minimal")],
+    );
+    assert_eq!((status, body), (204, Value::Null));
+    assert_eq!(headers["etag"], "W/\"2\"");
+    let (_, g, _) = call(
+        &s,
+        reqwest::Method::GET,
+        &format!("/Groups/{id}"),
+        None,
+        &[],
+    );
+    assert_eq!(g["displayName"], json!("H"));
+}
