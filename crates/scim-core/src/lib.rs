@@ -12,6 +12,7 @@
 //! * **Errors are protocol.** [`ScimError`] carries an HTTP status as a number and the RFC
 //!   7644 `scimType`; turning it into a response is the server's job.
 
+pub mod bulk;
 pub mod error;
 pub mod eval;
 mod generated;

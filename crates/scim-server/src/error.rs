@@ -25,6 +25,12 @@ impl From<ScimError> for ApiError {
     }
 }
 
+impl From<ApiError> for ScimError {
+    fn from(e: ApiError) -> Self {
+        e.0
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError(e.into())

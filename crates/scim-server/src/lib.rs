@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod ops;
 
 use std::sync::Arc;
 

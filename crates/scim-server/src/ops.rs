@@ -1,0 +1,237 @@
+//! Resource operations as plain (blocking) functions: the HTTP handlers and `/Bulk` both call
+//! these, so a bulk operation behaves exactly like the same request sent alone.
+
+use scim_core::messages::list_response;
+use scim_core::patch::prepare_patch;
+use scim_core::query::{paging, plan_filter};
+use scim_core::render::{parse_etag, render, Projection};
+use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
+use scim_core::store::{Include, IndexedField, ListQuery, ResourceRecord, StoreFilter};
+use scim_core::{Ctx, ScimError, StoreError};
+use serde_json::Value;
+
+use crate::http::Params;
+use crate::{now, AppState};
+
+/// What an operation produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// rendered resource (absent for DELETE)
+    pub body: Option<Value>,
+    /// version of the resource afterwards
+    pub version: Option<i64>,
+    /// URL of the resource
+    pub location: Option<String>,
+}
+
+fn projection(ctx: &Ctx<'_>, params: &Params) -> Projection {
+    Projection::parse(
+        ctx,
+        params.get("attributes"),
+        params.get("excludedAttributes"),
+    )
+}
+
+fn done(st: &AppState, ctx: &Ctx<'_>, rec: &ResourceRecord, proj: &Projection) -> Outcome {
+    Outcome {
+        body: Some(render(ctx, rec, &st.config.public_url, proj)),
+        version: Some(rec.version),
+        location: Some(format!(
+            "{}{}/{}",
+            st.config.public_url, ctx.rt.endpoint, rec.id
+        )),
+    }
+}
+
+/// Parses an `If-Match` / bulk `version` value.
+pub fn expected_version(tag: Option<&str>) -> Result<Option<i64>, ScimError> {
+    match tag.map(str::trim) {
+        None | Some("*") | Some("") => Ok(None),
+        Some(t) => parse_etag(t).map(Some).ok_or_else(|| {
+            ScimError::precondition_failed("The version does not name a version of this resource")
+        }),
+    }
+}
+
+/// POST
+pub fn create(
+    st: &AppState,
+    tenant: &str,
+    rt: &str,
+    body: &Value,
+    params: &Params,
+) -> Result<Outcome, ScimError> {
+    let ctx = Ctx::new(&st.registry, rt)?;
+    let mut write = prepare_create(&ctx, body)?;
+    write.unknown_members = st.config.unknown_members;
+    let proj = projection(&ctx, params);
+    let include = proj.include(&ctx);
+    let id = uuid::Uuid::new_v4().to_string();
+    let rec = match st
+        .store
+        .create(tenant, &ctx.rt.id, &id, &now(), write, include)
+    {
+        Err(StoreError::Conflict(_)) if st.config.reactivate_on_conflict && ctx.rt.id == "User" => {
+            reactivate(st, &ctx, tenant, body, include)?
+        }
+        other => other?,
+    };
+    Ok(done(st, &ctx, &rec, &proj))
+}
+
+/// `SCIM_REACTIVATE_ON_CONFLICT`: the POST collided with an existing userName; if that user is
+/// inactive it is updated from the body and re-activated (core decides, see
+/// `prepare_reactivation`), otherwise the answer stays 409.
+fn reactivate(
+    st: &AppState,
+    ctx: &Ctx<'_>,
+    tenant: &str,
+    body: &Value,
+    include: Include,
+) -> Result<ResourceRecord, ScimError> {
+    let duplicate = || ScimError::uniqueness("A User with this userName already exists");
+    let user_name = body
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("userName")))
+        .and_then(|(_, v)| v.as_str())
+        .ok_or_else(duplicate)?;
+    let filter = StoreFilter::Eq(IndexedField::UserName, scim_core::resource::fold(user_name));
+    let found = st.store.list(
+        tenant,
+        &ctx.rt.id,
+        &ListQuery {
+            filter,
+            start_index: 1,
+            count: 1,
+            include: Include::default(),
+        },
+    )?;
+    let existing = found.resources.first().ok_or_else(duplicate)?;
+    let unknown_members = st.config.unknown_members;
+    let rec = st.store.update(
+        tenant,
+        &ctx.rt.id,
+        &existing.id,
+        &now(),
+        None,
+        include,
+        &mut |cur| {
+            let mut write = prepare_reactivation(ctx, body, cur)?;
+            write.unknown_members = unknown_members;
+            Ok(write)
+        },
+    )?;
+    log::info!("re-activated user {} on a conflicting create", rec.id);
+    Ok(rec)
+}
+
+/// GET one
+pub fn get(
+    st: &AppState,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+    params: &Params,
+) -> Result<Outcome, ScimError> {
+    let ctx = Ctx::new(&st.registry, rt)?;
+    let proj = projection(&ctx, params);
+    let rec = st.store.get(tenant, &ctx.rt.id, id, proj.include(&ctx))?;
+    Ok(done(st, &ctx, &rec, &proj))
+}
+
+/// GET list and `.search`
+pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Value, ScimError> {
+    let ctx = Ctx::new(&st.registry, rt)?;
+    let filter = plan_filter(&ctx, params.get("filter"), &st.config.query)?;
+    if params.get("sortBy").is_some_and(|s| !s.trim().is_empty()) {
+        return Err(ScimError::invalid_value(
+            "Sorting is not supported yet (see sort.supported in /ServiceProviderConfig)",
+        ));
+    }
+    let (start_index, count) = paging(
+        params.int("startIndex")?,
+        params.int("count")?,
+        &st.config.query,
+    );
+    let proj = projection(&ctx, params);
+    let page = st.store.list(
+        tenant,
+        &ctx.rt.id,
+        &ListQuery {
+            filter,
+            start_index,
+            count,
+            include: proj.include(&ctx),
+        },
+    )?;
+    let resources: Vec<Value> = page
+        .resources
+        .iter()
+        .map(|r| render(&ctx, r, &st.config.public_url, &proj))
+        .collect();
+    Ok(list_response(page.total, start_index, resources))
+}
+
+/// PUT or PATCH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// PUT
+    Replace,
+    /// PATCH
+    Patch,
+}
+
+/// PUT / PATCH
+#[allow(clippy::too_many_arguments)]
+pub fn update(
+    st: &AppState,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+    body: &Value,
+    params: &Params,
+    expected: Option<i64>,
+    change: Change,
+) -> Result<Outcome, ScimError> {
+    let ctx = Ctx::new(&st.registry, rt)?;
+    let proj = projection(&ctx, params);
+    let limits = st.config.query.filter;
+    let unknown_members = st.config.unknown_members;
+    let rec = st.store.update(
+        tenant,
+        &ctx.rt.id,
+        id,
+        &now(),
+        expected,
+        proj.include(&ctx),
+        &mut |cur| {
+            let mut write = match change {
+                Change::Replace => prepare_replace(&ctx, body, cur)?,
+                Change::Patch => prepare_patch(&ctx, body, cur, &limits)?,
+            };
+            write.unknown_members = unknown_members;
+            Ok(write)
+        },
+    )?;
+    Ok(done(st, &ctx, &rec, &proj))
+}
+
+/// DELETE
+pub fn delete(
+    st: &AppState,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+    expected: Option<i64>,
+) -> Result<Outcome, ScimError> {
+    let ctx = Ctx::new(&st.registry, rt)?;
+    st.store.delete(tenant, &ctx.rt.id, id, expected)?;
+    Ok(Outcome {
+        body: None,
+        version: None,
+        location: Some(format!(
+            "{}{}/{}",
+            st.config.public_url, ctx.rt.endpoint, id
+        )),
+    })
+}
