@@ -40,6 +40,8 @@ pub struct ServerCapabilities {
     pub max_body_bytes: usize,
     /// link to the documentation
     pub documentation_uri: Option<String>,
+    /// operations per bulk request; 0 means bulk is not supported
+    pub bulk_max_operations: usize,
 }
 
 /// The ServiceProviderConfig document.
@@ -48,8 +50,11 @@ pub fn service_provider_config(caps: &ServerCapabilities, base_url: &str) -> Val
         "schemas": [urns::SERVICE_PROVIDER_CONFIGURATION],
         "documentationUri": caps.documentation_uri,
         "patch": { "supported": true },
-        // Bulk is not supported yet; maxPayloadSize still states the request body limit.
-        "bulk": { "supported": false, "maxOperations": 0, "maxPayloadSize": caps.max_body_bytes },
+        "bulk": {
+            "supported": caps.bulk_max_operations > 0,
+            "maxOperations": caps.bulk_max_operations,
+            "maxPayloadSize": caps.max_body_bytes
+        },
         "filter": { "supported": true, "maxResults": caps.query.max_count },
         "changePassword": { "supported": false },
         "sort": { "supported": false },

@@ -34,6 +34,8 @@ pub struct Config {
     /// `SCIM_REACTIVATE_ON_CONFLICT`: a POST whose userName belongs to an inactive user
     /// re-activates and updates that user instead of answering 409
     pub reactivate_on_conflict: bool,
+    /// `SCIM_BULK_MAX_OPERATIONS`: operations per `/Bulk` request (0 disables `/Bulk`)
+    pub bulk_max_operations: usize,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -79,6 +81,7 @@ impl Config {
             workers: 0,
             unknown_members: UnknownMembers::Ignore,
             reactivate_on_conflict: false,
+            bulk_max_operations: 1000,
         }
     }
 
@@ -113,6 +116,7 @@ impl Config {
             connect_timeout: Duration::from_millis(num("SCIM_DB_CONNECT_TIMEOUT_MS", 5000)?),
             workers: num("SCIM_WORKERS", 0)?,
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
+            bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,
             unknown_members: match var("SCIM_UNKNOWN_MEMBERS")
                 .map(|v| v.to_ascii_lowercase())
                 .as_deref()

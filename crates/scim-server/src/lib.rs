@@ -62,6 +62,7 @@ impl AppState {
             query: config.query,
             max_body_bytes: config.max_body_bytes,
             documentation_uri: None,
+            bulk_max_operations: config.bulk_max_operations,
         };
         let store = Arc::new(store);
         Ok(AppState {
@@ -145,6 +146,13 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                 .route(web::post().to(d::root_search))
                 .default_service(web::to(d::method_not_allowed)),
         );
+        if state.config.bulk_max_operations > 0 {
+            scope = scope.service(
+                web::resource("/Bulk")
+                    .route(web::post().to(r::bulk))
+                    .default_service(web::to(d::method_not_allowed)),
+            );
+        }
         for rt in state.registry.resource_types() {
             let data = web::Data::new(ResourceTypeId(rt.id.clone()));
             scope = scope

@@ -235,3 +235,137 @@ pub fn delete(
         )),
     })
 }
+
+/// Runs a bulk request (RFC 7644 section 3.7). Each operation is its own transaction, run in
+/// dependency order; results are reported in request order. Stops after `failOnErrors` errors.
+pub fn bulk(st: &AppState, tenant: &str, request: &scim_core::bulk::BulkRequest) -> Value {
+    use scim_core::bulk::{execution_order, BULK_RESPONSE};
+    use std::collections::HashMap;
+    let (order, cyclic) = execution_order(&request.ops);
+    let mut results: Vec<Option<Value>> = vec![None; request.ops.len()];
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut errors = 0usize;
+    let failed = |op: &scim_core::bulk::BulkOp, e: &ScimError| {
+        let mut r = serde_json::json!({"method": op.method.as_str(), "status": e.status.to_string(), "response": scim_core::messages::error_body(e)});
+        if let Some(b) = &op.bulk_id {
+            r["bulkId"] = Value::String(b.clone());
+        }
+        r
+    };
+    for &i in &cyclic {
+        let e = ScimError::new(
+            409,
+            None,
+            "This operation is part of a circular bulkId reference",
+        );
+        results[i] = Some(failed(&request.ops[i], &e));
+        errors += 1;
+    }
+    for i in order {
+        if request.fail_on_errors.is_some_and(|limit| errors >= limit) {
+            break;
+        }
+        let op = &request.ops[i];
+        match run_bulk_op(st, tenant, op, &ids) {
+            Ok((status, out)) => {
+                let mut r =
+                    serde_json::json!({"method": op.method.as_str(), "status": status.to_string()});
+                if let Some(b) = &op.bulk_id {
+                    r["bulkId"] = Value::String(b.clone());
+                    if let Some(id) = out.body.as_ref().and_then(|b| b["id"].as_str()) {
+                        ids.insert(b.clone(), id.to_string());
+                    }
+                }
+                if let Some(l) = out.location {
+                    r["location"] = Value::String(l);
+                }
+                if let Some(v) = out.version {
+                    r["version"] = Value::String(scim_core::render::etag(v));
+                }
+                results[i] = Some(r);
+            }
+            Err(e) => {
+                errors += 1;
+                if e.status >= 500 {
+                    log::error!(
+                        "bulk operation {} failed: {}",
+                        i + 1,
+                        e.detail.escape_debug()
+                    );
+                }
+                let shown = if e.status == 500 {
+                    ScimError::internal("Internal server error")
+                } else {
+                    e
+                };
+                results[i] = Some(failed(op, &shown));
+            }
+        }
+    }
+    serde_json::json!({"schemas": [BULK_RESPONSE], "Operations": results.into_iter().flatten().collect::<Vec<_>>()})
+}
+
+fn run_bulk_op(
+    st: &AppState,
+    tenant: &str,
+    op: &scim_core::bulk::BulkOp,
+    ids: &std::collections::HashMap<String, String>,
+) -> Result<(u16, Outcome), ScimError> {
+    use scim_core::bulk::{substitute, substitute_path, BulkMethod};
+    let unresolved = |b: String| {
+        ScimError::new(
+            409,
+            None,
+            format!("bulkId '{b}' does not name a resource created in this request"),
+        )
+    };
+    let path = substitute_path(&op.path, ids).map_err(unresolved)?;
+    let mut data = op.data.clone().unwrap_or(Value::Null);
+    substitute(&mut data, ids).map_err(unresolved)?;
+    let mut segs = path.trim_matches('/').split('/');
+    let endpoint = format!("/{}", segs.next().unwrap_or(""));
+    let id = segs.next().filter(|s| !s.is_empty());
+    if segs.next().is_some() {
+        return Err(ScimError::invalid_value(format!(
+            "Unsupported bulk path '{path}'"
+        )));
+    }
+    let rt = st
+        .registry
+        .resource_types()
+        .iter()
+        .find(|r| r.endpoint.eq_ignore_ascii_case(&endpoint))
+        .ok_or_else(|| ScimError::invalid_value(format!("Unknown endpoint in bulk path '{path}'")))?
+        .id
+        .clone();
+    let expected = expected_version(op.version.as_deref())?;
+    let params = Params::default();
+    match (op.method, id) {
+        (BulkMethod::Post, None) => Ok((201, create(st, tenant, &rt, &data, &params)?)),
+        (BulkMethod::Put, Some(id)) => Ok((
+            200,
+            update(
+                st,
+                tenant,
+                &rt,
+                id,
+                &data,
+                &params,
+                expected,
+                Change::Replace,
+            )?,
+        )),
+        (BulkMethod::Patch, Some(id)) => Ok((
+            200,
+            update(st, tenant, &rt, id, &data, &params, expected, Change::Patch)?,
+        )),
+        (BulkMethod::Delete, Some(id)) => Ok((204, delete(st, tenant, &rt, id, expected)?)),
+        (BulkMethod::Post, Some(_)) => Err(ScimError::invalid_value(
+            "A bulk POST path names an endpoint, not a resource",
+        )),
+        (_, None) => Err(ScimError::invalid_value(format!(
+            "A bulk {} path must name a resource",
+            op.method.as_str()
+        ))),
+    }
+}

@@ -185,3 +185,17 @@ pub async fn delete(
     blocking(move || ops::delete(&state, &tenant.0, &rt, &id, expected)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// `POST /Bulk`
+pub async fn bulk(
+    state: web::Data<AppState>,
+    tenant: Tenant,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    // maxPayloadSize: the body limit applies, and an oversized bulk request is a 413.
+    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
+    let request = scim_core::bulk::parse_bulk(&body, state.config.bulk_max_operations)?;
+    let out = blocking(move || Ok(ops::bulk(&state, &tenant.0, &request))).await?;
+    Ok(scim_json(StatusCode::OK, &out))
+}

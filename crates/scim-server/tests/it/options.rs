@@ -165,3 +165,36 @@ fn prefer_return_minimal_answers_204_with_the_new_etag() {
     );
     assert_eq!(g["displayName"], json!("H"));
 }
+
+#[test]
+fn bulk_max_operations_is_enforced_and_advertised() {
+    let s = TestServer::start_with(&Db::Sqlite, |c| c.bulk_max_operations = 2);
+    let (_, spc, _) = call(
+        &s,
+        reqwest::Method::GET,
+        "/ServiceProviderConfig",
+        None,
+        &[],
+    );
+    assert_eq!(
+        spc["bulk"],
+        json!({"supported": true, "maxOperations": 2, "maxPayloadSize": crate::server::TEST_MAX_BODY})
+    );
+    let op = json!({"method": "DELETE", "path": "/Users/x"});
+    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": [op, op, op]});
+    let (status, err, _) = call(&s, reqwest::Method::POST, "/Bulk", Some(body), &[]);
+    assert_eq!((status, err["status"].clone()), (413, json!("413")));
+    let s = TestServer::start_with(&Db::Sqlite, |c| c.bulk_max_operations = 0);
+    let (_, spc, _) = call(
+        &s,
+        reqwest::Method::GET,
+        "/ServiceProviderConfig",
+        None,
+        &[],
+    );
+    assert_eq!(spc["bulk"]["supported"], json!(false));
+    assert_eq!(
+        call(&s, reqwest::Method::POST, "/Bulk", Some(json!({})), &[]).0,
+        404
+    );
+}
