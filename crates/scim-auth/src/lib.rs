@@ -63,6 +63,29 @@ pub fn parse_bearer(header: &str) -> Result<&str, AuthError> {
     Ok(token)
 }
 
+/// Hashes a password for storage: argon2id with a random salt, as a PHC string
+/// (`$argon2id$v=19$...`). Deliberately slow; call it outside database transactions.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| AuthError::Random(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Random(e.to_string()))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Random(e.to_string()))
+}
+
+/// Checks a password against a hash made by [`hash_password`].
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +101,17 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_ne!(hash_token(&a), hash_token(&b));
+    }
+
+    #[test]
+    fn passwords_hash_with_salt_and_verify() {
+        let a = hash_password("n3wS3cret!").unwrap();
+        let b = hash_password("n3wS3cret!").unwrap();
+        assert!(a.starts_with("$argon2id$") && a != b, "salted: {a} {b}");
+        assert!(!a.contains("n3wS3cret"));
+        assert!(verify_password("n3wS3cret!", &a));
+        assert!(!verify_password("wrong", &a));
+        assert!(!verify_password("n3wS3cret!", "not a hash"));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct ServerCapabilities {
     pub documentation_uri: Option<String>,
     /// operations per bulk request; 0 means bulk is not supported
     pub bulk_max_operations: usize,
+    /// whether passwords are stored (hashed), so that setting one means something
+    pub change_password: bool,
 }
 
 /// The ServiceProviderConfig document.
@@ -56,7 +58,7 @@ pub fn service_provider_config(caps: &ServerCapabilities, base_url: &str) -> Val
             "maxPayloadSize": caps.max_body_bytes
         },
         "filter": { "supported": true, "maxResults": caps.query.max_count },
-        "changePassword": { "supported": false },
+        "changePassword": { "supported": caps.change_password },
         "sort": { "supported": false },
         "etag": { "supported": true },
         "authenticationSchemes": [{

@@ -24,7 +24,7 @@ use crate::resource::{
     coerce, coerce_scalar, into_write, is_members, member_ids, validate, Ctx, Normalized,
 };
 use crate::schema::{AttrType, Attribute, Mutability};
-use crate::store::{MemberOp, ResourceRecord, ResourceWrite};
+use crate::store::{MemberOp, ResourceRecord, ResourceWrite, SecretChange};
 use crate::urns;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +84,7 @@ pub fn prepare_patch(
         doc,
         exts,
         current,
+        password_removed: false,
         member_ops: Vec::new(),
     };
     if let Some(ext) = &current.external_id {
@@ -109,14 +110,22 @@ pub fn prepare_patch(
         !matches!(v, Value::Object(o) if o.is_empty())
             && !matches!(v, Value::Array(a) if a.is_empty())
     });
+    // The write-only password went through the document only to reuse the PATCH machinery.
+    let password = match p.doc.remove("password") {
+        Some(Value::String(secret)) => SecretChange::Set(secret),
+        _ if p.password_removed => SecretChange::Clear,
+        _ => SecretChange::Keep,
+    };
     let n = Normalized {
         data: p.doc,
         external_id,
         members: None,
+        password: None,
     };
     validate(ctx, &n, Some(current))?;
     let mut write = into_write(ctx, n, false);
     write.member_ops = p.member_ops;
+    write.password = password;
     Ok(write)
 }
 
@@ -131,6 +140,7 @@ struct Patcher<'a> {
     doc: Map<String, Value>,
     exts: std::collections::BTreeMap<String, Map<String, Value>>,
     current: &'a ResourceRecord,
+    password_removed: bool,
     member_ops: Vec<MemberOp>,
 }
 
@@ -458,6 +468,9 @@ impl<'a> Patcher<'a> {
 
     fn remove(&mut self, t: &Target<'_>, value: Option<&Value>) {
         let attr = t.attr;
+        if attr.mutability == Mutability::WriteOnly {
+            self.password_removed = true;
+        }
         let c = self.container(t.ext);
         match (t.sub, c.get_mut(&attr.name)) {
             (Some(sub), Some(Value::Array(items))) => {

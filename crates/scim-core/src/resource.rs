@@ -11,13 +11,14 @@
 //! * A multi-valued attribute may arrive as a single object (OneLogin `emails`).
 //! * A complex attribute with a `value` sub-attribute may arrive as a bare string
 //!   (Entra ID `manager`).
-//! * `password` is write-only; it is accepted and discarded (never stored, never returned).
+//! * `password` is write-only: it never enters the document and is never returned; it is
+//!   reported as a [`SecretChange`] so the caller can hash it or drop it.
 
 use serde_json::{Map, Value};
 
 use crate::error::ScimError;
 use crate::schema::{AttrType, Attribute, Mutability, ResourceType, SchemaRegistry};
-use crate::store::{IndexKeys, MemberOp, ResourceRecord, ResourceWrite};
+use crate::store::{IndexKeys, MemberOp, ResourceRecord, ResourceWrite, SecretChange};
 use crate::urns;
 
 /// Unicode case folding used for every case-insensitive comparison and index.
@@ -170,6 +171,8 @@ pub(crate) struct Normalized {
     pub external_id: Option<String>,
     /// Group members given in the body, if the body had the attribute
     pub members: Option<Vec<String>>,
+    /// the write-only `password`, in clear, if the body set it
+    pub password: Option<String>,
 }
 
 /// Checks the `schemas` attribute of a resource body.
@@ -255,8 +258,14 @@ pub(crate) fn normalize(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<Norm
             out.members = Some(member_ids(value)?);
             continue;
         }
-        if attr.mutability == Mutability::ReadOnly || attr.mutability == Mutability::WriteOnly {
-            // readOnly: ignored on input. writeOnly (password): accepted, never stored.
+        if attr.mutability == Mutability::ReadOnly {
+            continue; // ignored on input
+        }
+        if attr.mutability == Mutability::WriteOnly {
+            // password: never part of the document; reported separately so it can be hashed.
+            if let Some(Value::String(secret)) = coerce(attr, value)? {
+                out.password = Some(secret);
+            }
             continue;
         }
         if let Some(v) = coerce(attr, value)? {
@@ -423,6 +432,7 @@ pub(crate) fn into_write(ctx: &Ctx<'_>, n: Normalized, replace_members: bool) ->
         keys,
         member_ops,
         unknown_members: Default::default(),
+        password: n.password.map_or(SecretChange::Keep, SecretChange::Set),
     }
 }
 

@@ -74,6 +74,29 @@ pub enum UnknownMembers {
     Reject,
 }
 
+/// What a write does to a secret (the write-only `password`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum SecretChange {
+    /// leave it as it is
+    #[default]
+    Keep,
+    /// set it (core hands over the clear text; the caller stores only a hash of it)
+    Set(String),
+    /// remove it
+    Clear,
+}
+
+impl std::fmt::Debug for SecretChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.write_str(match self {
+            SecretChange::Keep => "Keep",
+            SecretChange::Set(_) => "Set(***)",
+            SecretChange::Clear => "Clear",
+        })
+    }
+}
+
 /// A validated write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceWrite {
@@ -87,6 +110,8 @@ pub struct ResourceWrite {
     pub member_ops: Vec<MemberOp>,
     /// policy for member ids that do not exist
     pub unknown_members: UnknownMembers,
+    /// the password: by the time a store sees `Set`, it must hold a hash
+    pub password: SecretChange,
 }
 
 /// Which derived parts to read.

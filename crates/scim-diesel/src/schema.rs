@@ -56,6 +56,8 @@ diesel::table! {
         display -> Nullable<Text>,
         /// JSON document
         data -> Text,
+        /// argon2id hash of the write-only password
+        password_hash -> Nullable<Text>,
     }
 }
 

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
     CredentialStore, Include, IndexedField, ListQuery, MemberOp, MemberRef, Page, ResourceRecord,
-    ResourceStore, ResourceWrite, StoreFilter, TokenRecord, UnknownMembers, UpdateFn,
+    ResourceStore, ResourceWrite, SecretChange, StoreFilter, TokenRecord, UnknownMembers, UpdateFn,
 };
 use scim_core::{ScimError, StoreError};
 use serde_json::{Map, Value};
@@ -551,6 +551,10 @@ impl ResourceStore for DieselStore {
                     resources::display_name_ci.eq(write.keys.display_name.as_deref()),
                     resources::display.eq(write.keys.display.as_deref()),
                     resources::data.eq(&data),
+                    resources::password_hash.eq(match &write.password {
+                        SecretChange::Set(h) => Some(h.as_str()),
+                        _ => None,
+                    }),
                 ))
                 .execute(c)?;
             apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
@@ -675,7 +679,8 @@ impl ResourceStore for DieselStore {
                     let write = update(&current)?;
                     let unchanged = write.member_ops.is_empty()
                         && write.data == current.data
-                        && write.external_id == current.external_id;
+                        && write.external_id == current.external_id
+                        && write.password == SecretChange::Keep;
                     let mut rec = if unchanged {
                         current
                     } else {
@@ -701,6 +706,16 @@ impl ResourceStore for DieselStore {
                         }
                         touched = ops_rows(&write.member_ops);
                         apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
+                        let hash = match &write.password {
+                            SecretChange::Keep => None,
+                            SecretChange::Set(h) => Some(Some(h.as_str())),
+                            SecretChange::Clear => Some(None),
+                        };
+                        if let Some(hash) = hash {
+                            diesel::update(resources::table.filter(resources::id.eq(id)))
+                                .set(resources::password_hash.eq(hash))
+                                .execute(c)?;
+                        }
                         ResourceRecord {
                             version: current.version + 1,
                             last_modified: now.to_string(),
@@ -860,5 +875,21 @@ impl CredentialStore for DieselStore {
             .first::<String>(&mut *conn)
             .optional()
             .map_err(map_err)
+    }
+}
+
+impl DieselStore {
+    /// The stored password hash of a resource (for applications that reuse this store to
+    /// check a user's password with `scim_auth::verify_password`).
+    pub fn password_hash(&self, tenant: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn()?;
+        resources::table
+            .filter(resources::tenant_id.eq(tenant))
+            .filter(resources::id.eq(id))
+            .select(resources::password_hash)
+            .first::<Option<String>>(&mut *conn)
+            .optional()
+            .map_err(map_err)
+            .map(Option::flatten)
     }
 }

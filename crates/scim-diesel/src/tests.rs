@@ -96,6 +96,7 @@ fn set_members(store: &DieselStore, id: &str, ops: Vec<MemberOp>) -> Result<(), 
                 keys: scim_core::resource::index_keys(&ctx, &cur.data),
                 member_ops: ops.clone(),
                 unknown_members: UnknownMembers::Reject,
+                password: Default::default(),
             })
         })
         .map(|_| ())
@@ -291,6 +292,7 @@ fn membership_is_set_operations_and_atomic() {
                 keys: scim_core::resource::index_keys(&ctx, &cur.data),
                 member_ops: vec![MemberOp::Add(vec!["a".into(), "ghost".into()])],
                 unknown_members: UnknownMembers::Ignore,
+                password: Default::default(),
             })
         })
         .unwrap();
@@ -472,7 +474,7 @@ fn migrations_go_down_and_up_again() {
         let mut conn = db.store.connection().unwrap();
         let c: &mut AnyConnection = &mut conn;
         revert_all_migrations(c).unwrap();
-        assert_eq!(run_migrations(c).unwrap(), 1, "{}", db.name);
+        assert_eq!(run_migrations(c).unwrap(), 2, "{}", db.name);
     }
 }
 
@@ -505,7 +507,8 @@ fn schema_rs_matches_migrated_columns_on_both_databases() {
         user_name_ci,
         display_name_ci,
         display,
-        data
+        data,
+        password_hash
     );
     cols!(group_members, group_id, member_id);
     expected.sort();

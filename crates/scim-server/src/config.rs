@@ -36,6 +36,8 @@ pub struct Config {
     pub reactivate_on_conflict: bool,
     /// `SCIM_BULK_MAX_OPERATIONS`: operations per `/Bulk` request (0 disables `/Bulk`)
     pub bulk_max_operations: usize,
+    /// `SCIM_PASSWORDS`: `hash` (default) stores an argon2id hash; `ignore` drops passwords
+    pub hash_passwords: bool,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -82,6 +84,7 @@ impl Config {
             unknown_members: UnknownMembers::Ignore,
             reactivate_on_conflict: false,
             bulk_max_operations: 1000,
+            hash_passwords: true,
         }
     }
 
@@ -117,6 +120,14 @@ impl Config {
             workers: num("SCIM_WORKERS", 0)?,
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
             bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,
+            hash_passwords: match var("SCIM_PASSWORDS")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("hash") => true,
+                Some("ignore") => false,
+                Some(other) => bail!("SCIM_PASSWORDS must be hash or ignore, got {other:?}"),
+            },
             unknown_members: match var("SCIM_UNKNOWN_MEMBERS")
                 .map(|v| v.to_ascii_lowercase())
                 .as_deref()

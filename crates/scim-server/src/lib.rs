@@ -63,6 +63,7 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             documentation_uri: None,
             bulk_max_operations: config.bulk_max_operations,
+            change_password: config.hash_passwords,
         };
         let store = Arc::new(store);
         Ok(AppState {

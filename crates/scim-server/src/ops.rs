@@ -6,7 +6,9 @@ use scim_core::patch::prepare_patch;
 use scim_core::query::{paging, plan_filter};
 use scim_core::render::{parse_etag, render, Projection};
 use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
-use scim_core::store::{Include, IndexedField, ListQuery, ResourceRecord, StoreFilter};
+use scim_core::store::{
+    Include, IndexedField, ListQuery, ResourceRecord, SecretChange, StoreFilter,
+};
 use scim_core::{Ctx, ScimError, StoreError};
 use serde_json::Value;
 
@@ -22,6 +24,18 @@ pub struct Outcome {
     pub version: Option<i64>,
     /// URL of the resource
     pub location: Option<String>,
+}
+
+/// Applies the password policy: a clear-text password becomes an argon2id hash, or nothing at
+/// all under `SCIM_PASSWORDS=ignore`. The clear text goes no further than this.
+fn protect(st: &AppState, change: SecretChange) -> Result<SecretChange, ScimError> {
+    match change {
+        _ if !st.config.hash_passwords => Ok(SecretChange::Keep),
+        SecretChange::Set(clear) => scim_auth::hash_password(&clear)
+            .map(SecretChange::Set)
+            .map_err(|e| ScimError::internal(format!("hashing a password: {e}"))),
+        other => Ok(other),
+    }
 }
 
 fn projection(ctx: &Ctx<'_>, params: &Params) -> Projection {
@@ -64,6 +78,8 @@ pub fn create(
     let ctx = Ctx::new(&st.registry, rt)?;
     let mut write = prepare_create(&ctx, body)?;
     write.unknown_members = st.config.unknown_members;
+    // Hashing is slow by design: done here, before the transaction.
+    write.password = protect(st, std::mem::take(&mut write.password))?;
     let proj = projection(&ctx, params);
     let include = proj.include(&ctx);
     let id = uuid::Uuid::new_v4().to_string();
@@ -210,6 +226,8 @@ pub fn update(
                 Change::Patch => prepare_patch(&ctx, body, cur, &limits)?,
             };
             write.unknown_members = unknown_members;
+            // A password change (rare: Okta password sync) is hashed inside the transaction.
+            write.password = protect(st, std::mem::take(&mut write.password))?;
             Ok(write)
         },
     )?;

@@ -33,6 +33,32 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// The stored password hash of a user, read through the store API reusers get.
+fn stored_hash(s: &TestServer, id: &str) -> Option<String> {
+    use scim_core::store::CredentialStore;
+    let store = scim_diesel::DieselStore::open(&scim_diesel::StoreConfig::new(
+        s.db_path.as_ref().unwrap().to_string_lossy(),
+    ))
+    .unwrap();
+    let tenant = store.default_tenant().unwrap().unwrap();
+    store.password_hash(&tenant, id).unwrap()
+}
+
+fn patch_user(
+    client: &Client,
+    s: &TestServer,
+    id: &str,
+    ops: Value,
+) -> reqwest::blocking::Response {
+    client
+        .patch(format!("{}/Users/{id}", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/scim+json")
+        .body(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops}).to_string())
+        .send()
+        .unwrap()
+}
+
 #[test]
 fn passwords_and_tokens_are_never_stored_in_clear() {
     let s = TestServer::start(&Db::Sqlite);
@@ -49,6 +75,10 @@ fn passwords_and_tokens_are_never_stored_in_clear() {
         !text.contains(password) && !text.contains("password"),
         "{text}"
     );
+    let id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let bytes = database_bytes(&s);
     assert!(
         contains(&bytes, "\"userName\":\"p\""),
@@ -66,6 +96,68 @@ fn passwords_and_tokens_are_never_stored_in_clear() {
         contains(&bytes, &scim_auth::hash_token(&s.token)),
         "token hash should be stored"
     );
+    // An argon2id hash that verifies, and only that.
+    let hash = stored_hash(&s, &id).expect("a hash is stored");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(scim_auth::verify_password(password, &hash));
+    // Okta password sync: a path-less replace changes it; GET never shows it.
+    let r = patch_user(
+        &client,
+        &s,
+        &id,
+        json!([{"op": "replace", "value": {"password": "n3wS3cret!"}}]),
+    );
+    assert_eq!(r.status(), 200);
+    assert!(!r.text().unwrap().contains("n3wS3cret"));
+    let hash = stored_hash(&s, &id).unwrap();
+    assert!(
+        scim_auth::verify_password("n3wS3cret!", &hash)
+            && !scim_auth::verify_password(password, &hash)
+    );
+    let got = client
+        .get(format!("{}/Users/{id}?attributes=password", s.base))
+        .bearer_auth(&s.token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!got.contains("password"), "{got}");
+    // remove clears it.
+    assert_eq!(
+        patch_user(
+            &client,
+            &s,
+            &id,
+            json!([{"op": "remove", "path": "password"}])
+        )
+        .status(),
+        200
+    );
+    assert_eq!(stored_hash(&s, &id), None);
+}
+
+#[test]
+fn passwords_can_be_ignored_entirely() {
+    let s = TestServer::start_with(&Db::Sqlite, |c| c.hash_passwords = false);
+    let client = Client::new();
+    let r = post_user(
+        &client,
+        &s,
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "p", "password": "whatever-1"}),
+    );
+    let id = r.json::<Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(stored_hash(&s, &id), None);
+    assert!(!contains(&database_bytes(&s), "whatever-1"));
+    let spc: Value = client
+        .get(format!("{}/ServiceProviderConfig", s.base))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(spc["changePassword"]["supported"], json!(false));
 }
 
 #[test]
