@@ -71,6 +71,12 @@ pub fn prepare_patch(
         }
         Some(_) => return Err(ScimError::invalid_syntax("'Operations' must be an array")),
     };
+    // Leniency: an empty Operations array is a no-op (Entra ID validator); RFC 7644 wants one.
+    if ops.is_empty() && ctx.strict {
+        return Err(ScimError::invalid_value(
+            "'Operations' must contain at least one operation",
+        ));
+    }
     let mut doc = current.data.clone();
     // Extension attributes are edited in their own maps and folded back at the end.
     let mut exts = std::collections::BTreeMap::new();
@@ -149,9 +155,17 @@ impl<'a> Patcher<'a> {
         let op_obj = op
             .as_object()
             .ok_or_else(|| ScimError::invalid_syntax("Each operation must be an object"))?;
+        // Leniency: `op` is case-insensitive (Entra ID sends `Replace`).
+        let strict = self.ctx.strict;
         let kind = match get_ci(op_obj, "op")
             .and_then(Value::as_str)
-            .map(str::to_ascii_lowercase)
+            .map(|o| {
+                if strict {
+                    o.to_string()
+                } else {
+                    o.to_ascii_lowercase()
+                }
+            })
             .as_deref()
         {
             Some("add") => Op::Add,
@@ -288,8 +302,9 @@ impl<'a> Patcher<'a> {
                 }
                 continue;
             }
+            // Leniency: the resource's own `id` in a path-less value (Okta group rename).
             if key.eq_ignore_ascii_case("id") {
-                if v.as_str() != Some(self.current.id.as_str()) {
+                if self.ctx.strict || v.as_str() != Some(self.current.id.as_str()) {
                     return Err(ScimError::mutability("Attribute 'id' is readOnly"));
                 }
                 continue;
@@ -297,6 +312,13 @@ impl<'a> Patcher<'a> {
             let Some(path) = AttrPath::parse_token(key) else {
                 continue;
             };
+            // Leniency: dotted (`name.givenName`) and URN-qualified keys (Entra ID with
+            // aadOptscim062020); RFC values hold attribute names only.
+            if self.ctx.strict && (path.sub.is_some() || path.urn.is_some()) {
+                return Err(ScimError::invalid_path(format!(
+                    "'{key}' is not an attribute name"
+                )));
+            }
             let Ok(target) = self.resolve(&path) else {
                 continue;
             }; // unknown: ignored
@@ -305,7 +327,13 @@ impl<'a> Patcher<'a> {
                     .sub
                     .is_some_and(|s| s.mutability == Mutability::ReadOnly)
             {
-                continue; // meta, groups: ignored as on PUT
+                // Leniency: `meta`, `groups` echoed by clients are ignored as on PUT.
+                if self.ctx.strict {
+                    return Err(ScimError::mutability(format!(
+                        "Attribute '{key}' is readOnly"
+                    )));
+                }
+                continue;
             }
             if is_members(&self.ctx, target.attr) && target.ext.is_none() {
                 let pp = PatchPath {
@@ -338,12 +366,13 @@ impl<'a> Patcher<'a> {
         value: &Value,
     ) -> Result<(), ScimError> {
         let attr = t.attr;
+        let lenient = !self.ctx.strict;
         if let Some(filter) = filter {
             return self.set_matching(kind, t, filter, sub_after, value);
         }
         let c = self.container(t.ext);
         if let Some(sub) = t.sub {
-            let sv = coerce_scalar(sub, value)?;
+            let sv = coerce_scalar(sub, value, lenient)?;
             if attr.multi_valued {
                 let arr = c
                     .entry(attr.name.clone())
@@ -369,7 +398,7 @@ impl<'a> Patcher<'a> {
             }
             return Ok(());
         }
-        let Some(v) = coerce(attr, value)? else {
+        let Some(v) = coerce(attr, value, lenient)? else {
             if kind == Op::Replace {
                 c.remove(&attr.name);
             }
@@ -415,15 +444,17 @@ impl<'a> Patcher<'a> {
         value: &Value,
     ) -> Result<(), ScimError> {
         let attr = t.attr;
-        if attr.attr_type != AttrType::Complex {
+        let lenient = !self.ctx.strict;
+        // Leniency: a value filter on a single-valued complex attribute (Entra `manager`).
+        if attr.attr_type != AttrType::Complex || (!attr.multi_valued && !lenient) {
             return Err(ScimError::invalid_path(format!(
                 "'{}' has no sub-attributes to filter on",
                 attr.name
             )));
         }
         let new_part = match sub_after {
-            Some(sub) => coerce_scalar(sub, value)?.map(|v| (Some(sub.name.clone()), v)),
-            None => coerce(&single(attr), value)?.map(|v| (None, v)),
+            Some(sub) => coerce_scalar(sub, value, lenient)?.map(|v| (Some(sub.name.clone()), v)),
+            None => coerce(&single(attr), value, lenient)?.map(|v| (None, v)),
         };
         let c = self.container(t.ext);
         let mut items = take_items(c, attr);
@@ -449,7 +480,14 @@ impl<'a> Patcher<'a> {
             }
         }
         if !matched {
-            // Upsert (Entra ID): build the element from the filter's equality terms.
+            // Leniency: upsert (Entra ID) builds the element from the filter's equality terms;
+            // RFC 7644 answers `noTarget`.
+            if !lenient {
+                return Err(ScimError::no_target(format!(
+                    "No value of '{}' matches the filter",
+                    attr.name
+                )));
+            }
             let mut elem = Map::new();
             eq_terms(filter, attr, &mut elem)?;
             match new_part {
@@ -513,7 +551,7 @@ impl<'a> Patcher<'a> {
         sub_after: Option<&Attribute>,
     ) -> Result<(), ScimError> {
         let attr = t.attr;
-        if attr.attr_type != AttrType::Complex {
+        if attr.attr_type != AttrType::Complex || (!attr.multi_valued && self.ctx.strict) {
             return Err(ScimError::invalid_path(format!(
                 "'{}' has no sub-attributes to filter on",
                 attr.name
@@ -578,7 +616,14 @@ impl<'a> Patcher<'a> {
                     self.member_ops.push(MemberOp::Add(ids));
                 }
             }
+            // Leniency: `remove` with a value list removes those members (Entra ID, JumpCloud).
+            // RFC 7644 defines no value for remove; strict mode refuses rather than remove all.
             Op::Remove if value.is_some_and(|v| !v.is_null()) => {
+                if self.ctx.strict {
+                    return Err(ScimError::invalid_value(
+                        "'remove' takes no value: select members with a filter path",
+                    ));
+                }
                 self.member_ops.push(MemberOp::Remove(ids))
             }
             Op::Remove => self.member_ops.push(MemberOp::RemoveAll),
@@ -663,7 +708,7 @@ fn eq_terms(
                 CompValue::Number(n) => serde_json::from_str(n).unwrap_or(Value::Null),
                 CompValue::Null => Value::Null,
             };
-            if let Some(v) = coerce_scalar(sub, &json)? {
+            if let Some(v) = coerce_scalar(sub, &json, true)? {
                 elem.insert(sub.name.clone(), v);
             }
             Ok(())

@@ -113,6 +113,12 @@ fn resolve<'a>(
 fn plan_eq(ctx: &Ctx<'_>, path: &AttrPath, value: &CompValue) -> Result<StoreFilter, ScimError> {
     let r = resolve(ctx, path)?;
     let text = match value {
+        // Leniency: unquoted values (`externalId eq jyoung`, older Entra ID docs).
+        CompValue::Bare(s) if ctx.strict => {
+            return Err(ScimError::invalid_filter(format!(
+                "The value '{s}' must be a quoted JSON string"
+            )))
+        }
         CompValue::Str(s) | CompValue::Bare(s) | CompValue::Number(s) => s.clone(),
         _ => {
             return Err(ScimError::invalid_filter(format!(

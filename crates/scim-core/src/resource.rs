@@ -11,6 +11,11 @@
 //! * A multi-valued attribute may arrive as a single object (OneLogin `emails`).
 //! * A complex attribute with a `value` sub-attribute may arrive as a bare string
 //!   (Entra ID `manager`).
+//!
+//! Strict mode (`Ctx::with_strict`) turns off every leniency marked "Leniency:" in this crate,
+//! here and in `patch.rs` and `query.rs`: those inputs then get the RFC's error instead.
+//! Unknown attributes stay ignored in both modes.
+//!
 //! * `password` is write-only: it never enters the document and is never returned; it is
 //!   reported as a [`SecretChange`] so the caller can hash it or drop it.
 
@@ -33,6 +38,8 @@ pub struct Ctx<'a> {
     pub registry: &'a SchemaRegistry,
     /// the resource type
     pub rt: &'a ResourceType,
+    /// RFC behaviour only: every identity-provider leniency is off
+    pub strict: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -41,7 +48,17 @@ impl<'a> Ctx<'a> {
         let rt = registry.resource_type(resource_type).ok_or_else(|| {
             ScimError::not_found(format!("Unknown resource type {resource_type}"))
         })?;
-        Ok(Ctx { registry, rt })
+        Ok(Ctx {
+            registry,
+            rt,
+            strict: false,
+        })
+    }
+
+    /// Turns strict mode on or off (see the module docs for what it turns off).
+    pub fn with_strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
     }
 
     pub(crate) fn is_group(&self) -> bool {
@@ -59,18 +76,26 @@ pub(crate) fn is_members(ctx: &Ctx<'_>, attr: &Attribute) -> bool {
 }
 
 /// Coerces one client value to the attribute's type. `Ok(None)` means "no value".
-pub fn coerce(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimError> {
+/// `lenient` accepts the shapes identity providers send (see the module docs).
+pub fn coerce(attr: &Attribute, value: &Value, lenient: bool) -> Result<Option<Value>, ScimError> {
     if value.is_null() {
         return Ok(None);
     }
     if attr.multi_valued {
         let items: Vec<&Value> = match value {
             Value::Array(items) => items.iter().collect(),
-            other => vec![other],
+            // Leniency: one object for a multi-valued attribute (OneLogin `emails`).
+            other if lenient => vec![other],
+            _ => {
+                return Err(ScimError::invalid_value(format!(
+                    "Attribute '{}' is multi-valued: send an array",
+                    attr.name
+                )))
+            }
         };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            if let Some(v) = coerce_single(attr, item)? {
+            if let Some(v) = coerce_single(attr, item, lenient)? {
                 out.push(v);
             }
         }
@@ -79,30 +104,35 @@ pub fn coerce(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimErro
         }
         return Ok(Some(Value::Array(out)));
     }
-    if value.is_array() {
-        // Single-valued attribute sent as a one-element array (Entra `manager`).
+    if value.is_array() && lenient {
+        // Leniency: a single-valued attribute sent as a one-element array (Entra `manager`).
         return match value.as_array().map(Vec::as_slice) {
             Some([]) => Ok(None),
-            Some([one]) => coerce_single(attr, one),
+            Some([one]) => coerce_single(attr, one, lenient),
             _ => Err(ScimError::invalid_value(format!(
                 "Attribute '{}' is single-valued",
                 attr.name
             ))),
         };
     }
-    coerce_single(attr, value)
+    coerce_single(attr, value, lenient)
 }
 
-fn coerce_single(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimError> {
+fn coerce_single(
+    attr: &Attribute,
+    value: &Value,
+    lenient: bool,
+) -> Result<Option<Value>, ScimError> {
     if value.is_null() {
         return Ok(None);
     }
     if attr.attr_type != AttrType::Complex {
-        return coerce_scalar(attr, value);
+        return coerce_scalar(attr, value, lenient);
     }
     let obj = match value {
         Value::Object(obj) => obj,
-        Value::String(_) if attr.sub("value").is_some() => {
+        // Leniency: a bare string for a complex attribute with `value` (Entra `manager`).
+        Value::String(_) if lenient && attr.sub("value").is_some() => {
             let mut m = Map::new();
             m.insert("value".into(), value.clone());
             return Ok(Some(Value::Object(m)));
@@ -120,7 +150,7 @@ fn coerce_single(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimE
         if sub.mutability == Mutability::ReadOnly {
             continue;
         }
-        if let Some(v) = coerce_scalar(sub, v)? {
+        if let Some(v) = coerce_scalar(sub, v, lenient)? {
             out.insert(sub.name.clone(), v);
         }
     }
@@ -131,7 +161,11 @@ fn coerce_single(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimE
 }
 
 /// Coerces a scalar value (a simple attribute or a sub-attribute).
-pub fn coerce_scalar(attr: &Attribute, value: &Value) -> Result<Option<Value>, ScimError> {
+pub fn coerce_scalar(
+    attr: &Attribute,
+    value: &Value,
+    lenient: bool,
+) -> Result<Option<Value>, ScimError> {
     let bad =
         |what: &str| ScimError::invalid_value(format!("Attribute '{}' must be {what}", attr.name));
     Ok(Some(match (attr.attr_type, value) {
@@ -143,10 +177,11 @@ pub fn coerce_scalar(attr: &Attribute, value: &Value) -> Result<Option<Value>, S
             return Err(bad("a string"))
         }
         (AttrType::Boolean, Value::Bool(_)) => value.clone(),
-        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("true") => {
+        // Leniency: booleans as strings (Entra ID).
+        (AttrType::Boolean, Value::String(s)) if lenient && s.eq_ignore_ascii_case("true") => {
             Value::Bool(true)
         }
-        (AttrType::Boolean, Value::String(s)) if s.eq_ignore_ascii_case("false") => {
+        (AttrType::Boolean, Value::String(s)) if lenient && s.eq_ignore_ascii_case("false") => {
             Value::Bool(false)
         }
         (AttrType::Boolean, _) => return Err(bad("a boolean")),
@@ -228,7 +263,7 @@ pub(crate) fn normalize(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<Norm
                     if attr.mutability == Mutability::ReadOnly {
                         continue;
                     }
-                    if let Some(v) = coerce(attr, v)? {
+                    if let Some(v) = coerce(attr, v, !ctx.strict)? {
                         ext_data.insert(attr.name.clone(), v);
                     }
                 }
@@ -263,12 +298,12 @@ pub(crate) fn normalize(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<Norm
         }
         if attr.mutability == Mutability::WriteOnly {
             // password: never part of the document; reported separately so it can be hashed.
-            if let Some(Value::String(secret)) = coerce(attr, value)? {
+            if let Some(Value::String(secret)) = coerce(attr, value, !ctx.strict)? {
                 out.password = Some(secret);
             }
             continue;
         }
-        if let Some(v) = coerce(attr, value)? {
+        if let Some(v) = coerce(attr, value, !ctx.strict)? {
             out.data.insert(attr.name.clone(), v);
         }
     }

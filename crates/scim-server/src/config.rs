@@ -38,6 +38,8 @@ pub struct Config {
     pub bulk_max_operations: usize,
     /// `SCIM_PASSWORDS`: `hash` (default) stores an argon2id hash; `ignore` drops passwords
     pub hash_passwords: bool,
+    /// `SCIM_STRICT`: RFC behaviour only, every identity-provider leniency off
+    pub strict: bool,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -85,6 +87,7 @@ impl Config {
             reactivate_on_conflict: false,
             bulk_max_operations: 1000,
             hash_passwords: true,
+            strict: false,
         }
     }
 
@@ -120,6 +123,7 @@ impl Config {
             workers: num("SCIM_WORKERS", 0)?,
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
             bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,
+            strict: flag("SCIM_STRICT", false)?,
             hash_passwords: match var("SCIM_PASSWORDS")
                 .map(|v| v.to_ascii_lowercase())
                 .as_deref()

@@ -75,7 +75,7 @@ pub fn create(
     body: &Value,
     params: &Params,
 ) -> Result<Outcome, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?;
+    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
     let mut write = prepare_create(&ctx, body)?;
     write.unknown_members = st.config.unknown_members;
     // Hashing is slow by design: done here, before the transaction.
@@ -149,7 +149,7 @@ pub fn get(
     id: &str,
     params: &Params,
 ) -> Result<Outcome, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?;
+    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
     let proj = projection(&ctx, params);
     let rec = st.store.get(tenant, &ctx.rt.id, id, proj.include(&ctx))?;
     Ok(done(st, &ctx, &rec, &proj))
@@ -157,7 +157,7 @@ pub fn get(
 
 /// GET list and `.search`
 pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Value, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?;
+    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
     let filter = plan_filter(&ctx, params.get("filter"), &st.config.query)?;
     if params.get("sortBy").is_some_and(|s| !s.trim().is_empty()) {
         return Err(ScimError::invalid_value(
@@ -209,7 +209,7 @@ pub fn update(
     expected: Option<i64>,
     change: Change,
 ) -> Result<Outcome, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?;
+    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
     let proj = projection(&ctx, params);
     let limits = st.config.query.filter;
     let unknown_members = st.config.unknown_members;
@@ -242,7 +242,7 @@ pub fn delete(
     id: &str,
     expected: Option<i64>,
 ) -> Result<Outcome, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?;
+    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
     st.store.delete(tenant, &ctx.rt.id, id, expected)?;
     Ok(Outcome {
         body: None,

@@ -198,3 +198,149 @@ fn bulk_max_operations_is_enforced_and_advertised() {
         404
     );
 }
+
+#[test]
+fn strict_mode_turns_every_leniency_off_and_keeps_rfc_behaviour() {
+    let s = TestServer::start_with(&Db::Sqlite, |c| c.strict = true);
+    let (post, patch, get) = (
+        reqwest::Method::POST,
+        reqwest::Method::PATCH,
+        reqwest::Method::GET,
+    );
+    // RFC-conformant traffic works.
+    let (status, u, _) = call(
+        &s,
+        post.clone(),
+        "/Users",
+        Some(user(
+            "strict",
+            json!({"emails": [{"value": "a@x", "primary": true}], "active": true}),
+        )),
+        &[],
+    );
+    assert_eq!(status, 201, "{u}");
+    let id = u["id"].as_str().unwrap().to_string();
+    let (_, g, _) = call(
+        &s,
+        post.clone(),
+        "/Groups",
+        Some(
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "G", "members": [{"value": id}]}),
+        ),
+        &[],
+    );
+    let gid = g["id"].as_str().unwrap().to_string();
+    let ok_patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+        {"op": "replace", "path": "active", "value": false},
+        {"op": "replace", "value": {"displayName": "Strict", "name": {"givenName": "S"}}}]});
+    assert_eq!(
+        call(
+            &s,
+            patch.clone(),
+            &format!("/Users/{id}"),
+            Some(ok_patch),
+            &[]
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            &s,
+            get.clone(),
+            "/Users?filter=userName%20eq%20%22strict%22",
+            None,
+            &[]
+        )
+        .0,
+        200
+    );
+
+    let ops = |o: Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": o});
+    let user_path = format!("/Users/{id}");
+    let group_path = format!("/Groups/{gid}");
+    let cases: Vec<(reqwest::Method, &str, Value, &str)> = vec![
+        (
+            post.clone(),
+            "/Users",
+            user("b1", json!({"active": "True"})),
+            "invalidValue",
+        ),
+        (
+            post.clone(),
+            "/Users",
+            user("b2", json!({"emails": {"value": "x@y"}})),
+            "invalidValue",
+        ),
+        (
+            post.clone(),
+            "/Users",
+            user(
+                "b3",
+                json!({"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"manager": "271"}}),
+            ),
+            "invalidValue",
+        ),
+        (
+            patch.clone(),
+            &user_path,
+            ops(json!([{"op": "Replace", "path": "title", "value": "x"}])),
+            "invalidSyntax",
+        ),
+        (patch.clone(), &user_path, ops(json!([])), "invalidValue"),
+        (
+            patch.clone(),
+            &user_path,
+            ops(json!([{"op": "replace", "value": {"name.givenName": "x"}}])),
+            "invalidPath",
+        ),
+        (
+            patch.clone(),
+            &user_path,
+            ops(json!([{"op": "replace", "value": {"id": id, "title": "x"}}])),
+            "mutability",
+        ),
+        (
+            patch.clone(),
+            &user_path,
+            ops(json!([{"op": "replace", "value": {"meta": {"resourceType": "User"}}}])),
+            "mutability",
+        ),
+        (
+            patch.clone(),
+            &user_path,
+            ops(json!([{"op": "add", "path": "emails[type eq \"work\"].value", "value": "w@x"}])),
+            "noTarget",
+        ),
+        (
+            patch.clone(),
+            &user_path,
+            ops(
+                json!([{"op": "remove", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager[value eq \"1\"]"}]),
+            ),
+            "invalidPath",
+        ),
+        (
+            patch.clone(),
+            &group_path,
+            ops(json!([{"op": "remove", "path": "members", "value": [{"value": id}]}])),
+            "invalidValue",
+        ),
+    ];
+    for (method, path, body, want) in cases {
+        let (status, err, _) = call(&s, method.clone(), path, Some(body.clone()), &[]);
+        assert_eq!(
+            (status, err["scimType"].as_str()),
+            (400, Some(want)),
+            "{method} {path} {body}: {err}"
+        );
+    }
+    let (status, err, _) = call(&s, get, "/Users?filter=externalId%20eq%20jyoung", None, &[]);
+    assert_eq!(
+        (status, err["scimType"].as_str()),
+        (400, Some("invalidFilter"))
+    );
+    // Nothing above changed the group.
+    let (_, g, _) = call(&s, reqwest::Method::GET, &group_path, None, &[]);
+    assert_eq!(g["members"].as_array().map(Vec::len), Some(1));
+}
