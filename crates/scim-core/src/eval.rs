@@ -37,24 +37,44 @@ pub fn matches(
         }
         Filter::Not(inner) => !matches(inner, obj, attrs)?,
         Filter::Present(path) => {
-            let (attr, values) = lookup(path, obj, attrs)?;
-            let _ = attr;
-            values.iter().any(|v| !is_empty(v))
+            let attr = find(attrs, &path.name)?;
+            if attr.attr_type == AttrType::Complex && path.sub.is_none() {
+                // `emails pr`: some element exists.
+                values_of(obj.get(&attr.name)).iter().any(|v| !is_empty(v))
+            } else {
+                let (_, values) = lookup(path, obj, attrs)?;
+                values.iter().any(|v| !is_empty(v))
+            }
         }
         Filter::Compare { path, op, value } => {
             let (attr, values) = lookup(path, obj, attrs)?;
-            let mut any = false;
-            for v in &values {
-                if compare(attr, v, *op, value)? {
-                    any = true;
-                    break;
+            match (op, value) {
+                // `x eq null`: no value; `x ne null`: some value.
+                (CompareOp::Eq, CompValue::Null) => !values.iter().any(|v| !is_empty(v)),
+                (CompareOp::Ne, CompValue::Null) => values.iter().any(|v| !is_empty(v)),
+                // `x ne v`: no value equals v (so a missing attribute matches), the same
+                // reading the database index uses.
+                (CompareOp::Ne, _) => {
+                    let mut any_eq = false;
+                    for v in &values {
+                        if compare(attr, v, CompareOp::Eq, value)? {
+                            any_eq = true;
+                            break;
+                        }
+                    }
+                    !any_eq
+                }
+                _ => {
+                    let mut any = false;
+                    for v in &values {
+                        if compare(attr, v, *op, value)? {
+                            any = true;
+                            break;
+                        }
+                    }
+                    any
                 }
             }
-            // `ne` on an absent attribute matches (nothing equals the value).
-            if values.is_empty() && *op == CompareOp::Ne {
-                any = true;
-            }
-            any
         }
         Filter::ValuePath { path, filter } => {
             let attr = find(attrs, &path.name)?;

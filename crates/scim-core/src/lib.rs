@@ -16,6 +16,7 @@ pub mod bulk;
 pub mod error;
 pub mod eval;
 mod generated;
+pub mod index;
 pub mod messages;
 pub mod patch;
 pub mod query;

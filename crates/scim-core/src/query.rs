@@ -3,8 +3,10 @@
 use scim_filter::{AttrPath, CompValue, CompareOp, Filter, Limits};
 
 use crate::error::ScimError;
+use crate::index::{normalize_datetime, path_key};
 use crate::resource::{fold, Ctx};
-use crate::store::{IndexedField, StoreFilter};
+use crate::schema::{AttrType, Attribute, ResolvedAttr, Returned};
+use crate::store::{Column, ElementFilter, IndexedField, StoreFilter, ValueTest};
 
 /// Paging and filter limits, advertised in `/ServiceProviderConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,34 +69,13 @@ fn plan(ctx: &Ctx<'_>, f: &Filter) -> Result<StoreFilter, ScimError> {
                 .collect::<Result<_, _>>()?,
         ),
         Filter::Not(inner) => StoreFilter::Not(Box::new(plan(ctx, inner)?)),
-        Filter::Compare {
-            path,
-            op: CompareOp::Eq,
-            value,
-        } => plan_eq(ctx, path, value)?,
-        other => {
-            check_known(ctx, other)?;
-            return Err(ScimError::invalid_filter(format!(
-                "Filter '{other}' is not supported yet: this server answers 'eq' on id, externalId, userName, displayName and members"
-            )));
-        }
+        Filter::Present(path) => plan_attr(ctx, path, None)?,
+        Filter::Compare { path, op, value } => plan_attr(ctx, path, Some((*op, value)))?,
+        Filter::ValuePath { path, filter } => plan_value_path(ctx, path, filter)?,
     })
 }
 
-fn check_known(ctx: &Ctx<'_>, f: &Filter) -> Result<(), ScimError> {
-    let path = match f {
-        Filter::Compare { path, .. } | Filter::Present(path) | Filter::ValuePath { path, .. } => {
-            path
-        }
-        _ => return Ok(()),
-    };
-    resolve(ctx, path).map(|_| ())
-}
-
-fn resolve<'a>(
-    ctx: &Ctx<'a>,
-    path: &AttrPath,
-) -> Result<crate::schema::ResolvedAttr<'a>, ScimError> {
+fn resolve<'a>(ctx: &Ctx<'a>, path: &AttrPath) -> Result<ResolvedAttr<'a>, ScimError> {
     let r = ctx
         .registry
         .resolve(ctx.rt, path.urn.as_deref(), &path.name, path.sub.as_deref())
@@ -102,7 +83,7 @@ fn resolve<'a>(
             ScimError::invalid_filter(format!("Unknown attribute '{path}' in filter"))
         })?;
     let leaf = r.sub.unwrap_or(r.attr);
-    if leaf.returned == crate::schema::Returned::Never {
+    if leaf.returned == Returned::Never {
         return Err(ScimError::invalid_filter(format!(
             "Attribute '{path}' cannot be filtered"
         )));
@@ -110,34 +91,404 @@ fn resolve<'a>(
     Ok(r)
 }
 
-fn plan_eq(ctx: &Ctx<'_>, path: &AttrPath, value: &CompValue) -> Result<StoreFilter, ScimError> {
-    let r = resolve(ctx, path)?;
-    let text = match value {
+/// The text of a comparison value, or an error naming what was expected.
+fn text_of(
+    ctx: &Ctx<'_>,
+    path: &dyn std::fmt::Display,
+    value: &CompValue,
+) -> Result<String, ScimError> {
+    match value {
         // Leniency: unquoted values (`externalId eq jyoung`, older Entra ID docs).
-        CompValue::Bare(s) if ctx.strict => {
+        CompValue::Bare(s) if ctx.strict => Err(ScimError::invalid_filter(format!(
+            "The value '{s}' must be a quoted JSON string"
+        ))),
+        CompValue::Str(s) | CompValue::Bare(s) | CompValue::Number(s) => Ok(s.clone()),
+        _ => Err(ScimError::invalid_filter(format!(
+            "'{path}' must be compared with a string"
+        ))),
+    }
+}
+
+/// `x ne v` is "no value equals v" (so it also matches resources without the attribute).
+fn negate_ne(op: CompareOp, f: StoreFilter) -> StoreFilter {
+    if op == CompareOp::Ne {
+        StoreFilter::Not(Box::new(f))
+    } else {
+        f
+    }
+}
+
+fn positive(op: CompareOp) -> CompareOp {
+    if op == CompareOp::Ne {
+        CompareOp::Eq
+    } else {
+        op
+    }
+}
+
+fn plan_attr(
+    ctx: &Ctx<'_>,
+    path: &AttrPath,
+    cmp: Option<(CompareOp, &CompValue)>,
+) -> Result<StoreFilter, ScimError> {
+    let r = resolve(ctx, path)?;
+    let name = r.attr.name.as_str();
+    let sub = r.sub.map(|s| s.name.as_str());
+    let common = !r.is_extension
+        && ctx
+            .registry
+            .common()
+            .attribute(name)
+            .is_some_and(|a| std::ptr::eq(a, r.attr));
+    if common {
+        return plan_common(ctx, path, name, sub, cmp);
+    }
+    if !r.is_extension {
+        match (name, sub, cmp) {
+            ("userName", None, Some((CompareOp::Eq, v))) if ctx.is_user() => {
+                return Ok(StoreFilter::Eq(
+                    IndexedField::UserName,
+                    fold(&text_of(ctx, path, v)?),
+                ))
+            }
+            ("displayName", None, Some((CompareOp::Eq, v))) => {
+                return Ok(StoreFilter::Eq(
+                    IndexedField::DisplayName,
+                    fold(&text_of(ctx, path, v)?),
+                ))
+            }
+            ("members", None | Some("value"), Some((op @ (CompareOp::Eq | CompareOp::Ne), v)))
+                if ctx.is_group() =>
+            {
+                return Ok(negate_ne(
+                    op,
+                    StoreFilter::HasMember(text_of(ctx, path, v)?),
+                ))
+            }
+            ("members", None | Some("value"), None) if ctx.is_group() => {
+                return Err(ScimError::invalid_filter(
+                    "'members pr' is not supported; use 'members eq \"id\"'",
+                ))
+            }
+            ("members", _, _) if ctx.is_group() => {
+                return Err(ScimError::invalid_filter(
+                    "Only 'members eq \"id\"' filters select on membership",
+                ))
+            }
+            ("groups", None | Some("value"), Some((op @ (CompareOp::Eq | CompareOp::Ne), v)))
+                if ctx.is_user() =>
+            {
+                return Ok(negate_ne(op, StoreFilter::InGroup(text_of(ctx, path, v)?)))
+            }
+            ("groups", _, _) if ctx.is_user() => {
+                return Err(ScimError::invalid_filter(
+                    "Only 'groups eq \"id\"' filters select on membership",
+                ))
+            }
+            _ => {}
+        }
+    }
+    // `emails co "x"` means `emails.value co "x"`; `manager eq "x"` means `manager.value eq "x"`
+    // (RFC 7644 section 3.4.2.2). `emails pr` asks whether any element exists.
+    let (leaf, sub_attr) = match (r.attr.attr_type, r.sub) {
+        (AttrType::Complex, None) if cmp.is_none() => {
+            let key = path_key(r.schema, r.is_extension, r.attr, None);
+            return Ok(StoreFilter::Value {
+                path: key,
+                test: ValueTest::Exists,
+            });
+        }
+        (AttrType::Complex, None) => {
+            let v = r.attr.sub("value").ok_or_else(|| {
+                ScimError::invalid_filter(format!(
+                    "Complex attribute '{path}' cannot be compared directly"
+                ))
+            })?;
+            (v, Some(v))
+        }
+        (_, Some(s)) => (s, Some(s)),
+        (_, None) => (r.attr, None),
+    };
+    let key = path_key(r.schema, r.is_extension, r.attr, sub_attr);
+    let Some((op, value)) = cmp else {
+        return Ok(StoreFilter::Value {
+            path: key,
+            test: ValueTest::Present,
+        });
+    };
+    if let CompValue::Null = value {
+        // `x eq null`: x has no value; `x ne null`: it has one.
+        let present = StoreFilter::Value {
+            path: key,
+            test: ValueTest::Present,
+        };
+        return match op {
+            CompareOp::Eq => Ok(StoreFilter::Not(Box::new(present))),
+            CompareOp::Ne => Ok(present),
+            _ => Err(ScimError::invalid_filter(format!(
+                "'{}' cannot be compared with null",
+                op.as_str()
+            ))),
+        };
+    }
+    let test = value_test(ctx, path, leaf, positive(op), value)?;
+    Ok(negate_ne(op, StoreFilter::Value { path: key, test }))
+}
+
+/// A test on one value of attribute `leaf`, typed by the schema.
+fn value_test(
+    ctx: &Ctx<'_>,
+    path: &dyn std::fmt::Display,
+    leaf: &Attribute,
+    op: CompareOp,
+    value: &CompValue,
+) -> Result<ValueTest, ScimError> {
+    let wrong = |what: &str| ScimError::invalid_filter(format!("'{path}' {what}"));
+    Ok(match leaf.attr_type {
+        AttrType::Boolean => {
+            let b = match value {
+                CompValue::Bool(b) => *b,
+                // Leniency: booleans as strings (`primary eq "True"`, Entra ID validator).
+                CompValue::Str(s) | CompValue::Bare(s)
+                    if !ctx.strict && s.eq_ignore_ascii_case("true") =>
+                {
+                    true
+                }
+                CompValue::Str(s) | CompValue::Bare(s)
+                    if !ctx.strict && s.eq_ignore_ascii_case("false") =>
+                {
+                    false
+                }
+                _ => return Err(wrong("is a boolean: compare it with true or false")),
+            };
+            if op != CompareOp::Eq {
+                return Err(wrong("is a boolean: only eq and ne apply"));
+            }
+            ValueTest::Bool(b)
+        }
+        AttrType::Integer | AttrType::Decimal => {
+            let n: f64 = match value {
+                CompValue::Number(n) => n.parse().map_err(|_| wrong("needs a number"))?,
+                _ => return Err(wrong("is a number: compare it with a number")),
+            };
+            if matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) {
+                return Err(wrong("is a number: co, sw and ew do not apply"));
+            }
+            ValueTest::Num(op, n)
+        }
+        AttrType::DateTime => {
+            let t = text_of(ctx, path, value)?;
+            let t = normalize_datetime(&t).ok_or_else(|| wrong("needs an RFC 3339 dateTime"))?;
+            if matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) {
+                return Err(wrong("is a dateTime: co, sw and ew do not apply"));
+            }
+            ValueTest::Str(op, t)
+        }
+        AttrType::Complex => return Err(wrong("is complex: compare one of its sub-attributes")),
+        _ => {
+            let t = text_of(ctx, path, value)?;
+            ValueTest::Str(op, if leaf.is_case_exact() { t } else { fold(&t) })
+        }
+    })
+}
+
+fn plan_common(
+    ctx: &Ctx<'_>,
+    path: &AttrPath,
+    name: &str,
+    sub: Option<&str>,
+    cmp: Option<(CompareOp, &CompValue)>,
+) -> Result<StoreFilter, ScimError> {
+    let Some((op, value)) = cmp else {
+        // id, meta and its sub-attributes are always present; externalId may be missing.
+        return Ok(match name {
+            // Empty externalIds are never stored, so ">= ''" is "set" (NULL never compares).
+            "externalId" => StoreFilter::Column(Column::ExternalId, CompareOp::Ge, String::new()),
+            _ => StoreFilter::All,
+        });
+    };
+    let text = match value {
+        CompValue::Null => {
             return Err(ScimError::invalid_filter(format!(
-                "The value '{s}' must be a quoted JSON string"
+                "'{path}' cannot be compared with null"
             )))
         }
-        CompValue::Str(s) | CompValue::Bare(s) | CompValue::Number(s) => s.clone(),
+        v => text_of(ctx, path, v)?,
+    };
+    let (column, text) = match (name, sub) {
+        ("id", None) if op == CompareOp::Eq => return Ok(StoreFilter::Eq(IndexedField::Id, text)),
+        ("externalId", None) if op == CompareOp::Eq => {
+            return Ok(StoreFilter::Eq(IndexedField::ExternalId, text))
+        }
+        ("id", None) => (Column::Id, text),
+        ("externalId", None) => (Column::ExternalId, text),
+        ("meta", Some(m @ ("created" | "lastModified"))) => {
+            let t = normalize_datetime(&text).ok_or_else(|| {
+                ScimError::invalid_filter(format!("'{path}' needs an RFC 3339 dateTime"))
+            })?;
+            if matches!(op, CompareOp::Co | CompareOp::Sw | CompareOp::Ew) {
+                return Err(ScimError::invalid_filter(format!(
+                    "'{path}' is a dateTime: co, sw and ew do not apply"
+                )));
+            }
+            (
+                if m == "created" {
+                    Column::Created
+                } else {
+                    Column::LastModified
+                },
+                t,
+            )
+        }
+        ("meta", Some("resourceType")) => {
+            let hit = text == ctx.rt.name;
+            return Ok(match (op, hit) {
+                (CompareOp::Eq, true) | (CompareOp::Ne, false) => StoreFilter::All,
+                (CompareOp::Eq, false) | (CompareOp::Ne, true) => StoreFilter::Nothing,
+                _ => {
+                    return Err(ScimError::invalid_filter(
+                        "'meta.resourceType' supports eq and ne",
+                    ))
+                }
+            });
+        }
         _ => {
             return Err(ScimError::invalid_filter(format!(
-                "'{path}' must be compared with a string"
+                "Filtering on '{path}' is not supported"
             )))
         }
     };
-    let name = r.attr.name.as_str();
-    let sub = r.sub.map(|s| s.name.as_str());
-    Ok(match (r.is_extension, name, sub) {
-        (false, "id", None) => StoreFilter::Eq(IndexedField::Id, text),
-        (false, "externalId", None) => StoreFilter::Eq(IndexedField::ExternalId, text),
-        (false, "userName", None) if ctx.is_user() => StoreFilter::Eq(IndexedField::UserName, fold(&text)),
-        (false, "displayName", None) => StoreFilter::Eq(IndexedField::DisplayName, fold(&text)),
-        (false, "members", None | Some("value")) if ctx.is_group() => StoreFilter::HasMember(text),
-        _ => {
-            return Err(ScimError::invalid_filter(format!(
-                "Filtering on '{path}' is not supported yet: this server answers 'eq' on id, externalId, userName, displayName and members"
-            )))
+    Ok(negate_ne(
+        op,
+        StoreFilter::Column(column, positive(op), text),
+    ))
+}
+
+fn plan_value_path(
+    ctx: &Ctx<'_>,
+    path: &AttrPath,
+    inner: &Filter,
+) -> Result<StoreFilter, ScimError> {
+    let r = resolve(ctx, path)?;
+    if r.attr.attr_type != AttrType::Complex || r.sub.is_some() {
+        return Err(ScimError::invalid_filter(format!(
+            "'{path}' has no sub-attributes to filter on"
+        )));
+    }
+    if !r.is_extension && (r.attr.name == "members" || r.attr.name == "groups") {
+        // members[value eq "x"] is membership; anything else on members is not indexed.
+        let ids = member_ids(inner).ok_or_else(|| {
+            ScimError::invalid_filter(format!(
+                "Only '{}[value eq \"id\"]' selects on membership",
+                r.attr.name
+            ))
+        })?;
+        let one = |id: String| {
+            if r.attr.name == "members" {
+                StoreFilter::HasMember(id)
+            } else {
+                StoreFilter::InGroup(id)
+            }
+        };
+        return Ok(StoreFilter::Or(ids.into_iter().map(one).collect()));
+    }
+    let filter = plan_element(ctx, &r, inner)?;
+    Ok(StoreFilter::Element {
+        path: path_key(r.schema, r.is_extension, r.attr, None),
+        filter,
+    })
+}
+
+fn member_ids(f: &Filter) -> Option<Vec<String>> {
+    match f {
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value: CompValue::Str(id) | CompValue::Bare(id),
+        } if path.urn.is_none()
+            && path.sub.is_none()
+            && path.name.eq_ignore_ascii_case("value") =>
+        {
+            Some(vec![id.clone()])
+        }
+        Filter::Or(terms) => terms
+            .iter()
+            .map(member_ids)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat()),
+        _ => None,
+    }
+}
+
+fn plan_element(
+    ctx: &Ctx<'_>,
+    r: &ResolvedAttr<'_>,
+    f: &Filter,
+) -> Result<ElementFilter, ScimError> {
+    Ok(match f {
+        Filter::And(t) => ElementFilter::And(
+            t.iter()
+                .map(|x| plan_element(ctx, r, x))
+                .collect::<Result<_, _>>()?,
+        ),
+        Filter::Or(t) => ElementFilter::Or(
+            t.iter()
+                .map(|x| plan_element(ctx, r, x))
+                .collect::<Result<_, _>>()?,
+        ),
+        Filter::Not(x) => ElementFilter::Not(Box::new(plan_element(ctx, r, x)?)),
+        Filter::ValuePath { .. } => {
+            return Err(ScimError::invalid_filter("Value filters do not nest"))
+        }
+        Filter::Present(p) | Filter::Compare { path: p, .. } => {
+            if p.urn.is_some() || p.sub.is_some() {
+                return Err(ScimError::invalid_filter(format!(
+                    "'{p}' inside [...] must be a sub-attribute name"
+                )));
+            }
+            let sub = r.attr.sub(&p.name).ok_or_else(|| {
+                ScimError::invalid_filter(format!(
+                    "Unknown attribute '{}.{}' in filter",
+                    r.attr.name, p.name
+                ))
+            })?;
+            let key = path_key(r.schema, r.is_extension, r.attr, Some(sub));
+            match f {
+                Filter::Compare {
+                    op,
+                    value: CompValue::Null,
+                    ..
+                } => {
+                    let present = ElementFilter::Test {
+                        path: key,
+                        test: ValueTest::Present,
+                    };
+                    match op {
+                        CompareOp::Eq => ElementFilter::Not(Box::new(present)),
+                        CompareOp::Ne => present,
+                        _ => {
+                            return Err(ScimError::invalid_filter(
+                                "Only eq and ne compare with null",
+                            ))
+                        }
+                    }
+                }
+                Filter::Compare { op, value, .. } => {
+                    let test = ElementFilter::Test {
+                        path: key,
+                        test: value_test(ctx, p, sub, positive(*op), value)?,
+                    };
+                    if *op == CompareOp::Ne {
+                        ElementFilter::Not(Box::new(test))
+                    } else {
+                        test
+                    }
+                }
+                _ => ElementFilter::Test {
+                    path: key,
+                    test: ValueTest::Present,
+                },
+            }
         }
     })
 }

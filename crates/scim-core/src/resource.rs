@@ -450,6 +450,7 @@ pub fn prepare_replace(
 
 pub(crate) fn into_write(ctx: &Ctx<'_>, n: Normalized, replace_members: bool) -> ResourceWrite {
     let keys = index_keys(ctx, &n.data);
+    let values = crate::index::index_rows(ctx, &n.data);
     let mut member_ops = Vec::new();
     if ctx.is_group() {
         if replace_members {
@@ -468,6 +469,7 @@ pub(crate) fn into_write(ctx: &Ctx<'_>, n: Normalized, replace_members: bool) ->
         member_ops,
         unknown_members: Default::default(),
         password: n.password.map_or(SecretChange::Keep, SecretChange::Set),
+        values,
     }
 }
 

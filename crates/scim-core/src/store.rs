@@ -3,6 +3,7 @@
 //! Core decides *what* to write (validated document, index keys, membership changes); the store
 //! decides *how*, and guarantees that each call is one transaction.
 
+pub use scim_filter::CompareOp;
 use serde_json::{Map, Value};
 
 use crate::error::{ScimError, StoreError};
@@ -112,6 +113,8 @@ pub struct ResourceWrite {
     pub unknown_members: UnknownMembers,
     /// the password: by the time a store sees `Set`, it must hold a hash
     pub password: SecretChange,
+    /// the attribute-value index of `data` (replaces the resource's previous rows)
+    pub values: Vec<crate::index::IndexRow>,
 }
 
 /// Which derived parts to read.
@@ -137,15 +140,87 @@ pub enum IndexedField {
     DisplayName,
 }
 
+/// A test on one indexed value (see [`crate::index`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueTest {
+    /// text comparison; the value is already folded (caseExact false) or normalized
+    /// (dateTime). Operators: eq, gt, ge, lt, le, co, sw, ew.
+    Str(CompareOp, String),
+    /// number comparison: eq, gt, ge, lt, le
+    Num(CompareOp, f64),
+    /// boolean equality
+    Bool(bool),
+    /// a non-empty value
+    Present,
+    /// any row at the path (the marker rows of complex elements)
+    Exists,
+}
+
+/// A filter on the elements of one multi-valued (or complex) attribute: all its tests
+/// must hold on the same element.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ElementFilter {
+    /// a sub-attribute of the element passes the test
+    Test {
+        /// index path of the sub-attribute
+        path: String,
+        /// the test
+        test: ValueTest,
+    },
+    /// all of
+    And(Vec<ElementFilter>),
+    /// any of
+    Or(Vec<ElementFilter>),
+    /// not
+    Not(Box<ElementFilter>),
+}
+
+/// Columns of the resource row that filters can compare directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    /// `id`
+    Id,
+    /// `externalId`
+    ExternalId,
+    /// folded `userName`
+    UserName,
+    /// folded `displayName`
+    DisplayName,
+    /// `meta.created` (normalized text)
+    Created,
+    /// `meta.lastModified` (normalized text)
+    LastModified,
+}
+
 /// A filter in terms the store understands; built by [`crate::query::plan_filter`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreFilter {
     /// matches everything
     All,
-    /// `field = value` (value already folded where the field is folded)
+    /// matches nothing
+    Nothing,
+    /// `field = value` (value already folded where the field is folded); the fast path
     Eq(IndexedField, String),
+    /// a column compared with any operator (text comparison, LIKE for co/sw/ew)
+    Column(Column, CompareOp, String),
+    /// some value at an index path passes the test
+    Value {
+        /// index path
+        path: String,
+        /// the test
+        test: ValueTest,
+    },
+    /// some element of an attribute passes an element filter
+    Element {
+        /// index path of the attribute (its marker rows)
+        path: String,
+        /// tests on one element
+        filter: ElementFilter,
+    },
     /// groups that have this direct member
     HasMember(String),
+    /// resources that are direct members of this group
+    InGroup(String),
     /// all of
     And(Vec<StoreFilter>),
     /// any of

@@ -100,3 +100,31 @@ pub fn lock_resource(conn: &mut AnyConnection, id: &str) -> QueryResult<()> {
             .map(|_| ()),
     }
 }
+
+/// One attribute-value index row.
+#[derive(Insertable)]
+#[diesel(table_name = crate::schema::resource_values)]
+#[allow(missing_docs)]
+pub struct ValueRow<'a> {
+    pub resource_id: &'a str,
+    pub tenant_id: &'a str,
+    pub resource_type: &'a str,
+    pub path: &'a str,
+    pub ordinal: i64,
+    pub str_value: Option<&'a str>,
+    pub num_value: Option<f64>,
+    pub bool_value: Option<bool>,
+}
+
+/// Inserts index rows in one statement (multi-row inserts need the concrete backend).
+pub fn insert_values(conn: &mut AnyConnection, rows: &[ValueRow<'_>]) -> QueryResult<usize> {
+    use crate::schema::resource_values;
+    match conn {
+        AnyConnection::Sqlite(c) => diesel::insert_into(resource_values::table)
+            .values(rows)
+            .execute(c),
+        AnyConnection::Postgres(c) => diesel::insert_into(resource_values::table)
+            .values(rows)
+            .execute(c),
+    }
+}

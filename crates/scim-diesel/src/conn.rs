@@ -87,7 +87,7 @@ impl ConnectionManager {
                 // WAL: readers never block the writer; synchronous=NORMAL in WAL mode keeps every
                 // commit durable across a crash of this process (not of the OS).
                 let pragmas = format!(
-                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON;",
                     self.busy_timeout.as_millis()
                 );
                 c.batch_execute(&pragmas).map_err(|e| {

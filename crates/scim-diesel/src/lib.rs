@@ -13,6 +13,7 @@
 
 mod backend;
 pub mod conn;
+mod raw;
 pub mod schema;
 mod store;
 pub mod testing;

@@ -71,4 +71,32 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(tenants, tokens, resources, group_members);
+diesel::table! {
+    /// one row per attribute value, for filters
+    resource_values (resource_id, path, ordinal) {
+        /// resource
+        resource_id -> Text,
+        /// tenant
+        tenant_id -> Text,
+        /// resource type
+        resource_type -> Text,
+        /// lower-case attribute path
+        path -> Text,
+        /// element index
+        ordinal -> BigInt,
+        /// string value (folded unless caseExact)
+        str_value -> Nullable<Text>,
+        /// number value
+        num_value -> Nullable<Double>,
+        /// boolean value
+        bool_value -> Nullable<Bool>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    tokens,
+    resources,
+    group_members,
+    resource_values
+);

@@ -8,15 +8,17 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
-    CredentialStore, Include, IndexedField, ListQuery, MemberOp, MemberRef, Page, ResourceRecord,
-    ResourceStore, ResourceWrite, SecretChange, StoreFilter, TokenRecord, UnknownMembers, UpdateFn,
+    Column, CompareOp, CredentialStore, ElementFilter, Include, IndexedField, ListQuery, MemberOp,
+    MemberRef, Page, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, StoreFilter,
+    TokenRecord, UnknownMembers, UpdateFn, ValueTest,
 };
 use scim_core::{ScimError, StoreError};
 use serde_json::{Map, Value};
 
 use crate::backend;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
-use crate::schema::{group_members, resources, tenants, tokens};
+use crate::raw::RawCond;
+use crate::schema::{group_members, resource_values, resources, tenants, tokens};
 
 /// Largest number of ids bound in one statement (well under SQLite's and PostgreSQL's limits).
 const CHUNK: usize = 500;
@@ -214,9 +216,12 @@ type BoxedCond<'a> = Box<
         > + 'a,
 >;
 
-fn condition(f: &StoreFilter) -> BoxedCond<'_> {
+/// Compiles a filter to a condition on `resources`, scoped to one tenant and resource type
+/// (the index sub-queries name them so that they use the `(tenant, type, path, value)` index).
+fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<'a> {
     match f {
         StoreFilter::All => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 1")),
+        StoreFilter::Nothing => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0")),
         StoreFilter::Eq(IndexedField::Id, v) => Box::new(resources::id.eq(v.as_str())),
         StoreFilter::Eq(IndexedField::ExternalId, v) => {
             Box::new(resources::external_id.eq(v.as_str()).assume_not_null())
@@ -228,6 +233,43 @@ fn condition(f: &StoreFilter) -> BoxedCond<'_> {
             Box::new(resources::display_name_ci.eq(v.as_str()).assume_not_null())
         }
         StoreFilter::Eq(_, _) => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0")),
+        StoreFilter::Column(column, op, v) => {
+            let col = match column {
+                Column::Id => "resources.id",
+                Column::ExternalId => "resources.external_id",
+                Column::UserName => "resources.user_name_ci",
+                Column::DisplayName => "resources.display_name_ci",
+                Column::Created => "resources.created",
+                Column::LastModified => "resources.last_modified",
+            };
+            Box::new(str_test(RawCond::sql("(").push(col), *op, v).push(")"))
+        }
+        StoreFilter::Value { path, test } => Box::new(
+            RawCond::sql(
+                "resources.id IN (SELECT v.resource_id FROM resource_values v WHERE v.tenant_id = ",
+            )
+            .text(tenant)
+            .push(" AND v.resource_type = ")
+            .text(rt)
+            .push(" AND v.path = ")
+            .text(path)
+            .push(" AND ")
+            .append(value_test("v", test))
+            .push(")"),
+        ),
+        StoreFilter::Element { path, filter } => Box::new(
+            RawCond::sql(
+                "resources.id IN (SELECT e.resource_id FROM resource_values e WHERE e.tenant_id = ",
+            )
+            .text(tenant)
+            .push(" AND e.resource_type = ")
+            .text(rt)
+            .push(" AND e.path = ")
+            .text(path)
+            .push(" AND ")
+            .append(element_test(filter))
+            .push(")"),
+        ),
         StoreFilter::HasMember(m) => Box::new(
             resources::id.eq_any(
                 group_members::table
@@ -235,21 +277,117 @@ fn condition(f: &StoreFilter) -> BoxedCond<'_> {
                     .filter(group_members::member_id.eq(m.as_str())),
             ),
         ),
+        StoreFilter::InGroup(g) => Box::new(
+            resources::id.eq_any(
+                group_members::table
+                    .select(group_members::member_id)
+                    .filter(group_members::group_id.eq(g.as_str())),
+            ),
+        ),
         StoreFilter::And(terms) => terms
             .iter()
-            .map(condition)
+            .map(|t| condition(t, tenant, rt))
             .reduce(|a, b| Box::new(a.and(b)))
-            .unwrap_or_else(|| condition(&StoreFilter::All)),
+            .unwrap_or_else(|| condition(&StoreFilter::All, tenant, rt)),
         StoreFilter::Or(terms) => terms
             .iter()
-            .map(condition)
+            .map(|t| condition(t, tenant, rt))
             .reduce(|a, b| Box::new(a.or(b)))
-            .unwrap_or_else(|| Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0"))),
-        StoreFilter::Not(inner) => Box::new(diesel::dsl::not(condition(inner))),
+            .unwrap_or_else(|| condition(&StoreFilter::Nothing, tenant, rt)),
+        StoreFilter::Not(inner) => Box::new(diesel::dsl::not(condition(inner, tenant, rt))),
     }
 }
 
-/// Rows a list of membership operations may touch (for the statistics refresh).
+/// `LIKE` pattern of a literal: `%` `_` and `\` are escaped (with `ESCAPE '\'`).
+fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `<lhs> <op> ?` for text: bytewise comparison on both databases (SQLite BINARY, PostgreSQL
+/// `COLLATE "C"`), and case-sensitive LIKE (SQLite runs with `case_sensitive_like`), since
+/// values are already folded where the schema says caseExact is false.
+fn str_test(lhs: RawCond, op: CompareOp, v: &str) -> RawCond {
+    let (sql, arg) = match op {
+        CompareOp::Eq => (" = ", v.to_string()),
+        CompareOp::Ne => (" <> ", v.to_string()),
+        CompareOp::Gt => (" > ", v.to_string()),
+        CompareOp::Ge => (" >= ", v.to_string()),
+        CompareOp::Lt => (" < ", v.to_string()),
+        CompareOp::Le => (" <= ", v.to_string()),
+        CompareOp::Sw => (" LIKE ", format!("{}%", like_literal(v))),
+        CompareOp::Ew => (" LIKE ", format!("%{}", like_literal(v))),
+        CompareOp::Co => (" LIKE ", format!("%{}%", like_literal(v))),
+    };
+    let cond = lhs.push(sql).text(&arg);
+    if matches!(op, CompareOp::Sw | CompareOp::Ew | CompareOp::Co) {
+        cond.push(" ESCAPE '\\'")
+    } else {
+        cond
+    }
+}
+
+/// A test on the index row aliased `alias`.
+fn value_test(alias: &str, test: &ValueTest) -> RawCond {
+    let col = |c: &str| RawCond::sql(&format!("{alias}.{c}"));
+    match test {
+        ValueTest::Str(op, v) => str_test(col("str_value"), *op, v),
+        ValueTest::Num(op, n) => {
+            let sql = match op {
+                CompareOp::Gt => " > ",
+                CompareOp::Ge => " >= ",
+                CompareOp::Lt => " < ",
+                CompareOp::Le => " <= ",
+                CompareOp::Ne => " <> ",
+                _ => " = ",
+            };
+            col("num_value").push(sql).double(*n)
+        }
+        ValueTest::Bool(b) => col("bool_value").push(" = ").boolean(*b),
+        ValueTest::Present => RawCond::sql(&format!(
+            "({alias}.str_value <> '' OR {alias}.num_value IS NOT NULL OR {alias}.bool_value IS NOT NULL)"
+        )),
+        ValueTest::Exists => RawCond::sql("1 = 1"),
+    }
+}
+
+/// Tests on the element whose marker row is aliased `e`: each test looks for a row of the same
+/// resource and ordinal.
+fn element_test(f: &ElementFilter) -> RawCond {
+    let join = |terms: &[ElementFilter], sep: &str, empty: &str| {
+        if terms.is_empty() {
+            return RawCond::sql(empty);
+        }
+        let mut out = RawCond::sql("(");
+        for (i, t) in terms.iter().enumerate() {
+            if i > 0 {
+                out = out.push(sep);
+            }
+            out = out.append(element_test(t));
+        }
+        out.push(")")
+    };
+    match f {
+        ElementFilter::Test { path, test } => RawCond::sql(
+            "EXISTS (SELECT 1 FROM resource_values v WHERE v.resource_id = e.resource_id AND v.ordinal = e.ordinal AND v.path = ",
+        )
+        .text(path)
+        .push(" AND ")
+        .append(value_test("v", test))
+        .push(")"),
+        ElementFilter::And(t) => join(t, " AND ", "1 = 1"),
+        ElementFilter::Or(t) => join(t, " OR ", "1 = 0"),
+        ElementFilter::Not(inner) => RawCond::sql("NOT (").append(element_test(inner)).push(")"),
+    }
+}
+
+/// Rows a list of membership operations may touch
 fn ops_rows(ops: &[MemberOp]) -> u64 {
     ops.iter()
         .map(|op| match op {
@@ -441,6 +579,38 @@ fn fill_includes(
     Ok(())
 }
 
+/// Replaces the attribute-value index rows of one resource.
+fn write_values(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+    values: &[scim_core::index::IndexRow],
+    replace: bool,
+) -> QueryResult<()> {
+    if replace {
+        diesel::delete(resource_values::table.filter(resource_values::resource_id.eq(id)))
+            .execute(conn)?;
+    }
+    let rows: Vec<backend::ValueRow<'_>> = values
+        .iter()
+        .map(|v| backend::ValueRow {
+            resource_id: id,
+            tenant_id: tenant,
+            resource_type: rt,
+            path: &v.path,
+            ordinal: v.ordinal,
+            str_value: v.str_value.as_deref(),
+            num_value: v.num_value,
+            bool_value: v.bool_value,
+        })
+        .collect();
+    for chunk in rows.chunks(100) {
+        backend::insert_values(conn, chunk)?;
+    }
+    Ok(())
+}
+
 fn apply_member_ops(
     conn: &mut AnyConnection,
     tenant: &str,
@@ -558,6 +728,7 @@ impl ResourceStore for DieselStore {
                 ))
                 .execute(c)?;
             apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
+            write_values(c, tenant, rt, id, &write.values, false)?;
             let mut rec = vec![ResourceRecord {
                 id: id.to_string(),
                 resource_type: rt.to_string(),
@@ -609,7 +780,7 @@ impl ResourceStore for DieselStore {
             resources::table
                 .filter(resources::tenant_id.eq(tenant))
                 .filter(resources::resource_type.eq(rt))
-                .filter(condition(&query.filter))
+                .filter(condition(&query.filter, tenant, rt))
                 .into_boxed::<crate::conn::AnyBackend>()
         };
         let unique = pins_one_row(&query.filter);
@@ -706,6 +877,7 @@ impl ResourceStore for DieselStore {
                         }
                         touched = ops_rows(&write.member_ops);
                         apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
+                        write_values(c, tenant, rt, id, &write.values, true)?;
                         let hash = match &write.password {
                             SecretChange::Keep => None,
                             SecretChange::Set(h) => Some(Some(h.as_str())),

@@ -97,6 +97,7 @@ fn set_members(store: &DieselStore, id: &str, ops: Vec<MemberOp>) -> Result<(), 
                 member_ops: ops.clone(),
                 unknown_members: UnknownMembers::Reject,
                 password: Default::default(),
+                values: Vec::new(),
             })
         })
         .map(|_| ())
@@ -293,6 +294,7 @@ fn membership_is_set_operations_and_atomic() {
                 member_ops: vec![MemberOp::Add(vec!["a".into(), "ghost".into()])],
                 unknown_members: UnknownMembers::Ignore,
                 password: Default::default(),
+                values: Vec::new(),
             })
         })
         .unwrap();
@@ -474,7 +476,7 @@ fn migrations_go_down_and_up_again() {
         let mut conn = db.store.connection().unwrap();
         let c: &mut AnyConnection = &mut conn;
         revert_all_migrations(c).unwrap();
-        assert_eq!(run_migrations(c).unwrap(), 2, "{}", db.name);
+        assert_eq!(run_migrations(c).unwrap(), 3, "{}", db.name);
     }
 }
 
@@ -511,6 +513,17 @@ fn schema_rs_matches_migrated_columns_on_both_databases() {
         password_hash
     );
     cols!(group_members, group_id, member_id);
+    cols!(
+        resource_values,
+        resource_id,
+        tenant_id,
+        resource_type,
+        path,
+        ordinal,
+        str_value,
+        num_value,
+        bool_value
+    );
     expected.sort();
     for db in databases() {
         let mut conn = db.store.connection().unwrap();
@@ -526,5 +539,120 @@ fn schema_rs_matches_migrated_columns_on_both_databases() {
             .collect();
         got.sort();
         assert_eq!(got, expected, "{}", db.name);
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[(self.next() % items.len() as u64) as usize]
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+const WORDS: &[&str] = &["ann", "Anna", "bob", "BOB", "Émile", "émile", "zoë", "x_1", "a%b", "", "Tour Guide", "tour"];
+
+fn random_user(rng: &mut Rng, i: usize) -> serde_json::Value {
+    let mut u = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("{}{i}", rng.pick(WORDS))});
+    let o = u.as_object_mut().unwrap();
+    for attr in ["displayName", "title", "nickName", "locale"] {
+        if rng.chance(70) {
+            o.insert(attr.into(), json!(rng.pick(WORDS)));
+        }
+    }
+    if rng.chance(70) {
+        o.insert("active".into(), json!(rng.chance(50)));
+    }
+    if rng.chance(60) {
+        o.insert("name".into(), json!({"givenName": rng.pick(WORDS), "familyName": rng.pick(WORDS)}));
+    }
+    let n = rng.next() % 4;
+    let emails: Vec<_> = (0..n)
+        .map(|k| {
+            let mut e = json!({"value": format!("{}@{}.example", rng.pick(WORDS), rng.pick(&["work", "home"])), "type": rng.pick(&["work", "home", "other"])});
+            if k == 0 && rng.chance(50) {
+                e["primary"] = json!(true);
+            }
+            e
+        })
+        .collect();
+    if !emails.is_empty() {
+        o.insert("emails".into(), json!(emails));
+    }
+    u
+}
+
+fn lit(rng: &mut Rng) -> String {
+    serde_json::to_string(rng.pick(WORDS)).unwrap()
+}
+
+fn random_filter(rng: &mut Rng, depth: u32) -> String {
+    let ops = ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"];
+    match if depth == 0 { rng.next() % 6 } else { rng.next() % 10 } {
+        0 => format!("{} {} {}", rng.pick(&["displayName", "title", "nickName", "name.givenName", "name.familyName", "userName", "locale", "emails.value", "emails.type", "emails"]), rng.pick(&ops), lit(rng)),
+        1 => format!("{} pr", rng.pick(&["displayName", "title", "name", "name.givenName", "emails", "emails.value", "active", "emails.primary"])),
+        2 => format!("active {} {}", rng.pick(&["eq", "ne"]), rng.pick(&["true", "false"])),
+        3 => format!("emails[type eq \"{}\" and value {} {}]", rng.pick(&["work", "home", "other"]), rng.pick(&ops), lit(rng)),
+        4 => format!("emails[{} or primary eq true]", format_args!("value sw {}", lit(rng))),
+        5 => format!("{} eq null", rng.pick(&["title", "name.givenName"])),
+        6 => format!("({} and {})", random_filter(rng, depth - 1), random_filter(rng, depth - 1)),
+        7 => format!("({} or {})", random_filter(rng, depth - 1), random_filter(rng, depth - 1)),
+        8 => format!("not ({})", random_filter(rng, depth - 1)),
+        _ => format!("{} and {}", random_filter(rng, depth - 1), random_filter(rng, depth - 1)),
+    }
+}
+
+/// Random filters over random users: the database (through the index) and the in-memory
+/// evaluator must select exactly the same users, on both databases.
+#[test]
+fn filters_in_sql_agree_with_the_in_memory_evaluator() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let core = reg.core_schema(ctx.rt).unwrap();
+    for db in databases() {
+        let s = &db.store;
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut docs = Vec::new();
+        for i in 0..150 {
+            let body = random_user(&mut rng, i);
+            let w = prepare_create(&ctx, &body).unwrap();
+            let rec = s.create(T, "User", &format!("u{i:03}"), NOW, w, Include::default()).unwrap();
+            docs.push(rec);
+        }
+        let mut checked = 0;
+        let mut nonempty = 0;
+        for _ in 0..400 {
+            let text = random_filter(&mut rng, 3);
+            let limits = scim_core::query::QueryLimits { filter: scim_filter::Limits { max_length: 4096, max_depth: 32 }, ..Default::default() };
+            let planned = match scim_core::query::plan_filter(&ctx, Some(&text), &limits) {
+                Ok(p) => p,
+                Err(e) => panic!("{}: planner refused {text:?}: {e}", db.name),
+            };
+            let ast = scim_filter::parse_filter(&text, &limits.filter).unwrap();
+            let mut want: Vec<&str> = docs
+                .iter()
+                .filter(|d| scim_core::eval::matches(&ast, &d.data, &core.attributes).unwrap_or_else(|e| panic!("eval {text}: {e}")))
+                .map(|d| d.id.as_str())
+                .collect();
+            want.sort();
+            let page = s.list(T, "User", &ListQuery { filter: planned, start_index: 1, count: 1000, include: Include::default() }).unwrap();
+            let mut got: Vec<&str> = page.resources.iter().map(|r| r.id.as_str()).collect();
+            got.sort();
+            assert_eq!(got, want, "{}: filter {text}", db.name);
+            assert_eq!(page.total as usize, want.len());
+            checked += 1;
+            nonempty += usize::from(!want.is_empty() && want.len() < docs.len());
+        }
+        assert!(nonempty > 100, "{}: only {nonempty} of {checked} filters were selective", db.name);
     }
 }

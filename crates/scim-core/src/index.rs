@@ -1,0 +1,136 @@
+//! The attribute-value index: every attribute value of a resource as a typed row, so that a
+//! store can answer any filter on any published attribute inside the database.
+//!
+//! Path keys are lower case: `name.familyname`, `emails.value`, and for extensions
+//! `urn:ietf:params:scim:schemas:extension:enterprise:2.0:user:department`. Strings are
+//! folded where `caseExact` is false, with the same [`fold`] used for filter values;
+//! dateTimes become fixed-width UTC text so that text order is time order. Each element of a
+//! complex attribute also gets a marker row at the attribute's own path, and its rows share
+//! an ordinal, which is what keeps `emails[type eq "work" and value co "x"]` on one element.
+
+use serde_json::{Map, Value};
+
+use crate::resource::{fold, is_members, Ctx};
+use crate::schema::{AttrType, Attribute, Mutability, Schema};
+
+/// One indexed value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexRow {
+    /// lower-case attribute path
+    pub path: String,
+    /// element index within a multi-valued attribute (0 otherwise)
+    pub ordinal: i64,
+    /// strings (folded unless caseExact), references, binary, dateTimes
+    pub str_value: Option<String>,
+    /// integers and decimals
+    pub num_value: Option<f64>,
+    /// booleans
+    pub bool_value: Option<bool>,
+}
+
+/// The index key of an attribute path.
+pub fn path_key(
+    schema: &Schema,
+    is_extension: bool,
+    attr: &Attribute,
+    sub: Option<&Attribute>,
+) -> String {
+    let mut key = String::new();
+    if is_extension {
+        key.push_str(&schema.id.to_ascii_lowercase());
+        key.push(':');
+    }
+    key.push_str(&attr.name.to_ascii_lowercase());
+    if let Some(sub) = sub {
+        key.push('.');
+        key.push_str(&sub.name.to_ascii_lowercase());
+    }
+    key
+}
+
+/// Normalizes an RFC 3339 dateTime to fixed-width UTC text (`None` if it does not parse).
+pub fn normalize_datetime(s: &str) -> Option<String> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(crate::time_fmt::format_timestamp(t))
+}
+
+/// The typed columns of one scalar value.
+pub fn scalar(attr: &Attribute, v: &Value) -> Option<(Option<String>, Option<f64>, Option<bool>)> {
+    Some(match (attr.attr_type, v) {
+        (AttrType::Boolean, Value::Bool(b)) => (None, None, Some(*b)),
+        (AttrType::Integer | AttrType::Decimal, Value::Number(n)) => (None, n.as_f64(), None),
+        (AttrType::DateTime, Value::String(s)) => (normalize_datetime(s), None, None),
+        (_, Value::String(s)) if attr.is_case_exact() => (Some(s.clone()), None, None),
+        (_, Value::String(s)) => (Some(fold(s)), None, None),
+        _ => return None,
+    })
+}
+
+/// Every index row of a document.
+pub fn index_rows(ctx: &Ctx<'_>, data: &Map<String, Value>) -> Vec<IndexRow> {
+    let mut rows = Vec::new();
+    let Some(core) = ctx.registry.core_schema(ctx.rt) else {
+        return rows;
+    };
+    for attr in &core.attributes {
+        if is_members(ctx, attr)
+            || attr.mutability == Mutability::WriteOnly
+            || attr.name == "groups"
+        {
+            continue;
+        }
+        if let Some(v) = data.get(&attr.name) {
+            push_attr(&mut rows, core, false, attr, v);
+        }
+    }
+    for ext in ctx.registry.extensions(ctx.rt) {
+        let Some(Value::Object(ext_data)) = data.get(&ext.id) else {
+            continue;
+        };
+        for attr in &ext.attributes {
+            if let Some(v) = ext_data.get(&attr.name) {
+                push_attr(&mut rows, ext, true, attr, v);
+            }
+        }
+    }
+    rows
+}
+
+fn push_attr(rows: &mut Vec<IndexRow>, schema: &Schema, ext: bool, attr: &Attribute, v: &Value) {
+    let items: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let ordinal = i as i64;
+        if attr.attr_type == AttrType::Complex {
+            let Value::Object(o) = item else { continue };
+            rows.push(IndexRow {
+                path: path_key(schema, ext, attr, None),
+                ordinal,
+                str_value: None,
+                num_value: None,
+                bool_value: None,
+            });
+            for sub in attr.subs() {
+                if let Some((s, n, b)) = o.get(&sub.name).and_then(|sv| scalar(sub, sv)) {
+                    rows.push(IndexRow {
+                        path: path_key(schema, ext, attr, Some(sub)),
+                        ordinal,
+                        str_value: s,
+                        num_value: n,
+                        bool_value: b,
+                    });
+                }
+            }
+        } else if let Some((s, n, b)) = scalar(attr, item) {
+            rows.push(IndexRow {
+                path: path_key(schema, ext, attr, None),
+                ordinal,
+                str_value: s,
+                num_value: n,
+                bool_value: b,
+            });
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `RawCond`: a boolean SQL condition assembled at run time from fixed SQL text and bound
+//! parameters. Filter sub-queries on the attribute-value index need correlated `EXISTS` and
+//! `IN` forms that the typed DSL cannot express dynamically; values are always bound
+//! parameters, never spliced into the SQL text.
+
+use diesel::expression::{
+    is_aggregate, AppearsOnTable, Expression, SelectableExpression, ValidGrouping,
+};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{Bool, Double, Text};
+use diesel::QueryResult;
+
+use crate::conn::AnyBackend;
+
+#[derive(Debug, Clone)]
+enum Part {
+    Sql(String),
+    Text(String),
+    Double(f64),
+    Bool(bool),
+}
+
+/// A boolean condition: SQL text with bound parameters.
+#[derive(Debug, Clone, Default)]
+pub struct RawCond {
+    parts: Vec<Part>,
+}
+
+impl RawCond {
+    /// Starts with SQL text.
+    pub fn sql(text: &str) -> Self {
+        RawCond {
+            parts: vec![Part::Sql(text.to_string())],
+        }
+    }
+    /// Appends SQL text (trusted: written in this crate, never from input).
+    pub fn push(mut self, text: &str) -> Self {
+        self.parts.push(Part::Sql(text.to_string()));
+        self
+    }
+    /// Appends a bound text parameter.
+    pub fn text(mut self, v: &str) -> Self {
+        self.parts.push(Part::Text(v.to_string()));
+        self
+    }
+    /// Appends a bound number parameter.
+    pub fn double(mut self, v: f64) -> Self {
+        self.parts.push(Part::Double(v));
+        self
+    }
+    /// Appends a bound boolean parameter.
+    pub fn boolean(mut self, v: bool) -> Self {
+        self.parts.push(Part::Bool(v));
+        self
+    }
+    /// Appends another condition.
+    pub fn append(mut self, other: RawCond) -> Self {
+        self.parts.extend(other.parts);
+        self
+    }
+}
+
+impl Expression for RawCond {
+    type SqlType = Bool;
+}
+
+impl<QS> AppearsOnTable<QS> for RawCond {}
+
+impl<QS> SelectableExpression<QS> for RawCond {}
+
+impl<GB> ValidGrouping<GB> for RawCond {
+    type IsAggregate = is_aggregate::Never;
+}
+
+impl QueryId for RawCond {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl QueryFragment<AnyBackend> for RawCond {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, AnyBackend>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        for p in &self.parts {
+            match p {
+                Part::Sql(s) => out.push_sql(s),
+                Part::Text(t) => out.push_bind_param::<Text, String>(t)?,
+                Part::Double(d) => out.push_bind_param::<Double, f64>(d)?,
+                Part::Bool(b) => out.push_bind_param::<Bool, bool>(b)?,
+            }
+        }
+        Ok(())
+    }
+}
