@@ -59,7 +59,7 @@ pub fn service_provider_config(caps: &ServerCapabilities, base_url: &str) -> Val
         },
         "filter": { "supported": true, "maxResults": caps.query.max_count },
         "changePassword": { "supported": caps.change_password },
-        "sort": { "supported": false },
+        "sort": { "supported": true },
         "etag": { "supported": true },
         "authenticationSchemes": [{
             "type": "oauthbearertoken",

@@ -6,7 +6,9 @@ use crate::error::ScimError;
 use crate::index::{normalize_datetime, path_key};
 use crate::resource::{fold, Ctx};
 use crate::schema::{AttrType, Attribute, ResolvedAttr, Returned};
-use crate::store::{Column, ElementFilter, IndexedField, StoreFilter, ValueTest};
+use crate::store::{
+    Column, ElementFilter, IndexedField, SortKey, SortTarget, StoreFilter, ValueKind, ValueTest,
+};
 
 /// Paging and filter limits, advertised in `/ServiceProviderConfig`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,75 @@ pub fn paging(start_index: Option<i64>, count: Option<i64>, limits: &QueryLimits
         Some(c) => (c.max(0) as u64).min(limits.max_count),
     };
     (start, count)
+}
+
+/// Plans `sortBy` / `sortOrder` (RFC 7644 section 3.4.2.3). `None` without `sortBy`.
+pub fn plan_sort(
+    ctx: &Ctx<'_>,
+    sort_by: Option<&str>,
+    sort_order: Option<&str>,
+) -> Result<Option<SortKey>, ScimError> {
+    let Some(sort_by) = sort_by.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let descending = match sort_order.map(|o| o.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("ascending") => false,
+        Some("descending") => true,
+        Some(other) => {
+            return Err(ScimError::invalid_value(format!(
+                "sortOrder must be ascending or descending, not '{other}'"
+            )))
+        }
+    };
+    let path = AttrPath::parse_token(sort_by)
+        .ok_or_else(|| ScimError::invalid_value(format!("'{sort_by}' is not an attribute path")))?;
+    let r = ctx
+        .registry
+        .resolve(ctx.rt, path.urn.as_deref(), &path.name, path.sub.as_deref())
+        .ok_or_else(|| {
+            ScimError::invalid_value(format!("Cannot sort by unknown attribute '{sort_by}'"))
+        })?;
+    let unsortable = || ScimError::invalid_value(format!("Cannot sort by '{sort_by}'"));
+    let common = !r.is_extension
+        && ctx
+            .registry
+            .common()
+            .attribute(&r.attr.name)
+            .is_some_and(|a| std::ptr::eq(a, r.attr));
+    let target = if common {
+        let column = match (r.attr.name.as_str(), r.sub.map(|s| s.name.as_str())) {
+            ("id", None) => Column::Id,
+            ("externalId", None) => Column::ExternalId,
+            ("meta", Some("created")) => Column::Created,
+            ("meta", Some("lastModified")) => Column::LastModified,
+            _ => return Err(unsortable()),
+        };
+        SortTarget::Column(column)
+    } else {
+        if !r.is_extension && (r.attr.name == "members" || r.attr.name == "groups") {
+            return Err(unsortable());
+        }
+        // A complex attribute sorts by its `value` (`emails` by `emails.value`).
+        let sub = match (r.attr.attr_type, r.sub) {
+            (AttrType::Complex, None) => Some(r.attr.sub("value").ok_or_else(unsortable)?),
+            (_, s) => s,
+        };
+        let leaf = sub.unwrap_or(r.attr);
+        if leaf.returned == Returned::Never {
+            return Err(unsortable());
+        }
+        let kind = match leaf.attr_type {
+            AttrType::Boolean => ValueKind::Bool,
+            AttrType::Integer | AttrType::Decimal => ValueKind::Num,
+            AttrType::Complex => return Err(unsortable()),
+            _ => ValueKind::Str,
+        };
+        SortTarget::Value {
+            path: path_key(r.schema, r.is_extension, r.attr, sub),
+            kind,
+        }
+    };
+    Ok(Some(SortKey { target, descending }))
 }
 
 /// Parses a filter and plans it for the store.

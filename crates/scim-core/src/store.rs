@@ -229,6 +229,40 @@ pub enum StoreFilter {
     Not(Box<StoreFilter>),
 }
 
+/// What a sort key reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortTarget {
+    /// a column of the resource row
+    Column(Column),
+    /// the first value at an index path, from the typed column that holds it
+    Value {
+        /// index path
+        path: String,
+        /// which typed column holds the values
+        kind: ValueKind,
+    },
+}
+
+/// The typed column of an index row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// `str_value`
+    Str,
+    /// `num_value`
+    Num,
+    /// `bool_value`
+    Bool,
+}
+
+/// `sortBy` / `sortOrder`, planned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    /// what to sort on
+    pub target: SortTarget,
+    /// `sortOrder=descending`
+    pub descending: bool,
+}
+
 /// A page request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListQuery {
@@ -240,6 +274,8 @@ pub struct ListQuery {
     pub count: u64,
     /// derived parts to read
     pub include: Include,
+    /// order (after it, and without it, resources are ordered by creation)
+    pub sort: Option<SortKey>,
 }
 
 /// A page of results.

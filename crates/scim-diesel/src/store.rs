@@ -9,8 +9,8 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
     Column, CompareOp, CredentialStore, ElementFilter, Include, IndexedField, ListQuery, MemberOp,
-    MemberRef, Page, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, StoreFilter,
-    TokenRecord, UnknownMembers, UpdateFn, ValueTest,
+    MemberRef, Page, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortTarget,
+    StoreFilter, TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest,
 };
 use scim_core::{ScimError, StoreError};
 use serde_json::{Map, Value};
@@ -234,15 +234,7 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
         }
         StoreFilter::Eq(_, _) => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0")),
         StoreFilter::Column(column, op, v) => {
-            let col = match column {
-                Column::Id => "resources.id",
-                Column::ExternalId => "resources.external_id",
-                Column::UserName => "resources.user_name_ci",
-                Column::DisplayName => "resources.display_name_ci",
-                Column::Created => "resources.created",
-                Column::LastModified => "resources.last_modified",
-            };
-            Box::new(str_test(RawCond::sql("(").push(col), *op, v).push(")"))
+            Box::new(str_test(RawCond::sql("(").push(column_sql(*column)), *op, v).push(")"))
         }
         StoreFilter::Value { path, test } => Box::new(
             RawCond::sql(
@@ -295,6 +287,18 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             .reduce(|a, b| Box::new(a.or(b)))
             .unwrap_or_else(|| condition(&StoreFilter::Nothing, tenant, rt)),
         StoreFilter::Not(inner) => Box::new(diesel::dsl::not(condition(inner, tenant, rt))),
+    }
+}
+
+/// The SQL name of a filterable column.
+fn column_sql(c: Column) -> &'static str {
+    match c {
+        Column::Id => "resources.id",
+        Column::ExternalId => "resources.external_id",
+        Column::UserName => "resources.user_name_ci",
+        Column::DisplayName => "resources.display_name_ci",
+        Column::Created => "resources.created",
+        Column::LastModified => "resources.last_modified",
     }
 }
 
@@ -786,9 +790,34 @@ impl ResourceStore for DieselStore {
         let unique = pins_one_row(&query.filter);
         let load_page = |conn: &mut AnyConnection| -> QueryResult<Vec<Row>> {
             let mut page = base().select(ROW_COLUMNS);
-            // At most one row can match a unique key: ordering it is pointless, and leaving the
-            // ORDER BY out keeps planners without statistics from walking the order index.
-            if !unique {
+            if let Some(sort) = &query.sort {
+                // Missing values sort last in both directions; ties keep the creation order.
+                let key = match &sort.target {
+                    SortTarget::Column(c) => RawCond::sql(column_sql(*c)),
+                    SortTarget::Value { path, kind } => {
+                        let col = match kind {
+                            ValueKind::Str => "str_value",
+                            ValueKind::Num => "num_value",
+                            ValueKind::Bool => "bool_value",
+                        };
+                        RawCond::sql(&format!(
+                            "(SELECT v.{col} FROM resource_values v WHERE v.resource_id = resources.id AND v.path = "
+                        ))
+                        .text(path)
+                        .push(&format!(" AND v.{col} IS NOT NULL ORDER BY v.ordinal LIMIT 1)"))
+                    }
+                };
+                let missing = RawCond::sql("(").append(key.clone()).push(" IS NULL)");
+                page = page.order(missing.asc());
+                page = if sort.descending {
+                    page.then_order_by(key.desc())
+                } else {
+                    page.then_order_by(key.asc())
+                };
+                page = page.then_order_by((resources::created.asc(), resources::id.asc()));
+            } else if !unique {
+                // At most one row can match a unique key: ordering it is pointless, and leaving
+                // the ORDER BY out keeps planners without statistics off the order index.
                 page = page.order((resources::created.asc(), resources::id.asc()));
             }
             page.offset(query.start_index.saturating_sub(1).min(i64::MAX as u64) as i64)

@@ -330,6 +330,7 @@ fn membership_is_set_operations_and_atomic() {
                     start_index: 1,
                     count: 10,
                     include: Include::default(),
+                    sort: None,
                 },
             )
             .unwrap();
@@ -365,6 +366,7 @@ fn listing_pages_filters_and_counts() {
                     start_index: start,
                     count,
                     include: Include::default(),
+                    sort: None,
                 },
             )
             .unwrap()
@@ -560,7 +562,20 @@ impl Rng {
     }
 }
 
-const WORDS: &[&str] = &["ann", "Anna", "bob", "BOB", "Émile", "émile", "zoë", "x_1", "a%b", "", "Tour Guide", "tour"];
+const WORDS: &[&str] = &[
+    "ann",
+    "Anna",
+    "bob",
+    "BOB",
+    "Émile",
+    "émile",
+    "zoë",
+    "x_1",
+    "a%b",
+    "",
+    "Tour Guide",
+    "tour",
+];
 
 fn random_user(rng: &mut Rng, i: usize) -> serde_json::Value {
     let mut u = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("{}{i}", rng.pick(WORDS))});
@@ -574,7 +589,10 @@ fn random_user(rng: &mut Rng, i: usize) -> serde_json::Value {
         o.insert("active".into(), json!(rng.chance(50)));
     }
     if rng.chance(60) {
-        o.insert("name".into(), json!({"givenName": rng.pick(WORDS), "familyName": rng.pick(WORDS)}));
+        o.insert(
+            "name".into(),
+            json!({"givenName": rng.pick(WORDS), "familyName": rng.pick(WORDS)}),
+        );
     }
     let n = rng.next() % 4;
     let emails: Vec<_> = (0..n)
@@ -598,17 +616,73 @@ fn lit(rng: &mut Rng) -> String {
 
 fn random_filter(rng: &mut Rng, depth: u32) -> String {
     let ops = ["eq", "ne", "co", "sw", "ew", "gt", "ge", "lt", "le"];
-    match if depth == 0 { rng.next() % 6 } else { rng.next() % 10 } {
-        0 => format!("{} {} {}", rng.pick(&["displayName", "title", "nickName", "name.givenName", "name.familyName", "userName", "locale", "emails.value", "emails.type", "emails"]), rng.pick(&ops), lit(rng)),
-        1 => format!("{} pr", rng.pick(&["displayName", "title", "name", "name.givenName", "emails", "emails.value", "active", "emails.primary"])),
-        2 => format!("active {} {}", rng.pick(&["eq", "ne"]), rng.pick(&["true", "false"])),
-        3 => format!("emails[type eq \"{}\" and value {} {}]", rng.pick(&["work", "home", "other"]), rng.pick(&ops), lit(rng)),
-        4 => format!("emails[{} or primary eq true]", format_args!("value sw {}", lit(rng))),
+    match if depth == 0 {
+        rng.next() % 6
+    } else {
+        rng.next() % 10
+    } {
+        0 => format!(
+            "{} {} {}",
+            rng.pick(&[
+                "displayName",
+                "title",
+                "nickName",
+                "name.givenName",
+                "name.familyName",
+                "userName",
+                "locale",
+                "emails.value",
+                "emails.type",
+                "emails"
+            ]),
+            rng.pick(&ops),
+            lit(rng)
+        ),
+        1 => format!(
+            "{} pr",
+            rng.pick(&[
+                "displayName",
+                "title",
+                "name",
+                "name.givenName",
+                "emails",
+                "emails.value",
+                "active",
+                "emails.primary"
+            ])
+        ),
+        2 => format!(
+            "active {} {}",
+            rng.pick(&["eq", "ne"]),
+            rng.pick(&["true", "false"])
+        ),
+        3 => format!(
+            "emails[type eq \"{}\" and value {} {}]",
+            rng.pick(&["work", "home", "other"]),
+            rng.pick(&ops),
+            lit(rng)
+        ),
+        4 => format!(
+            "emails[{} or primary eq true]",
+            format_args!("value sw {}", lit(rng))
+        ),
         5 => format!("{} eq null", rng.pick(&["title", "name.givenName"])),
-        6 => format!("({} and {})", random_filter(rng, depth - 1), random_filter(rng, depth - 1)),
-        7 => format!("({} or {})", random_filter(rng, depth - 1), random_filter(rng, depth - 1)),
+        6 => format!(
+            "({} and {})",
+            random_filter(rng, depth - 1),
+            random_filter(rng, depth - 1)
+        ),
+        7 => format!(
+            "({} or {})",
+            random_filter(rng, depth - 1),
+            random_filter(rng, depth - 1)
+        ),
         8 => format!("not ({})", random_filter(rng, depth - 1)),
-        _ => format!("{} and {}", random_filter(rng, depth - 1), random_filter(rng, depth - 1)),
+        _ => format!(
+            "{} and {}",
+            random_filter(rng, depth - 1),
+            random_filter(rng, depth - 1)
+        ),
     }
 }
 
@@ -626,14 +700,22 @@ fn filters_in_sql_agree_with_the_in_memory_evaluator() {
         for i in 0..150 {
             let body = random_user(&mut rng, i);
             let w = prepare_create(&ctx, &body).unwrap();
-            let rec = s.create(T, "User", &format!("u{i:03}"), NOW, w, Include::default()).unwrap();
+            let rec = s
+                .create(T, "User", &format!("u{i:03}"), NOW, w, Include::default())
+                .unwrap();
             docs.push(rec);
         }
         let mut checked = 0;
         let mut nonempty = 0;
         for _ in 0..400 {
             let text = random_filter(&mut rng, 3);
-            let limits = scim_core::query::QueryLimits { filter: scim_filter::Limits { max_length: 4096, max_depth: 32 }, ..Default::default() };
+            let limits = scim_core::query::QueryLimits {
+                filter: scim_filter::Limits {
+                    max_length: 4096,
+                    max_depth: 32,
+                },
+                ..Default::default()
+            };
             let planned = match scim_core::query::plan_filter(&ctx, Some(&text), &limits) {
                 Ok(p) => p,
                 Err(e) => panic!("{}: planner refused {text:?}: {e}", db.name),
@@ -641,11 +723,26 @@ fn filters_in_sql_agree_with_the_in_memory_evaluator() {
             let ast = scim_filter::parse_filter(&text, &limits.filter).unwrap();
             let mut want: Vec<&str> = docs
                 .iter()
-                .filter(|d| scim_core::eval::matches(&ast, &d.data, &core.attributes).unwrap_or_else(|e| panic!("eval {text}: {e}")))
+                .filter(|d| {
+                    scim_core::eval::matches(&ast, &d.data, &core.attributes)
+                        .unwrap_or_else(|e| panic!("eval {text}: {e}"))
+                })
                 .map(|d| d.id.as_str())
                 .collect();
             want.sort();
-            let page = s.list(T, "User", &ListQuery { filter: planned, start_index: 1, count: 1000, include: Include::default() }).unwrap();
+            let page = s
+                .list(
+                    T,
+                    "User",
+                    &ListQuery {
+                        filter: planned,
+                        start_index: 1,
+                        count: 1000,
+                        include: Include::default(),
+                        sort: None,
+                    },
+                )
+                .unwrap();
             let mut got: Vec<&str> = page.resources.iter().map(|r| r.id.as_str()).collect();
             got.sort();
             assert_eq!(got, want, "{}: filter {text}", db.name);
@@ -653,6 +750,10 @@ fn filters_in_sql_agree_with_the_in_memory_evaluator() {
             checked += 1;
             nonempty += usize::from(!want.is_empty() && want.len() < docs.len());
         }
-        assert!(nonempty > 100, "{}: only {nonempty} of {checked} filters were selective", db.name);
+        assert!(
+            nonempty > 100,
+            "{}: only {nonempty} of {checked} filters were selective",
+            db.name
+        );
     }
 }

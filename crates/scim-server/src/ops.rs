@@ -3,7 +3,7 @@
 
 use scim_core::messages::list_response;
 use scim_core::patch::prepare_patch;
-use scim_core::query::{paging, plan_filter};
+use scim_core::query::{paging, plan_filter, plan_sort};
 use scim_core::render::{parse_etag, render, Projection};
 use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
 use scim_core::store::{
@@ -120,6 +120,7 @@ fn reactivate(
             start_index: 1,
             count: 1,
             include: Include::default(),
+            sort: None,
         },
     )?;
     let existing = found.resources.first().ok_or_else(duplicate)?;
@@ -159,11 +160,7 @@ pub fn get(
 pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Value, ScimError> {
     let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
     let filter = plan_filter(&ctx, params.get("filter"), &st.config.query)?;
-    if params.get("sortBy").is_some_and(|s| !s.trim().is_empty()) {
-        return Err(ScimError::invalid_value(
-            "Sorting is not supported yet (see sort.supported in /ServiceProviderConfig)",
-        ));
-    }
+    let sort = plan_sort(&ctx, params.get("sortBy"), params.get("sortOrder"))?;
     let (start_index, count) = paging(
         params.int("startIndex")?,
         params.int("count")?,
@@ -178,6 +175,7 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
             start_index,
             count,
             include: proj.include(&ctx),
+            sort,
         },
     )?;
     let resources: Vec<Value> = page
