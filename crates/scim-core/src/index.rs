@@ -5,7 +5,7 @@
 //! `urn:ietf:params:scim:schemas:extension:enterprise:2.0:user:department`. Strings are
 //! folded where `caseExact` is false, with the same [`fold`] used for filter values;
 //! dateTimes become fixed-width UTC text so that text order is time order. Each element of a
-//! complex attribute also gets a marker row at the attribute's own path, and its rows share
+//! complex attribute also gets a marker row (value `""`) at the attribute's own path, and its rows share
 //! an ordinal, which is what keeps `emails[type eq "work" and value co "x"]` on one element.
 
 use serde_json::{Map, Value};
@@ -108,7 +108,7 @@ fn push_attr(rows: &mut Vec<IndexRow>, schema: &Schema, ext: bool, attr: &Attrib
             rows.push(IndexRow {
                 path: path_key(schema, ext, attr, None),
                 ordinal,
-                str_value: None,
+                str_value: Some(String::new()), // marker: "an element exists"
                 num_value: None,
                 bool_value: None,
             });

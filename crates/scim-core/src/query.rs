@@ -284,14 +284,14 @@ fn plan_attr(
     let Some((op, value)) = cmp else {
         return Ok(StoreFilter::Value {
             path: key,
-            test: ValueTest::Present,
+            test: ValueTest::Present(kind_of(leaf)),
         });
     };
     if let CompValue::Null = value {
         // `x eq null`: x has no value; `x ne null`: it has one.
         let present = StoreFilter::Value {
             path: key,
-            test: ValueTest::Present,
+            test: ValueTest::Present(kind_of(leaf)),
         };
         return match op {
             CompareOp::Eq => Ok(StoreFilter::Not(Box::new(present))),
@@ -304,6 +304,15 @@ fn plan_attr(
     }
     let test = value_test(ctx, path, leaf, positive(op), value)?;
     Ok(negate_ne(op, StoreFilter::Value { path: key, test }))
+}
+
+/// Which typed index column holds values of an attribute.
+fn kind_of(attr: &Attribute) -> ValueKind {
+    match attr.attr_type {
+        AttrType::Boolean => ValueKind::Bool,
+        AttrType::Integer | AttrType::Decimal => ValueKind::Num,
+        _ => ValueKind::Str,
+    }
 }
 
 /// A test on one value of attribute `leaf`, typed by the schema.
@@ -532,7 +541,7 @@ fn plan_element(
                 } => {
                     let present = ElementFilter::Test {
                         path: key,
-                        test: ValueTest::Present,
+                        test: ValueTest::Present(kind_of(sub)),
                     };
                     match op {
                         CompareOp::Eq => ElementFilter::Not(Box::new(present)),
@@ -557,7 +566,7 @@ fn plan_element(
                 }
                 _ => ElementFilter::Test {
                     path: key,
-                    test: ValueTest::Present,
+                    test: ValueTest::Present(kind_of(sub)),
                 },
             }
         }

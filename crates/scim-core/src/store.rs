@@ -150,9 +150,9 @@ pub enum ValueTest {
     Num(CompareOp, f64),
     /// boolean equality
     Bool(bool),
-    /// a non-empty value
-    Present,
-    /// any row at the path (the marker rows of complex elements)
+    /// a non-empty value, held in the column of this kind
+    Present(ValueKind),
+    /// an element exists (the marker rows of complex elements)
     Exists,
 }
 

@@ -116,15 +116,56 @@ pub struct ValueRow<'a> {
     pub bool_value: Option<bool>,
 }
 
-/// Inserts index rows in one statement (multi-row inserts need the concrete backend).
+/// Inserts index rows with one multi-row `INSERT` (placeholders differ per backend).
 pub fn insert_values(conn: &mut AnyConnection, rows: &[ValueRow<'_>]) -> QueryResult<usize> {
-    use crate::schema::resource_values;
+    use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let head = "INSERT INTO resource_values (resource_id, tenant_id, resource_type, path, ordinal, str_value, num_value, bool_value) VALUES ";
+    let mut sql = String::with_capacity(head.len() + rows.len() * 48);
+    sql.push_str(head);
+    let pg = matches!(conn, AnyConnection::Postgres(_));
+    for i in 0..rows.len() {
+        if i > 0 {
+            sql.push(',');
+        }
+        if pg {
+            let b = i * 8;
+            sql.push_str(&format!(
+                "(${},${},${},${},${},${},${},${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8
+            ));
+        } else {
+            sql.push_str("(?,?,?,?,?,?,?,?)");
+        }
+    }
+    macro_rules! run {
+        ($c:expr, $db:ty) => {{
+            let mut q = diesel::sql_query(sql).into_boxed::<$db>();
+            for r in rows {
+                q = q
+                    .bind::<Text, _>(r.resource_id)
+                    .bind::<Text, _>(r.tenant_id)
+                    .bind::<Text, _>(r.resource_type)
+                    .bind::<Text, _>(r.path)
+                    .bind::<BigInt, _>(r.ordinal)
+                    .bind::<Nullable<Text>, _>(r.str_value)
+                    .bind::<Nullable<Double>, _>(r.num_value)
+                    .bind::<Nullable<Bool>, _>(r.bool_value);
+            }
+            q.execute($c)
+        }};
+    }
     match conn {
-        AnyConnection::Sqlite(c) => diesel::insert_into(resource_values::table)
-            .values(rows)
-            .execute(c),
-        AnyConnection::Postgres(c) => diesel::insert_into(resource_values::table)
-            .values(rows)
-            .execute(c),
+        AnyConnection::Sqlite(c) => run!(c, diesel::sqlite::Sqlite),
+        AnyConnection::Postgres(c) => run!(c, diesel::pg::Pg),
     }
 }

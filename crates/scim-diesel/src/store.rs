@@ -53,10 +53,12 @@ impl StoreConfig {
 pub struct DieselStore {
     pool: r2d2::Pool<ConnectionManager>,
     backend: Backend,
-    /// SQLite only: writers of this process take turns here before `BEGIN IMMEDIATE`, so
-    /// they queue instead of sleep-polling SQLite's busy handler. Performance only: SQLite's
-    /// own lock still guarantees correctness, including against other processes.
-    writers: Option<Arc<Mutex<()>>>,
+    /// SQLite only: the one connection this process writes through. Writers queue on its
+    /// mutex instead of sleep-polling SQLite's busy handler, and its page cache stays warm
+    /// (a pooled connection's cache is invalidated by every other connection's commit, and a
+    /// write then re-reads the index pages it touches). Performance only: SQLite's own lock
+    /// still guarantees correctness, including against other processes.
+    writer: Option<Arc<Mutex<AnyConnection>>>,
     /// PostgreSQL only: refreshes planner statistics after bulk changes (see `note_writes`).
     analyze: Arc<AnalyzeState>,
 }
@@ -81,6 +83,31 @@ impl std::fmt::Debug for DieselStore {
 }
 
 type Conn = r2d2::PooledConnection<ConnectionManager>;
+
+/// The connection a write uses: SQLite's dedicated writer, or one from the pool.
+enum WriteConn<'a> {
+    Dedicated(std::sync::MutexGuard<'a, AnyConnection>),
+    Pooled(Conn),
+}
+
+impl std::ops::Deref for WriteConn<'_> {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            WriteConn::Dedicated(g) => g,
+            WriteConn::Pooled(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteConn<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            WriteConn::Dedicated(g) => &mut *g,
+            WriteConn::Pooled(c) => &mut *c,
+        }
+    }
+}
 
 /// Errors worth a retry: lost connections, a database shutting down, SQLite lock timeouts.
 fn is_transient(message: &str) -> bool {
@@ -354,10 +381,11 @@ fn value_test(alias: &str, test: &ValueTest) -> RawCond {
             col("num_value").push(sql).double(*n)
         }
         ValueTest::Bool(b) => col("bool_value").push(" = ").boolean(*b),
-        ValueTest::Present => RawCond::sql(&format!(
-            "({alias}.str_value <> '' OR {alias}.num_value IS NOT NULL OR {alias}.bool_value IS NOT NULL)"
-        )),
-        ValueTest::Exists => RawCond::sql("1 = 1"),
+        // Each form implies its column is not NULL, so the partial indexes apply.
+        ValueTest::Present(ValueKind::Str) => col("str_value").push(" > ''"),
+        ValueTest::Present(ValueKind::Num) => col("num_value").push(" IS NOT NULL"),
+        ValueTest::Present(ValueKind::Bool) => col("bool_value").push(" IS NOT NULL"),
+        ValueTest::Exists => col("str_value").push(" = ''"),
     }
 }
 
@@ -414,6 +442,7 @@ impl DieselStore {
     /// Opens the pool. Does not run migrations (see [`DieselStore::migrate`]).
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         let manager = ConnectionManager::new(&config.url, config.busy_timeout);
+        let manager_for_writer = manager.clone();
         let backend = manager.backend();
         let pool = r2d2::Pool::builder()
             .max_size(config.pool_size.max(1))
@@ -422,7 +451,14 @@ impl DieselStore {
             .test_on_check_out(backend == Backend::Postgres)
             .build(manager)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))?;
-        let writers = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let writer = match backend {
+            Backend::Sqlite => Some(Arc::new(Mutex::new(
+                manager_for_writer.establish().map_err(|e| {
+                    StoreError::Unavailable(format!("cannot open the database: {e}"))
+                })?,
+            ))),
+            Backend::Postgres => None,
+        };
         let analyze = Arc::new(AnalyzeState {
             since: 0.into(),
             threshold: 500.into(),
@@ -431,7 +467,7 @@ impl DieselStore {
         Ok(DieselStore {
             pool,
             backend,
-            writers,
+            writer,
             analyze,
         })
     }
@@ -481,10 +517,13 @@ impl DieselStore {
     }
 
     /// Waits for this process's SQLite writer turn (a no-op on PostgreSQL).
-    fn writer_turn(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
-        self.writers
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    fn write_conn(&self) -> Result<WriteConn<'_>, StoreError> {
+        match &self.writer {
+            Some(m) => Ok(WriteConn::Dedicated(
+                m.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+            )),
+            None => Ok(WriteConn::Pooled(self.conn()?)),
+        }
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
@@ -707,8 +746,7 @@ impl ResourceStore for DieselStore {
         write: ResourceWrite,
         include: Include,
     ) -> Result<ResourceRecord, StoreError> {
-        let _writer = self.writer_turn();
-        let mut conn = self.conn()?;
+        let mut conn = self.write_conn()?;
         let data =
             serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
         let result: Result<ResourceRecord, TxError> = backend::write_transaction(&mut conn, |c| {
@@ -862,8 +900,7 @@ impl ResourceStore for DieselStore {
         include: Include,
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
-        let _writer = self.writer_turn();
-        let mut conn = self.conn()?;
+        let mut conn = self.write_conn()?;
         let mut touched = 0u64;
         // The row is locked before it is read; the conditional UPDATE is a second line of
         // defence, and a lost race retries the whole read-modify-write on the fresh row.
@@ -952,8 +989,7 @@ impl ResourceStore for DieselStore {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<(), StoreError> {
-        let _writer = self.writer_turn();
-        let mut conn = self.conn()?;
+        let mut conn = self.write_conn()?;
         let result: Result<(), TxError> = backend::write_transaction(&mut conn, |c| {
             let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
             if if_match.is_some_and(|v| v != row.version) {
