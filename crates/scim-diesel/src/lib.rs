@@ -13,6 +13,7 @@
 
 mod backend;
 pub mod conn;
+mod group;
 mod raw;
 pub mod schema;
 mod store;

@@ -1,7 +1,7 @@
 //! `impl ResourceStore` and `impl CredentialStore` over the pooled connections.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::dsl::count_star;
@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::backend;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
+use crate::group::GroupWriter;
 use crate::raw::RawCond;
 use crate::schema::{group_members, resource_values, resources, tenants, tokens};
 
@@ -53,12 +54,10 @@ impl StoreConfig {
 pub struct DieselStore {
     pool: r2d2::Pool<ConnectionManager>,
     backend: Backend,
-    /// SQLite only: the one connection this process writes through. Writers queue on its
-    /// mutex instead of sleep-polling SQLite's busy handler, and its page cache stays warm
-    /// (a pooled connection's cache is invalidated by every other connection's commit, and a
-    /// write then re-reads the index pages it touches). Performance only: SQLite's own lock
-    /// still guarantees correctness, including against other processes.
-    writer: Option<Arc<Mutex<AnyConnection>>>,
+    /// SQLite only: the one connection this process writes through, with group commit
+    /// (see `group.rs`). Writers queue on it instead of sleep-polling SQLite's busy handler
+    /// and share commits. SQLite's own lock still guarantees correctness across processes.
+    writer: Option<Arc<GroupWriter>>,
     /// PostgreSQL only: refreshes planner statistics after bulk changes (see `note_writes`).
     analyze: Arc<AnalyzeState>,
 }
@@ -83,31 +82,6 @@ impl std::fmt::Debug for DieselStore {
 }
 
 type Conn = r2d2::PooledConnection<ConnectionManager>;
-
-/// The connection a write uses: SQLite's dedicated writer, or one from the pool.
-enum WriteConn<'a> {
-    Dedicated(std::sync::MutexGuard<'a, AnyConnection>),
-    Pooled(Conn),
-}
-
-impl std::ops::Deref for WriteConn<'_> {
-    type Target = AnyConnection;
-    fn deref(&self) -> &AnyConnection {
-        match self {
-            WriteConn::Dedicated(g) => g,
-            WriteConn::Pooled(c) => c,
-        }
-    }
-}
-
-impl std::ops::DerefMut for WriteConn<'_> {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            WriteConn::Dedicated(g) => &mut *g,
-            WriteConn::Pooled(c) => &mut *c,
-        }
-    }
-}
 
 /// Errors worth a retry: lost connections, a database shutting down, SQLite lock timeouts.
 fn is_transient(message: &str) -> bool {
@@ -452,7 +426,7 @@ impl DieselStore {
             .build(manager)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))?;
         let writer = match backend {
-            Backend::Sqlite => Some(Arc::new(Mutex::new(
+            Backend::Sqlite => Some(Arc::new(GroupWriter::new(
                 manager_for_writer.establish().map_err(|e| {
                     StoreError::Unavailable(format!("cannot open the database: {e}"))
                 })?,
@@ -517,12 +491,18 @@ impl DieselStore {
     }
 
     /// Waits for this process's SQLite writer turn (a no-op on PostgreSQL).
-    fn write_conn(&self) -> Result<WriteConn<'_>, StoreError> {
+    /// Runs a write transaction: through the group writer on SQLite, on a pooled connection
+    /// in its own transaction on PostgreSQL.
+    fn write<T>(
+        &self,
+        body: impl FnOnce(&mut AnyConnection) -> Result<T, TxError>,
+    ) -> Result<T, TxError> {
         match &self.writer {
-            Some(m) => Ok(WriteConn::Dedicated(
-                m.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-            )),
-            None => Ok(WriteConn::Pooled(self.conn()?)),
+            Some(w) => w.run(body),
+            None => {
+                let mut conn = self.conn()?;
+                backend::write_transaction(&mut conn, body)
+            }
         }
     }
 
@@ -746,10 +726,9 @@ impl ResourceStore for DieselStore {
         write: ResourceWrite,
         include: Include,
     ) -> Result<ResourceRecord, StoreError> {
-        let mut conn = self.write_conn()?;
         let data =
             serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let result: Result<ResourceRecord, TxError> = backend::write_transaction(&mut conn, |c| {
+        let result: Result<ResourceRecord, TxError> = self.write(|c| {
             diesel::insert_into(resources::table)
                 .values((
                     resources::id.eq(id),
@@ -900,73 +879,71 @@ impl ResourceStore for DieselStore {
         include: Include,
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
-        let mut conn = self.write_conn()?;
         let mut touched = 0u64;
         // The row is locked before it is read; the conditional UPDATE is a second line of
         // defence, and a lost race retries the whole read-modify-write on the fresh row.
         for _attempt in 0..8 {
-            let result: Result<Option<ResourceRecord>, TxError> =
-                backend::write_transaction(&mut conn, |c| {
-                    backend::lock_resource(c, id)?;
-                    let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
-                    if if_match.is_some_and(|v| v != row.version) {
-                        return Err(StoreError::VersionMismatch.into());
+            let result: Result<Option<ResourceRecord>, TxError> = self.write(|c| {
+                backend::lock_resource(c, id)?;
+                let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+                if if_match.is_some_and(|v| v != row.version) {
+                    return Err(StoreError::VersionMismatch.into());
+                }
+                let current = row.into_record()?;
+                let write = update(&current)?;
+                let unchanged = write.member_ops.is_empty()
+                    && write.data == current.data
+                    && write.external_id == current.external_id
+                    && write.password == SecretChange::Keep;
+                let mut rec = if unchanged {
+                    current
+                } else {
+                    let data = serde_json::to_string(&write.data)
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    let n = diesel::update(
+                        resources::table
+                            .filter(resources::id.eq(id))
+                            .filter(resources::version.eq(current.version)),
+                    )
+                    .set((
+                        resources::version.eq(current.version + 1),
+                        resources::last_modified.eq(now),
+                        resources::external_id.eq(write.external_id.as_deref()),
+                        resources::user_name_ci.eq(write.keys.user_name.as_deref()),
+                        resources::display_name_ci.eq(write.keys.display_name.as_deref()),
+                        resources::display.eq(write.keys.display.as_deref()),
+                        resources::data.eq(&data),
+                    ))
+                    .execute(c)?;
+                    if n == 0 {
+                        return Ok(None); // lost a race: retry
                     }
-                    let current = row.into_record()?;
-                    let write = update(&current)?;
-                    let unchanged = write.member_ops.is_empty()
-                        && write.data == current.data
-                        && write.external_id == current.external_id
-                        && write.password == SecretChange::Keep;
-                    let mut rec = if unchanged {
-                        current
-                    } else {
-                        let data = serde_json::to_string(&write.data)
-                            .map_err(|e| StoreError::Backend(e.to_string()))?;
-                        let n = diesel::update(
-                            resources::table
-                                .filter(resources::id.eq(id))
-                                .filter(resources::version.eq(current.version)),
-                        )
-                        .set((
-                            resources::version.eq(current.version + 1),
-                            resources::last_modified.eq(now),
-                            resources::external_id.eq(write.external_id.as_deref()),
-                            resources::user_name_ci.eq(write.keys.user_name.as_deref()),
-                            resources::display_name_ci.eq(write.keys.display_name.as_deref()),
-                            resources::display.eq(write.keys.display.as_deref()),
-                            resources::data.eq(&data),
-                        ))
-                        .execute(c)?;
-                        if n == 0 {
-                            return Ok(None); // lost a race: retry
-                        }
-                        touched = ops_rows(&write.member_ops);
-                        apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
-                        write_values(c, tenant, rt, id, &write.values, true)?;
-                        let hash = match &write.password {
-                            SecretChange::Keep => None,
-                            SecretChange::Set(h) => Some(Some(h.as_str())),
-                            SecretChange::Clear => Some(None),
-                        };
-                        if let Some(hash) = hash {
-                            diesel::update(resources::table.filter(resources::id.eq(id)))
-                                .set(resources::password_hash.eq(hash))
-                                .execute(c)?;
-                        }
-                        ResourceRecord {
-                            version: current.version + 1,
-                            last_modified: now.to_string(),
-                            external_id: write.external_id,
-                            data: write.data,
-                            ..current
-                        }
+                    touched = ops_rows(&write.member_ops);
+                    apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
+                    write_values(c, tenant, rt, id, &write.values, true)?;
+                    let hash = match &write.password {
+                        SecretChange::Keep => None,
+                        SecretChange::Set(h) => Some(Some(h.as_str())),
+                        SecretChange::Clear => Some(None),
                     };
-                    let mut recs = vec![rec.clone()];
-                    fill_includes(c, &mut recs, include)?;
-                    rec = recs.pop().unwrap_or(rec);
-                    Ok(Some(rec))
-                });
+                    if let Some(hash) = hash {
+                        diesel::update(resources::table.filter(resources::id.eq(id)))
+                            .set(resources::password_hash.eq(hash))
+                            .execute(c)?;
+                    }
+                    ResourceRecord {
+                        version: current.version + 1,
+                        last_modified: now.to_string(),
+                        external_id: write.external_id,
+                        data: write.data,
+                        ..current
+                    }
+                };
+                let mut recs = vec![rec.clone()];
+                fill_includes(c, &mut recs, include)?;
+                rec = recs.pop().unwrap_or(rec);
+                Ok(Some(rec))
+            });
             match result {
                 Ok(Some(rec)) => {
                     self.note_writes(1 + touched);
@@ -989,8 +966,7 @@ impl ResourceStore for DieselStore {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.write_conn()?;
-        let result: Result<(), TxError> = backend::write_transaction(&mut conn, |c| {
+        let result: Result<(), TxError> = self.write(|c| {
             let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
             if if_match.is_some_and(|v| v != row.version) {
                 return Err(StoreError::VersionMismatch.into());
