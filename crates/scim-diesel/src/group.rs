@@ -114,10 +114,8 @@ impl GroupWriter {
         let more_coming =
             self.queued.load(Ordering::SeqCst) > 0 && st.size < MAX_BATCH && savepoint_ok;
         if more_coming {
-            if result.is_err() {
-                // Nothing of ours to commit; the next writer carries the batch on.
-                return result;
-            }
+            // On error there is nothing of ours to commit; the next writer carries the batch on.
+            let value = result?;
             st.waiters.entry(batch).or_insert((0, None)).0 += 1;
             loop {
                 st = self
@@ -135,7 +133,7 @@ impl GroupWriter {
                     st.waiters.remove(&batch);
                 }
                 return match outcome {
-                    Ok(()) => result,
+                    Ok(()) => Ok(value),
                     Err(e) => Err(failed("group commit failed", e).into()),
                 };
             }
