@@ -29,6 +29,8 @@ pub enum ScimType {
     InvalidVers,
     /// sensitive information in the request URI
     Sensitive,
+    /// a cursor the server did not issue (RFC 9865)
+    InvalidCursor,
 }
 
 impl ScimType {
@@ -45,6 +47,7 @@ impl ScimType {
             ScimType::InvalidValue => "invalidValue",
             ScimType::InvalidVers => "invalidVers",
             ScimType::Sensitive => "sensitive",
+            ScimType::InvalidCursor => "invalidCursor",
         }
     }
 }

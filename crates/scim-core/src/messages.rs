@@ -61,6 +61,14 @@ pub fn service_provider_config(caps: &ServerCapabilities, base_url: &str) -> Val
         "changePassword": { "supported": caps.change_password },
         "sort": { "supported": true },
         "etag": { "supported": true },
+        // RFC 9865. Cursors do not expire, so no cursorTimeout is given.
+        "pagination": {
+            "cursor": true,
+            "index": true,
+            "defaultPaginationMethod": "index",
+            "defaultPageSize": caps.query.default_count,
+            "maxPageSize": caps.query.max_count
+        },
         "authenticationSchemes": [{
             "type": "oauthbearertoken",
             "name": "Bearer Token",

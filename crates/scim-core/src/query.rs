@@ -2,12 +2,13 @@
 
 use scim_filter::{AttrPath, CompValue, CompareOp, Filter, Limits};
 
-use crate::error::ScimError;
+use crate::error::{ScimError, ScimType};
 use crate::index::{normalize_datetime, path_key};
 use crate::resource::{fold, Ctx};
 use crate::schema::{AttrType, Attribute, ResolvedAttr, Returned};
 use crate::store::{
-    Column, ElementFilter, IndexedField, SortKey, SortTarget, StoreFilter, ValueKind, ValueTest,
+    Column, CursorKey, ElementFilter, IndexedField, SortKey, SortTarget, StoreFilter, ValueKind,
+    ValueTest,
 };
 
 /// Paging and filter limits, advertised in `/ServiceProviderConfig`.
@@ -40,6 +41,36 @@ pub fn paging(start_index: Option<i64>, count: Option<i64>, limits: &QueryLimits
         Some(c) => (c.max(0) as u64).min(limits.max_count),
     };
     (start, count)
+}
+
+/// Cursor values are opaque to clients: hex of `created`, a separator and `id`.
+pub fn encode_cursor(key: &CursorKey) -> String {
+    let raw = format!("{}\u{1f}{}", key.created, key.id);
+    raw.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a cursor made by [`encode_cursor`]; anything else is 400 `invalidCursor`
+/// (RFC 9865).
+pub fn decode_cursor(text: &str) -> Result<CursorKey, ScimError> {
+    let bad = || {
+        ScimError::bad_request(
+            ScimType::InvalidCursor,
+            "The cursor is not one this server issued",
+        )
+    };
+    if text.len() % 2 != 0 || text.len() > 512 {
+        return Err(bad());
+    }
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect();
+    let raw = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    let (created, id) = raw.split_once('\u{1f}').ok_or_else(bad)?;
+    Ok(CursorKey {
+        created: created.to_string(),
+        id: id.to_string(),
+    })
 }
 
 /// Plans `sortBy` / `sortOrder` (RFC 7644 section 3.4.2.3). `None` without `sortBy`.

@@ -276,6 +276,17 @@ pub struct ListQuery {
     pub include: Include,
     /// order (after it, and without it, resources are ordered by creation)
     pub sort: Option<SortKey>,
+    /// cursor paging: only resources after this position in creation order
+    pub after: Option<CursorKey>,
+}
+
+/// A position in creation order, for cursor paging (RFC 9865).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorKey {
+    /// `created` of the last resource seen
+    pub created: String,
+    /// `id` of the last resource seen
+    pub id: String,
 }
 
 /// A page of results.

@@ -807,6 +807,19 @@ impl ResourceStore for DieselStore {
         let unique = pins_one_row(&query.filter);
         let load_page = |conn: &mut AnyConnection| -> QueryResult<Vec<Row>> {
             let mut page = base().select(ROW_COLUMNS);
+            if let Some(after) = &query.after {
+                // Cursor paging: strictly after the last resource of the previous page in
+                // (created, id) order, so concurrent creates and deletes never shift a page.
+                page = page.filter(
+                    RawCond::sql("(resources.created > ")
+                        .text(&after.created)
+                        .push(" OR (resources.created = ")
+                        .text(&after.created)
+                        .push(" AND resources.id > ")
+                        .text(&after.id)
+                        .push("))"),
+                );
+            }
             if let Some(sort) = &query.sort {
                 // Missing values sort last in both directions; ties keep the creation order.
                 let key = match &sort.target {
@@ -841,23 +854,24 @@ impl ResourceStore for DieselStore {
                 .limit(query.count.min(i64::MAX as u64) as i64)
                 .load(conn)
         };
-        let (total, rows) = if unique && query.start_index == 1 && query.count > 0 {
-            // The page holds every match, so its length is the total: one query, not two.
-            let rows = load_page(&mut conn).map_err(map_err)?;
-            (rows.len() as u64, rows)
-        } else {
-            let total: i64 = base()
-                .select(count_star())
-                .first(&mut *conn)
-                .map_err(map_err)?;
-            let total = total.max(0) as u64;
-            let rows = if query.count > 0 && query.start_index <= total {
-                load_page(&mut conn).map_err(map_err)?
+        let (total, rows) =
+            if unique && query.start_index == 1 && query.count > 0 && query.after.is_none() {
+                // The page holds every match, so its length is the total: one query, not two.
+                let rows = load_page(&mut conn).map_err(map_err)?;
+                (rows.len() as u64, rows)
             } else {
-                Vec::new()
+                let total: i64 = base()
+                    .select(count_star())
+                    .first(&mut *conn)
+                    .map_err(map_err)?;
+                let total = total.max(0) as u64;
+                let rows = if query.count > 0 && query.start_index <= total {
+                    load_page(&mut conn).map_err(map_err)?
+                } else {
+                    Vec::new()
+                };
+                (total, rows)
             };
-            (total, rows)
-        };
         let mut records: Vec<ResourceRecord> = rows
             .into_iter()
             .map(Row::into_record)

@@ -331,6 +331,7 @@ fn membership_is_set_operations_and_atomic() {
                     count: 10,
                     include: Include::default(),
                     sort: None,
+                    after: None,
                 },
             )
             .unwrap();
@@ -367,6 +368,7 @@ fn listing_pages_filters_and_counts() {
                     count,
                     include: Include::default(),
                     sort: None,
+                    after: None,
                 },
             )
             .unwrap()
@@ -740,6 +742,7 @@ fn filters_in_sql_agree_with_the_in_memory_evaluator() {
                         count: 1000,
                         include: Include::default(),
                         sort: None,
+                        after: None,
                     },
                 )
                 .unwrap();

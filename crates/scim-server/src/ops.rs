@@ -3,7 +3,7 @@
 
 use scim_core::messages::list_response;
 use scim_core::patch::prepare_patch;
-use scim_core::query::{paging, plan_filter, plan_sort};
+use scim_core::query::{decode_cursor, encode_cursor, paging, plan_filter, plan_sort};
 use scim_core::render::{parse_etag, render, Projection};
 use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
 use scim_core::store::{
@@ -121,6 +121,7 @@ fn reactivate(
             count: 1,
             include: Include::default(),
             sort: None,
+            after: None,
         },
     )?;
     let existing = found.resources.first().ok_or_else(duplicate)?;
@@ -167,23 +168,61 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
         &st.config.query,
     );
     let proj = projection(&ctx, params);
-    let page = st.store.list(
-        tenant,
-        &ctx.rt.id,
-        &ListQuery {
-            filter,
-            start_index,
-            count,
-            include: proj.include(&ctx),
-            sort,
-        },
-    )?;
+    // RFC 9865 cursor paging: `cursor` present (empty for the first page).
+    let cursor = params.get("cursor");
+    let after = match cursor.map(str::trim) {
+        None | Some("") => None,
+        Some(c) => Some(decode_cursor(c)?),
+    };
+    if cursor.is_some() {
+        if params.get("startIndex").is_some() {
+            return Err(ScimError::invalid_value(
+                "Use either cursor or startIndex, not both",
+            ));
+        }
+        if sort.is_some() {
+            return Err(ScimError::invalid_value(
+                "Cursor paging follows creation order; it cannot be combined with sortBy",
+            ));
+        }
+    }
+    // One extra row tells whether another page exists.
+    let fetch = if cursor.is_some() && count > 0 {
+        count + 1
+    } else {
+        count
+    };
+    let query = ListQuery {
+        filter,
+        start_index,
+        count: fetch,
+        include: proj.include(&ctx),
+        sort,
+        after,
+    };
+    let mut page = st.store.list(tenant, &ctx.rt.id, &query)?;
+    let more = cursor.is_some() && page.resources.len() as u64 > count;
+    page.resources.truncate(count as usize);
     let resources: Vec<Value> = page
         .resources
         .iter()
         .map(|r| render(&ctx, r, &st.config.public_url, &proj))
         .collect();
-    Ok(list_response(page.total, start_index, resources))
+    if cursor.is_none() {
+        return Ok(list_response(page.total, start_index, resources));
+    }
+    let mut body = list_response(page.total, start_index, resources);
+    if let Value::Object(o) = &mut body {
+        o.remove("startIndex"); // not part of a cursor-paged response (RFC 9865)
+        if let (true, Some(last)) = (more, page.resources.last()) {
+            let key = scim_core::store::CursorKey {
+                created: last.created.clone(),
+                id: last.id.clone(),
+            };
+            o.insert("nextCursor".into(), Value::String(encode_cursor(&key)));
+        }
+    }
+    Ok(body)
 }
 
 /// PUT or PATCH.
