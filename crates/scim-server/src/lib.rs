@@ -144,7 +144,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             );
         scope = scope.service(
             web::resource("/.search")
-                .route(web::post().to(d::root_search))
+                .route(web::post().to(r::search_all))
                 .default_service(web::to(d::method_not_allowed)),
         );
         if state.config.bulk_max_operations > 0 {

@@ -424,3 +424,82 @@ fn run_bulk_op(
         ))),
     }
 }
+
+/// `POST /.search` at the root: every resource type, in registry order (RFC 7644 section
+/// 3.4.3). A type whose schema lacks an attribute the filter names contributes nothing; a
+/// filter no type understands is the error it gives for the first type. `startIndex` and
+/// `count` page over the concatenation. `sortBy` and cursors apply to one type at a time.
+pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Value, ScimError> {
+    if params.get("sortBy").is_some() || params.get("cursor").is_some() {
+        return Err(ScimError::invalid_value(
+            "sortBy and cursor are not supported across resource types; search /Users or /Groups",
+        ));
+    }
+    let (start_index, count) = paging(
+        params.int("startIndex")?,
+        params.int("count")?,
+        &st.config.query,
+    );
+    let mut planned = Vec::new();
+    let mut first_error = None;
+    for rt in st.registry.resource_types() {
+        let ctx = Ctx::new(&st.registry, &rt.id)?.with_strict(st.config.strict);
+        match plan_filter(&ctx, params.get("filter"), &st.config.query) {
+            Ok(filter) => planned.push((ctx, filter)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if planned.is_empty() {
+        return Err(first_error
+            .unwrap_or_else(|| ScimError::invalid_filter("No resource type accepts this filter")));
+    }
+    let mut total = 0u64;
+    let mut skip = start_index - 1;
+    let mut left = count;
+    let mut resources = Vec::new();
+    for (ctx, filter) in planned {
+        let proj = projection(&ctx, params);
+        let counted = st.store.list(
+            tenant,
+            &ctx.rt.id,
+            &ListQuery {
+                filter: filter.clone(),
+                start_index: 1,
+                count: 0,
+                include: Include::default(),
+                sort: None,
+                after: None,
+            },
+        )?;
+        total += counted.total;
+        if skip >= counted.total {
+            skip -= counted.total;
+            continue;
+        }
+        let take = left.min(counted.total - skip);
+        if take > 0 {
+            let page = st.store.list(
+                tenant,
+                &ctx.rt.id,
+                &ListQuery {
+                    filter,
+                    start_index: skip + 1,
+                    count: take,
+                    include: proj.include(&ctx),
+                    sort: None,
+                    after: None,
+                },
+            )?;
+            left -= page.resources.len() as u64;
+            resources.extend(
+                page.resources
+                    .iter()
+                    .map(|r| render(&ctx, r, &st.config.public_url, &proj)),
+            );
+        }
+        skip = 0;
+    }
+    Ok(list_response(total, start_index, resources))
+}

@@ -77,12 +77,3 @@ pub async fn method_not_allowed() -> ApiResult<HttpResponse> {
 pub async fn not_found() -> ApiResult<HttpResponse> {
     Err(ApiError(ScimError::not_found("No such endpoint")))
 }
-
-/// `POST /.search` across resource types: not implemented yet (RFC 7644 section 3.12: 501).
-pub async fn root_search() -> ApiResult<HttpResponse> {
-    Err(ApiError(ScimError::new(
-        501,
-        None,
-        "Searching several resource types at once is not supported yet; use /Users/.search or /Groups/.search",
-    )))
-}

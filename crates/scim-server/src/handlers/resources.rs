@@ -199,3 +199,26 @@ pub async fn bulk(
     let out = blocking(move || Ok(ops::bulk(&state, &tenant.0, &request))).await?;
     Ok(scim_json(StatusCode::OK, &out))
 }
+
+/// `POST /.search` at the root, across resource types.
+pub async fn search_all(
+    state: web::Data<AppState>,
+    tenant: Tenant,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
+    let schemas = body.get("schemas").and_then(Value::as_array);
+    if !schemas.is_some_and(|s| {
+        s.iter()
+            .any(|v| v.as_str() == Some(scim_core::urns::SEARCH_REQUEST))
+    }) {
+        return Err(ApiError(ScimError::invalid_syntax(format!(
+            "'schemas' must contain \"{}\"",
+            scim_core::urns::SEARCH_REQUEST
+        ))));
+    }
+    let params = Params::from_json(&body)?;
+    let body = blocking(move || ops::search_all(&state, &tenant.0, &params)).await?;
+    Ok(scim_json(StatusCode::OK, &body))
+}
