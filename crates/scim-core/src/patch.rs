@@ -592,7 +592,11 @@ impl<'a> Patcher<'a> {
             ));
         }
         if let Some(filter) = &path.filter {
-            let ids = member_filter_ids(filter)?;
+            let ids = crate::query::member_filter_ids(filter).ok_or_else(|| {
+                ScimError::invalid_filter(
+                    "Only 'value eq \"id\"' filters (joined with 'or') select members",
+                )
+            })?;
             return match kind {
                 Op::Remove => {
                     self.member_ops.push(MemberOp::Remove(ids));
@@ -717,31 +721,5 @@ fn eq_terms(
             "No value of '{}' matches the filter",
             attr.name
         ))),
-    }
-}
-
-/// `members[value eq "a"]` or `members[value eq "a" or value eq "b"]` → ids.
-fn member_filter_ids(filter: &Filter) -> Result<Vec<String>, ScimError> {
-    match filter {
-        Filter::Compare {
-            path,
-            op: CompareOp::Eq,
-            value: CompValue::Str(id) | CompValue::Bare(id),
-        } if path.urn.is_none()
-            && path.sub.is_none()
-            && path.name.eq_ignore_ascii_case("value") =>
-        {
-            Ok(vec![id.clone()])
-        }
-        Filter::Or(terms) => {
-            let mut ids = Vec::new();
-            for t in terms {
-                ids.extend(member_filter_ids(t)?);
-            }
-            Ok(ids)
-        }
-        _ => Err(ScimError::invalid_filter(
-            "Only 'value eq \"id\"' filters (joined with 'or') select members",
-        )),
     }
 }

@@ -488,7 +488,7 @@ fn plan_value_path(
     }
     if !r.is_extension && (r.attr.name == "members" || r.attr.name == "groups") {
         // members[value eq "x"] is membership; anything else on members is not indexed.
-        let ids = member_ids(inner).ok_or_else(|| {
+        let ids = member_filter_ids(inner).ok_or_else(|| {
             ScimError::invalid_filter(format!(
                 "Only '{}[value eq \"id\"]' selects on membership",
                 r.attr.name
@@ -510,7 +510,8 @@ fn plan_value_path(
     })
 }
 
-fn member_ids(f: &Filter) -> Option<Vec<String>> {
+/// `value eq "id"` terms (joined with `or`) of a filter on `members` or `groups` → the ids.
+pub(crate) fn member_filter_ids(f: &Filter) -> Option<Vec<String>> {
     match f {
         Filter::Compare {
             path,
@@ -524,7 +525,7 @@ fn member_ids(f: &Filter) -> Option<Vec<String>> {
         }
         Filter::Or(terms) => terms
             .iter()
-            .map(member_ids)
+            .map(member_filter_ids)
             .collect::<Option<Vec<_>>>()
             .map(|v| v.concat()),
         _ => None,

@@ -160,7 +160,8 @@ impl From<TxError> for StoreError {
     }
 }
 
-#[derive(Queryable)]
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = resources)]
 struct Row {
     id: String,
     resource_type: String,
@@ -170,26 +171,6 @@ struct Row {
     external_id: Option<String>,
     data: String,
 }
-
-type RowColumns = (
-    resources::id,
-    resources::resource_type,
-    resources::version,
-    resources::created,
-    resources::last_modified,
-    resources::external_id,
-    resources::data,
-);
-
-const ROW_COLUMNS: RowColumns = (
-    resources::id,
-    resources::resource_type,
-    resources::version,
-    resources::created,
-    resources::last_modified,
-    resources::external_id,
-    resources::data,
-);
 
 impl Row {
     fn into_record(self) -> Result<ResourceRecord, StoreError> {
@@ -527,7 +508,7 @@ fn load_row(
     id: &str,
 ) -> QueryResult<Option<Row>> {
     resources::table
-        .select(ROW_COLUMNS)
+        .select(Row::as_select())
         .filter(resources::tenant_id.eq(tenant))
         .filter(resources::resource_type.eq(rt))
         .filter(resources::id.eq(id))
@@ -806,7 +787,7 @@ impl ResourceStore for DieselStore {
         };
         let unique = pins_one_row(&query.filter);
         let load_page = |conn: &mut AnyConnection| -> QueryResult<Vec<Row>> {
-            let mut page = base().select(ROW_COLUMNS);
+            let mut page = base().select(Row::as_select());
             if let Some(after) = &query.after {
                 // Cursor paging: strictly after the last resource of the previous page in
                 // (created, id) order, so concurrent creates and deletes never shift a page.

@@ -97,15 +97,13 @@ pub async fn list(
     Ok(scim_json(StatusCode::OK, &body))
 }
 
-/// `POST /Users/.search`
-pub async fn search(
-    state: web::Data<AppState>,
-    rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
-    req: HttpRequest,
+/// Reads a SearchRequest body (RFC 7644 section 3.4.3) into query parameters.
+async fn search_request(
+    state: &AppState,
+    req: &HttpRequest,
     payload: web::Payload,
-) -> ApiResult<HttpResponse> {
-    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
+) -> ApiResult<Params> {
+    let body = json_body(req, payload, state.config.max_body_bytes).await?;
     let schemas = body.get("schemas").and_then(Value::as_array);
     if !schemas.is_some_and(|s| {
         s.iter()
@@ -116,7 +114,18 @@ pub async fn search(
             scim_core::urns::SEARCH_REQUEST
         ))));
     }
-    let params = Params::from_json(&body)?;
+    Params::from_json(&body)
+}
+
+/// `POST /Users/.search`
+pub async fn search(
+    state: web::Data<AppState>,
+    rt: web::Data<ResourceTypeId>,
+    tenant: Tenant,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let params = search_request(&state, &req, payload).await?;
     let rt = rt.0.clone();
     let body = blocking(move || ops::list(&state, &tenant.0, &rt, &params)).await?;
     Ok(scim_json(StatusCode::OK, &body))
@@ -207,18 +216,7 @@ pub async fn search_all(
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
-    let schemas = body.get("schemas").and_then(Value::as_array);
-    if !schemas.is_some_and(|s| {
-        s.iter()
-            .any(|v| v.as_str() == Some(scim_core::urns::SEARCH_REQUEST))
-    }) {
-        return Err(ApiError(ScimError::invalid_syntax(format!(
-            "'schemas' must contain \"{}\"",
-            scim_core::urns::SEARCH_REQUEST
-        ))));
-    }
-    let params = Params::from_json(&body)?;
+    let params = search_request(&state, &req, payload).await?;
     let body = blocking(move || ops::search_all(&state, &tenant.0, &params)).await?;
     Ok(scim_json(StatusCode::OK, &body))
 }

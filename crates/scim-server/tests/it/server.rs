@@ -16,6 +16,30 @@ pub enum Db {
 }
 
 impl Db {
+    /// The database URL to use, with the temporary directory that must outlive the server
+    /// and the SQLite file path (for tests that inspect the file).
+    fn open(
+        &self,
+    ) -> (
+        String,
+        Option<tempfile::TempDir>,
+        Option<std::path::PathBuf>,
+    ) {
+        match self {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("scim.db");
+                (path.to_string_lossy().into_owned(), Some(dir), Some(path))
+            }
+            Db::Postgres(base) => (
+                scim_diesel::testing::fresh_postgres_schema(base).unwrap(),
+                None,
+                None,
+            ),
+            Db::Exact(url) => (url.clone(), None, None),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Db::Sqlite => "sqlite",
@@ -58,19 +82,7 @@ impl TestServer {
     }
 
     pub fn start_with(db: &Db, adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let (url, dir, db_path) = match db {
-            Db::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("scim.db");
-                (path.to_string_lossy().into_owned(), Some(dir), Some(path))
-            }
-            Db::Postgres(base) => (
-                scim_diesel::testing::fresh_postgres_schema(base).unwrap(),
-                None,
-                None,
-            ),
-            Db::Exact(url) => (url.clone(), None, None),
-        };
+        let (url, dir, db_path) = db.open();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = Config::with_database(url);
@@ -109,19 +121,7 @@ impl TestServer {
 
     /// Starts the `scim-server` binary at `bin` as a child process on a free port.
     pub fn spawn_binary(bin: &str, db: &Db) -> TestServer {
-        let (url, dir, db_path) = match db {
-            Db::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("scim.db");
-                (path.to_string_lossy().into_owned(), Some(dir), Some(path))
-            }
-            Db::Postgres(base) => (
-                scim_diesel::testing::fresh_postgres_schema(base).unwrap(),
-                None,
-                None,
-            ),
-            Db::Exact(url) => (url.clone(), None, None),
-        };
+        let (url, dir, db_path) = db.open();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
