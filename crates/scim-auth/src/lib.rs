@@ -8,6 +8,8 @@
 //! for the hash. Lookups go by hash, so the comparison is an index probe, not a string
 //! comparison that could leak timing.
 
+pub mod jwt;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -28,6 +30,9 @@ pub enum AuthError {
     /// The operating system's random source failed.
     #[error("random source unavailable: {0}")]
     Random(String),
+    /// The authentication settings are unusable (for example a malformed key).
+    #[error("authentication configuration: {0}")]
+    Config(String),
 }
 
 /// Generates a new opaque bearer token.

@@ -1,4 +1,5 @@
-//! The `Tenant` extractor: a valid bearer token, resolved to its tenant.
+//! The `Tenant` extractor: a valid bearer token (an opaque token of this server, or a JWT
+//! signed with the configured key), resolved to its tenant.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +40,15 @@ impl FromRequest for Tenant {
                 .map(scim_auth::parse_bearer)
                 .and_then(Result::ok)
                 .ok_or_else(unauthorized)?;
+            if let (Some(jwt), true) = (&state.jwt, scim_auth::jwt::looks_like_jwt(token)) {
+                // A valid JWT from the configured issuer acts for the default tenant.
+                jwt.verify(token).map_err(|_| unauthorized())?;
+                let creds = state.creds.clone();
+                let tenant = web::block(move || creds.default_tenant())
+                    .await
+                    .map_err(|e| ApiError(ScimError::internal(e.to_string())))??;
+                return tenant.map(Tenant).ok_or_else(unauthorized);
+            }
             let hash = scim_auth::hash_token(token);
             let creds = state.creds.clone();
             let found = web::block(move || creds.find_token(&hash))

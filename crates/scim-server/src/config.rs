@@ -40,6 +40,20 @@ pub struct Config {
     pub hash_passwords: bool,
     /// `SCIM_STRICT`: RFC behaviour only, every identity-provider leniency off
     pub strict: bool,
+    /// `SCIM_JWT_HS256_SECRET` or `SCIM_JWT_RS256_PUBLIC_KEY_FILE`, with `SCIM_JWT_ISSUER` and
+    /// `SCIM_JWT_AUDIENCE`: accept JWT bearer tokens signed with that key
+    pub jwt: Option<JwtSettings>,
+}
+
+/// Accepted JWT bearer tokens.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// the signing key
+    pub key: scim_auth::jwt::JwtKey,
+    /// required `iss`
+    pub issuer: Option<String>,
+    /// required `aud`
+    pub audience: Option<String>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -88,6 +102,7 @@ impl Config {
             bulk_max_operations: 1000,
             hash_passwords: true,
             strict: false,
+            jwt: None,
         }
     }
 
@@ -124,6 +139,7 @@ impl Config {
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
             bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,
             strict: flag("SCIM_STRICT", false)?,
+            jwt: jwt_from_env()?,
             hash_passwords: match var("SCIM_PASSWORDS")
                 .map(|v| v.to_ascii_lowercase())
                 .as_deref()
@@ -144,4 +160,32 @@ impl Config {
             },
         })
     }
+}
+
+fn jwt_from_env() -> Result<Option<JwtSettings>> {
+    use scim_auth::jwt::JwtKey;
+    let key = match (
+        var("SCIM_JWT_HS256_SECRET"),
+        var("SCIM_JWT_RS256_PUBLIC_KEY_FILE"),
+    ) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            bail!("set SCIM_JWT_HS256_SECRET or SCIM_JWT_RS256_PUBLIC_KEY_FILE, not both")
+        }
+        (Some(secret), None) => {
+            if secret.len() < 32 {
+                bail!("SCIM_JWT_HS256_SECRET must be at least 32 characters");
+            }
+            JwtKey::Hs256(secret.into_bytes())
+        }
+        (None, Some(path)) => JwtKey::Rs256Pem(
+            std::fs::read(&path)
+                .with_context(|| format!("reading SCIM_JWT_RS256_PUBLIC_KEY_FILE {path}"))?,
+        ),
+    };
+    Ok(Some(JwtSettings {
+        key,
+        issuer: var("SCIM_JWT_ISSUER"),
+        audience: var("SCIM_JWT_AUDIENCE"),
+    }))
 }

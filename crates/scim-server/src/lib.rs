@@ -33,6 +33,8 @@ pub struct AppState {
     pub config: Config,
     /// what `/ServiceProviderConfig` advertises
     pub capabilities: ServerCapabilities,
+    /// JWT bearer verification, when configured
+    pub jwt: Option<scim_auth::jwt::JwtVerifier>,
 }
 
 /// Route data: which resource type a route serves.
@@ -65,8 +67,20 @@ impl AppState {
             bulk_max_operations: config.bulk_max_operations,
             change_password: config.hash_passwords,
         };
+        let jwt = match &config.jwt {
+            Some(j) => Some(
+                scim_auth::jwt::JwtVerifier::new(
+                    &j.key,
+                    j.issuer.as_deref(),
+                    j.audience.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            None => None,
+        };
         let store = Arc::new(store);
         Ok(AppState {
+            jwt,
             store: store.clone(),
             creds: store,
             registry: Arc::new(registry),

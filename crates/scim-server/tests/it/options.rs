@@ -344,3 +344,53 @@ fn strict_mode_turns_every_leniency_off_and_keeps_rfc_behaviour() {
     let (_, g, _) = call(&s, reqwest::Method::GET, &group_path, None, &[]);
     assert_eq!(g["members"].as_array().map(Vec::len), Some(1));
 }
+
+#[test]
+fn jwt_bearer_tokens_from_the_configured_issuer_are_accepted() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let secret = b"0123456789abcdef0123456789abcdef";
+    let s = TestServer::start_with(&Db::Sqlite, |c| {
+        c.jwt = Some(scim_server::config::JwtSettings {
+            key: scim_auth::jwt::JwtKey::Hs256(secret.to_vec()),
+            issuer: Some("https://sts.windows.net/tenant/".into()),
+            audience: Some("8adf8e6e-67b2-4cf2-a259-e3dc5476c621".into()),
+        })
+    });
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let sign = |key: &[u8], iss: &str| {
+        let claims = json!({"iss": iss, "aud": "8adf8e6e-67b2-4cf2-a259-e3dc5476c621", "exp": exp, "sub": "entra"});
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    let get = |token: &str| {
+        Client::new()
+            .get(format!("{}/Users", s.base))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(get(&sign(secret, "https://sts.windows.net/tenant/")), 200);
+    assert_eq!(
+        get(&sign(
+            b"another-secret-another-secret-00",
+            "https://sts.windows.net/tenant/"
+        )),
+        401
+    );
+    assert_eq!(
+        get(&sign(secret, "https://sts.windows.net/someone-else/")),
+        401
+    );
+    // The opaque tokens keep working beside JWTs.
+    assert_eq!(get(&s.token), 200);
+}
