@@ -374,6 +374,38 @@ fn element_test(f: &ElementFilter) -> RawCond {
     }
 }
 
+/// `column = value` within a tenant and type, as queries of a fixed shape (they stay prepared).
+/// A unique column answers with one query: the page is every match.
+macro_rules! lookup {
+    ($conn:expr, $tenant:expr, $rt:expr, $col:expr, $value:expr, $query:expr, $unique:expr) => {{
+        (|| -> QueryResult<(u64, Vec<Row>)> {
+            let skip = $query.start_index.saturating_sub(1).min(i64::MAX as u64) as i64;
+            let limit = $query.count.min(i64::MAX as u64) as i64;
+            let filtered = resources::table
+                .filter(resources::tenant_id.eq($tenant))
+                .filter(resources::resource_type.eq($rt))
+                .filter($col.eq($value));
+            if $unique && skip == 0 && limit > 0 {
+                let rows: Vec<Row> = filtered.select(Row::as_select()).limit(limit).load($conn)?;
+                Ok((rows.len() as u64, rows))
+            } else {
+                let total: i64 = filtered.select(count_star()).first($conn)?;
+                let rows: Vec<Row> = if limit > 0 && skip < total {
+                    filtered
+                        .select(Row::as_select())
+                        .order((resources::created.asc(), resources::id.asc()))
+                        .limit(limit)
+                        .offset(skip)
+                        .load($conn)?
+                } else {
+                    Vec::new()
+                };
+                Ok((total.max(0) as u64, rows))
+            }
+        })()
+    }};
+}
+
 /// Rows a list of membership operations may touch
 fn ops_rows(ops: &[MemberOp]) -> u64 {
     ops.iter()
@@ -541,17 +573,28 @@ fn read_groups(
 ) -> QueryResult<HashMap<String, Vec<MemberRef>>> {
     let mut out: HashMap<String, Vec<MemberRef>> = HashMap::new();
     for chunk in ids.chunks(CHUNK) {
-        let rows: Vec<(String, String, String, Option<String>)> = group_members::table
-            .inner_join(resources::table.on(resources::id.eq(group_members::group_id)))
-            .filter(group_members::member_id.eq_any(chunk))
-            .select((
-                group_members::member_id,
-                resources::id,
-                resources::resource_type,
-                resources::display,
-            ))
-            .order((group_members::member_id, resources::id))
-            .load(conn)?;
+        let joined = group_members::table
+            .inner_join(resources::table.on(resources::id.eq(group_members::group_id)));
+        let columns = (
+            group_members::member_id,
+            resources::id,
+            resources::resource_type,
+            resources::display,
+        );
+        let order = (group_members::member_id, resources::id);
+        let rows: Vec<(String, String, String, Option<String>)> = match chunk {
+            // One resource (a GET, a lookup hit): a fixed-shape query that stays prepared.
+            [one] => joined
+                .filter(group_members::member_id.eq(*one))
+                .select(columns)
+                .order(order)
+                .load(conn)?,
+            many => joined
+                .filter(group_members::member_id.eq_any(many))
+                .select(columns)
+                .order(order)
+                .load(conn)?,
+        };
         for (member, id, resource_type, display) in rows {
             out.entry(member).or_default().push(MemberRef {
                 id,
@@ -778,6 +821,57 @@ impl ResourceStore for DieselStore {
 
     fn list(&self, tenant: &str, rt: &str, query: &ListQuery) -> Result<Page, StoreError> {
         let mut conn = self.conn()?;
+        if let (StoreFilter::Eq(field, value), None, None) =
+            (&query.filter, &query.sort, &query.after)
+        {
+            // The lookups identity providers send all the time, as statically typed queries
+            // that the statement cache keeps prepared (built-up queries are prepared per call).
+            let c: &mut AnyConnection = &mut conn;
+            let v = value.as_str();
+            let found = match field {
+                IndexedField::Id => Some(lookup!(c, tenant, rt, resources::id, v, query, true)),
+                IndexedField::UserName => Some(lookup!(
+                    c,
+                    tenant,
+                    rt,
+                    resources::user_name_ci,
+                    v,
+                    query,
+                    true
+                )),
+                IndexedField::ExternalId => Some(lookup!(
+                    c,
+                    tenant,
+                    rt,
+                    resources::external_id,
+                    v,
+                    query,
+                    false
+                )),
+                IndexedField::DisplayName => Some(lookup!(
+                    c,
+                    tenant,
+                    rt,
+                    resources::display_name_ci,
+                    v,
+                    query,
+                    false
+                )),
+                _ => None, // a field added later takes the general path below
+            };
+            if let Some(found) = found {
+                let (total, rows) = found.map_err(map_err)?;
+                let mut records: Vec<ResourceRecord> = rows
+                    .into_iter()
+                    .map(Row::into_record)
+                    .collect::<Result<_, _>>()?;
+                fill_includes(&mut conn, &mut records, query.include).map_err(map_err)?;
+                return Ok(Page {
+                    total,
+                    resources: records,
+                });
+            }
+        }
         let base = || {
             resources::table
                 .filter(resources::tenant_id.eq(tenant))
