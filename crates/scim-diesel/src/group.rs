@@ -97,19 +97,25 @@ impl GroupWriter {
             st.size = 0;
         }
         let batch = st.batch;
-        // Each writer's body runs in a savepoint: a failure undoes only its own changes.
-        let result = match <Tm as TransactionManager<SqliteConnection>>::begin_transaction(sqlite(
-            &mut st.conn,
-        )?) {
-            Ok(()) => body(&mut st.conn),
-            Err(e) => Err(e.into()),
-        };
-        let inner = sqlite(&mut st.conn)?;
-        let savepoint_ok = if result.is_ok() {
-            <Tm as TransactionManager<SqliteConnection>>::commit_transaction(inner).is_ok()
-        } else {
-            <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(inner).is_ok()
-        };
+        // Each writer's body runs in a savepoint: a failure undoes only its own changes. If a
+        // savepoint cannot be opened or closed, the batch's state is unknown: it is abandoned
+        // (rolled back and reported failed to every writer in it) rather than committed.
+        let (result, savepoint_ok) =
+            match <Tm as TransactionManager<SqliteConnection>>::begin_transaction(sqlite(
+                &mut st.conn,
+            )?) {
+                Err(e) => (Err(e.into()), false),
+                Ok(()) => {
+                    let result = body(&mut st.conn);
+                    let inner = sqlite(&mut st.conn)?;
+                    let closed = if result.is_ok() {
+                        <Tm as TransactionManager<SqliteConnection>>::commit_transaction(inner)
+                    } else {
+                        <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(inner)
+                    };
+                    (result, closed.is_ok())
+                }
+            };
         st.size += 1;
         let more_coming =
             self.queued.load(Ordering::SeqCst) > 0 && st.size < MAX_BATCH && savepoint_ok;
@@ -138,13 +144,25 @@ impl GroupWriter {
                 };
             }
         }
-        // Last writer of the batch: commit for everyone (rolling back if that fails).
+        // Last writer of the batch: commit for everyone (rolling back if that fails), or
+        // abandon the batch after a savepoint failure.
         let inner = sqlite(&mut st.conn)?;
-        let outcome = <Tm as TransactionManager<SqliteConnection>>::commit_transaction(inner)
-            .map_err(|e| {
+        let outcome = if savepoint_ok {
+            <Tm as TransactionManager<SqliteConnection>>::commit_transaction(inner).map_err(|e| {
                 let _ = <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(inner);
                 e.to_string()
-            });
+            })
+        } else {
+            // Unwind every level (savepoint, then the batch); diesel errs once none is left.
+            for _ in 0..4 {
+                if <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(inner)
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err("a savepoint failed; the batch was rolled back".to_string())
+        };
         st.open = false;
         if let Some(entry) = st.waiters.get_mut(&batch) {
             entry.1 = Some(outcome.clone());

@@ -691,12 +691,15 @@ fn apply_member_ops(
                 let mut wanted: Vec<&str> = unique.into_iter().collect();
                 let mut missing = Vec::new();
                 for chunk in wanted.chunks(CHUNK) {
+                    // By primary key only, tenant checked here: with `tenant_id = ?` in the
+                    // query, SQLite walks the tenant's order index instead (a scan of the tenant).
                     let found: BTreeSet<String> = resources::table
-                        .select(resources::id)
-                        .filter(resources::tenant_id.eq(tenant))
+                        .select((resources::id, resources::tenant_id))
                         .filter(resources::id.eq_any(chunk))
-                        .load::<String>(conn)?
+                        .load::<(String, String)>(conn)?
                         .into_iter()
+                        .filter(|(_, t)| t == tenant)
+                        .map(|(id, _)| id)
                         .collect();
                     missing.extend(
                         chunk
