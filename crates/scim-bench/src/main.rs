@@ -499,6 +499,71 @@ async fn main() -> Result<()> {
     }
     table.push(stats);
 
+    // 9. Cursor walk (RFC 9865): every id once; the last pages should cost what the first do.
+    let mut seen = std::collections::HashSet::new();
+    let mut stats = Stats {
+        name: "cursor walk (count=100)".into(),
+        latencies_us: vec![],
+        errors: 0,
+        elapsed: Duration::ZERO,
+        note: String::new(),
+    };
+    let start = Instant::now();
+    let mut cursor = String::new();
+    let mut total = 0usize;
+    while start.elapsed() < max {
+        let t = Instant::now();
+        let (s, v) = client
+            .send(
+                reqwest::Method::GET,
+                &format!(
+                    "/Users?cursor={}&count=100&attributes=userName",
+                    enc(&cursor)
+                ),
+                None,
+            )
+            .await?;
+        total = v["totalResults"].as_u64().unwrap_or(0) as usize;
+        let page: Vec<&Value> = v["Resources"]
+            .as_array()
+            .map(|r| r.iter().collect())
+            .unwrap_or_default();
+        if s != 200 {
+            stats.errors += 1;
+            break;
+        }
+        stats.latencies_us.push(t.elapsed().as_micros() as u64);
+        for r in &page {
+            if let Some(id) = r["id"].as_str() {
+                if !seen.insert(id.to_string()) {
+                    stats.errors += 1;
+                }
+            }
+        }
+        match v["nextCursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    stats.elapsed = start.elapsed();
+    let (first, last) = {
+        let l = &stats.latencies_us;
+        let k = (l.len() / 10).max(1);
+        let avg = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len().max(1) as f64 / 1000.0;
+        (
+            avg(&l[..k.min(l.len())]),
+            avg(&l[l.len().saturating_sub(k)..]),
+        )
+    };
+    stats.note = format!(
+        "{} of {total} seen once; first 10% {first:.2} ms, last 10% {last:.2} ms",
+        seen.len()
+    );
+    if seen.len() != total {
+        stats.errors += 1;
+    }
+    table.push(stats);
+
     println!("| phase | requests | req/s | p50 ms | p99 ms | max ms | errors | notes |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for s in &table {
