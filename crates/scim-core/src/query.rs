@@ -43,9 +43,15 @@ pub fn paging(start_index: Option<i64>, count: Option<i64>, limits: &QueryLimits
     (start, count)
 }
 
-/// Cursor values are opaque to clients: hex of `created`, a separator and `id`.
+/// Cursor values are opaque to clients: hex of a direction (`n` next, `p` previous),
+/// `created`, a separator and `id`.
 pub fn encode_cursor(key: &CursorKey) -> String {
-    let raw = format!("{}\u{1f}{}", key.created, key.id);
+    let raw = format!(
+        "{}{}\u{1f}{}",
+        if key.backward { 'p' } else { 'n' },
+        key.created,
+        key.id
+    );
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -66,10 +72,16 @@ pub fn decode_cursor(text: &str) -> Result<CursorKey, ScimError> {
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect();
     let raw = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
-    let (created, id) = raw.split_once('\u{1f}').ok_or_else(bad)?;
+    let backward = match raw.chars().next() {
+        Some('n') => false,
+        Some('p') => true,
+        _ => return Err(bad()),
+    };
+    let (created, id) = raw[1..].split_once('\u{1f}').ok_or_else(bad)?;
     Ok(CursorKey {
         created: created.to_string(),
         id: id.to_string(),
+        backward,
     })
 }
 

@@ -276,7 +276,8 @@ pub struct ListQuery {
     pub include: Include,
     /// order (after it, and without it, resources are ordered by creation)
     pub sort: Option<SortKey>,
-    /// cursor paging: only resources after this position in creation order
+    /// cursor paging: only resources after (or, backward, before) this position in
+    /// creation order
     pub after: Option<CursorKey>,
 }
 
@@ -287,6 +288,8 @@ pub struct CursorKey {
     pub created: String,
     /// `id` of the last resource seen
     pub id: String,
+    /// the page before this position (`previousCursor`) instead of after it
+    pub backward: bool,
 }
 
 /// A page of results.

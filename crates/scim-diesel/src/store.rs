@@ -886,14 +886,17 @@ impl ResourceStore for DieselStore {
         let load_page = |conn: &mut AnyConnection| -> QueryResult<Vec<Row>> {
             let mut page = base().select(Row::as_select());
             if let Some(after) = &query.after {
-                // Cursor paging: strictly after the last resource of the previous page in
+                // Cursor paging: strictly after (or, for previousCursor, before) a resource in
                 // (created, id) order, so concurrent creates and deletes never shift a page.
+                let cmp = if after.backward { " < " } else { " > " };
                 page = page.filter(
-                    RawCond::sql("(resources.created > ")
+                    RawCond::sql("(resources.created")
+                        .push(cmp)
                         .text(&after.created)
                         .push(" OR (resources.created = ")
                         .text(&after.created)
-                        .push(" AND resources.id > ")
+                        .push(" AND resources.id")
+                        .push(cmp)
                         .text(&after.id)
                         .push("))"),
                 );
@@ -923,6 +926,9 @@ impl ResourceStore for DieselStore {
                     page.then_order_by(key.asc())
                 };
                 page = page.then_order_by((resources::created.asc(), resources::id.asc()));
+            } else if query.after.as_ref().is_some_and(|a| a.backward) {
+                // The page before a position: the nearest rows first, put back in order below.
+                page = page.order((resources::created.desc(), resources::id.desc()));
             } else if !unique {
                 // At most one row can match a unique key: ordering it is pointless, and leaving
                 // the ORDER BY out keeps planners without statistics off the order index.
@@ -950,6 +956,10 @@ impl ResourceStore for DieselStore {
                 };
                 (total, rows)
             };
+        let mut rows = rows;
+        if query.after.as_ref().is_some_and(|a| a.backward) {
+            rows.reverse(); // read nearest-first; pages are always in creation order
+        }
         let mut records: Vec<ResourceRecord> = rows
             .into_iter()
             .map(Row::into_record)

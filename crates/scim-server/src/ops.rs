@@ -186,6 +186,8 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
             ));
         }
     }
+    let backward = after.as_ref().is_some_and(|a| a.backward);
+    let has_position = after.is_some();
     // One extra row tells whether another page exists.
     let fetch = if cursor.is_some() && count > 0 {
         count + 1
@@ -201,8 +203,14 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
         after,
     };
     let mut page = st.store.list(tenant, &ctx.rt.id, &query)?;
+    // `more`: the probe row exists, so another page lies in the reading direction.
     let more = cursor.is_some() && page.resources.len() as u64 > count;
-    page.resources.truncate(count as usize);
+    if backward {
+        let extra = page.resources.len().saturating_sub(count as usize);
+        page.resources.drain(..extra); // the probe row is the earliest one
+    } else {
+        page.resources.truncate(count as usize);
+    }
     let resources: Vec<Value> = page
         .resources
         .iter()
@@ -214,12 +222,25 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
     let mut body = list_response(page.total, start_index, resources);
     if let Value::Object(o) = &mut body {
         o.remove("startIndex"); // not part of a cursor-paged response (RFC 9865)
-        if let (true, Some(last)) = (more, page.resources.last()) {
-            let key = scim_core::store::CursorKey {
-                created: last.created.clone(),
-                id: last.id.clone(),
-            };
-            o.insert("nextCursor".into(), Value::String(encode_cursor(&key)));
+        let key = |r: &scim_core::store::ResourceRecord, backward: bool| {
+            encode_cursor(&scim_core::store::CursorKey {
+                created: r.created.clone(),
+                id: r.id.clone(),
+                backward,
+            })
+        };
+        // Forward: a next page if the probe found one; a previous page unless this is the first.
+        // Backward: a previous page if the probe found one; a next page always (we came from it).
+        let (has_next, has_previous) = if backward {
+            (true, more)
+        } else {
+            (more, has_position)
+        };
+        if let (true, Some(last)) = (has_next, page.resources.last()) {
+            o.insert("nextCursor".into(), Value::String(key(last, false)));
+        }
+        if let (true, Some(first)) = (has_previous, page.resources.first()) {
+            o.insert("previousCursor".into(), Value::String(key(first, true)));
         }
     }
     Ok(body)
