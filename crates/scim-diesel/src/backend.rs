@@ -1,57 +1,10 @@
 //! The few operations that differ between SQLite and PostgreSQL. Every branch here is
 //! exercised by the store tests on both databases.
 
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
-use diesel::result::Error as DieselError;
 
 use crate::conn::AnyConnection;
 use crate::schema::group_members;
-
-/// Runs `f` in a write transaction.
-///
-/// SQLite: `BEGIN IMMEDIATE`, so the write lock is taken up front and concurrent
-/// read-then-write transactions queue on the busy timeout instead of failing with
-/// `SQLITE_BUSY` half-way. PostgreSQL: an ordinary transaction (row versions are checked by
-/// conditional updates).
-pub fn write_transaction<T, E>(
-    conn: &mut AnyConnection,
-    f: impl FnOnce(&mut AnyConnection) -> Result<T, E>,
-) -> Result<T, E>
-where
-    E: From<DieselError>,
-{
-    match conn {
-        AnyConnection::Postgres(_) => conn.transaction(f),
-        AnyConnection::Sqlite(c) => {
-            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
-            let result = f(conn);
-            let AnyConnection::Sqlite(c) = conn else {
-                return result;
-            };
-            match result {
-                Ok(v) => match <AnsiTransactionManager as TransactionManager<
-                    diesel::SqliteConnection,
-                >>::commit_transaction(c)
-                {
-                    Ok(()) => Ok(v),
-                    Err(e) => {
-                        let _ = <AnsiTransactionManager as TransactionManager<
-                            diesel::SqliteConnection,
-                        >>::rollback_transaction(c);
-                        Err(e.into())
-                    }
-                },
-                Err(e) => {
-                    let _ = <AnsiTransactionManager as TransactionManager<
-                        diesel::SqliteConnection,
-                    >>::rollback_transaction(c);
-                    Err(e)
-                }
-            }
-        }
-    }
-}
 
 #[derive(Insertable)]
 #[diesel(table_name = group_members)]

@@ -514,7 +514,9 @@ impl DieselStore {
             Some(w) => w.run(body),
             None => {
                 let mut conn = self.conn()?;
-                backend::write_transaction(&mut conn, body)
+                // Rows are locked as they are read (`lock_resource`); versions are checked by
+                // conditional updates.
+                (*conn).transaction(body)
             }
         }
     }
@@ -548,55 +550,56 @@ fn load_row(
         .optional()
 }
 
-/// Reads members of a group with their display names.
-fn read_members(conn: &mut AnyConnection, group: &str) -> QueryResult<Vec<MemberRef>> {
-    let rows: Vec<(String, String, Option<String>)> = group_members::table
-        .inner_join(resources::table.on(resources::id.eq(group_members::member_id)))
-        .filter(group_members::group_id.eq(group))
-        .select((resources::id, resources::resource_type, resources::display))
-        .order(resources::id)
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, resource_type, display)| MemberRef {
-            id,
-            resource_type,
-            display,
-        })
-        .collect())
+/// Which end of `group_members` a read starts from.
+#[derive(Clone, Copy)]
+enum Side {
+    /// the ids are groups; read their direct members
+    Members,
+    /// the ids are any resources; read the groups they are direct members of
+    Groups,
 }
 
-/// Reads the direct groups of many resources at once.
-fn read_groups(
+/// For each id, the resources at the other end of its memberships, with display names, in
+/// id order. One query per chunk of ids; a single id (a GET) uses a fixed-shape query that
+/// stays prepared.
+fn read_links(
     conn: &mut AnyConnection,
     ids: &[&str],
+    side: Side,
 ) -> QueryResult<HashMap<String, Vec<MemberRef>>> {
+    macro_rules! links {
+        ($chunk:expr, $key:expr, $other:expr) => {{
+            let joined =
+                group_members::table.inner_join(resources::table.on(resources::id.eq($other)));
+            let columns = (
+                $key,
+                resources::id,
+                resources::resource_type,
+                resources::display,
+            );
+            let order = ($key, resources::id);
+            match $chunk {
+                [one] => joined
+                    .filter($key.eq(*one))
+                    .select(columns)
+                    .order(order)
+                    .load(conn)?,
+                many => joined
+                    .filter($key.eq_any(many))
+                    .select(columns)
+                    .order(order)
+                    .load(conn)?,
+            }
+        }};
+    }
     let mut out: HashMap<String, Vec<MemberRef>> = HashMap::new();
     for chunk in ids.chunks(CHUNK) {
-        let joined = group_members::table
-            .inner_join(resources::table.on(resources::id.eq(group_members::group_id)));
-        let columns = (
-            group_members::member_id,
-            resources::id,
-            resources::resource_type,
-            resources::display,
-        );
-        let order = (group_members::member_id, resources::id);
-        let rows: Vec<(String, String, String, Option<String>)> = match chunk {
-            // One resource (a GET, a lookup hit): a fixed-shape query that stays prepared.
-            [one] => joined
-                .filter(group_members::member_id.eq(*one))
-                .select(columns)
-                .order(order)
-                .load(conn)?,
-            many => joined
-                .filter(group_members::member_id.eq_any(many))
-                .select(columns)
-                .order(order)
-                .load(conn)?,
+        let rows: Vec<(String, String, String, Option<String>)> = match side {
+            Side::Members => links!(chunk, group_members::group_id, group_members::member_id),
+            Side::Groups => links!(chunk, group_members::member_id, group_members::group_id),
         };
-        for (member, id, resource_type, display) in rows {
-            out.entry(member).or_default().push(MemberRef {
+        for (key, id, resource_type, display) in rows {
+            out.entry(key).or_default().push(MemberRef {
                 id,
                 resource_type,
                 display,
@@ -611,16 +614,22 @@ fn fill_includes(
     records: &mut [ResourceRecord],
     include: Include,
 ) -> QueryResult<()> {
-    if include.members {
-        for r in records.iter_mut() {
-            r.members = Some(read_members(conn, &r.id)?);
+    let owned: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+    let ids: Vec<&str> = owned.iter().map(String::as_str).collect();
+    for (wanted, side) in [
+        (include.members, Side::Members),
+        (include.groups, Side::Groups),
+    ] {
+        if !wanted {
+            continue;
         }
-    }
-    if include.groups {
-        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-        let mut groups = read_groups(conn, &ids)?;
+        let mut links = read_links(conn, &ids, side)?;
         for r in records.iter_mut() {
-            r.groups = Some(groups.remove(&r.id).unwrap_or_default());
+            let found = Some(links.remove(&r.id).unwrap_or_default());
+            match side {
+                Side::Members => r.members = found,
+                Side::Groups => r.groups = found,
+            }
         }
     }
     Ok(())

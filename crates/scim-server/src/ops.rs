@@ -481,46 +481,29 @@ pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Value,
     let mut left = count;
     let mut resources = Vec::new();
     for (ctx, filter) in planned {
+        // One list per type: it counts the type's matches and returns the slice that falls
+        // in the window (nothing when the window starts after this type).
         let proj = projection(&ctx, params);
-        let counted = st.store.list(
+        let page = st.store.list(
             tenant,
             &ctx.rt.id,
             &ListQuery {
-                filter: filter.clone(),
-                start_index: 1,
-                count: 0,
-                include: Include::default(),
+                filter,
+                start_index: skip + 1,
+                count: left,
+                include: proj.include(&ctx),
                 sort: None,
                 after: None,
             },
         )?;
-        total += counted.total;
-        if skip >= counted.total {
-            skip -= counted.total;
-            continue;
-        }
-        let take = left.min(counted.total - skip);
-        if take > 0 {
-            let page = st.store.list(
-                tenant,
-                &ctx.rt.id,
-                &ListQuery {
-                    filter,
-                    start_index: skip + 1,
-                    count: take,
-                    include: proj.include(&ctx),
-                    sort: None,
-                    after: None,
-                },
-            )?;
-            left -= page.resources.len() as u64;
-            resources.extend(
-                page.resources
-                    .iter()
-                    .map(|r| render(&ctx, r, &st.config.public_url, &proj)),
-            );
-        }
-        skip = 0;
+        total += page.total;
+        skip = skip.saturating_sub(page.total);
+        left -= page.resources.len() as u64;
+        resources.extend(
+            page.resources
+                .iter()
+                .map(|r| render(&ctx, r, &st.config.public_url, &proj)),
+        );
     }
     Ok(list_response(total, start_index, resources))
 }
