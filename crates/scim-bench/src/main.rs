@@ -205,6 +205,16 @@ where
     stats
 }
 
+/// Mean latency (ms) of the first and the last tenth of a phase's requests, in order sent.
+fn first_last_ms(l: &[u64]) -> (f64, f64) {
+    let k = (l.len() / 10).max(1);
+    let avg = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len().max(1) as f64 / 1000.0;
+    (
+        avg(&l[..k.min(l.len())]),
+        avg(&l[l.len().saturating_sub(k)..]),
+    )
+}
+
 fn user_body(i: usize, run: &str) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
@@ -408,15 +418,7 @@ async fn main() -> Result<()> {
         }
     })
     .await;
-    let (first, last) = {
-        let l = &members.latencies_us;
-        let k = (l.len() / 10).max(1);
-        let avg = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len().max(1) as f64 / 1000.0;
-        (
-            avg(&l[..k.min(l.len())]),
-            avg(&l[l.len().saturating_sub(k)..]),
-        )
-    };
+    let (first, last) = first_last_ms(&members.latencies_us);
     let members_per_s =
         members.latencies_us.len() as f64 * 100.0 / members.elapsed.as_secs_f64().max(1e-9);
     members.note =
@@ -546,15 +548,7 @@ async fn main() -> Result<()> {
         }
     }
     stats.elapsed = start.elapsed();
-    let (first, last) = {
-        let l = &stats.latencies_us;
-        let k = (l.len() / 10).max(1);
-        let avg = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len().max(1) as f64 / 1000.0;
-        (
-            avg(&l[..k.min(l.len())]),
-            avg(&l[l.len().saturating_sub(k)..]),
-        )
-    };
+    let (first, last) = first_last_ms(&stats.latencies_us);
     stats.note = format!(
         "{} of {total} seen once; first 10% {first:.2} ms, last 10% {last:.2} ms",
         seen.len()

@@ -38,6 +38,11 @@ fn protect(st: &AppState, change: SecretChange) -> Result<SecretChange, ScimErro
     }
 }
 
+/// The context of an operation on resource type `rt`, with the server's strictness.
+fn ctx<'a>(st: &'a AppState, rt: &str) -> Result<Ctx<'a>, ScimError> {
+    Ok(Ctx::new(&st.registry, rt)?.with_strict(st.config.strict))
+}
+
 fn projection(ctx: &Ctx<'_>, params: &Params) -> Projection {
     Projection::parse(
         ctx,
@@ -75,7 +80,7 @@ pub fn create(
     body: &Value,
     params: &Params,
 ) -> Result<Outcome, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
+    let ctx = ctx(st, rt)?;
     let mut write = prepare_create(&ctx, body)?;
     write.unknown_members = st.config.unknown_members;
     // Hashing is slow by design: done here, before the transaction.
@@ -151,7 +156,7 @@ pub fn get(
     id: &str,
     params: &Params,
 ) -> Result<Outcome, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
+    let ctx = ctx(st, rt)?;
     let proj = projection(&ctx, params);
     let rec = st.store.get(tenant, &ctx.rt.id, id, proj.include(&ctx))?;
     Ok(done(st, &ctx, &rec, &proj))
@@ -159,7 +164,7 @@ pub fn get(
 
 /// GET list and `.search`
 pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Value, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
+    let ctx = ctx(st, rt)?;
     let filter = plan_filter(&ctx, params.get("filter"), &st.config.query)?;
     let sort = plan_sort(&ctx, params.get("sortBy"), params.get("sortOrder"))?;
     let (start_index, count) = paging(
@@ -267,7 +272,7 @@ pub fn update(
     expected: Option<i64>,
     change: Change,
 ) -> Result<Outcome, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
+    let ctx = ctx(st, rt)?;
     let proj = projection(&ctx, params);
     let limits = st.config.query.filter;
     let unknown_members = st.config.unknown_members;
@@ -300,7 +305,7 @@ pub fn delete(
     id: &str,
     expected: Option<i64>,
 ) -> Result<Outcome, ScimError> {
-    let ctx = Ctx::new(&st.registry, rt)?.with_strict(st.config.strict);
+    let ctx = ctx(st, rt)?;
     st.store.delete(tenant, &ctx.rt.id, id, expected)?;
     Ok(Outcome {
         body: None,
@@ -464,7 +469,7 @@ pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Value,
     let mut planned = Vec::new();
     let mut first_error = None;
     for rt in st.registry.resource_types() {
-        let ctx = Ctx::new(&st.registry, &rt.id)?.with_strict(st.config.strict);
+        let ctx = ctx(st, &rt.id)?;
         match plan_filter(&ctx, params.get("filter"), &st.config.query) {
             Ok(filter) => planned.push((ctx, filter)),
             Err(e) => {

@@ -3,30 +3,7 @@
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
-use crate::server::{databases, Db, TestServer};
-
-fn call(
-    s: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-    headers: &[(&str, &str)],
-) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut rb = Client::new()
-        .request(method, format!("{}{path}", s.base))
-        .bearer_auth(&s.token);
-    for (k, v) in headers {
-        rb = rb.header(*k, *v);
-    }
-    if let Some(b) = body {
-        rb = rb
-            .header("content-type", "application/scim+json")
-            .body(b.to_string());
-    }
-    let r = rb.send().unwrap();
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    (status, r.json().unwrap_or(Value::Null), headers)
-}
+use crate::server::{call, databases, Db, TestServer};
 
 fn user(name: &str, extra: Value) -> Value {
     let mut u =

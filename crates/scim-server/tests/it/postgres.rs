@@ -13,30 +13,17 @@ use serde_json::{json, Value};
 
 use crate::server::{Db, TestServer};
 
-fn pg() -> Option<String> {
-    scim_diesel::testing::postgres_test_url()
-}
-
 fn send(
-    client: &Client,
     s: &TestServer,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut rb = client
-        .request(method, format!("{}{path}", s.base))
-        .bearer_auth(&s.token);
-    if let Some(b) = body {
-        rb = rb
-            .header("content-type", "application/scim+json")
-            .body(b.to_string());
-    }
-    let r = rb.send().unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let v = r.json().unwrap_or(Value::Null);
-    (status, v, headers)
+    crate::server::call(s, method, path, body, &[])
+}
+
+fn pg() -> Option<String> {
+    scim_diesel::testing::postgres_test_url()
 }
 
 #[test]
@@ -58,7 +45,7 @@ fn two_server_processes_on_one_database_agree() {
                 let s = servers[i % 2];
                 scope.spawn(move || {
                     let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": format!("Shared{}", i % 10)});
-                    (i % 10, send(&Client::new(), s, reqwest::Method::POST, "/Users", Some(body)).0)
+                    (i % 10, send(s, reqwest::Method::POST, "/Users", Some(body)).0)
                 })
             })
             .collect();
@@ -80,7 +67,7 @@ fn two_server_processes_on_one_database_agree() {
             "Shared{name}: {codes:?}"
         );
     }
-    let (_, list, _) = send(&client, &b, reqwest::Method::GET, "/Users?count=100", None);
+    let (_, list, _) = send(&b, reqwest::Method::GET, "/Users?count=100", None);
     assert_eq!(list["totalResults"], json!(10));
     let ids: Vec<String> = list["Resources"]
         .as_array()
@@ -91,7 +78,6 @@ fn two_server_processes_on_one_database_agree() {
 
     // Concurrent membership PATCHes to one group through both instances lose nothing.
     let (status, g, _) = send(
-        &client,
         &a,
         reqwest::Method::POST,
         "/Groups",
@@ -106,26 +92,14 @@ fn two_server_processes_on_one_database_agree() {
             let (s, gid) = (servers[i % 2], &gid);
             scope.spawn(move || {
                 let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "add", "path": "members", "value": [{"value": id}]}]});
-                let (status, _, _) = send(&Client::new(), s, reqwest::Method::PATCH, &format!("/Groups/{gid}"), Some(body));
+                let (status, _, _) = send(s, reqwest::Method::PATCH, &format!("/Groups/{gid}"), Some(body));
                 assert_eq!(status, 200);
             });
         }
     });
     // Both instances see the same, complete group at the same version; ETags agree.
-    let (_, ga, ha) = send(
-        &client,
-        &a,
-        reqwest::Method::GET,
-        &format!("/Groups/{gid}"),
-        None,
-    );
-    let (_, gb, hb) = send(
-        &client,
-        &b,
-        reqwest::Method::GET,
-        &format!("/Groups/{gid}"),
-        None,
-    );
+    let (_, ga, ha) = send(&a, reqwest::Method::GET, &format!("/Groups/{gid}"), None);
+    let (_, gb, hb) = send(&b, reqwest::Method::GET, &format!("/Groups/{gid}"), None);
     assert_eq!(ga["members"].as_array().map(Vec::len), Some(10));
     // Identical but for each instance's own base URL (behind a load balancer they share one).
     let gb = serde_json::from_str::<Value>(&gb.to_string().replace(&b.base, &a.base)).unwrap();
@@ -237,21 +211,14 @@ fn database_outage_gives_503_and_the_server_recovers_by_itself() {
         c.connect_timeout = Duration::from_millis(800);
         c.pool_size = 2;
     });
-    let client = Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
     let user =
         json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "before"});
-    assert_eq!(
-        send(&client, &s, reqwest::Method::POST, "/Users", Some(user)).0,
-        201
-    );
+    assert_eq!(send(&s, reqwest::Method::POST, "/Users", Some(user)).0, 201);
 
     relay.down();
     for path in ["/Users", "/Users?filter=userName%20eq%20%22before%22"] {
         let t = Instant::now();
-        let (status, body, headers) = send(&client, &s, reqwest::Method::GET, path, None);
+        let (status, body, headers) = send(&s, reqwest::Method::GET, path, None);
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["status"], json!("503"));
         assert!(headers.contains_key("retry-after"));
@@ -264,7 +231,7 @@ fn database_outage_gives_503_and_the_server_recovers_by_itself() {
     let write =
         json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "during"});
     assert_eq!(
-        send(&client, &s, reqwest::Method::POST, "/Users", Some(write)).0,
+        send(&s, reqwest::Method::POST, "/Users", Some(write)).0,
         503
     );
 
@@ -272,7 +239,7 @@ fn database_outage_gives_503_and_the_server_recovers_by_itself() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut status = 0;
     while Instant::now() < deadline {
-        status = send(&client, &s, reqwest::Method::GET, "/Users", None).0;
+        status = send(&s, reqwest::Method::GET, "/Users", None).0;
         if status == 200 {
             break;
         }
@@ -282,7 +249,7 @@ fn database_outage_gives_503_and_the_server_recovers_by_itself() {
         status, 200,
         "the server did not recover after the database came back"
     );
-    let (_, list, _) = send(&client, &s, reqwest::Method::GET, "/Users", None);
+    let (_, list, _) = send(&s, reqwest::Method::GET, "/Users", None);
     assert_eq!(
         list["totalResults"],
         json!(1),

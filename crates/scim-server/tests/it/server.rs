@@ -3,7 +3,9 @@
 use std::net::TcpListener;
 use std::thread::JoinHandle;
 
+use reqwest::blocking::Client;
 use scim_server::{AppState, Config};
+use serde_json::Value;
 
 /// Which database a test server uses.
 #[derive(Debug, Clone)]
@@ -199,4 +201,28 @@ impl Drop for TestServer {
             Kind::External => {}
         }
     }
+}
+
+/// Sends one request to `s` with its token; returns status, JSON body (or null) and headers.
+pub fn call(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut rb = Client::new()
+        .request(method, format!("{}{path}", s.base))
+        .bearer_auth(&s.token);
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    if let Some(b) = body {
+        rb = rb
+            .header("content-type", "application/scim+json")
+            .body(b.to_string());
+    }
+    let r = rb.send().unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, r.json().unwrap_or(Value::Null), headers)
 }

@@ -1,0 +1,85 @@
+//! The operator commands of the `scim-server` binary, as README.md documents them.
+
+use std::process::Command;
+
+use reqwest::blocking::Client;
+
+use crate::server::{Db, TestServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scim-server");
+
+/// Runs the binary on `db`; returns (success, stdout, stderr).
+fn cli(db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("SCIM_DATABASE_URL", db)
+        .env_remove("SCIM_BOOTSTRAP_TOKEN")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn migrate_and_token_commands_work_and_never_show_tokens_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scim.db").to_string_lossy().into_owned();
+
+    let (ok, out, _) = cli(&db, &["migrate"]);
+    assert!(ok && out.contains("migrations applied"), "{out}");
+
+    // On an empty database the first `token create` makes the tenant and its first token.
+    let (ok, first, _) = cli(&db, &["token", "create", "okta"]);
+    let first = first.trim().to_string();
+    assert!(
+        ok && first.starts_with("scim_") && !first.contains(' '),
+        "{first}"
+    );
+    let (ok, second, err) = cli(&db, &["token", "create", "entra"]);
+    let second = second.trim().to_string();
+    assert!(
+        ok && second.starts_with("scim_") && second != first,
+        "{second}"
+    );
+    let id = err.split_whitespace().nth(2).unwrap().to_string(); // "token id <id> (use it to revoke)"
+
+    let (ok, list, _) = cli(&db, &["token", "list"]);
+    assert!(
+        ok && list.lines().count() == 2 && list.contains("entra") && list.contains(&id),
+        "{list}"
+    );
+    assert!(
+        !list.contains(&first) && !list.contains(&second),
+        "token list must not print tokens"
+    );
+
+    let server = TestServer::spawn_binary(BIN, &Db::Exact(db.clone()));
+    let get = |token: &str| {
+        Client::new()
+            .get(format!("{}/Users", server.base))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!((get(&first), get(&second)), (200, 200));
+
+    let (ok, out, _) = cli(&db, &["token", "revoke", &id]);
+    assert!(ok && out.contains("revoked"), "{out}");
+    assert_eq!(
+        get(&second),
+        401,
+        "a revoked token stops working on the next request"
+    );
+    assert_eq!(get(&first), 200);
+
+    let (ok, _, err) = cli(&db, &["token", "revoke", &id]);
+    assert!(!ok && err.contains("no live token"), "{err}");
+    let (ok, _, err) = cli(&db, &["frobnicate"]);
+    assert!(!ok && err.contains("usage:"), "{err}");
+}
