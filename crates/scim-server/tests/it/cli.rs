@@ -83,3 +83,26 @@ fn migrate_and_token_commands_work_and_never_show_tokens_again() {
     let (ok, _, err) = cli(&db, &["frobnicate"]);
     assert!(!ok && err.contains("usage:"), "{err}");
 }
+
+#[test]
+fn an_invalid_setting_stops_the_server_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value) in [
+        ("SCIM_STRICT", "maybe"),
+        ("SCIM_MAX_PAGE_SIZE", "lots"),
+        ("SCIM_PASSWORDS", "plain"),
+        ("SCIM_JWT_HS256_SECRET", "short"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("migrate")
+            .env("SCIM_DATABASE_URL", dir.path().join("scim.db"))
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(var),
+            "{var}={value}: {err}"
+        );
+    }
+}
