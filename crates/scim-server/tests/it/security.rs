@@ -4,7 +4,7 @@
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
-use crate::server::{databases, Db, TestServer};
+use crate::server::{call, databases, Db, TestServer};
 
 fn post_user(client: &Client, s: &TestServer, body: Value) -> reqwest::blocking::Response {
     client
@@ -211,13 +211,7 @@ fn racing_creates_of_one_user_name_have_exactly_one_winner() {
             "{}: {statuses:?}",
             db.name()
         );
-        let list: Value = Client::new()
-            .get(format!("{}/Users", s.base))
-            .bearer_auth(&s.token)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let list: Value = call(&s, reqwest::Method::GET, "/Users", None, &[]).1;
         assert_eq!(list["totalResults"], json!(1));
     }
 }
@@ -260,13 +254,14 @@ fn concurrent_membership_patches_through_http_lose_nothing() {
                 });
             }
         });
-        let g: Value = client
-            .get(format!("{}/Groups/{gid}", s.base))
-            .bearer_auth(&s.token)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let g: Value = call(
+            &s,
+            reqwest::Method::GET,
+            &format!("/Groups/{gid}"),
+            None,
+            &[],
+        )
+        .1;
         assert_eq!(
             g["members"].as_array().map(Vec::len),
             Some(24),
@@ -302,13 +297,7 @@ fn strict_unknown_members_policy_names_the_ids() {
         detail.contains("ghost-1") && detail.contains("ghost-\\\"2"),
         "{detail}"
     );
-    let list: Value = Client::new()
-        .get(format!("{}/Groups", s.base))
-        .bearer_auth(&s.token)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let list: Value = call(&s, reqwest::Method::GET, "/Groups", None, &[]).1;
     assert_eq!(
         list["totalResults"],
         json!(0),
