@@ -1,7 +1,13 @@
-//! The `Tenant` extractor: a valid bearer token (an opaque token of this server, or a JWT
-//! signed with the configured key), resolved to its tenant.
+//! Bearer tokens (an opaque token of this server, or a JWT signed with the configured key),
+//! resolved to a tenant.
+//!
+//! Two extractors: [`Tenant`] resolves the credential before the handler runs (writes use it, so
+//! that a bad token is a 401 before the body is read); [`Caller`] only checks the credential's
+//! form (and a JWT's signature, which needs no database) and leaves the lookup to
+//! [`Caller::tenant`], so a read resolves its token and runs its query in one trip to the
+//! blocking pool instead of two.
 
-use std::future::Future;
+use std::future::{ready, Future, Ready};
 use std::pin::Pin;
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
@@ -14,47 +20,76 @@ use crate::AppState;
 #[derive(Debug, Clone)]
 pub struct Tenant(pub String);
 
+/// A well-formed credential, not yet looked up.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// An opaque token of this server (its SHA-256 hash).
+    Token(String),
+    /// A JWT with a valid signature and claims; it acts for the default tenant.
+    Jwt,
+}
+
+fn unauthorized() -> ScimError {
+    ScimError::new(401, None, "A valid bearer token is required")
+}
+
+impl Caller {
+    fn from_request(req: &HttpRequest) -> Result<Caller, ScimError> {
+        let state = req
+            .app_data::<web::Data<AppState>>()
+            .ok_or_else(|| ScimError::internal("application state missing"))?;
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .map(scim_auth::parse_bearer)
+            .and_then(Result::ok)
+            .ok_or_else(unauthorized)?;
+        if let (Some(jwt), true) = (&state.jwt, scim_auth::jwt::looks_like_jwt(token)) {
+            jwt.verify(token).map_err(|_| unauthorized())?;
+            return Ok(Caller::Jwt);
+        }
+        Ok(Caller::Token(scim_auth::hash_token(token)))
+    }
+
+    /// The caller's tenant (blocking: reads the store). A revoked or unknown token is a 401.
+    pub fn tenant(&self, state: &AppState) -> Result<String, ScimError> {
+        match self {
+            Caller::Jwt => state.creds.default_tenant()?.ok_or_else(unauthorized),
+            Caller::Token(hash) => state
+                .creds
+                .find_token(hash)?
+                .map(|t| t.tenant_id)
+                .ok_or_else(unauthorized),
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Caller::from_request(req).map_err(ApiError))
+    }
+}
+
 impl FromRequest for Tenant {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Tenant, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let caller = Caller::from_request(req);
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string);
         Box::pin(async move {
-            let unauthorized = || {
-                ApiError(ScimError::new(
-                    401,
-                    None,
-                    "A valid bearer token is required",
-                ))
-            };
+            let caller = caller.map_err(ApiError)?;
             let state =
                 state.ok_or_else(|| ApiError(ScimError::internal("application state missing")))?;
-            let token = header
-                .as_deref()
-                .map(scim_auth::parse_bearer)
-                .and_then(Result::ok)
-                .ok_or_else(unauthorized)?;
-            if let (Some(jwt), true) = (&state.jwt, scim_auth::jwt::looks_like_jwt(token)) {
-                // A valid JWT from the configured issuer acts for the default tenant.
-                jwt.verify(token).map_err(|_| unauthorized())?;
-                let creds = state.creds.clone();
-                let tenant = web::block(move || creds.default_tenant())
-                    .await
-                    .map_err(|e| ApiError(ScimError::internal(e.to_string())))??;
-                return tenant.map(Tenant).ok_or_else(unauthorized);
-            }
-            let hash = scim_auth::hash_token(token);
-            let creds = state.creds.clone();
-            let found = web::block(move || creds.find_token(&hash))
+            web::block(move || caller.tenant(&state))
                 .await
-                .map_err(|e| ApiError(ScimError::internal(e.to_string())))??;
-            found.map(|t| Tenant(t.tenant_id)).ok_or_else(unauthorized)
+                .map_err(|e| ApiError(ScimError::internal(e.to_string())))?
+                .map(Tenant)
+                .map_err(ApiError)
         })
     }
 }

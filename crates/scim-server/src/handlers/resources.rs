@@ -6,7 +6,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use scim_core::ScimError;
 use serde_json::Value;
 
-use crate::auth::Tenant;
+use crate::auth::{Caller, Tenant};
 use crate::error::{ApiError, ApiResult};
 use crate::http::{
     if_match, if_none_match_hits, json_body, prefers_minimal, resource_response, scim_json, Params,
@@ -68,13 +68,19 @@ pub async fn create(
 pub async fn get(
     state: web::Data<AppState>,
     rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
+    caller: Caller,
     id: web::Path<String>,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let params = Params::from_request(&req)?;
+    // Checked after the token, so that an unknown token is a 401 whatever else is wrong.
+    let params = Params::from_request(&req).map_err(|e| e.0);
     let rt = rt.0.clone();
-    let out = blocking(move || ops::get(&state, &tenant.0, &rt, &id, &params)).await?;
+    let out = blocking(move || {
+        let tenant = caller.tenant(&state)?;
+        let params = params?;
+        ops::get(&state, &tenant, &rt, &id, &params)
+    })
+    .await?;
     if out
         .version
         .is_some_and(|v| if_none_match_hits(req.headers(), v))
@@ -88,12 +94,17 @@ pub async fn get(
 pub async fn list(
     state: web::Data<AppState>,
     rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
+    caller: Caller,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let params = Params::from_request(&req)?;
+    let params = Params::from_request(&req).map_err(|e| e.0);
     let rt = rt.0.clone();
-    let body = blocking(move || ops::list(&state, &tenant.0, &rt, &params)).await?;
+    let body = blocking(move || {
+        let tenant = caller.tenant(&state)?;
+        let params = params?;
+        ops::list(&state, &tenant, &rt, &params)
+    })
+    .await?;
     Ok(scim_json(StatusCode::OK, &body))
 }
 
@@ -185,13 +196,18 @@ pub async fn patch(
 pub async fn delete(
     state: web::Data<AppState>,
     rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
+    caller: Caller,
     id: web::Path<String>,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let expected = if_match(req.headers())?;
+    let expected = if_match(req.headers()).map_err(|e| e.0);
     let rt = rt.0.clone();
-    blocking(move || ops::delete(&state, &tenant.0, &rt, &id, expected)).await?;
+    blocking(move || {
+        let tenant = caller.tenant(&state)?;
+        let expected = expected?;
+        ops::delete(&state, &tenant, &rt, &id, expected)
+    })
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
