@@ -176,3 +176,31 @@ impl GroupWriter {
         }
     }
 }
+
+/// Checkpoints the WAL of a SQLite database from a background thread, so that copying WAL
+/// pages back into the database file (and its `fsync`) is off the writer's path: the writer's
+/// own automatic checkpoint only triggers if this one falls far behind. `PASSIVE` checkpoints
+/// never block readers or the writer. The thread stops when the last handle is dropped.
+pub struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing through `conn` every `every`.
+    pub fn start(mut conn: AnyConnection, every: std::time::Duration) -> Self {
+        use diesel::connection::SimpleConnection;
+        use std::sync::mpsc::RecvTimeoutError;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || loop {
+            match stopped.recv_timeout(every) {
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                        log::debug!("background checkpoint: {e}");
+                    }
+                }
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        });
+        Checkpointer { _stop: stop }
+    }
+}

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::backend;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
-use crate::group::GroupWriter;
+use crate::group::{Checkpointer, GroupWriter};
 use crate::raw::RawCond;
 use crate::schema::{group_members, resource_values, resources, tenants, tokens};
 
@@ -59,6 +59,8 @@ pub struct DieselStore {
     /// (see `group.rs`). Writers queue on it instead of sleep-polling SQLite's busy handler
     /// and share commits. SQLite's own lock still guarantees correctness across processes.
     writer: Option<Arc<GroupWriter>>,
+    /// SQLite only: checkpoints the WAL in the background (see `group.rs`).
+    _checkpointer: Option<Arc<Checkpointer>>,
     /// PostgreSQL only: refreshes planner statistics after bulk changes (see `note_writes`).
     analyze: Arc<AnalyzeState>,
 }
@@ -429,10 +431,11 @@ fn pins_one_row(f: &StoreFilter) -> bool {
 }
 
 /// Settings of the one SQLite writer connection: a page cache that holds the hot part of the
-/// indexes (the readers keep SQLite's small default), checkpoints every 16 MiB of WAL rather
-/// than every 4 MiB, and the savepoint journals of group commit in memory instead of a file.
+/// indexes (the readers keep SQLite's small default), the savepoint journals of group commit in
+/// memory instead of a file, and checkpoints of its own only when the background
+/// [`Checkpointer`] has fallen 64 MiB of WAL behind.
 const WRITER_PRAGMAS: &str =
-    "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 4000; PRAGMA temp_store = MEMORY;";
+    "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16000; PRAGMA temp_store = MEMORY;";
 
 impl DieselStore {
     /// Opens the pool. Does not run migrations (see [`DieselStore::migrate`]).
@@ -459,6 +462,15 @@ impl DieselStore {
             }
             Backend::Postgres => None,
         };
+        let checkpointer = match backend {
+            Backend::Sqlite => Some(Arc::new(Checkpointer::start(
+                manager_for_writer.establish().map_err(|e| {
+                    StoreError::Unavailable(format!("cannot open the database: {e}"))
+                })?,
+                Duration::from_millis(100),
+            ))),
+            Backend::Postgres => None,
+        };
         let analyze = Arc::new(AnalyzeState {
             since: 0.into(),
             threshold: 500.into(),
@@ -468,6 +480,7 @@ impl DieselStore {
             pool,
             backend,
             writer,
+            _checkpointer: checkpointer,
             analyze,
         })
     }

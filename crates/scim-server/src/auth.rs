@@ -1,24 +1,18 @@
 //! Bearer tokens (an opaque token of this server, or a JWT signed with the configured key),
 //! resolved to a tenant.
 //!
-//! Two extractors: [`Tenant`] resolves the credential before the handler runs (writes use it, so
-//! that a bad token is a 401 before the body is read); [`Caller`] only checks the credential's
-//! form (and a JWT's signature, which needs no database) and leaves the lookup to
-//! [`Caller::tenant`], so a read resolves its token and runs its query in one trip to the
-//! blocking pool instead of two.
+//! The [`Caller`] extractor only checks the credential's form (and a JWT's signature, which
+//! needs no database), so a request without a well-formed credential is a 401 before its body
+//! is read. The token itself is looked up by [`Caller::tenant`] on the blocking pool, in the
+//! same trip as the operation it authorizes (one hand-off per request instead of two).
 
-use std::future::{ready, Future, Ready};
-use std::pin::Pin;
+use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use scim_core::ScimError;
 
 use crate::error::ApiError;
 use crate::AppState;
-
-/// The authenticated tenant of a request.
-#[derive(Debug, Clone)]
-pub struct Tenant(pub String);
 
 /// A well-formed credential, not yet looked up.
 #[derive(Debug, Clone)]
@@ -71,25 +65,5 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(Caller::from_request(req).map_err(ApiError))
-    }
-}
-
-impl FromRequest for Tenant {
-    type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Tenant, ApiError>>>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let caller = Caller::from_request(req);
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        Box::pin(async move {
-            let caller = caller.map_err(ApiError)?;
-            let state =
-                state.ok_or_else(|| ApiError(ScimError::internal("application state missing")))?;
-            web::block(move || caller.tenant(&state))
-                .await
-                .map_err(|e| ApiError(ScimError::internal(e.to_string())))?
-                .map(Tenant)
-                .map_err(ApiError)
-        })
     }
 }

@@ -6,7 +6,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use scim_core::ScimError;
 use serde_json::Value;
 
-use crate::auth::{Caller, Tenant};
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{
     if_match, if_none_match_hits, json_body, prefers_minimal, resource_response, scim_json, Params,
@@ -22,6 +22,24 @@ pub async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError(ScimError::internal(format!("worker pool: {e}"))))?
         .map_err(ApiError)
+}
+
+/// Runs `op` on the blocking pool for the caller's tenant: the token is looked up and the
+/// operation run in one trip. `input` is what the handler read from the request; an error in
+/// it is reported only once the token is known to be good, so a wrong token is a 401 whatever
+/// else is wrong with the request.
+async fn for_caller<I: Send + 'static, T: Send + 'static>(
+    state: web::Data<AppState>,
+    caller: Caller,
+    input: ApiResult<I>,
+    op: impl FnOnce(&AppState, &str, I) -> Result<T, ScimError> + Send + 'static,
+) -> ApiResult<T> {
+    let input = input.map_err(|e| e.0);
+    blocking(move || {
+        let tenant = caller.tenant(&state)?;
+        op(&state, &tenant, input?)
+    })
+    .await
 }
 
 fn with_etag(mut resp: HttpResponse, version: Option<i64>) -> HttpResponse {
@@ -45,14 +63,20 @@ fn respond(status: StatusCode, out: &Outcome) -> HttpResponse {
 pub async fn create(
     state: web::Data<AppState>,
     rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
+    caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
-    let params = Params::from_request(&req)?;
+    let body = json_body(&req, payload, state.config.max_body_bytes).await;
+    let input = body.and_then(|b| Ok((b, Params::from_request(&req)?)));
     let rt = rt.0.clone();
-    let out = blocking(move || ops::create(&state, &tenant.0, &rt, &body, &params)).await?;
+    let out = for_caller(
+        state,
+        caller,
+        input,
+        move |state, tenant, (body, params)| ops::create(state, tenant, &rt, &body, &params),
+    )
+    .await?;
     let mut resp = respond(StatusCode::CREATED, &out);
     if let Some(v) = out
         .location
@@ -72,14 +96,13 @@ pub async fn get(
     id: web::Path<String>,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    // Checked after the token, so that an unknown token is a 401 whatever else is wrong.
-    let params = Params::from_request(&req).map_err(|e| e.0);
     let rt = rt.0.clone();
-    let out = blocking(move || {
-        let tenant = caller.tenant(&state)?;
-        let params = params?;
-        ops::get(&state, &tenant, &rt, &id, &params)
-    })
+    let out = for_caller(
+        state,
+        caller,
+        Params::from_request(&req),
+        move |state, tenant, params| ops::get(state, tenant, &rt, &id, &params),
+    )
     .await?;
     if out
         .version
@@ -97,13 +120,13 @@ pub async fn list(
     caller: Caller,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let params = Params::from_request(&req).map_err(|e| e.0);
     let rt = rt.0.clone();
-    let body = blocking(move || {
-        let tenant = caller.tenant(&state)?;
-        let params = params?;
-        ops::list(&state, &tenant, &rt, &params)
-    })
+    let body = for_caller(
+        state,
+        caller,
+        Params::from_request(&req),
+        move |state, tenant, params| ops::list(state, tenant, &rt, &params),
+    )
     .await?;
     Ok(scim_json(StatusCode::OK, &body))
 }
@@ -132,34 +155,39 @@ async fn search_request(
 pub async fn search(
     state: web::Data<AppState>,
     rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
+    caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let params = search_request(&state, &req, payload).await?;
+    let params = search_request(&state, &req, payload).await;
     let rt = rt.0.clone();
-    let body = blocking(move || ops::list(&state, &tenant.0, &rt, &params)).await?;
+    let body = for_caller(state, caller, params, move |state, tenant, params| {
+        ops::list(state, tenant, &rt, &params)
+    })
+    .await?;
     Ok(scim_json(StatusCode::OK, &body))
 }
 
 async fn update(
     state: web::Data<AppState>,
     rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
+    caller: Caller,
     id: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
     change: Change,
 ) -> ApiResult<HttpResponse> {
-    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
-    let params = Params::from_request(&req)?;
-    let expected = if_match(req.headers())?;
+    let body = json_body(&req, payload, state.config.max_body_bytes).await;
+    let input = body.and_then(|b| Ok((b, Params::from_request(&req)?, if_match(req.headers())?)));
     let rt = rt.0.clone();
-    let out = blocking(move || {
-        ops::update(
-            &state, &tenant.0, &rt, &id, &body, &params, expected, change,
-        )
-    })
+    let out = for_caller(
+        state,
+        caller,
+        input,
+        move |state, tenant, (body, params, expected)| {
+            ops::update(state, tenant, &rt, &id, &body, &params, expected, change)
+        },
+    )
     .await?;
     if prefers_minimal(req.headers()) {
         // RFC 7240 `Prefer: return=minimal`: the change is applied; no body, just the new ETag.
@@ -172,24 +200,24 @@ async fn update(
 pub async fn replace(
     state: web::Data<AppState>,
     rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
+    caller: Caller,
     id: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    update(state, rt, tenant, id, req, payload, Change::Replace).await
+    update(state, rt, caller, id, req, payload, Change::Replace).await
 }
 
 /// `PATCH /Users/{id}`
 pub async fn patch(
     state: web::Data<AppState>,
     rt: web::Data<ResourceTypeId>,
-    tenant: Tenant,
+    caller: Caller,
     id: web::Path<String>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    update(state, rt, tenant, id, req, payload, Change::Patch).await
+    update(state, rt, caller, id, req, payload, Change::Patch).await
 }
 
 /// `DELETE /Users/{id}`
@@ -200,13 +228,13 @@ pub async fn delete(
     id: web::Path<String>,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let expected = if_match(req.headers()).map_err(|e| e.0);
     let rt = rt.0.clone();
-    blocking(move || {
-        let tenant = caller.tenant(&state)?;
-        let expected = expected?;
-        ops::delete(&state, &tenant, &rt, &id, expected)
-    })
+    for_caller(
+        state,
+        caller,
+        if_match(req.headers()),
+        move |state, tenant, expected| ops::delete(state, tenant, &rt, &id, expected),
+    )
     .await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -214,25 +242,32 @@ pub async fn delete(
 /// `POST /Bulk`
 pub async fn bulk(
     state: web::Data<AppState>,
-    tenant: Tenant,
+    caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     // maxPayloadSize: the body limit applies, and an oversized bulk request is a 413.
-    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
-    let request = scim_core::bulk::parse_bulk(&body, state.config.bulk_max_operations)?;
-    let out = blocking(move || Ok(ops::bulk(&state, &tenant.0, &request))).await?;
+    let body = json_body(&req, payload, state.config.max_body_bytes).await;
+    let max = state.config.bulk_max_operations;
+    let request = body.and_then(|b| scim_core::bulk::parse_bulk(&b, max).map_err(ApiError));
+    let out = for_caller(state, caller, request, |state, tenant, request| {
+        Ok(ops::bulk(state, tenant, &request))
+    })
+    .await?;
     Ok(scim_json(StatusCode::OK, &out))
 }
 
 /// `POST /.search` at the root, across resource types.
 pub async fn search_all(
     state: web::Data<AppState>,
-    tenant: Tenant,
+    caller: Caller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let params = search_request(&state, &req, payload).await?;
-    let body = blocking(move || ops::search_all(&state, &tenant.0, &params)).await?;
+    let params = search_request(&state, &req, payload).await;
+    let body = for_caller(state, caller, params, |state, tenant, params| {
+        ops::search_all(state, tenant, &params)
+    })
+    .await?;
     Ok(scim_json(StatusCode::OK, &body))
 }
