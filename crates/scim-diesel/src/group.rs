@@ -191,14 +191,11 @@ impl Checkpointer {
         use diesel::connection::SimpleConnection;
         use std::sync::mpsc::RecvTimeoutError;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || loop {
-            match stopped.recv_timeout(every) {
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
-                        log::debug!("background checkpoint: {e}");
-                    }
+        std::thread::spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                    log::debug!("background checkpoint: {e}");
                 }
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
             }
         });
         Checkpointer { _stop: stop }
