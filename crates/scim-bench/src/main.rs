@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! scim-bench --url http://127.0.0.1:8080/scim/v2 --token T [--users 10000] [--concurrency 16]
-//!            [--members 10000] [--lookups 20000] [--max-seconds 300]
+//!            [--members 10000] [--lookups 20000] [--patches USERS] [--page-size 100]
+//!            [--max-seconds 300]
 //! ```
 //!
 //! Only loopback URLs are accepted. Every loop is bounded by a request count and by
@@ -24,6 +25,8 @@ struct Args {
     concurrency: usize,
     members: usize,
     lookups: usize,
+    patches: Option<usize>,
+    page_size: usize,
     max_seconds: u64,
 }
 
@@ -35,6 +38,8 @@ fn parse_args() -> Result<Args> {
         concurrency: 16,
         members: 10_000,
         lookups: 20_000,
+        patches: None,
+        page_size: 100,
         max_seconds: 300,
     };
     let mut it = std::env::args().skip(1);
@@ -47,6 +52,8 @@ fn parse_args() -> Result<Args> {
             "--concurrency" => a.concurrency = val()?.parse()?,
             "--members" => a.members = val()?.parse()?,
             "--lookups" => a.lookups = val()?.parse()?,
+            "--patches" => a.patches = Some(val()?.parse()?),
+            "--page-size" => a.page_size = val()?.parse::<usize>()?.max(1),
             "--max-seconds" => a.max_seconds = val()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
@@ -383,8 +390,9 @@ async fn main() -> Result<()> {
     );
     // 5. PATCH updates.
     let (c, ids2) = (client.clone(), ids.clone());
+    let patches = a.patches.unwrap_or(created).min(created);
     table.push(
-        run_phase("PATCH /Users/{id}", created, a.concurrency, max, move |i| {
+        run_phase("PATCH /Users/{id}", patches, a.concurrency, max, move |i| {
             let (c, ids) = (c.clone(), ids2.clone());
             async move {
                 let Some(id) = ids[i].get() else { return Ok(false) };
@@ -453,7 +461,7 @@ async fn main() -> Result<()> {
     // 8. Full paging walk, sequential as an IdP import does it; every id exactly once.
     let mut seen = std::collections::HashSet::new();
     let mut stats = Stats {
-        name: "paging walk (count=100)".into(),
+        name: format!("paging walk (count={})", a.page_size),
         latencies_us: vec![],
         errors: 0,
         elapsed: Duration::ZERO,
@@ -467,7 +475,10 @@ async fn main() -> Result<()> {
         let (s, v) = client
             .send(
                 reqwest::Method::GET,
-                &format!("/Users?startIndex={start_index}&count=100&attributes=userName"),
+                &format!(
+                    "/Users?startIndex={start_index}&count={}&attributes=userName",
+                    a.page_size
+                ),
                 None,
             )
             .await?;
@@ -504,7 +515,7 @@ async fn main() -> Result<()> {
     // 9. Cursor walk (RFC 9865): every id once; the last pages should cost what the first do.
     let mut seen = std::collections::HashSet::new();
     let mut stats = Stats {
-        name: "cursor walk (count=100)".into(),
+        name: format!("cursor walk (count={})", a.page_size),
         latencies_us: vec![],
         errors: 0,
         elapsed: Duration::ZERO,
@@ -519,8 +530,9 @@ async fn main() -> Result<()> {
             .send(
                 reqwest::Method::GET,
                 &format!(
-                    "/Users?cursor={}&count=100&attributes=userName",
-                    enc(&cursor)
+                    "/Users?cursor={}&count={}&attributes=userName",
+                    enc(&cursor),
+                    a.page_size
                 ),
                 None,
             )
@@ -556,6 +568,55 @@ async fn main() -> Result<()> {
     if seen.len() != total {
         stats.errors += 1;
     }
+    table.push(stats);
+
+    // 10. Sorted pages (sortBy=userName): the first page, then the last, 20 times each.
+    let mut stats = Stats {
+        name: format!("sorted page (count={}), first then last", a.page_size),
+        latencies_us: vec![],
+        errors: 0,
+        elapsed: Duration::ZERO,
+        note: String::new(),
+    };
+    let start = Instant::now();
+    for round in 0..40 {
+        let start_index = if round < 20 {
+            1
+        } else {
+            total.saturating_sub(a.page_size) + 1
+        };
+        let t = Instant::now();
+        let (s, v) = client
+            .send(
+                reqwest::Method::GET,
+                &format!(
+                    "/Users?sortBy=userName&startIndex={start_index}&count={}&attributes=userName",
+                    a.page_size
+                ),
+                None,
+            )
+            .await?;
+        stats.latencies_us.push(t.elapsed().as_micros() as u64);
+        let names: Vec<String> = v["Resources"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|u| u["userName"].as_str().map(str::to_lowercase))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sorted = names.windows(2).all(|w| w[0] <= w[1]);
+        if s != 200 || names.is_empty() || !sorted {
+            stats.errors += 1;
+        }
+    }
+    stats.elapsed = start.elapsed();
+    let half = |h: &[u64]| h.iter().sum::<u64>() as f64 / h.len().max(1) as f64 / 1000.0;
+    stats.note = format!(
+        "first page {:.2} ms, last page {:.2} ms (means)",
+        half(&stats.latencies_us[..20.min(stats.latencies_us.len())]),
+        half(&stats.latencies_us[20.min(stats.latencies_us.len())..])
+    );
     table.push(stats);
 
     println!("| phase | requests | req/s | p50 ms | p99 ms | max ms | errors | notes |");

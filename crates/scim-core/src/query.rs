@@ -127,6 +127,9 @@ pub fn plan_sort(
             _ => return Err(unsortable()),
         };
         SortTarget::Column(column)
+    } else if !r.is_extension && ctx.is_user() && r.attr.name == "userName" && r.sub.is_none() {
+        // Folded on its own indexed column, never missing: the index gives the order.
+        SortTarget::Column(Column::UserName)
     } else {
         if !r.is_extension && (r.attr.name == "members" || r.attr.name == "groups") {
             return Err(unsortable());

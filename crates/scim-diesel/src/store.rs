@@ -435,7 +435,7 @@ fn pins_one_row(f: &StoreFilter) -> bool {
 /// memory instead of a file, and checkpoints of its own only when the background
 /// [`Checkpointer`] has fallen 64 MiB of WAL behind.
 const WRITER_PRAGMAS: &str =
-    "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16000; PRAGMA temp_store = MEMORY;";
+    "PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 16000; PRAGMA temp_store = MEMORY;";
 
 impl DieselStore {
     /// Opens the pool. Does not run migrations (see [`DieselStore::migrate`]).
@@ -928,17 +928,17 @@ impl ResourceStore for DieselStore {
             if let Some(after) = &query.after {
                 // Cursor paging: strictly after (or, for previousCursor, before) a resource in
                 // (created, id) order, so concurrent creates and deletes never shift a page.
-                let cmp = if after.backward { " < " } else { " > " };
+                // A row-value comparison, which both databases answer with one seek into the
+                // (tenant, type, created, id) index; the equivalent OR form made SQLite scan from
+                // the start of the index, so late pages were slower than early ones.
+                let cmp = if after.backward { ") < (" } else { ") > (" };
                 page = page.filter(
-                    RawCond::sql("(resources.created")
+                    RawCond::sql("(resources.created, resources.id")
                         .push(cmp)
                         .text(&after.created)
-                        .push(" OR (resources.created = ")
-                        .text(&after.created)
-                        .push(" AND resources.id")
-                        .push(cmp)
+                        .push(", ")
                         .text(&after.id)
-                        .push("))"),
+                        .push(")"),
                 );
             }
             if let Some(sort) = &query.sort {
@@ -958,8 +958,18 @@ impl ResourceStore for DieselStore {
                         .push(&format!(" AND v.{col} IS NOT NULL ORDER BY v.ordinal LIMIT 1)"))
                     }
                 };
-                let missing = RawCond::sql("(").append(key.clone()).push(" IS NULL)");
-                page = page.order(missing.asc());
+                // Columns that always hold a value need no "missing last" term, which keeps
+                // their index usable for the order (userName is also unique: no tie-break).
+                let never_missing = matches!(
+                    sort.target,
+                    SortTarget::Column(
+                        Column::Id | Column::UserName | Column::Created | Column::LastModified
+                    )
+                );
+                if !never_missing {
+                    let missing = RawCond::sql("(").append(key.clone()).push(" IS NULL)");
+                    page = page.then_order_by(missing.asc());
+                }
                 page = if sort.descending {
                     page.then_order_by(key.desc())
                 } else {
