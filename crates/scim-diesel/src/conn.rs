@@ -128,6 +128,15 @@ pub fn run_migrations(conn: &mut AnyConnection) -> Result<usize, String> {
     applied.map_err(|e| format!("migration failed: {e}"))
 }
 
+/// Reverts the latest migration (for tests of `down.sql` and of backfills).
+pub fn revert_last_migration(conn: &mut AnyConnection) -> Result<(), String> {
+    let r = match conn {
+        AnyConnection::Sqlite(c) => c.revert_last_migration(SQLITE_MIGRATIONS).map(|_| ()),
+        AnyConnection::Postgres(c) => c.revert_last_migration(POSTGRES_MIGRATIONS).map(|_| ()),
+    };
+    r.map_err(|e| format!("revert failed: {e}"))
+}
+
 /// Reverts every migration (for tests of `down.sql`).
 pub fn revert_all_migrations(conn: &mut AnyConnection) -> Result<(), String> {
     let r = match conn {

@@ -93,10 +93,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// resources per tenant and type, kept by triggers (a type's count is the sum of its slots)
+    resource_counts (tenant_id, resource_type, slot) {
+        /// tenant
+        tenant_id -> Text,
+        /// resource type
+        resource_type -> Text,
+        /// slot (spreads concurrent updates on PostgreSQL)
+        slot -> Integer,
+        /// resources counted in this slot
+        n -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     tokens,
     resources,
     group_members,
-    resource_values
+    resource_values,
+    resource_counts
 );

@@ -20,7 +20,7 @@ use crate::backend;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
 use crate::group::{Checkpointer, GroupWriter};
 use crate::raw::RawCond;
-use crate::schema::{group_members, resource_values, resources, tenants, tokens};
+use crate::schema::{group_members, resource_counts, resource_values, resources, tenants, tokens};
 
 /// Largest number of ids bound in one statement (well under SQLite's and PostgreSQL's limits).
 const CHUNK: usize = 500;
@@ -994,10 +994,22 @@ impl ResourceStore for DieselStore {
                 let rows = load_page(&mut conn).map_err(map_err)?;
                 (rows.len() as u64, rows)
             } else {
-                let total: i64 = base()
-                    .select(count_star())
-                    .get_result(&mut *conn)
-                    .map_err(map_err)?;
+                let total: i64 = if query.filter == StoreFilter::All {
+                    // Kept by triggers in every write transaction: no rows to count.
+                    resource_counts::table
+                        .filter(resource_counts::tenant_id.eq(tenant))
+                        .filter(resource_counts::resource_type.eq(rt))
+                        .select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                            "CAST(COALESCE(SUM(resource_counts.n), 0) AS BIGINT)",
+                        ))
+                        .get_result::<i64>(&mut *conn)
+                        .map_err(map_err)?
+                } else {
+                    base()
+                        .select(count_star())
+                        .get_result(&mut *conn)
+                        .map_err(map_err)?
+                };
                 let total = total.max(0) as u64;
                 let rows = if query.count > 0 && query.start_index <= total {
                     load_page(&mut conn).map_err(map_err)?

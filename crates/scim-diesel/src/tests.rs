@@ -475,12 +475,97 @@ fn concurrent_membership_updates_lose_nothing() {
 }
 
 #[test]
+fn unfiltered_totals_follow_every_write() {
+    let reg = registry();
+    for db in databases() {
+        let s = &db.store;
+        let total = |rt: &str| {
+            let q = ListQuery {
+                filter: StoreFilter::All,
+                start_index: 1,
+                count: 0,
+                include: Include::default(),
+                sort: None,
+                after: None,
+            };
+            s.list(T, rt, &q).unwrap().total
+        };
+        // What the rows say, counted the slow way.
+        let counted = |rt: &str| {
+            let q = ListQuery {
+                filter: StoreFilter::Not(Box::new(StoreFilter::Nothing)),
+                start_index: 1,
+                count: 0,
+                include: Include::default(),
+                sort: None,
+                after: None,
+            };
+            s.list(T, rt, &q).unwrap().total
+        };
+        for i in 0..6 {
+            s.create(
+                T,
+                "User",
+                &format!("c{i}"),
+                NOW,
+                user(&reg, &format!("c{i}")),
+                Include::default(),
+            )
+            .unwrap();
+        }
+        s.create(
+            T,
+            "Group",
+            "cg",
+            NOW,
+            group(&reg, "cg", &["c1"]),
+            Include::default(),
+        )
+        .unwrap();
+        // A create that fails (duplicate userName) and a delete that fails count nothing.
+        assert!(s
+            .create(T, "User", "dup", NOW, user(&reg, "C1"), Include::default())
+            .is_err());
+        assert!(s.delete(T, "User", "nope", None).is_err());
+        s.delete(T, "User", "c2", None).unwrap();
+        s.delete(T, "User", "c3", Some(1)).unwrap();
+        assert_eq!((total("User"), total("Group")), (4, 1), "{}", db.name);
+        assert_eq!((counted("User"), counted("Group")), (4, 1), "{}", db.name);
+        assert_eq!(
+            s.list(
+                "other-tenant",
+                "User",
+                &ListQuery {
+                    filter: StoreFilter::All,
+                    start_index: 1,
+                    count: 0,
+                    include: Include::default(),
+                    sort: None,
+                    after: None,
+                }
+            )
+            .unwrap()
+            .total,
+            0
+        );
+        // The migration that adds the counts fills them from the rows already there.
+        {
+            let mut conn = s.connection().unwrap();
+            let c: &mut AnyConnection = &mut conn;
+            crate::conn::revert_last_migration(c).unwrap();
+            assert_eq!(run_migrations(c).unwrap(), 1, "{}", db.name);
+        }
+        assert_eq!((total("User"), total("Group")), (4, 1), "{}", db.name);
+    }
+}
+
+#[test]
 fn migrations_go_down_and_up_again() {
     for db in databases() {
         let mut conn = db.store.connection().unwrap();
         let c: &mut AnyConnection = &mut conn;
         revert_all_migrations(c).unwrap();
-        assert_eq!(run_migrations(c).unwrap(), 3, "{}", db.name);
+        assert_eq!(run_migrations(c).unwrap(), 4, "{}", db.name);
     }
 }
 
@@ -528,6 +613,7 @@ fn schema_rs_matches_migrated_columns_on_both_databases() {
         num_value,
         bool_value
     );
+    cols!(resource_counts, tenant_id, resource_type, slot, n);
     expected.sort();
     for db in databases() {
         let mut conn = db.store.connection().unwrap();
