@@ -8,7 +8,8 @@
 //!   black-box corpus against the server binary (or a URL), and with `--external` the
 //!   third-party checkers too.
 //! * `bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C]
-//!   [--members M] [--lookups L] [--workers W] [--pool-size P]` runs the load client.
+//!   [--members M] [--lookups L] [--patches P] [--page-size S] [--instances K] [--workers W]
+//!   [--pool-size P]` runs the load client.
 
 mod codegen;
 mod external;

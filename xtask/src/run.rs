@@ -305,6 +305,8 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
         "--concurrency",
         "--members",
         "--lookups",
+        "--patches",
+        "--page-size",
         "--max-seconds",
     ] {
         if let Some(v) = flags.value(f) {
