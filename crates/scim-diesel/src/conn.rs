@@ -99,6 +99,19 @@ impl ConnectionManager {
     }
 }
 
+thread_local! {
+    /// Set when a database error on this thread may have left its connection unusable.
+    static CONNECTION_FAILED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the pooled connection this thread is using as unusable, so that the pool closes it
+/// instead of taking it back. Connections are not tested on checkout (that would be one more
+/// round trip per request); after the database restarts, each stale connection fails once, is
+/// dropped, and the pool opens fresh ones.
+pub(crate) fn connection_failed() {
+    CONNECTION_FAILED.with(|f| f.set(true));
+}
+
 impl r2d2::ManageConnection for ConnectionManager {
     type Connection = AnyConnection;
     type Error = diesel::ConnectionError;
@@ -113,7 +126,7 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
-        false
+        CONNECTION_FAILED.with(|f| f.replace(false))
     }
 }
 

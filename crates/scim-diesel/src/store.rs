@@ -105,6 +105,29 @@ fn is_transient(message: &str) -> bool {
 }
 
 fn map_err(e: DieselError) -> StoreError {
+    // Refusals of a statement leave the connection fine; anything else may not have.
+    let statement_refused = matches!(
+        &e,
+        DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation
+                | DatabaseErrorKind::ForeignKeyViolation
+                | DatabaseErrorKind::NotNullViolation
+                | DatabaseErrorKind::CheckViolation
+                | DatabaseErrorKind::RestrictViolation
+                | DatabaseErrorKind::ExclusionViolation
+                | DatabaseErrorKind::SerializationFailure
+                | DatabaseErrorKind::ReadOnlyTransaction,
+            _
+        )
+    );
+    if !statement_refused
+        && matches!(
+            e,
+            DieselError::DatabaseError(..) | DieselError::BrokenTransactionManager
+        )
+    {
+        crate::conn::connection_failed();
+    }
     match e {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
             let what = if info.message().contains("user_name")
@@ -447,7 +470,7 @@ impl DieselStore {
             .max_size(config.pool_size.max(1))
             .min_idle(Some(1))
             .connection_timeout(config.connection_timeout)
-            .test_on_check_out(backend == Backend::Postgres)
+            .test_on_check_out(false)
             .build(manager)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))?;
         let writer = match backend {
