@@ -87,7 +87,10 @@ pub fn create(
     write.password = protect(st, std::mem::take(&mut write.password))?;
     let proj = projection(&ctx, params);
     let include = proj.include(&ctx);
-    let id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (UUIDv7): a new resource's rows land at the end of the primary-key and
+    // low-cardinality index ranges, on pages already in cache, instead of on a random page
+    // each; still opaque and unguessable enough (74 random bits) for an id that is not a secret.
+    let id = uuid::Uuid::now_v7().to_string();
     let rec = match st
         .store
         .create(tenant, &ctx.rt.id, &id, &now(), write, include)
