@@ -512,63 +512,82 @@ async fn main() -> Result<()> {
     }
     table.push(stats);
 
-    // 9. Cursor walk (RFC 9865): every id once; the last pages should cost what the first do.
-    let mut seen = std::collections::HashSet::new();
-    let mut stats = Stats {
-        name: format!("cursor walk (count={})", a.page_size),
-        latencies_us: vec![],
-        errors: 0,
-        elapsed: Duration::ZERO,
-        note: String::new(),
-    };
-    let start = Instant::now();
-    let mut cursor = String::new();
+    // 9. Cursor walks (RFC 9865), in creation order and in userName order: every id once; the
+    //    last pages should cost what the first do.
     let mut total = 0usize;
-    while start.elapsed() < max {
-        let t = Instant::now();
-        let (s, v) = client
-            .send(
-                reqwest::Method::GET,
-                &format!(
-                    "/Users?cursor={}&count={}&attributes=userName",
-                    enc(&cursor),
-                    a.page_size
-                ),
-                None,
-            )
-            .await?;
-        total = v["totalResults"].as_u64().unwrap_or(0) as usize;
-        let page: Vec<&Value> = v["Resources"]
-            .as_array()
-            .map(|r| r.iter().collect())
-            .unwrap_or_default();
-        if s != 200 {
-            stats.errors += 1;
-            break;
-        }
-        stats.latencies_us.push(t.elapsed().as_micros() as u64);
-        for r in &page {
-            if let Some(id) = r["id"].as_str() {
-                if !seen.insert(id.to_string()) {
-                    stats.errors += 1;
+    for sort in ["", "&sortBy=userName"] {
+        let mut seen = std::collections::HashSet::new();
+        let mut stats = Stats {
+            name: format!(
+                "cursor walk (count={}){}",
+                a.page_size,
+                if sort.is_empty() {
+                    ""
+                } else {
+                    ", sortBy=userName"
+                }
+            ),
+            latencies_us: vec![],
+            errors: 0,
+            elapsed: Duration::ZERO,
+            note: String::new(),
+        };
+        let start = Instant::now();
+        let mut cursor = String::new();
+        let mut previous_name = String::new();
+        while start.elapsed() < max {
+            let t = Instant::now();
+            let (s, v) = client
+                .send(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/Users?cursor={}&count={}&attributes=userName{sort}",
+                        enc(&cursor),
+                        a.page_size
+                    ),
+                    None,
+                )
+                .await?;
+            total = v["totalResults"].as_u64().unwrap_or(0) as usize;
+            let page: Vec<&Value> = v["Resources"]
+                .as_array()
+                .map(|r| r.iter().collect())
+                .unwrap_or_default();
+            if s != 200 {
+                stats.errors += 1;
+                break;
+            }
+            stats.latencies_us.push(t.elapsed().as_micros() as u64);
+            for r in &page {
+                if let Some(id) = r["id"].as_str() {
+                    if !seen.insert(id.to_string()) {
+                        stats.errors += 1;
+                    }
+                }
+                if !sort.is_empty() {
+                    let name = r["userName"].as_str().unwrap_or("").to_lowercase();
+                    if name < previous_name {
+                        stats.errors += 1; // out of userName order
+                    }
+                    previous_name = name;
                 }
             }
+            match v["nextCursor"].as_str() {
+                Some(next) => cursor = next.to_string(),
+                None => break,
+            }
         }
-        match v["nextCursor"].as_str() {
-            Some(next) => cursor = next.to_string(),
-            None => break,
+        stats.elapsed = start.elapsed();
+        let (first, last) = first_last_ms(&stats.latencies_us);
+        stats.note = format!(
+            "{} of {total} seen once; first 10% {first:.2} ms, last 10% {last:.2} ms",
+            seen.len()
+        );
+        if seen.len() != total {
+            stats.errors += 1;
         }
+        table.push(stats);
     }
-    stats.elapsed = start.elapsed();
-    let (first, last) = first_last_ms(&stats.latencies_us);
-    stats.note = format!(
-        "{} of {total} seen once; first 10% {first:.2} ms, last 10% {last:.2} ms",
-        seen.len()
-    );
-    if seen.len() != total {
-        stats.errors += 1;
-    }
-    table.push(stats);
 
     // 10. Sorted pages (sortBy=userName): the first page, then the last, 20 times each.
     let mut stats = Stats {

@@ -44,16 +44,24 @@ pub fn paging(start_index: Option<i64>, count: Option<i64>, limits: &QueryLimits
 }
 
 /// Cursor values are opaque to clients: hex of a direction (`n` next, `p` previous),
-/// `created`, a separator and `id`.
+/// `created`, a separator and `id`, and for a walk sorted by `userName` another separator and
+/// the folded `userName`.
 pub fn encode_cursor(key: &CursorKey) -> String {
-    let raw = format!(
+    let mut raw = format!(
         "{}{}\u{1f}{}",
         if key.backward { 'p' } else { 'n' },
         key.created,
         key.id
     );
+    if let Some(k) = &key.key {
+        raw.push('\u{1f}');
+        raw.push_str(k);
+    }
     raw.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Longest cursor accepted, in hex characters (a sort key is a `userName`).
+const MAX_CURSOR_LEN: usize = 16 * 1024;
 
 /// Reads a cursor made by [`encode_cursor`]; anything else is 400 `invalidCursor`
 /// (RFC 9865).
@@ -64,7 +72,7 @@ pub fn decode_cursor(text: &str) -> Result<CursorKey, ScimError> {
             "The cursor is not one this server issued",
         )
     };
-    if text.len() % 2 != 0 || text.len() > 512 {
+    if text.len() % 2 != 0 || text.len() > MAX_CURSOR_LEN {
         return Err(bad());
     }
     let bytes: Option<Vec<u8>> = (0..text.len())
@@ -77,11 +85,16 @@ pub fn decode_cursor(text: &str) -> Result<CursorKey, ScimError> {
         Some('p') => true,
         _ => return Err(bad()),
     };
-    let (created, id) = raw[1..].split_once('\u{1f}').ok_or_else(bad)?;
+    // The key comes last and may itself contain the separator.
+    let mut parts = raw[1..].splitn(3, '\u{1f}');
+    let (Some(created), Some(id)) = (parts.next(), parts.next()) else {
+        return Err(bad());
+    };
     Ok(CursorKey {
         created: created.to_string(),
         id: id.to_string(),
         backward,
+        key: parts.next().map(str::to_string),
     })
 }
 

@@ -290,6 +290,9 @@ pub struct CursorKey {
     pub id: String,
     /// the page before this position (`previousCursor`) instead of after it
     pub backward: bool,
+    /// for a walk sorted by `userName`: the folded `userName` of the last resource seen (the
+    /// position is then in `userName` order, which is unique)
+    pub key: Option<String>,
 }
 
 /// A page of results.

@@ -9,9 +9,9 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
-    Column, CompareOp, CredentialStore, ElementFilter, Include, IndexedField, ListQuery, MemberOp,
-    MemberRef, Page, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortTarget,
-    StoreFilter, TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest,
+    Column, CompareOp, CredentialStore, CursorKey, ElementFilter, Include, IndexedField, ListQuery,
+    MemberOp, MemberRef, Page, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey,
+    SortTarget, StoreFilter, TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest,
 };
 use scim_core::{ScimError, StoreError};
 use serde_json::{Map, Value};
@@ -690,6 +690,35 @@ fn fill_includes(
 }
 
 /// Replaces the attribute-value index rows of one resource.
+/// The index rows of one resource, borrowed for an insert.
+fn value_rows<'a>(
+    tenant: &'a str,
+    rt: &'a str,
+    id: &'a str,
+    values: &'a [scim_core::index::IndexRow],
+) -> Vec<backend::ValueRow<'a>> {
+    values
+        .iter()
+        .map(|v| backend::ValueRow {
+            resource_id: id,
+            tenant_id: tenant,
+            resource_type: rt,
+            path: &v.path,
+            ordinal: v.ordinal,
+            str_value: v.str_value.as_deref(),
+            num_value: v.num_value,
+            bool_value: v.bool_value,
+        })
+        .collect()
+}
+
+/// For a branch that one backend never takes.
+fn unreachable_backend() -> Result<(), TxError> {
+    Err(TxError::Store(StoreError::Backend(
+        "operation not available on this database".into(),
+    )))
+}
+
 fn write_values(
     conn: &mut AnyConnection,
     tenant: &str,
@@ -702,19 +731,7 @@ fn write_values(
         diesel::delete(resource_values::table.filter(resource_values::resource_id.eq(id)))
             .execute(conn)?;
     }
-    let rows: Vec<backend::ValueRow<'_>> = values
-        .iter()
-        .map(|v| backend::ValueRow {
-            resource_id: id,
-            tenant_id: tenant,
-            resource_type: rt,
-            path: &v.path,
-            ordinal: v.ordinal,
-            str_value: v.str_value.as_deref(),
-            num_value: v.num_value,
-            bool_value: v.bool_value,
-        })
-        .collect();
+    let rows = value_rows(tenant, rt, id, values);
     for chunk in rows.chunks(100) {
         backend::insert_values(conn, chunk)?;
     }
@@ -818,28 +835,24 @@ impl ResourceStore for DieselStore {
     ) -> Result<ResourceRecord, StoreError> {
         let data =
             serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let result: Result<ResourceRecord, TxError> = self.write(|c| {
-            diesel::insert_into(resources::table)
-                .values((
-                    resources::id.eq(id),
-                    resources::tenant_id.eq(tenant),
-                    resources::resource_type.eq(rt),
-                    resources::version.eq(1i64),
-                    resources::created.eq(now),
-                    resources::last_modified.eq(now),
-                    resources::external_id.eq(write.external_id.as_deref()),
-                    resources::user_name_ci.eq(write.keys.user_name.as_deref()),
-                    resources::display_name_ci.eq(write.keys.display_name.as_deref()),
-                    resources::display.eq(write.keys.display.as_deref()),
-                    resources::data.eq(&data),
-                    resources::password_hash.eq(match &write.password {
-                        SecretChange::Set(h) => Some(h.as_str()),
-                        _ => None,
-                    }),
-                ))
-                .execute(c)?;
-            apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
-            write_values(c, tenant, rt, id, &write.values, false)?;
+        let new = backend::NewResource {
+            id,
+            tenant_id: tenant,
+            resource_type: rt,
+            created: now,
+            external_id: write.external_id.as_deref(),
+            user_name_ci: write.keys.user_name.as_deref(),
+            display_name_ci: write.keys.display_name.as_deref(),
+            display: write.keys.display.as_deref(),
+            data: &data,
+            password_hash: match &write.password {
+                SecretChange::Set(h) => Some(h.as_str()),
+                _ => None,
+            },
+        };
+        // What the client gets back: the document as written; a resource created a moment ago
+        // is in no group yet, so only members (of a new group) are read back.
+        let record = |c: &mut AnyConnection| -> Result<ResourceRecord, TxError> {
             let mut rec = vec![ResourceRecord {
                 id: id.to_string(),
                 resource_type: rt.to_string(),
@@ -851,7 +864,6 @@ impl ResourceStore for DieselStore {
                 members: None,
                 groups: None,
             }];
-            // A resource created a moment ago is in no group yet: no need to ask.
             let read = Include {
                 groups: false,
                 ..include
@@ -862,7 +874,45 @@ impl ResourceStore for DieselStore {
             }
             rec.pop()
                 .ok_or_else(|| TxError::Store(StoreError::Backend("lost record".into())))
-        });
+        };
+        let single_statement = self.backend == Backend::Postgres
+            && write.member_ops.is_empty()
+            && write.values.len() <= 1000;
+        let result: Result<ResourceRecord, TxError> = if single_statement {
+            (|| {
+                let mut conn = self.conn()?;
+                let rows = value_rows(tenant, rt, id, &write.values);
+                match &mut *conn {
+                    AnyConnection::Postgres(c) => {
+                        backend::pg_insert_resource_with_values(c, &new, &rows)?;
+                    }
+                    AnyConnection::Sqlite(_) => unreachable_backend()?,
+                }
+                record(&mut conn)
+            })()
+        } else {
+            self.write(|c| {
+                diesel::insert_into(resources::table)
+                    .values((
+                        resources::id.eq(new.id),
+                        resources::tenant_id.eq(new.tenant_id),
+                        resources::resource_type.eq(new.resource_type),
+                        resources::version.eq(1i64),
+                        resources::created.eq(new.created),
+                        resources::last_modified.eq(new.created),
+                        resources::external_id.eq(new.external_id),
+                        resources::user_name_ci.eq(new.user_name_ci),
+                        resources::display_name_ci.eq(new.display_name_ci),
+                        resources::display.eq(new.display),
+                        resources::data.eq(new.data),
+                        resources::password_hash.eq(new.password_hash),
+                    ))
+                    .execute(c)?;
+                apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
+                write_values(c, tenant, rt, id, &write.values, false)?;
+                record(c)
+            })
+        };
         if result.is_ok() {
             self.note_writes(1 + ops_rows(&write.member_ops));
         }
@@ -948,7 +998,23 @@ impl ResourceStore for DieselStore {
         let unique = pins_one_row(&query.filter);
         let load_page = |conn: &mut AnyConnection| -> QueryResult<Vec<Row>> {
             let mut page = base().select(Row::as_select());
-            if let Some(after) = &query.after {
+            let backward = query.after.as_ref().is_some_and(|a| a.backward);
+            let user_name_position = match (&query.after, &query.sort) {
+                (
+                    Some(CursorKey { key: Some(k), .. }),
+                    Some(SortKey {
+                        target: SortTarget::Column(Column::UserName),
+                        descending,
+                    }),
+                ) => Some((k, *descending)),
+                _ => None,
+            };
+            if let Some((k, descending)) = user_name_position {
+                // A walk in userName order: strictly past the last userName seen, in the
+                // direction of reading; one seek into the unique userName index.
+                let cmp = if descending != backward { " < " } else { " > " };
+                page = page.filter(RawCond::sql("resources.user_name_ci").push(cmp).text(k));
+            } else if let Some(after) = &query.after {
                 // Cursor paging: strictly after (or, for previousCursor, before) a resource in
                 // (created, id) order, so concurrent creates and deletes never shift a page.
                 // A row-value comparison, which both databases answer with one seek into the
@@ -993,13 +1059,14 @@ impl ResourceStore for DieselStore {
                     let missing = RawCond::sql("(").append(key.clone()).push(" IS NULL)");
                     page = page.then_order_by(missing.asc());
                 }
-                page = if sort.descending {
+                // Reading backward (previousCursor) reads the order reversed, nearest first.
+                page = if sort.descending != backward {
                     page.then_order_by(key.desc())
                 } else {
                     page.then_order_by(key.asc())
                 };
                 page = page.then_order_by((resources::created.asc(), resources::id.asc()));
-            } else if query.after.as_ref().is_some_and(|a| a.backward) {
+            } else if backward {
                 // The page before a position: the nearest rows first, put back in order below.
                 page = page.order((resources::created.desc(), resources::id.desc()));
             } else if !unique {

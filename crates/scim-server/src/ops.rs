@@ -188,12 +188,24 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
                 "Use either cursor or startIndex, not both",
             ));
         }
-        if sort.is_some() {
+        if sort.as_ref().is_some_and(|s| !sorts_by_user_name(s)) {
             return Err(ScimError::invalid_value(
-                "Cursor paging follows creation order; it cannot be combined with sortBy",
+                "Cursor paging follows creation order, or userName order with sortBy=userName; \
+                 it cannot be combined with another sortBy",
+            ));
+        }
+        // A position in one order means nothing in another.
+        if after
+            .as_ref()
+            .is_some_and(|a| a.key.is_some() != sort.is_some())
+        {
+            return Err(ScimError::bad_request(
+                scim_core::ScimType::InvalidCursor,
+                "The cursor belongs to a walk in another order (sortBy changed)",
             ));
         }
     }
+    let sorted_walk = cursor.is_some() && sort.is_some();
     let backward = after.as_ref().is_some_and(|a| a.backward);
     let has_position = after.is_some();
     // One extra row tells whether another page exists.
@@ -235,6 +247,11 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
                 created: r.created.clone(),
                 id: r.id.clone(),
                 backward,
+                key: sorted_walk.then(|| {
+                    scim_core::resource::fold(
+                        r.data.get("userName").and_then(Value::as_str).unwrap_or(""),
+                    )
+                }),
             })
         };
         // Forward: a next page if the probe found one; a previous page unless this is the first.
@@ -252,6 +269,15 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
         }
     }
     Ok(body)
+}
+
+/// Whether a sort is by `userName` on its own column: the one order cursor paging supports
+/// besides creation order (it is unique, so a position in it is exact).
+fn sorts_by_user_name(sort: &scim_core::store::SortKey) -> bool {
+    matches!(
+        sort.target,
+        scim_core::store::SortTarget::Column(scim_core::store::Column::UserName)
+    )
 }
 
 /// PUT or PATCH.
