@@ -727,11 +727,53 @@ fn write_values(
     values: &[scim_core::index::IndexRow],
     replace: bool,
 ) -> QueryResult<()> {
+    let mut keep = vec![false; values.len()];
     if replace {
-        diesel::delete(resource_values::table.filter(resource_values::resource_id.eq(id)))
-            .execute(conn)?;
+        // Only the rows that changed are written: a PATCH of two attributes touches a few
+        // index entries instead of deleting and re-inserting all of them (each a scattered
+        // index page).
+        let old: Vec<(String, i64, Option<String>, Option<f64>, Option<bool>)> =
+            resource_values::table
+                .filter(resource_values::resource_id.eq(id))
+                .select((
+                    resource_values::path,
+                    resource_values::ordinal,
+                    resource_values::str_value,
+                    resource_values::num_value,
+                    resource_values::bool_value,
+                ))
+                .load(conn)?;
+        let position: HashMap<(&str, i64), usize> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((v.path.as_str(), v.ordinal), i))
+            .collect();
+        for (path, ordinal, str_value, num_value, bool_value) in &old {
+            let same = position.get(&(path.as_str(), *ordinal)).filter(|&&i| {
+                let v = &values[i];
+                v.str_value == *str_value && v.num_value == *num_value && v.bool_value == *bool_value
+            });
+            match same {
+                Some(&i) => keep[i] = true,
+                None => {
+                    diesel::delete(
+                        resource_values::table
+                            .filter(resource_values::resource_id.eq(id))
+                            .filter(resource_values::path.eq(path))
+                            .filter(resource_values::ordinal.eq(ordinal)),
+                    )
+                    .execute(conn)?;
+                }
+            }
+        }
     }
-    let rows = value_rows(tenant, rt, id, values);
+    let changed: Vec<scim_core::index::IndexRow> = values
+        .iter()
+        .zip(&keep)
+        .filter(|(_, kept)| !**kept)
+        .map(|(v, _)| v.clone())
+        .collect();
+    let rows = value_rows(tenant, rt, id, &changed);
     for chunk in rows.chunks(100) {
         backend::insert_values(conn, chunk)?;
     }
