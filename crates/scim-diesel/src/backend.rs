@@ -1,7 +1,9 @@
 //! The few operations that differ between SQLite and PostgreSQL. Every branch here is
 //! exercised by the store tests on both databases.
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 
 use crate::conn::AnyConnection;
 use crate::schema::group_members;
@@ -69,59 +71,109 @@ pub struct ValueRow<'a> {
     pub bool_value: Option<bool>,
 }
 
-/// Inserts index rows with one multi-row `INSERT` (placeholders differ per backend).
+/// Inserts index rows as statements of a fixed shape, which the connection's statement cache
+/// keeps prepared: a statement built per call (a multi-row `VALUES` list) is parsed and planned
+/// on every write, which cost PostgreSQL more than the insert itself.
+///
+/// SQLite: one cached single-row `INSERT` per row (SQLite's per-statement cost is a VM step,
+/// not a round trip). PostgreSQL: one statement for all rows, the columns bound as arrays and
+/// expanded by `unnest`, one round trip whatever the number of rows.
 pub fn insert_values(conn: &mut AnyConnection, rows: &[ValueRow<'_>]) -> QueryResult<usize> {
-    use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
-    if rows.is_empty() {
+    let Some(first) = rows.first() else {
         return Ok(0);
-    }
-    let head = "INSERT INTO resource_values (resource_id, tenant_id, resource_type, path, ordinal, str_value, num_value, bool_value) VALUES ";
-    let mut sql = String::with_capacity(head.len() + rows.len() * 48);
-    sql.push_str(head);
-    let pg = matches!(conn, AnyConnection::Postgres(_));
-    for i in 0..rows.len() {
-        if i > 0 {
-            sql.push(',');
-        }
-        if pg {
-            let b = i * 8;
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8
-            ));
-        } else {
-            sql.push_str("(?,?,?,?,?,?,?,?)");
-        }
-    }
-    macro_rules! run {
-        ($c:expr, $db:ty) => {{
-            let mut q = diesel::sql_query(sql).into_boxed::<$db>();
-            for r in rows {
-                q = q
-                    .bind::<Text, _>(r.resource_id)
-                    .bind::<Text, _>(r.tenant_id)
-                    .bind::<Text, _>(r.resource_type)
-                    .bind::<Text, _>(r.path)
-                    .bind::<BigInt, _>(r.ordinal)
-                    .bind::<Nullable<Text>, _>(r.str_value)
-                    .bind::<Nullable<Double>, _>(r.num_value)
-                    .bind::<Nullable<Bool>, _>(r.bool_value);
-            }
-            q.execute($c)
-        }};
-    }
+    };
     match conn {
-        AnyConnection::Sqlite(c) => run!(c, diesel::sqlite::Sqlite),
-        AnyConnection::Postgres(c) => run!(c, diesel::pg::Pg),
+        AnyConnection::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(crate::schema::resource_values::table)
+                    .values(row)
+                    .execute(c)?;
+            }
+            Ok(rows.len())
+        }
+        AnyConnection::Postgres(c) => PgValues::new(first, rows).execute(c),
     }
 }
+
+/// The index rows of one resource as column arrays, for `unnest` on PostgreSQL.
+struct PgArrays<'a> {
+    paths: Vec<&'a str>,
+    ordinals: Vec<i64>,
+    strs: Vec<Option<&'a str>>,
+    nums: Vec<Option<f64>>,
+    bools: Vec<Option<bool>>,
+}
+
+impl<'a> PgArrays<'a> {
+    fn new(rows: &[ValueRow<'a>]) -> Self {
+        PgArrays {
+            paths: rows.iter().map(|r| r.path).collect(),
+            ordinals: rows.iter().map(|r| r.ordinal).collect(),
+            strs: rows.iter().map(|r| r.str_value).collect(),
+            nums: rows.iter().map(|r| r.num_value).collect(),
+            bools: rows.iter().map(|r| r.bool_value).collect(),
+        }
+    }
+
+    /// `unnest($p, $o, $s, $n, $b) AS v (p, o, s, n, b)`
+    fn push_unnest<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Bool, Double, Nullable, Text};
+        out.push_sql(" unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.paths)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.ordinals)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.strs)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Double>>, _>(&self.nums)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Bool>>, _>(&self.bools)?;
+        out.push_sql(") AS v (p, o, s, n, b)");
+        Ok(())
+    }
+}
+
+const VALUE_COLUMNS: &str = "INSERT INTO resource_values (resource_id, tenant_id, resource_type, path, ordinal, str_value, num_value, bool_value) SELECT ";
+
+/// PostgreSQL: the index rows of one resource in one fixed-shape `INSERT … SELECT … unnest`.
+struct PgValues<'a> {
+    resource_id: &'a str,
+    tenant_id: &'a str,
+    resource_type: &'a str,
+    arrays: PgArrays<'a>,
+}
+
+impl<'a> PgValues<'a> {
+    fn new(first: &ValueRow<'a>, rows: &[ValueRow<'a>]) -> Self {
+        PgValues {
+            resource_id: first.resource_id,
+            tenant_id: first.tenant_id,
+            resource_type: first.resource_type,
+            arrays: PgArrays::new(rows),
+        }
+    }
+}
+
+impl QueryId for PgValues<'_> {
+    type QueryId = PgValues<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for PgValues<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::Text;
+        out.push_sql(VALUE_COLUMNS);
+        out.push_bind_param::<Text, _>(&self.resource_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.tenant_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.resource_type)?;
+        out.push_sql(", v.p, v.o, v.s, v.n, v.b FROM");
+        self.arrays.push_unnest(&mut out)
+    }
+}
+
+impl RunQueryDsl<diesel::PgConnection> for PgValues<'_> {}
 
 /// The columns a create writes to `resources`.
 #[allow(missing_docs)]
@@ -139,58 +191,64 @@ pub struct NewResource<'a> {
 }
 
 /// PostgreSQL: inserts a resource and its index rows in one statement (the resource in a
-/// data-modifying `WITH`, the rows selected against it). One statement is atomic on its own,
-/// so a create is one round trip instead of four (`BEGIN`, two inserts, `COMMIT`). The
-/// uniqueness of `userName` is enforced exactly as for a separate insert.
+/// data-modifying `WITH`, the rows from `unnest` of bound arrays). One statement is atomic on
+/// its own, so a create is one round trip instead of four (`BEGIN`, two inserts, `COMMIT`),
+/// and its shape is fixed, so it stays prepared. The uniqueness of `userName` is enforced
+/// exactly as for a separate insert.
 pub fn pg_insert_resource_with_values(
     c: &mut diesel::PgConnection,
     r: &NewResource<'_>,
     rows: &[ValueRow<'_>],
 ) -> QueryResult<usize> {
-    use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
-    let insert = "INSERT INTO resources (id, tenant_id, resource_type, version, created, last_modified, external_id, user_name_ci, display_name_ci, display, data, password_hash) VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7, $8, $9, $10)";
-    let mut sql = String::with_capacity(insert.len() + 200 + rows.len() * 40);
-    if rows.is_empty() {
-        sql.push_str(insert);
-    } else {
-        sql.push_str("WITH r AS (");
-        sql.push_str(insert);
-        sql.push_str(" RETURNING id) INSERT INTO resource_values (resource_id, tenant_id, resource_type, path, ordinal, str_value, num_value, bool_value) SELECT r.id, $2, $3, v.p, v.o, v.s, v.n, v.b FROM r, (VALUES ");
-        for i in 0..rows.len() {
-            let b = 11 + i * 5;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${},${},${},${},${})",
-                b,
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4
-            ));
-        }
-        sql.push_str(") AS v (p, o, s, n, b)");
+    PgCreate {
+        r,
+        arrays: PgArrays::new(rows),
     }
-    let mut q = diesel::sql_query(sql)
-        .into_boxed::<diesel::pg::Pg>()
-        .bind::<Text, _>(r.id)
-        .bind::<Text, _>(r.tenant_id)
-        .bind::<Text, _>(r.resource_type)
-        .bind::<Text, _>(r.created)
-        .bind::<Nullable<Text>, _>(r.external_id)
-        .bind::<Nullable<Text>, _>(r.user_name_ci)
-        .bind::<Nullable<Text>, _>(r.display_name_ci)
-        .bind::<Nullable<Text>, _>(r.display)
-        .bind::<Text, _>(r.data)
-        .bind::<Nullable<Text>, _>(r.password_hash);
-    for row in rows {
-        q = q
-            .bind::<Text, _>(row.path)
-            .bind::<BigInt, _>(row.ordinal)
-            .bind::<Nullable<Text>, _>(row.str_value)
-            .bind::<Nullable<Double>, _>(row.num_value)
-            .bind::<Nullable<Bool>, _>(row.bool_value);
-    }
-    q.execute(c)
+    .execute(c)
 }
+
+struct PgCreate<'a> {
+    r: &'a NewResource<'a>,
+    arrays: PgArrays<'a>,
+}
+
+impl QueryId for PgCreate<'_> {
+    type QueryId = PgCreate<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for PgCreate<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Nullable, Text};
+        let r = self.r;
+        out.push_sql("WITH r AS (INSERT INTO resources (id, tenant_id, resource_type, version, created, last_modified, external_id, user_name_ci, display_name_ci, display, data, password_hash) VALUES (");
+        out.push_bind_param::<Text, _>(&r.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&r.tenant_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&r.resource_type)?;
+        out.push_sql(", 1, ");
+        out.push_bind_param::<Text, _>(&r.created)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&r.created)?;
+        for v in [
+            &r.external_id,
+            &r.user_name_ci,
+            &r.display_name_ci,
+            &r.display,
+        ] {
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(v)?;
+        }
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&r.data)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&r.password_hash)?;
+        out.push_sql(") RETURNING id, tenant_id, resource_type) ");
+        out.push_sql(VALUE_COLUMNS);
+        out.push_sql("r.id, r.tenant_id, r.resource_type, v.p, v.o, v.s, v.n, v.b FROM r,");
+        self.arrays.push_unnest(&mut out)
+    }
+}
+
+impl RunQueryDsl<diesel::PgConnection> for PgCreate<'_> {}

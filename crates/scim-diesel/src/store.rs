@@ -719,6 +719,9 @@ fn unreachable_backend() -> Result<(), TxError> {
     )))
 }
 
+/// An attribute-value index row as stored: path, ordinal and the typed value.
+type StoredValue = (String, i64, Option<String>, Option<f64>, Option<bool>);
+
 fn write_values(
     conn: &mut AnyConnection,
     tenant: &str,
@@ -732,17 +735,16 @@ fn write_values(
         // Only the rows that changed are written: a PATCH of two attributes touches a few
         // index entries instead of deleting and re-inserting all of them (each a scattered
         // index page).
-        let old: Vec<(String, i64, Option<String>, Option<f64>, Option<bool>)> =
-            resource_values::table
-                .filter(resource_values::resource_id.eq(id))
-                .select((
-                    resource_values::path,
-                    resource_values::ordinal,
-                    resource_values::str_value,
-                    resource_values::num_value,
-                    resource_values::bool_value,
-                ))
-                .load(conn)?;
+        let old: Vec<StoredValue> = resource_values::table
+            .filter(resource_values::resource_id.eq(id))
+            .select((
+                resource_values::path,
+                resource_values::ordinal,
+                resource_values::str_value,
+                resource_values::num_value,
+                resource_values::bool_value,
+            ))
+            .load(conn)?;
         let position: HashMap<(&str, i64), usize> = values
             .iter()
             .enumerate()
@@ -751,7 +753,9 @@ fn write_values(
         for (path, ordinal, str_value, num_value, bool_value) in &old {
             let same = position.get(&(path.as_str(), *ordinal)).filter(|&&i| {
                 let v = &values[i];
-                v.str_value == *str_value && v.num_value == *num_value && v.bool_value == *bool_value
+                v.str_value == *str_value
+                    && v.num_value == *num_value
+                    && v.bool_value == *bool_value
             });
             match same {
                 Some(&i) => keep[i] = true,
@@ -773,10 +777,7 @@ fn write_values(
         .filter(|(_, kept)| !**kept)
         .map(|(v, _)| v.clone())
         .collect();
-    let rows = value_rows(tenant, rt, id, &changed);
-    for chunk in rows.chunks(100) {
-        backend::insert_values(conn, chunk)?;
-    }
+    backend::insert_values(conn, &value_rows(tenant, rt, id, &changed))?;
     Ok(())
 }
 
@@ -917,9 +918,7 @@ impl ResourceStore for DieselStore {
             rec.pop()
                 .ok_or_else(|| TxError::Store(StoreError::Backend("lost record".into())))
         };
-        let single_statement = self.backend == Backend::Postgres
-            && write.member_ops.is_empty()
-            && write.values.len() <= 1000;
+        let single_statement = self.backend == Backend::Postgres && write.member_ops.is_empty();
         let result: Result<ResourceRecord, TxError> = if single_statement {
             (|| {
                 let mut conn = self.conn()?;
@@ -1263,10 +1262,17 @@ impl ResourceStore for DieselStore {
         if_match: Option<i64>,
     ) -> Result<(), StoreError> {
         let result: Result<(), TxError> = self.write(|c| {
+            // Locked first, so that a PATCH of this resource that is in flight commits its
+            // index rows before they are deleted below (none is left behind).
+            backend::lock_resource(c, id)?;
             let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
             if if_match.is_some_and(|v| v != row.version) {
                 return Err(StoreError::VersionMismatch.into());
             }
+            // The attribute-value index has no foreign key (it cost a check per row on every
+            // write); its rows go with their resource here, in the same transaction.
+            diesel::delete(resource_values::table.filter(resource_values::resource_id.eq(id)))
+                .execute(c)?;
             diesel::delete(
                 resources::table
                     .filter(resources::id.eq(id))

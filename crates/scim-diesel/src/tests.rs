@@ -181,6 +181,16 @@ fn crud_and_versions() {
             Err(StoreError::VersionMismatch)
         ));
         s.delete(T, "User", "u1", Some(2)).unwrap();
+        let left: i64 = {
+            use crate::schema::resource_values::dsl as v;
+            let mut conn = s.connection().unwrap();
+            v::resource_values
+                .filter(v::resource_id.eq("u1"))
+                .count()
+                .get_result(&mut *conn)
+                .unwrap()
+        };
+        assert_eq!(left, 0, "{}: a deleted user's index rows are gone", db.name);
         assert!(matches!(
             s.delete(T, "User", "u1", None),
             Err(StoreError::NotFound)
@@ -548,12 +558,21 @@ fn unfiltered_totals_follow_every_write() {
             .total,
             0
         );
-        // The migration that adds the counts fills them from the rows already there.
+        // The migration that adds the counts fills them from the rows already there, and the
+        // one after it (which rebuilds the attribute-value index on SQLite) keeps every row.
         {
             let mut conn = s.connection().unwrap();
             let c: &mut AnyConnection = &mut conn;
+            let index_rows = |c: &mut AnyConnection| -> i64 {
+                use crate::schema::resource_values::dsl as v;
+                v::resource_values.count().get_result(c).unwrap()
+            };
+            let before = index_rows(c);
+            assert!(before > 0, "{}", db.name);
             crate::conn::revert_last_migration(c).unwrap();
-            assert_eq!(run_migrations(c).unwrap(), 1, "{}", db.name);
+            crate::conn::revert_last_migration(c).unwrap();
+            assert_eq!(run_migrations(c).unwrap(), 2, "{}", db.name);
+            assert_eq!(index_rows(c), before, "{}", db.name);
         }
         assert_eq!((total("User"), total("Group")), (4, 1), "{}", db.name);
     }
@@ -565,7 +584,7 @@ fn migrations_go_down_and_up_again() {
         let mut conn = db.store.connection().unwrap();
         let c: &mut AnyConnection = &mut conn;
         revert_all_migrations(c).unwrap();
-        assert_eq!(run_migrations(c).unwrap(), 4, "{}", db.name);
+        assert_eq!(run_migrations(c).unwrap(), 5, "{}", db.name);
     }
 }
 

@@ -176,7 +176,8 @@ pub fn prefers_minimal(headers: &HeaderMap) -> bool {
 pub fn scim_json(status: StatusCode, body: &Value) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CONTENT_TYPE, SCIM_JSON))
-        .body(body.to_string())
+        // Straight to bytes (a `Value` always serializes), not through `Display`'s formatter.
+        .body(serde_json::to_vec(body).unwrap_or_default())
 }
 
 /// A SCIM JSON response for one resource, with its `ETag`.
