@@ -56,6 +56,19 @@ pub fn lock_resource(conn: &mut AnyConnection, id: &str) -> QueryResult<()> {
     }
 }
 
+/// Makes the rest of a read transaction see one snapshot. PostgreSQL's default isolation gives
+/// every statement its own snapshot, so it asks for `REPEATABLE READ`; a SQLite transaction
+/// reads one snapshot already.
+pub fn consistent_reads(conn: &mut AnyConnection) -> QueryResult<()> {
+    use diesel::connection::SimpleConnection;
+    match conn {
+        AnyConnection::Sqlite(_) => Ok(()),
+        AnyConnection::Postgres(c) => {
+            c.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        }
+    }
+}
+
 /// One attribute-value index row.
 #[derive(Insertable)]
 #[diesel(table_name = crate::schema::resource_values)]

@@ -1037,7 +1037,13 @@ impl ResourceStore for DieselStore {
                 .into_boxed::<crate::conn::AnyBackend>()
         };
         let unique = pins_one_row(&query.filter);
-        let load_page = |conn: &mut AnyConnection| -> QueryResult<Vec<Row>> {
+        // `far_end`: read the order reversed from its last row (`offset` then counts from the
+        // end); the caller puts the rows back in order.
+        let load_page = |conn: &mut AnyConnection,
+                         offset: u64,
+                         limit: u64,
+                         far_end: bool|
+         -> QueryResult<Vec<Row>> {
             let mut page = base().select(Row::as_select());
             let backward = query.after.as_ref().is_some_and(|a| a.backward);
             let user_name_position = match (&query.after, &query.sort) {
@@ -1098,56 +1104,83 @@ impl ResourceStore for DieselStore {
                 );
                 if !never_missing {
                     let missing = RawCond::sql("(").append(key.clone()).push(" IS NULL)");
-                    page = page.then_order_by(missing.asc());
+                    page = if far_end {
+                        page.then_order_by(missing.desc())
+                    } else {
+                        page.then_order_by(missing.asc())
+                    };
                 }
                 // Reading backward (previousCursor) reads the order reversed, nearest first.
-                page = if sort.descending != backward {
+                page = if (sort.descending != backward) != far_end {
                     page.then_order_by(key.desc())
                 } else {
                     page.then_order_by(key.asc())
                 };
-                page = page.then_order_by((resources::created.asc(), resources::id.asc()));
-            } else if backward {
-                // The page before a position: the nearest rows first, put back in order below.
+                page = if far_end {
+                    page.then_order_by((resources::created.desc(), resources::id.desc()))
+                } else {
+                    page.then_order_by((resources::created.asc(), resources::id.asc()))
+                };
+            } else if backward || far_end {
+                // The page before a position (or a page read from the far end): the nearest
+                // rows first, put back in order below.
                 page = page.order((resources::created.desc(), resources::id.desc()));
             } else if !unique {
                 // At most one row can match a unique key: ordering it is pointless, and leaving
                 // the ORDER BY out keeps planners without statistics off the order index.
                 page = page.order((resources::created.asc(), resources::id.asc()));
             }
-            page.offset(query.start_index.saturating_sub(1).min(i64::MAX as u64) as i64)
-                .limit(query.count.min(i64::MAX as u64) as i64)
+            page.offset(offset.min(i64::MAX as u64) as i64)
+                .limit(limit.min(i64::MAX as u64) as i64)
                 .load(conn)
         };
+        let start0 = query.start_index.saturating_sub(1);
         let (total, rows) =
             if unique && query.start_index == 1 && query.count > 0 && query.after.is_none() {
                 // The page holds every match, so its length is the total: one query, not two.
-                let rows = load_page(&mut conn).map_err(map_err)?;
+                let rows = load_page(&mut conn, 0, query.count, false).map_err(map_err)?;
                 (rows.len() as u64, rows)
             } else {
-                let total: i64 = if query.filter == StoreFilter::All {
-                    // Kept by triggers in every write transaction: no rows to count.
-                    resource_counts::table
-                        .filter(resource_counts::tenant_id.eq(tenant))
-                        .filter(resource_counts::resource_type.eq(rt))
-                        .select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                            "CAST(COALESCE(SUM(resource_counts.n), 0) AS BIGINT)",
-                        ))
-                        .get_result::<i64>(&mut *conn)
+                let count_all = |c: &mut AnyConnection| -> QueryResult<u64> {
+                    let total: i64 = if query.filter == StoreFilter::All {
+                        // Kept by triggers in every write transaction: no rows to count.
+                        resource_counts::table
+                            .filter(resource_counts::tenant_id.eq(tenant))
+                            .filter(resource_counts::resource_type.eq(rt))
+                            .select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                                "CAST(COALESCE(SUM(resource_counts.n), 0) AS BIGINT)",
+                            ))
+                            .get_result::<i64>(c)?
+                    } else {
+                        base().select(count_star()).get_result(c)?
+                    };
+                    Ok(total.max(0) as u64)
+                };
+                let total = count_all(&mut conn).map_err(map_err)?;
+                let rest = total.saturating_sub(start0);
+                let tail = rest.saturating_sub(query.count);
+                if query.count == 0 || rest == 0 {
+                    (total, Vec::new())
+                } else if query.after.is_none() && tail < start0 {
+                    // A page nearer the end than the start is read from the end: the
+                    // database steps over `tail` rows instead of `startIndex - 1`, so the last
+                    // page of a million costs what the first does. Counting and reading share
+                    // one snapshot, so the position from the end is the position from the start.
+                    (*conn)
+                        .transaction(|c| {
+                            backend::consistent_reads(c)?;
+                            let total = count_all(c)?;
+                            let rest = total.saturating_sub(start0);
+                            let n = rest.min(query.count);
+                            let mut rows = load_page(c, rest - n, n, true)?;
+                            rows.reverse();
+                            Ok((total, rows))
+                        })
                         .map_err(map_err)?
                 } else {
-                    base()
-                        .select(count_star())
-                        .get_result(&mut *conn)
-                        .map_err(map_err)?
-                };
-                let total = total.max(0) as u64;
-                let rows = if query.count > 0 && query.start_index <= total {
-                    load_page(&mut conn).map_err(map_err)?
-                } else {
-                    Vec::new()
-                };
-                (total, rows)
+                    let rows = load_page(&mut conn, start0, query.count, false).map_err(map_err)?;
+                    (total, rows)
+                }
             };
         let mut rows = rows;
         if query.after.as_ref().is_some_and(|a| a.backward) {
