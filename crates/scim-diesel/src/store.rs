@@ -552,7 +552,6 @@ impl DieselStore {
         });
     }
 
-    /// Waits for this process's SQLite writer turn (a no-op on PostgreSQL).
     /// Runs a write transaction: through the group writer on SQLite, on a pooled connection
     /// in its own transaction on PostgreSQL.
     fn write<T>(
@@ -689,7 +688,6 @@ fn fill_includes(
     Ok(())
 }
 
-/// Replaces the attribute-value index rows of one resource.
 /// The index rows of one resource, borrowed for an insert.
 fn value_rows<'a>(
     tenant: &'a str,
@@ -722,6 +720,8 @@ fn unreachable_backend() -> Result<(), TxError> {
 /// An attribute-value index row as stored: path, ordinal and the typed value.
 type StoredValue = (String, i64, Option<String>, Option<f64>, Option<bool>);
 
+/// Writes the attribute-value index rows of one resource; with `replace`, only those that
+/// differ from the stored ones.
 fn write_values(
     conn: &mut AnyConnection,
     tenant: &str,

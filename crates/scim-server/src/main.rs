@@ -12,10 +12,37 @@ const USAGE: &str = "usage:
 
 Settings come from environment variables; see docs/CONFIGURATION.md.";
 
+/// glibc gives each thread that allocates an arena of its own (up to eight per core), and the
+/// server's threads (actix workers, the blocking pool) each keep the memory freed in theirs:
+/// under pages of 1,000 resources that doubled the resident memory (156 MiB against 69 MiB
+/// with two arenas, at no measured cost in throughput). glibc reads `MALLOC_ARENA_MAX` only when
+/// a process starts, so the server re-executes itself once with it set. A value the operator
+/// set is kept; if the re-execution fails the server simply runs as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // `exec` returns only on failure.
+        let _ = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("MALLOC_ARENA_MAX", "2")
+            .exec();
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if matches!(args.as_slice(), [] | ["serve"]) {
+        limit_malloc_arenas();
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut config = Config::from_env()?;
     match args.as_slice() {
         [] | ["serve"] => {

@@ -68,6 +68,19 @@ fn migrate_and_token_commands_work_and_never_show_tokens_again() {
             .as_u16()
     };
     assert_eq!((get(&first), get(&second)), (200, 200));
+    // The served process runs with two malloc arenas (it re-executes itself to set them),
+    // unless the operator chose a value.
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let pid = server.pid().unwrap();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let wanted = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into());
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|kv| kv == format!("MALLOC_ARENA_MAX={wanted}").as_bytes()),
+            "the server runs with MALLOC_ARENA_MAX={wanted}"
+        );
+    }
 
     let (ok, out, _) = cli(&db, &["token", "revoke", &id]);
     assert!(ok && out.contains("revoked"), "{out}");

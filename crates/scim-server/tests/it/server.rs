@@ -79,6 +79,14 @@ enum Kind {
 pub const TEST_MAX_BODY: usize = 64 * 1024;
 
 impl TestServer {
+    /// The process id of a server started with [`TestServer::spawn_binary`].
+    pub fn pid(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Child(child) => Some(child.id()),
+            _ => None,
+        }
+    }
+
     pub fn start(db: &Db) -> TestServer {
         Self::start_with(db, |_| {})
     }
