@@ -21,23 +21,48 @@ pub fn insert_members_ignoring_existing(
     group: &str,
     members: &[&str],
 ) -> QueryResult<usize> {
-    let rows: Vec<MemberRow<'_>> = members
-        .iter()
-        .map(|m| MemberRow {
-            group_id: group,
-            member_id: m,
-        })
-        .collect();
     match conn {
-        AnyConnection::Sqlite(c) => diesel::insert_or_ignore_into(group_members::table)
-            .values(&rows)
-            .execute(c),
-        AnyConnection::Postgres(c) => diesel::insert_into(group_members::table)
-            .values(&rows)
-            .on_conflict_do_nothing()
-            .execute(c),
+        AnyConnection::Sqlite(c) => {
+            let rows: Vec<MemberRow<'_>> = members
+                .iter()
+                .map(|m| MemberRow {
+                    group_id: group,
+                    member_id: m,
+                })
+                .collect();
+            diesel::insert_or_ignore_into(group_members::table)
+                .values(&rows)
+                .execute(c)
+        }
+        AnyConnection::Postgres(c) => PgMembers { group, members }.execute(c),
     }
 }
+
+/// PostgreSQL: membership rows from one bound array, in a statement of fixed shape that stays
+/// prepared (a multi-row `VALUES` list is parsed and planned anew on every call).
+struct PgMembers<'a> {
+    group: &'a str,
+    members: &'a [&'a str],
+}
+
+impl QueryId for PgMembers<'_> {
+    type QueryId = PgMembers<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for PgMembers<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, Text};
+        out.push_sql("INSERT INTO group_members (group_id, member_id) SELECT ");
+        out.push_bind_param::<Text, _>(&self.group)?;
+        out.push_sql(", m FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.members)?;
+        out.push_sql(") AS m ON CONFLICT DO NOTHING");
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<diesel::PgConnection> for PgMembers<'_> {}
 
 /// Locks a resource row for the rest of the write transaction, so concurrent
 /// read-modify-write cycles on one resource queue instead of racing.
