@@ -1116,11 +1116,20 @@ impl ResourceStore for DieselStore {
                 } else {
                     page.then_order_by(key.asc())
                 };
-                page = if far_end {
-                    page.then_order_by((resources::created.desc(), resources::id.desc()))
-                } else {
-                    page.then_order_by((resources::created.asc(), resources::id.asc()))
-                };
+                // A unique key has no ties to break; leaving the tie-break out lets SQLite read
+                // the order straight from the key's index in either direction (with it, a page
+                // read from the far end sorted the whole tenant).
+                let unique_key = matches!(
+                    sort.target,
+                    SortTarget::Column(Column::Id | Column::UserName)
+                );
+                if !unique_key {
+                    page = if far_end {
+                        page.then_order_by((resources::created.desc(), resources::id.desc()))
+                    } else {
+                        page.then_order_by((resources::created.asc(), resources::id.asc()))
+                    };
+                }
             } else if backward || far_end {
                 // The page before a position (or a page read from the far end): the nearest
                 // rows first, put back in order below.
