@@ -1165,30 +1165,35 @@ impl ResourceStore for DieselStore {
                     };
                     Ok(total.max(0) as u64)
                 };
-                let total = count_all(&mut conn).map_err(map_err)?;
-                let rest = total.saturating_sub(start0);
-                let tail = rest.saturating_sub(query.count);
-                if query.count == 0 || rest == 0 {
-                    (total, Vec::new())
-                } else if query.after.is_none() && tail < start0 {
-                    // A page nearer the end than the start is read from the end: the
-                    // database steps over `tail` rows instead of `startIndex - 1`, so the last
-                    // page of a million costs what the first does. Counting and reading share
-                    // one snapshot, so the position from the end is the position from the start.
+                // Count, then read the page: forward, or, for a page nearer the end than the
+                // start, in the reversed order from the last row, so the database steps over
+                // `tail` rows instead of `startIndex - 1` and the last page of a million costs
+                // what the first does.
+                let count_and_read = |c: &mut AnyConnection| -> QueryResult<(u64, Vec<Row>)> {
+                    let total = count_all(c)?;
+                    let rest = total.saturating_sub(start0);
+                    let tail = rest.saturating_sub(query.count);
+                    if query.count == 0 || rest == 0 {
+                        Ok((total, Vec::new()))
+                    } else if query.after.is_none() && tail < start0 {
+                        let mut rows = load_page(c, tail, rest.min(query.count), true)?;
+                        rows.reverse();
+                        Ok((total, rows))
+                    } else {
+                        Ok((total, load_page(c, start0, query.count, false)?))
+                    }
+                };
+                if start0 > 0 && query.after.is_none() {
+                    // A page past the first may be read from the end, where its position
+                    // depends on the count: both come from one snapshot.
                     (*conn)
                         .transaction(|c| {
                             backend::consistent_reads(c)?;
-                            let total = count_all(c)?;
-                            let rest = total.saturating_sub(start0);
-                            let n = rest.min(query.count);
-                            let mut rows = load_page(c, rest - n, n, true)?;
-                            rows.reverse();
-                            Ok((total, rows))
+                            count_and_read(c)
                         })
                         .map_err(map_err)?
                 } else {
-                    let rows = load_page(&mut conn, start0, query.count, false).map_err(map_err)?;
-                    (total, rows)
+                    count_and_read(&mut conn).map_err(map_err)?
                 }
             };
         let mut rows = rows;
