@@ -6,6 +6,20 @@ use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 
 use crate::conn::AnyConnection;
+
+/// Marks PostgreSQL statements of a fixed shape (SQL text that does not depend on the data):
+/// a static query id lets the connection's statement cache keep them prepared.
+macro_rules! fixed_shape_pg_statements {
+    ($($t:ident),*) => {$(
+        impl QueryId for $t<'_> {
+            type QueryId = $t<'static>;
+            const HAS_STATIC_QUERY_ID: bool = true;
+        }
+        impl RunQueryDsl<diesel::PgConnection> for $t<'_> {}
+    )*};
+}
+
+fixed_shape_pg_statements!(PgMembers, PgValues, PgCreate, PgDeleteValues);
 use crate::schema::group_members;
 
 #[derive(Insertable)]
@@ -45,11 +59,6 @@ struct PgMembers<'a> {
     members: &'a [&'a str],
 }
 
-impl QueryId for PgMembers<'_> {
-    type QueryId = PgMembers<'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
 impl QueryFragment<Pg> for PgMembers<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         use diesel::sql_types::{Array, Text};
@@ -61,8 +70,6 @@ impl QueryFragment<Pg> for PgMembers<'_> {
         Ok(())
     }
 }
-
-impl RunQueryDsl<diesel::PgConnection> for PgMembers<'_> {}
 
 /// Locks a resource row for the rest of the write transaction, so concurrent
 /// read-modify-write cycles on one resource queue instead of racing.
@@ -109,7 +116,8 @@ pub struct ValueRow<'a> {
     pub bool_value: Option<bool>,
 }
 
-/// Inserts index rows as statements of a fixed shape, which the connection's statement cache
+/// Inserts the index rows of one resource (as [`crate::store`] builds them: every row carries
+/// the same resource, tenant and type) as statements of a fixed shape, which the connection's statement cache
 /// keeps prepared: a statement built per call (a multi-row `VALUES` list) is parsed and planned
 /// on every write, which cost PostgreSQL more than the insert itself.
 ///
@@ -130,6 +138,60 @@ pub fn insert_values(conn: &mut AnyConnection, rows: &[ValueRow<'_>]) -> QueryRe
             Ok(rows.len())
         }
         AnyConnection::Postgres(c) => PgValues::new(first, rows).execute(c),
+    }
+}
+
+/// Deletes the index rows of one resource at the given `(path, ordinal)` keys. SQLite: one
+/// cached single-row `DELETE` per key. PostgreSQL: one fixed-shape statement for all of them.
+pub fn delete_values(
+    conn: &mut AnyConnection,
+    resource_id: &str,
+    keys: &[(&str, i64)],
+) -> QueryResult<usize> {
+    use crate::schema::resource_values as v;
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    match conn {
+        AnyConnection::Sqlite(c) => {
+            let mut deleted = 0;
+            for (path, ordinal) in keys {
+                deleted += diesel::delete(
+                    v::table
+                        .filter(v::resource_id.eq(resource_id))
+                        .filter(v::path.eq(*path))
+                        .filter(v::ordinal.eq(*ordinal)),
+                )
+                .execute(c)?;
+            }
+            Ok(deleted)
+        }
+        AnyConnection::Postgres(c) => PgDeleteValues {
+            resource_id,
+            paths: keys.iter().map(|k| k.0).collect(),
+            ordinals: keys.iter().map(|k| k.1).collect(),
+        }
+        .execute(c),
+    }
+}
+
+struct PgDeleteValues<'a> {
+    resource_id: &'a str,
+    paths: Vec<&'a str>,
+    ordinals: Vec<i64>,
+}
+
+impl QueryFragment<Pg> for PgDeleteValues<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Text};
+        out.push_sql("DELETE FROM resource_values WHERE resource_id = ");
+        out.push_bind_param::<Text, _>(&self.resource_id)?;
+        out.push_sql(" AND (path, ordinal) IN (SELECT * FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.paths)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.ordinals)?;
+        out.push_sql("))");
+        Ok(())
     }
 }
 
@@ -192,11 +254,6 @@ impl<'a> PgValues<'a> {
     }
 }
 
-impl QueryId for PgValues<'_> {
-    type QueryId = PgValues<'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
 impl QueryFragment<Pg> for PgValues<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         use diesel::sql_types::Text;
@@ -210,8 +267,6 @@ impl QueryFragment<Pg> for PgValues<'_> {
         self.arrays.push_unnest(&mut out)
     }
 }
-
-impl RunQueryDsl<diesel::PgConnection> for PgValues<'_> {}
 
 /// The columns a create writes to `resources`.
 #[allow(missing_docs)]
@@ -250,11 +305,6 @@ struct PgCreate<'a> {
     arrays: PgArrays<'a>,
 }
 
-impl QueryId for PgCreate<'_> {
-    type QueryId = PgCreate<'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
 impl QueryFragment<Pg> for PgCreate<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         use diesel::sql_types::{Nullable, Text};
@@ -288,5 +338,3 @@ impl QueryFragment<Pg> for PgCreate<'_> {
         self.arrays.push_unnest(&mut out)
     }
 }
-
-impl RunQueryDsl<diesel::PgConnection> for PgCreate<'_> {}

@@ -750,6 +750,7 @@ fn write_values(
             .enumerate()
             .map(|(i, v)| ((v.path.as_str(), v.ordinal), i))
             .collect();
+        let mut stale: Vec<(&str, i64)> = Vec::new();
         for (path, ordinal, str_value, num_value, bool_value) in &old {
             let same = position.get(&(path.as_str(), *ordinal)).filter(|&&i| {
                 let v = &values[i];
@@ -759,17 +760,10 @@ fn write_values(
             });
             match same {
                 Some(&i) => keep[i] = true,
-                None => {
-                    diesel::delete(
-                        resource_values::table
-                            .filter(resource_values::resource_id.eq(id))
-                            .filter(resource_values::path.eq(path))
-                            .filter(resource_values::ordinal.eq(ordinal)),
-                    )
-                    .execute(conn)?;
-                }
+                None => stale.push((path.as_str(), *ordinal)),
             }
         }
+        backend::delete_values(conn, id, &stale)?;
     }
     let changed: Vec<scim_core::index::IndexRow> = values
         .iter()

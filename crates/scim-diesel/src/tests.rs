@@ -907,6 +907,17 @@ fn filters_in_sql_agree_with_the_in_memory_evaluator() {
                 .unwrap();
             docs.push(rec);
         }
+        // Replace every third user with new random attributes: a replace rewrites only the
+        // index rows that changed, and the filters below must see exactly the new values.
+        for i in (0..docs.len()).step_by(3) {
+            let body = random_user(&mut rng, i);
+            let id = docs[i].id.clone();
+            docs[i] = s
+                .update(T, "User", &id, NOW, None, Include::default(), &mut |cur| {
+                    scim_core::resource::prepare_replace(&ctx, &body, cur)
+                })
+                .unwrap();
+        }
         let mut checked = 0;
         let mut nonempty = 0;
         for _ in 0..400 {
