@@ -304,6 +304,38 @@ pub struct Page {
     pub resources: Vec<ResourceRecord>,
 }
 
+impl StoreFilter {
+    /// Whether the filter can match at most one resource: it requires `id` or `userName` (both
+    /// unique) to equal a value. Such a read costs a few index probes however much is stored.
+    pub fn pins_one_row(&self) -> bool {
+        match self {
+            StoreFilter::Eq(IndexedField::Id | IndexedField::UserName, _) => true,
+            StoreFilter::And(terms) => terms.iter().any(StoreFilter::pins_one_row),
+            _ => false,
+        }
+    }
+}
+
+/// A reservation for reads on the calling thread, from [`ResourceStore::reserve_inline`]:
+/// while it lives, that thread's reads through the store use what it reserved (for a
+/// database: one connection) and never wait for it. Dropping it gives the reservation back.
+pub struct InlineReads {
+    _held: Box<dyn std::any::Any>,
+}
+
+impl InlineReads {
+    /// Wraps what a store holds for the reservation (released when dropped).
+    pub fn new(held: Box<dyn std::any::Any>) -> Self {
+        InlineReads { _held: held }
+    }
+}
+
+impl std::fmt::Debug for InlineReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InlineReads")
+    }
+}
+
 /// Callback run inside an update transaction: gets the current resource, returns the write.
 pub type UpdateFn<'a> = dyn FnMut(&ResourceRecord) -> Result<ResourceWrite, ScimError> + 'a;
 
@@ -361,6 +393,14 @@ pub trait ResourceStore: Send + Sync {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<(), StoreError>;
+
+    /// Offers to run bounded reads (a resource by id, a filter that pins one row) on the
+    /// calling thread, for a caller that would otherwise hand them to a thread pool: `Some`
+    /// only when this store answers such reads in microseconds without waiting (an embedded
+    /// database with a connection free right now). The default is `None`: hand off.
+    fn reserve_inline(&self) -> Option<InlineReads> {
+        None
+    }
 }
 
 /// A bearer token as stored: only its hash.

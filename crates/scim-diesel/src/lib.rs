@@ -14,6 +14,7 @@
 mod backend;
 pub mod conn;
 mod group;
+mod inline;
 mod raw;
 pub mod schema;
 mod store;

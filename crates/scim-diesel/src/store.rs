@@ -63,6 +63,8 @@ pub struct DieselStore {
     _checkpointer: Option<Arc<Checkpointer>>,
     /// PostgreSQL only: refreshes planner statistics after bulk changes (see `note_writes`).
     analyze: Arc<AnalyzeState>,
+    /// identity of the pool, for connections reserved on a thread (see `inline.rs`)
+    id: u64,
 }
 
 /// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
@@ -84,7 +86,7 @@ impl std::fmt::Debug for DieselStore {
     }
 }
 
-type Conn = r2d2::PooledConnection<ConnectionManager>;
+use crate::inline::{self, Conn};
 
 /// Errors worth a retry: lost connections, a database shutting down, SQLite lock timeouts.
 fn is_transient(message: &str) -> bool {
@@ -444,15 +446,6 @@ fn ops_rows(ops: &[MemberOp]) -> u64 {
         .sum()
 }
 
-/// Whether a filter can match at most one resource (it requires a unique key).
-fn pins_one_row(f: &StoreFilter) -> bool {
-    match f {
-        StoreFilter::Eq(IndexedField::Id | IndexedField::UserName, _) => true,
-        StoreFilter::And(terms) => terms.iter().any(pins_one_row),
-        _ => false,
-    }
-}
-
 /// Settings of the one SQLite writer connection: a page cache that holds the hot part of the
 /// indexes (the readers keep SQLite's small default), the savepoint journals of group commit in
 /// memory instead of a file, and checkpoints of its own only when the background
@@ -505,6 +498,7 @@ impl DieselStore {
             writer,
             _checkpointer: checkpointer,
             analyze,
+            id: inline::next_store_id(),
         })
     }
 
@@ -570,8 +564,12 @@ impl DieselStore {
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
+        if let Some(reserved) = inline::take_reserved(self.id) {
+            return Ok(reserved);
+        }
         self.pool
             .get()
+            .map(Conn::Pooled)
             .map_err(|e| StoreError::Unavailable(format!("no database connection available: {e}")))
     }
 
@@ -1030,7 +1028,7 @@ impl ResourceStore for DieselStore {
                 .filter(condition(&query.filter, tenant, rt))
                 .into_boxed::<crate::conn::AnyBackend>()
         };
-        let unique = pins_one_row(&query.filter);
+        let unique = query.filter.pins_one_row();
         // `far_end`: read the order reversed from its last row (`offset` then counts from the
         // end); the caller puts the rows back in order.
         let load_page = |conn: &mut AnyConnection,
@@ -1326,6 +1324,16 @@ impl ResourceStore for DieselStore {
             self.note_writes(1);
         }
         result.map_err(Into::into)
+    }
+
+    /// SQLite only, and only with a connection idle in the pool right now: a point read there
+    /// is a few B-tree probes in the process, cheaper than handing it to another thread. On
+    /// PostgreSQL every read is a network round trip and stays off the caller's thread.
+    fn reserve_inline(&self) -> Option<scim_core::store::InlineReads> {
+        if self.backend != Backend::Sqlite {
+            return None;
+        }
+        inline::reserve(self.id, self.pool.try_get()?)
     }
 }
 

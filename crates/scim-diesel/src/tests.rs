@@ -294,6 +294,70 @@ fn pages_near_the_end_are_the_same_when_read_from_the_end() {
 }
 
 #[test]
+fn inline_reads_use_their_own_store_and_never_wait_for_a_connection() {
+    let reg = registry();
+    for db in databases() {
+        if db.name == "postgres" {
+            // Every PostgreSQL read is a round trip: never offered on the caller's thread.
+            assert!(db.store.reserve_inline().is_none());
+            continue;
+        }
+        // Two stores on two files, used from one thread.
+        let other = sqlite();
+        other.store.migrate().unwrap();
+        let (a, b) = (&db.store, &other.store);
+        a.create(
+            T,
+            "User",
+            "ua",
+            NOW,
+            user(&reg, "only-in-a"),
+            Include::default(),
+        )
+        .unwrap();
+        let reserved = a.reserve_inline().expect("a connection is idle");
+        assert!(
+            a.reserve_inline().is_none(),
+            "reservations do not nest on one thread"
+        );
+        assert_eq!(a.get(T, "User", "ua", Include::default()).unwrap().id, "ua");
+        // The connection reserved for `a` is never used for `b`.
+        assert!(matches!(
+            b.get(T, "User", "ua", Include::default()),
+            Err(StoreError::NotFound)
+        ));
+        // Writes still go through the writer while a read connection is reserved.
+        a.create(
+            T,
+            "User",
+            "ub",
+            NOW,
+            user(&reg, "second"),
+            Include::default(),
+        )
+        .unwrap();
+        assert_eq!(a.get(T, "User", "ub", Include::default()).unwrap().id, "ub");
+        drop(reserved);
+        assert!(a.reserve_inline().is_some(), "the connection went back");
+
+        // With every pooled connection out, there is nothing to reserve and no waiting for one.
+        let small = {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = StoreConfig::new(dir.path().join("s.db").to_string_lossy());
+            config.pool_size = 2;
+            config.connection_timeout = std::time::Duration::from_secs(30);
+            (DieselStore::open(&config).unwrap(), dir)
+        };
+        let held: Vec<_> = (0..2).map(|_| small.0.connection().unwrap()).collect();
+        let started = std::time::Instant::now();
+        assert!(small.0.reserve_inline().is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        drop(held);
+        assert!(small.0.reserve_inline().is_some());
+    }
+}
+
+#[test]
 fn user_name_is_unique_case_insensitively_per_tenant() {
     let reg = registry();
     for db in databases() {

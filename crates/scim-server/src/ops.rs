@@ -165,8 +165,31 @@ pub fn get(
     Ok(done(st, &ctx, &rec, &proj))
 }
 
-/// GET list and `.search`
-pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Value, ScimError> {
+/// A list request, checked and planned; nothing read yet.
+#[derive(Debug)]
+pub struct ListPlan {
+    rt: String,
+    query: ListQuery,
+    proj: Projection,
+    start_index: u64,
+    count: u64,
+    cursor: bool,
+    sorted_walk: bool,
+    backward: bool,
+    has_position: bool,
+}
+
+impl ListPlan {
+    /// Whether answering it costs a few index probes however much is stored: the filter pins
+    /// one resource (`userName eq`, `id eq`) and no member list is read.
+    pub fn is_point_read(&self) -> bool {
+        self.query.filter.pins_one_row() && !self.query.include.members
+    }
+}
+
+/// Checks and plans a list or `.search` request (parameters, filter, sort, paging,
+/// projection) without reading the store.
+pub fn plan_list(st: &AppState, rt: &str, params: &Params) -> Result<ListPlan, ScimError> {
     let ctx = ctx(st, rt)?;
     let filter = plan_filter(&ctx, params.get("filter"), &st.config.query)?;
     let sort = plan_sort(&ctx, params.get("sortBy"), params.get("sortOrder"))?;
@@ -222,9 +245,48 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
         sort,
         after,
     };
-    let mut page = st.store.list(tenant, &ctx.rt.id, &query)?;
+    Ok(ListPlan {
+        rt: ctx.rt.id.clone(),
+        query,
+        proj,
+        start_index,
+        count,
+        cursor: cursor.is_some(),
+        sorted_walk,
+        backward,
+        has_position,
+    })
+}
+
+/// Whether `GET /{rt}/{id}` with these parameters is a point read: always, unless it reads a
+/// group's member list.
+pub fn get_is_point_read(st: &AppState, rt: &str, params: &Params) -> bool {
+    ctx(st, rt).is_ok_and(|ctx| !projection(&ctx, params).include(&ctx).members)
+}
+
+/// GET list and `.search`
+pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Value, ScimError> {
+    run_list(st, tenant, &plan_list(st, rt, params)?)
+}
+
+/// Answers a planned list request.
+pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Value, ScimError> {
+    let ctx = ctx(st, &plan.rt)?;
+    let ListPlan {
+        query,
+        proj,
+        start_index,
+        count,
+        sorted_walk,
+        backward,
+        has_position,
+        ..
+    } = plan;
+    let (start_index, count, sorted_walk, backward, has_position) =
+        (*start_index, *count, *sorted_walk, *backward, *has_position);
+    let mut page = st.store.list(tenant, &ctx.rt.id, query)?;
     // `more`: the probe row exists, so another page lies in the reading direction.
-    let more = cursor.is_some() && page.resources.len() as u64 > count;
+    let more = plan.cursor && page.resources.len() as u64 > count;
     if backward {
         let extra = page.resources.len().saturating_sub(count as usize);
         page.resources.drain(..extra); // the probe row is the earliest one
@@ -234,9 +296,9 @@ pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Va
     let resources: Vec<Value> = page
         .resources
         .iter()
-        .map(|r| render(&ctx, r, &st.config.public_url, &proj))
+        .map(|r| render(&ctx, r, &st.config.public_url, proj))
         .collect();
-    if cursor.is_none() {
+    if !plan.cursor {
         return Ok(list_response(page.total, start_index, resources));
     }
     let mut body = list_response(page.total, start_index, resources);

@@ -24,17 +24,36 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-/// Runs `op` on the blocking pool for the caller's tenant: the token is looked up and the
-/// operation run in one trip. `input` is what the handler read from the request; an error in
-/// it is reported only once the token is known to be good, so a wrong token is a 401 whatever
-/// else is wrong with the request.
+/// How an operation reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// a few index probes however much is stored: may run on this thread (see below)
+    Point,
+    /// anything else: always on the blocking pool
+    Any,
+}
+
+/// Runs `op` for the caller's tenant: the token is looked up and the operation run in one
+/// trip, on the blocking pool, or right here for a point read when the store offers
+/// ([`ResourceStore::reserve_inline`](scim_core::store::ResourceStore::reserve_inline):
+/// embedded SQLite with a connection free, where handing a read of microseconds to another
+/// thread costs more than the read). `input` is what the handler read from the request; an
+/// error in it is reported only once the token is known to be good, so a wrong token is a 401
+/// whatever else is wrong with the request.
 async fn for_caller<I: Send + 'static, T: Send + 'static>(
     state: web::Data<AppState>,
     caller: Caller,
     input: ApiResult<I>,
+    reads: Reads,
     op: impl FnOnce(&AppState, &str, I) -> Result<T, ScimError> + Send + 'static,
 ) -> ApiResult<T> {
     let input = input.map_err(|e| e.0);
+    if reads == Reads::Point {
+        if let Some(_reserved) = state.store.reserve_inline() {
+            let tenant = caller.tenant(&state).map_err(ApiError)?;
+            return op(&state, &tenant, input.map_err(ApiError)?).map_err(ApiError);
+        }
+    }
     blocking(move || {
         let tenant = caller.tenant(&state)?;
         op(&state, &tenant, input?)
@@ -74,6 +93,7 @@ pub async fn create(
         state,
         caller,
         input,
+        Reads::Any,
         move |state, tenant, (body, params)| ops::create(state, tenant, &rt, &body, &params),
     )
     .await?;
@@ -97,10 +117,16 @@ pub async fn get(
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
     let rt = rt.0.clone();
+    let params = Params::from_request(&req);
+    let reads = match &params {
+        Ok(p) if ops::get_is_point_read(&state, &rt, p) => Reads::Point,
+        _ => Reads::Any,
+    };
     let out = for_caller(
         state,
         caller,
-        Params::from_request(&req),
+        params,
+        reads,
         move |state, tenant, params| ops::get(state, tenant, &rt, &id, &params),
     )
     .await?;
@@ -120,15 +146,9 @@ pub async fn list(
     caller: Caller,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let rt = rt.0.clone();
-    let body = for_caller(
-        state,
-        caller,
-        Params::from_request(&req),
-        move |state, tenant, params| ops::list(state, tenant, &rt, &params),
-    )
-    .await?;
-    Ok(scim_json(StatusCode::OK, &body))
+    let plan = Params::from_request(&req)
+        .and_then(|p| ops::plan_list(&state, &rt.0, &p).map_err(ApiError));
+    list_planned(state, caller, plan).await
 }
 
 /// Reads a SearchRequest body (RFC 7644 section 3.4.3) into query parameters.
@@ -159,10 +179,24 @@ pub async fn search(
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let params = search_request(&state, &req, payload).await;
-    let rt = rt.0.clone();
-    let body = for_caller(state, caller, params, move |state, tenant, params| {
-        ops::list(state, tenant, &rt, &params)
+    let plan = search_request(&state, &req, payload)
+        .await
+        .and_then(|p| ops::plan_list(&state, &rt.0, &p).map_err(ApiError));
+    list_planned(state, caller, plan).await
+}
+
+/// Answers a planned list (`GET /Users`, `POST /Users/.search`).
+async fn list_planned(
+    state: web::Data<AppState>,
+    caller: Caller,
+    plan: ApiResult<ops::ListPlan>,
+) -> ApiResult<HttpResponse> {
+    let reads = match &plan {
+        Ok(p) if p.is_point_read() => Reads::Point,
+        _ => Reads::Any,
+    };
+    let body = for_caller(state, caller, plan, reads, |state, tenant, plan| {
+        ops::run_list(state, tenant, &plan)
     })
     .await?;
     Ok(scim_json(StatusCode::OK, &body))
@@ -184,6 +218,7 @@ async fn update(
         state,
         caller,
         input,
+        Reads::Any,
         move |state, tenant, (body, params, expected)| {
             ops::update(state, tenant, &rt, &id, &body, &params, expected, change)
         },
@@ -233,6 +268,7 @@ pub async fn delete(
         state,
         caller,
         if_match(req.headers()),
+        Reads::Any,
         move |state, tenant, expected| ops::delete(state, tenant, &rt, &id, expected),
     )
     .await?;
@@ -250,9 +286,13 @@ pub async fn bulk(
     let body = json_body(&req, payload, state.config.max_body_bytes).await;
     let max = state.config.bulk_max_operations;
     let request = body.and_then(|b| scim_core::bulk::parse_bulk(&b, max).map_err(ApiError));
-    let out = for_caller(state, caller, request, |state, tenant, request| {
-        Ok(ops::bulk(state, tenant, &request))
-    })
+    let out = for_caller(
+        state,
+        caller,
+        request,
+        Reads::Any,
+        |state, tenant, request| Ok(ops::bulk(state, tenant, &request)),
+    )
     .await?;
     Ok(scim_json(StatusCode::OK, &out))
 }
@@ -265,9 +305,13 @@ pub async fn search_all(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let params = search_request(&state, &req, payload).await;
-    let body = for_caller(state, caller, params, |state, tenant, params| {
-        ops::search_all(state, tenant, &params)
-    })
+    let body = for_caller(
+        state,
+        caller,
+        params,
+        Reads::Any,
+        |state, tenant, params| ops::search_all(state, tenant, &params),
+    )
     .await?;
     Ok(scim_json(StatusCode::OK, &body))
 }
