@@ -10,13 +10,14 @@ use crate::urns;
 
 /// A ListResponse (RFC 7644 section 3.4.2).
 pub fn list_response(total: u64, start_index: u64, resources: Vec<Value>) -> Value {
-    json!({
-        "schemas": [urns::LIST_RESPONSE],
-        "totalResults": total,
-        "startIndex": start_index,
-        "itemsPerPage": resources.len(),
-        "Resources": resources,
-    })
+    // Built by hand: `json!` would serialize the resources into a copy of themselves.
+    let mut body = Map::new();
+    body.insert("schemas".into(), json!([urns::LIST_RESPONSE]));
+    body.insert("totalResults".into(), total.into());
+    body.insert("startIndex".into(), start_index.into());
+    body.insert("itemsPerPage".into(), resources.len().into());
+    body.insert("Resources".into(), Value::Array(resources));
+    Value::Object(body)
 }
 
 /// An Error body (RFC 7644 section 3.12); `status` is a string as the RFC's examples show.

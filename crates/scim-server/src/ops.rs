@@ -474,7 +474,14 @@ pub fn bulk(st: &AppState, tenant: &str, request: &scim_core::bulk::BulkRequest)
             }
         }
     }
-    serde_json::json!({"schemas": [BULK_RESPONSE], "Operations": results.into_iter().flatten().collect::<Vec<_>>()})
+    // Built by hand: `json!` would serialize the results into a copy of themselves.
+    let mut body = serde_json::Map::new();
+    body.insert("schemas".into(), serde_json::json!([BULK_RESPONSE]));
+    body.insert(
+        "Operations".into(),
+        Value::Array(results.into_iter().flatten().collect()),
+    );
+    Value::Object(body)
 }
 
 fn run_bulk_op(
