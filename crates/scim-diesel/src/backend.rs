@@ -4,6 +4,7 @@
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sqlite::Sqlite;
 
 use crate::conn::AnyConnection;
 
@@ -131,13 +132,51 @@ pub fn insert_values(conn: &mut AnyConnection, rows: &[ValueRow<'_>]) -> QueryRe
     match conn {
         AnyConnection::Sqlite(c) => {
             for row in rows {
-                diesel::insert_into(crate::schema::resource_values::table)
-                    .values(row)
-                    .execute(c)?;
+                SqliteValue(row).execute(c)?;
             }
             Ok(rows.len())
         }
         AnyConnection::Postgres(c) => PgValues::new(first, rows).execute(c),
+    }
+}
+
+/// SQLite: one index row in a statement of fixed shape, every column bound (`NULL`s too).
+/// diesel's `Insertable` leaves out the columns whose value is `None`, so its SQL depends on
+/// the row and had to be written out on every insert to find the prepared statement.
+struct SqliteValue<'r, 'a>(&'r ValueRow<'a>);
+
+impl QueryId for SqliteValue<'_, '_> {
+    type QueryId = SqliteValue<'static, 'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl RunQueryDsl<diesel::SqliteConnection> for SqliteValue<'_, '_> {}
+
+impl QueryFragment<Sqlite> for SqliteValue<'_, '_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+        let r = self.0;
+        out.push_sql(
+            "INSERT INTO resource_values (resource_id, tenant_id, resource_type, path, ordinal, \
+             str_value, num_value, bool_value) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(&r.resource_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&r.tenant_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&r.resource_type)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&r.path)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&r.ordinal)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&r.str_value)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Double>, _>(&r.num_value)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Bool>, _>(&r.bool_value)?;
+        out.push_sql(")");
+        Ok(())
     }
 }
 

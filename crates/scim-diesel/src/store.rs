@@ -745,7 +745,7 @@ fn write_values(
         // Only the rows that changed are written: a PATCH of two attributes touches a few
         // index entries instead of deleting and re-inserting all of them (each a scattered
         // index page).
-        let old: Vec<StoredValue> = resource_values::table
+        let query = resource_values::table
             .filter(resource_values::resource_id.eq(id))
             .select((
                 resource_values::path,
@@ -753,8 +753,8 @@ fn write_values(
                 resource_values::str_value,
                 resource_values::num_value,
                 resource_values::bool_value,
-            ))
-            .load(conn)?;
+            ));
+        let old: Vec<StoredValue> = native!(&mut *conn, |c| query.load(c))?;
         let position: HashMap<(&str, i64), usize> = values
             .iter()
             .enumerate()
@@ -937,7 +937,7 @@ impl ResourceStore for DieselStore {
             })()
         } else {
             self.write(|c| {
-                diesel::insert_into(resources::table)
+                native!(&mut *c, |c| diesel::insert_into(resources::table)
                     .values((
                         resources::id.eq(new.id),
                         resources::tenant_id.eq(new.tenant_id),
@@ -952,7 +952,7 @@ impl ResourceStore for DieselStore {
                         resources::data.eq(new.data),
                         resources::password_hash.eq(new.password_hash),
                     ))
-                    .execute(c)?;
+                    .execute(c))?;
                 apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
                 write_values(c, tenant, rt, id, &write.values, false)?;
                 record(c)
@@ -1246,7 +1246,7 @@ impl ResourceStore for DieselStore {
                 } else {
                     let data = serde_json::to_string(&write.data)
                         .map_err(|e| StoreError::Backend(e.to_string()))?;
-                    let n = diesel::update(
+                    let n = native!(&mut *c, |c| diesel::update(
                         resources::table
                             .filter(resources::id.eq(id))
                             .filter(resources::version.eq(current.version)),
@@ -1260,7 +1260,7 @@ impl ResourceStore for DieselStore {
                         resources::display.eq(write.keys.display.as_deref()),
                         resources::data.eq(&data),
                     ))
-                    .execute(c)?;
+                    .execute(c))?;
                     if n == 0 {
                         return Ok(None); // lost a race: retry
                     }
