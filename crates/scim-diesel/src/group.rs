@@ -6,9 +6,13 @@
 //! write.
 //!
 //! Each writer still runs its own transaction body, on its own thread, one at a time on the
-//! one writer connection, inside a `SAVEPOINT`: a failing body rolls back only its own
-//! changes. A writer that finishes while others are queued leaves the transaction open for
-//! them; the last one commits and wakes the rest. Nobody returns before the `COMMIT` that
+//! one writer connection. A failing body must leave nothing behind: the store's bodies make
+//! every refusal (a version mismatch, unknown members) before their first write, and a failed
+//! statement (a duplicate `userName`) is undone by SQLite. That is checked for every failure
+//! (`total_changes()` before and after); a body that failed after changing rows abandons its
+//! batch, which is rolled back and fails for every writer in it. A writer that finishes while
+//! others are queued leaves the transaction open for them; the last one commits and wakes
+//! the rest. Nobody returns before the `COMMIT` that
 //! holds its changes has succeeded, so an acknowledged write is as durable as with one
 //! transaction per write; if that `COMMIT` fails, every write of the batch fails.
 
@@ -55,6 +59,28 @@ fn sqlite(conn: &mut AnyConnection) -> Result<&mut SqliteConnection, DieselError
     }
 }
 
+/// Rows changed by every completed statement of this connection so far (a statement that
+/// failed and was undone adds nothing).
+fn total_changes(conn: &mut AnyConnection) -> Result<i64, DieselError> {
+    use diesel::RunQueryDsl;
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "total_changes()",
+    ))
+    .get_result(sqlite(conn)?)
+}
+
+/// Whether the batch transaction survived a failed statement. Some errors (disk full, I/O)
+/// make SQLite roll the whole transaction back by itself; `BEGIN` then succeeds where inside a
+/// transaction it fails. If it succeeded, the new transaction stands in for the lost one
+/// (diesel still counts one level), so that abandoning the batch rolls back cleanly.
+fn still_in_transaction(conn: &mut AnyConnection) -> bool {
+    use diesel::connection::SimpleConnection;
+    match sqlite(conn) {
+        Ok(c) => c.batch_execute("BEGIN").is_err(),
+        Err(_) => false,
+    }
+}
+
 fn failed(what: &str, e: impl std::fmt::Display) -> DieselError {
     DieselError::QueryBuilderError(format!("{what}: {e}").into())
 }
@@ -97,28 +123,23 @@ impl GroupWriter {
             st.size = 0;
         }
         let batch = st.batch;
-        // Each writer's body runs in a savepoint: a failure undoes only its own changes. If a
-        // savepoint cannot be opened or closed, the batch's state is unknown: it is abandoned
-        // (rolled back and reported failed to every writer in it) rather than committed.
-        let (result, savepoint_ok) =
-            match <Tm as TransactionManager<SqliteConnection>>::begin_transaction(sqlite(
-                &mut st.conn,
-            )?) {
-                Err(e) => (Err(e.into()), false),
-                Ok(()) => {
-                    let result = body(&mut st.conn);
-                    let inner = sqlite(&mut st.conn)?;
-                    let closed = if result.is_ok() {
-                        <Tm as TransactionManager<SqliteConnection>>::commit_transaction(inner)
-                    } else {
-                        <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(inner)
-                    };
-                    (result, closed.is_ok())
-                }
-            };
+        // Bodies run without a savepoint of their own (one cost a copy of every page the body
+        // touched, a third of the writer's time): the store's bodies refuse before their first
+        // write, and a failed statement is undone by SQLite itself. Whether a failing body
+        // left changes behind is checked, not assumed: if it did, or the check fails, the
+        // batch is abandoned (rolled back and reported failed to every writer in it).
+        let before = total_changes(&mut st.conn);
+        let result = body(&mut st.conn);
+        let batch_ok = match (&result, before) {
+            (Ok(_), Ok(_)) => true,
+            (Err(_), Ok(before)) => {
+                total_changes(&mut st.conn).is_ok_and(|now| now == before)
+                    && still_in_transaction(&mut st.conn)
+            }
+            (_, Err(_)) => false,
+        };
         st.size += 1;
-        let more_coming =
-            self.queued.load(Ordering::SeqCst) > 0 && st.size < MAX_BATCH && savepoint_ok;
+        let more_coming = self.queued.load(Ordering::SeqCst) > 0 && st.size < MAX_BATCH && batch_ok;
         if more_coming {
             // On error there is nothing of ours to commit; the next writer carries the batch on.
             let value = result?;
@@ -145,15 +166,16 @@ impl GroupWriter {
             }
         }
         // Last writer of the batch: commit for everyone (rolling back if that fails), or
-        // abandon the batch after a savepoint failure.
+        // abandon the batch after a body left changes behind.
         let inner = sqlite(&mut st.conn)?;
-        let outcome = if savepoint_ok {
+        let outcome = if batch_ok {
             <Tm as TransactionManager<SqliteConnection>>::commit_transaction(inner).map_err(|e| {
                 let _ = <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(inner);
                 e.to_string()
             })
         } else {
-            // Unwind every level (savepoint, then the batch); diesel errs once none is left.
+            // Unwind every level diesel knows of (a nested transaction the body left open,
+            // then the batch); diesel errs once none is left.
             for _ in 0..4 {
                 if <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(inner)
                     .is_err()
@@ -161,7 +183,7 @@ impl GroupWriter {
                     break;
                 }
             }
-            Err("a savepoint failed; the batch was rolled back".to_string())
+            Err("a write failed after changing rows; its batch was rolled back".to_string())
         };
         st.open = false;
         if let Some(entry) = st.waiters.get_mut(&batch) {

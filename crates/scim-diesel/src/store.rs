@@ -462,7 +462,7 @@ fn ops_rows(ops: &[MemberOp]) -> u64 {
 }
 
 /// Settings of the one SQLite writer connection: a page cache that holds the hot part of the
-/// indexes (the readers keep SQLite's small default), the savepoint journals of group commit in
+/// indexes (the readers keep SQLite's small default), statement journals in
 /// memory instead of a file, and checkpoints of its own only when the background
 /// [`Checkpointer`] has fallen 64 MiB of WAL behind.
 const WRITER_PRAGMAS: &str =
@@ -785,13 +785,80 @@ fn write_values(
     Ok(())
 }
 
-fn apply_member_ops(
+/// Checks a write's membership operations before anything is written (a refusal then leaves
+/// nothing to undo): a group is never its own member, and unknown member ids are refused or
+/// left out as `unknown` says. Returns the operations to apply.
+fn check_member_ops(
     conn: &mut AnyConnection,
     tenant: &str,
     group: &str,
     ops: &[MemberOp],
     unknown: UnknownMembers,
-) -> Result<(), TxError> {
+) -> Result<Vec<MemberOp>, TxError> {
+    let mut checked = Vec::with_capacity(ops.len());
+    for op in ops {
+        let MemberOp::Add(ids) = op else {
+            checked.push(op.clone());
+            continue;
+        };
+        let unique: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+        if unique.contains(group) {
+            return Err(ScimError::invalid_value("A group cannot be a member of itself").into());
+        }
+        let mut wanted: Vec<&str> = unique.into_iter().collect();
+        let mut missing = Vec::new();
+        for chunk in wanted.chunks(CHUNK) {
+            // By primary key only, tenant checked here: with `tenant_id = ?` in the
+            // query, SQLite walks the tenant's order index instead (a scan of the tenant).
+            let found: BTreeSet<String> = resources::table
+                .select((resources::id, resources::tenant_id))
+                .filter(resources::id.eq_any(chunk))
+                .load::<(String, String)>(conn)?
+                .into_iter()
+                .filter(|(_, t)| t == tenant)
+                .map(|(id, _)| id)
+                .collect();
+            missing.extend(
+                chunk
+                    .iter()
+                    .filter(|id| !found.contains(**id))
+                    .map(|s| s.to_string()),
+            );
+        }
+        if !missing.is_empty() && unknown == UnknownMembers::Ignore {
+            let shown: Vec<String> = missing.iter().take(20).map(|m| format!("{m:?}")).collect();
+            log::warn!(
+                "group {group}: ignored {} unknown member id(s): {}",
+                missing.len(),
+                shown.join(", ")
+            );
+            wanted.retain(|w| !missing.iter().any(|m| m == w));
+        } else if !missing.is_empty() {
+            let shown: Vec<String> = missing
+                .iter()
+                .take(20)
+                .map(|m| format!("\"{}\"", m.escape_debug()))
+                .collect();
+            let more = if missing.len() > 20 {
+                format!(" and {} more", missing.len() - 20)
+            } else {
+                String::new()
+            };
+            return Err(ScimError::invalid_value(format!(
+                "Unknown member id(s): {}{more}; no change was made",
+                shown.join(", ")
+            ))
+            .into());
+        }
+        checked.push(MemberOp::Add(
+            wanted.into_iter().map(str::to_string).collect(),
+        ));
+    }
+    Ok(checked)
+}
+
+/// Applies membership operations checked by [`check_member_ops`], as set operations.
+fn apply_member_ops(conn: &mut AnyConnection, group: &str, ops: &[MemberOp]) -> QueryResult<()> {
     for op in ops {
         match op {
             MemberOp::RemoveAll => {
@@ -809,59 +876,8 @@ fn apply_member_ops(
                 }
             }
             MemberOp::Add(ids) => {
-                let unique: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-                if unique.contains(group) {
-                    return Err(
-                        ScimError::invalid_value("A group cannot be a member of itself").into(),
-                    );
-                }
-                let mut wanted: Vec<&str> = unique.into_iter().collect();
-                let mut missing = Vec::new();
-                for chunk in wanted.chunks(CHUNK) {
-                    // By primary key only, tenant checked here: with `tenant_id = ?` in the
-                    // query, SQLite walks the tenant's order index instead (a scan of the tenant).
-                    let found: BTreeSet<String> = resources::table
-                        .select((resources::id, resources::tenant_id))
-                        .filter(resources::id.eq_any(chunk))
-                        .load::<(String, String)>(conn)?
-                        .into_iter()
-                        .filter(|(_, t)| t == tenant)
-                        .map(|(id, _)| id)
-                        .collect();
-                    missing.extend(
-                        chunk
-                            .iter()
-                            .filter(|id| !found.contains(**id))
-                            .map(|s| s.to_string()),
-                    );
-                }
-                if !missing.is_empty() && unknown == UnknownMembers::Ignore {
-                    let shown: Vec<String> =
-                        missing.iter().take(20).map(|m| format!("{m:?}")).collect();
-                    log::warn!(
-                        "group {group}: ignored {} unknown member id(s): {}",
-                        missing.len(),
-                        shown.join(", ")
-                    );
-                    wanted.retain(|w| !missing.iter().any(|m| m == w));
-                } else if !missing.is_empty() {
-                    let shown: Vec<String> = missing
-                        .iter()
-                        .take(20)
-                        .map(|m| format!("\"{}\"", m.escape_debug()))
-                        .collect();
-                    let more = if missing.len() > 20 {
-                        format!(" and {} more", missing.len() - 20)
-                    } else {
-                        String::new()
-                    };
-                    return Err(ScimError::invalid_value(format!(
-                        "Unknown member id(s): {}{more}; no change was made",
-                        shown.join(", ")
-                    ))
-                    .into());
-                }
-                for chunk in wanted.chunks(CHUNK) {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                for chunk in ids.chunks(CHUNK) {
                     backend::insert_members_ignoring_existing(conn, group, chunk)?;
                 }
             }
@@ -937,6 +953,9 @@ impl ResourceStore for DieselStore {
             })()
         } else {
             self.write(|c| {
+                // Every refusal comes before the first write (see `GroupWriter`).
+                let member_ops =
+                    check_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
                 native!(&mut *c, |c| diesel::insert_into(resources::table)
                     .values((
                         resources::id.eq(new.id),
@@ -953,7 +972,7 @@ impl ResourceStore for DieselStore {
                         resources::password_hash.eq(new.password_hash),
                     ))
                     .execute(c))?;
-                apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
+                apply_member_ops(c, id, &member_ops)?;
                 write_values(c, tenant, rt, id, &write.values, false)?;
                 record(c)
             })
@@ -1246,6 +1265,9 @@ impl ResourceStore for DieselStore {
                 } else {
                     let data = serde_json::to_string(&write.data)
                         .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    // Every refusal comes before the first write (see `GroupWriter`).
+                    let member_ops =
+                        check_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
                     let n = native!(&mut *c, |c| diesel::update(
                         resources::table
                             .filter(resources::id.eq(id))
@@ -1265,7 +1287,7 @@ impl ResourceStore for DieselStore {
                         return Ok(None); // lost a race: retry
                     }
                     touched = ops_rows(&write.member_ops);
-                    apply_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
+                    apply_member_ops(c, id, &member_ops)?;
                     write_values(c, tenant, rt, id, &write.values, true)?;
                     let hash = match &write.password {
                         SecretChange::Keep => None,

@@ -644,6 +644,108 @@ fn concurrent_membership_updates_lose_nothing() {
 }
 
 #[test]
+fn refused_writes_in_a_shared_commit_leave_nothing_and_cost_the_others_nothing() {
+    let reg = registry();
+    for db in databases() {
+        let s = Arc::new(db.store.clone());
+        s.create(
+            T,
+            "User",
+            "taken",
+            NOW,
+            user(&reg, "taken"),
+            Include::default(),
+        )
+        .unwrap();
+        s.create(
+            T,
+            "Group",
+            "g",
+            NOW,
+            group(&reg, "G", &["taken"]),
+            Include::default(),
+        )
+        .unwrap();
+        // Eight writers at once, so that on SQLite they share commits: each creates users,
+        // retries a taken userName (409), creates a group naming an unknown member under the
+        // strict policy (refused after its own checks), and adds itself to `g` along with an
+        // unknown id (refused: no change), then properly.
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (s, reg) = (Arc::clone(&s), registry());
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        let name = format!("w{t}-{i}");
+                        s.create(T, "User", &name, NOW, user(&reg, &name), Include::default())
+                            .unwrap();
+                        let dup = s.create(
+                            T,
+                            "User",
+                            &format!("dup{t}-{i}"),
+                            NOW,
+                            user(&reg, "TAKEN"),
+                            Include::default(),
+                        );
+                        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+                        let mut bad = group(&reg, &format!("bad{t}-{i}"), &["no-such-user"]);
+                        bad.unknown_members = UnknownMembers::Reject;
+                        let refused = s.create(
+                            T,
+                            "Group",
+                            &format!("bad{t}-{i}"),
+                            NOW,
+                            bad,
+                            Include::default(),
+                        );
+                        assert!(matches!(refused, Err(StoreError::Scim(_))), "{refused:?}");
+                        let refused = set_members(
+                            &s,
+                            "g",
+                            vec![MemberOp::Add(vec![name.clone(), "ghost".into()])],
+                        );
+                        assert!(matches!(refused, Err(StoreError::Scim(_))), "{refused:?}");
+                        set_members(&s, "g", vec![MemberOp::Add(vec![name])]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut conn = s.connection().unwrap();
+        let users: i64 = crate::schema::resources::table
+            .filter(crate::schema::resources::resource_type.eq("User"))
+            .count()
+            .get_result(&mut *conn)
+            .unwrap();
+        assert_eq!(users, 81, "{}", db.name);
+        let groups: Vec<String> = crate::schema::resources::table
+            .filter(crate::schema::resources::resource_type.eq("Group"))
+            .select(crate::schema::resources::id)
+            .load(&mut *conn)
+            .unwrap();
+        assert_eq!(groups, vec!["g".to_string()], "{}", db.name);
+        // No index rows of refused resources.
+        let orphans: i64 = crate::schema::resource_values::table
+            .filter(crate::schema::resource_values::resource_id.like("dup%"))
+            .or_filter(crate::schema::resource_values::resource_id.like("bad%"))
+            .count()
+            .get_result(&mut *conn)
+            .unwrap();
+        assert_eq!(orphans, 0, "{}", db.name);
+        drop(conn);
+        assert_eq!(member_ids(&s, "g").len(), 81, "{}", db.name);
+        // One version per accepted membership change; refused ones left it alone.
+        assert_eq!(
+            s.get(T, "Group", "g", Include::default()).unwrap().version,
+            81,
+            "{}",
+            db.name
+        );
+    }
+}
+
+#[test]
 fn unfiltered_totals_follow_every_write() {
     let reg = registry();
     for db in databases() {
