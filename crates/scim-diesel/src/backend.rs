@@ -20,7 +20,13 @@ macro_rules! fixed_shape_pg_statements {
     )*};
 }
 
-fixed_shape_pg_statements!(PgMembers, PgValues, PgCreate, PgDeleteValues);
+fixed_shape_pg_statements!(
+    PgMembers,
+    PgValues,
+    PgCreate,
+    PgDeleteValues,
+    UpdateResource
+);
 use crate::schema::group_members;
 
 #[derive(Insertable)]
@@ -377,3 +383,55 @@ impl QueryFragment<Pg> for PgCreate<'_> {
         self.arrays.push_unnest(&mut out)
     }
 }
+
+/// The versioned update of a resource's document and key columns, as a statement of fixed
+/// shape on both databases (diesel's `UPDATE … SET` is not kept prepared: it was parsed and
+/// planned anew on every PATCH). Changes nothing when the stored version is no longer
+/// `version`; then the caller lost a race.
+#[allow(missing_docs)]
+pub struct UpdateResource<'a> {
+    pub id: &'a str,
+    /// the version read
+    pub version: i64,
+    /// `version + 1`
+    pub new_version: i64,
+    pub last_modified: &'a str,
+    pub external_id: Option<&'a str>,
+    pub user_name_ci: Option<&'a str>,
+    pub display_name_ci: Option<&'a str>,
+    pub display: Option<&'a str>,
+    pub data: &'a str,
+}
+
+impl RunQueryDsl<diesel::SqliteConnection> for UpdateResource<'_> {}
+
+macro_rules! update_resource_sql {
+    ($($db:ty),*) => {$(
+        impl QueryFragment<$db> for UpdateResource<'_> {
+            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, $db>) -> QueryResult<()> {
+                use diesel::sql_types::{BigInt, Nullable, Text};
+                out.push_sql("UPDATE resources SET version = ");
+                out.push_bind_param::<BigInt, _>(&self.new_version)?;
+                out.push_sql(", last_modified = ");
+                out.push_bind_param::<Text, _>(&self.last_modified)?;
+                out.push_sql(", external_id = ");
+                out.push_bind_param::<Nullable<Text>, _>(&self.external_id)?;
+                out.push_sql(", user_name_ci = ");
+                out.push_bind_param::<Nullable<Text>, _>(&self.user_name_ci)?;
+                out.push_sql(", display_name_ci = ");
+                out.push_bind_param::<Nullable<Text>, _>(&self.display_name_ci)?;
+                out.push_sql(", display = ");
+                out.push_bind_param::<Nullable<Text>, _>(&self.display)?;
+                out.push_sql(", data = ");
+                out.push_bind_param::<Text, _>(&self.data)?;
+                out.push_sql(" WHERE id = ");
+                out.push_bind_param::<Text, _>(&self.id)?;
+                out.push_sql(" AND version = ");
+                out.push_bind_param::<BigInt, _>(&self.version)?;
+                Ok(())
+            }
+        }
+    )*};
+}
+
+update_resource_sql!(Sqlite, Pg);

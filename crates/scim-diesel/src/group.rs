@@ -63,11 +63,29 @@ fn sqlite(conn: &mut AnyConnection) -> Result<&mut SqliteConnection, DieselError
 /// failed and was undone adds nothing).
 fn total_changes(conn: &mut AnyConnection) -> Result<i64, DieselError> {
     use diesel::RunQueryDsl;
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-        "total_changes()",
-    ))
-    .get_result(sqlite(conn)?)
+    TotalChanges.get_result(sqlite(conn)?)
 }
+
+/// `SELECT total_changes()`, as a query of fixed shape that stays prepared (built from
+/// `dsl::sql` it was prepared anew on every write).
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+struct TotalChanges;
+
+impl diesel::query_builder::Query for TotalChanges {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for TotalChanges {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql("SELECT total_changes()");
+        Ok(())
+    }
+}
+
+impl diesel::RunQueryDsl<SqliteConnection> for TotalChanges {}
 
 /// Whether the batch transaction survived a failed statement. Some errors (disk full, I/O)
 /// make SQLite roll the whole transaction back by itself; `BEGIN` then succeeds where inside a

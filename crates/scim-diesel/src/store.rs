@@ -1268,21 +1268,18 @@ impl ResourceStore for DieselStore {
                     // Every refusal comes before the first write (see `GroupWriter`).
                     let member_ops =
                         check_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
-                    let n = native!(&mut *c, |c| diesel::update(
-                        resources::table
-                            .filter(resources::id.eq(id))
-                            .filter(resources::version.eq(current.version)),
-                    )
-                    .set((
-                        resources::version.eq(current.version + 1),
-                        resources::last_modified.eq(now),
-                        resources::external_id.eq(write.external_id.as_deref()),
-                        resources::user_name_ci.eq(write.keys.user_name.as_deref()),
-                        resources::display_name_ci.eq(write.keys.display_name.as_deref()),
-                        resources::display.eq(write.keys.display.as_deref()),
-                        resources::data.eq(&data),
-                    ))
-                    .execute(c))?;
+                    let update = backend::UpdateResource {
+                        id,
+                        version: current.version,
+                        new_version: current.version + 1,
+                        last_modified: now,
+                        external_id: write.external_id.as_deref(),
+                        user_name_ci: write.keys.user_name.as_deref(),
+                        display_name_ci: write.keys.display_name.as_deref(),
+                        display: write.keys.display.as_deref(),
+                        data: &data,
+                    };
+                    let n = native!(&mut *c, |c| update.execute(c))?;
                     if n == 0 {
                         return Ok(None); // lost a race: retry
                     }
