@@ -8,24 +8,26 @@ use diesel::sqlite::Sqlite;
 
 use crate::conn::AnyConnection;
 
-/// Marks PostgreSQL statements of a fixed shape (SQL text that does not depend on the data):
-/// a static query id lets the connection's statement cache keep them prepared.
-macro_rules! fixed_shape_pg_statements {
-    ($($t:ident),*) => {$(
+/// Marks statements of a fixed shape (SQL text that does not depend on the data) and the
+/// connections they run on: a static query id lets the connection's statement cache keep them
+/// prepared.
+macro_rules! fixed_shape_statements {
+    ($($t:ident: $($conn:ty),+;)*) => {$(
         impl QueryId for $t<'_> {
             type QueryId = $t<'static>;
             const HAS_STATIC_QUERY_ID: bool = true;
         }
-        impl RunQueryDsl<diesel::PgConnection> for $t<'_> {}
+        $(impl RunQueryDsl<$conn> for $t<'_> {})+
     )*};
 }
 
-fixed_shape_pg_statements!(
-    PgMembers,
-    PgValues,
-    PgCreate,
-    PgDeleteValues,
-    UpdateResource
+fixed_shape_statements!(
+    PgMembers: diesel::PgConnection;
+    PgValues: diesel::PgConnection;
+    PgCreate: diesel::PgConnection;
+    PgDeleteValues: diesel::PgConnection;
+    SqliteValue: diesel::SqliteConnection;
+    UpdateResource: diesel::PgConnection, diesel::SqliteConnection;
 );
 use crate::schema::group_members;
 
@@ -149,16 +151,9 @@ pub fn insert_values(conn: &mut AnyConnection, rows: &[ValueRow<'_>]) -> QueryRe
 /// SQLite: one index row in a statement of fixed shape, every column bound (`NULL`s too).
 /// diesel's `Insertable` leaves out the columns whose value is `None`, so its SQL depends on
 /// the row and had to be written out on every insert to find the prepared statement.
-struct SqliteValue<'r, 'a>(&'r ValueRow<'a>);
+struct SqliteValue<'a>(&'a ValueRow<'a>);
 
-impl QueryId for SqliteValue<'_, '_> {
-    type QueryId = SqliteValue<'static, 'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl RunQueryDsl<diesel::SqliteConnection> for SqliteValue<'_, '_> {}
-
-impl QueryFragment<Sqlite> for SqliteValue<'_, '_> {
+impl QueryFragment<Sqlite> for SqliteValue<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
         let r = self.0;
@@ -402,8 +397,6 @@ pub struct UpdateResource<'a> {
     pub display: Option<&'a str>,
     pub data: &'a str,
 }
-
-impl RunQueryDsl<diesel::SqliteConnection> for UpdateResource<'_> {}
 
 macro_rules! update_resource_sql {
     ($($db:ty),*) => {$(

@@ -11,10 +11,10 @@
 //! statement (a duplicate `userName`) is undone by SQLite. That is checked for every failure
 //! (`total_changes()` before and after); a body that failed after changing rows abandons its
 //! batch, which is rolled back and fails for every writer in it. A writer that finishes while
-//! others are queued leaves the transaction open for them; the last one commits and wakes
-//! the rest. Nobody returns before the `COMMIT` that
-//! holds its changes has succeeded, so an acknowledged write is as durable as with one
-//! transaction per write; if that `COMMIT` fails, every write of the batch fails.
+//! others are queued leaves the transaction open for them; the last one commits and wakes the
+//! rest. Nobody returns before the `COMMIT` that holds its changes has succeeded, so an
+//! acknowledged write is as durable as with one transaction per write; if that `COMMIT`
+//! fails, every write of the batch fails.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

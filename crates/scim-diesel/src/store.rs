@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::backend;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
 use crate::group::{Checkpointer, GroupWriter};
+use crate::inline::{self, Conn};
 use crate::raw::RawCond;
 use crate::schema::{group_members, resource_counts, resource_values, resources, tenants, tokens};
 
@@ -85,8 +86,6 @@ impl std::fmt::Debug for DieselStore {
             .finish_non_exhaustive()
     }
 }
-
-use crate::inline::{self, Conn};
 
 /// Errors worth a retry: lost connections, a database shutting down, SQLite lock timeouts.
 fn is_transient(message: &str) -> bool {
@@ -402,8 +401,6 @@ fn element_test(f: &ElementFilter) -> RawCond {
     }
 }
 
-/// `column = value` within a tenant and type, as queries of a fixed shape (they stay prepared).
-/// A unique column answers with one query: the page is every match.
 /// Runs a statically typed query on the concrete connection instead of through
 /// `AnyConnection`: diesel's multi-backend wrapper writes out the SQL text of every query to
 /// find its prepared statement (a tenth of a point read's time), while on the concrete
@@ -418,6 +415,8 @@ macro_rules! native {
     };
 }
 
+/// `column = value` within a tenant and type, as queries of a fixed shape (they stay prepared).
+/// A unique column answers with one query: the page is every match.
 macro_rules! lookup {
     ($conn:expr, $tenant:expr, $rt:expr, $col:expr, $value:expr, $query:expr, $unique:expr) => {{
         (|| -> QueryResult<(u64, Vec<Row>)> {

@@ -264,29 +264,23 @@ pub fn get_is_point_read(st: &AppState, rt: &str, params: &Params) -> bool {
     ctx(st, rt).is_ok_and(|ctx| !projection(&ctx, params).include(&ctx).members)
 }
 
-/// GET list and `.search`
-pub fn list(st: &AppState, tenant: &str, rt: &str, params: &Params) -> Result<Value, ScimError> {
-    run_list(st, tenant, &plan_list(st, rt, params)?)
-}
-
-/// Answers a planned list request.
+/// Answers a planned list request (`GET` list and `.search`).
 pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Value, ScimError> {
     let ctx = ctx(st, &plan.rt)?;
-    let ListPlan {
-        query,
-        proj,
+    let &ListPlan {
+        ref query,
+        ref proj,
         start_index,
         count,
+        cursor,
         sorted_walk,
         backward,
         has_position,
         ..
     } = plan;
-    let (start_index, count, sorted_walk, backward, has_position) =
-        (*start_index, *count, *sorted_walk, *backward, *has_position);
     let mut page = st.store.list(tenant, &ctx.rt.id, query)?;
     // `more`: the probe row exists, so another page lies in the reading direction.
-    let more = plan.cursor && page.resources.len() as u64 > count;
+    let more = cursor && page.resources.len() as u64 > count;
     if backward {
         let extra = page.resources.len().saturating_sub(count as usize);
         page.resources.drain(..extra); // the probe row is the earliest one
@@ -298,7 +292,7 @@ pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Value, S
         .iter()
         .map(|r| render(&ctx, r, &st.config.public_url, proj))
         .collect();
-    if !plan.cursor {
+    if !cursor {
         return Ok(list_response(page.total, start_index, resources));
     }
     let mut body = list_response(page.total, start_index, resources);
