@@ -8,16 +8,61 @@ use crate::query::QueryLimits;
 use crate::schema::{Schema, SchemaRegistry};
 use crate::urns;
 
-/// A ListResponse (RFC 7644 section 3.4.2).
+/// A ListResponse (RFC 7644 section 3.4.2) as a [`Value`].
 pub fn list_response(total: u64, start_index: u64, resources: Vec<Value>) -> Value {
-    // Built by hand: `json!` would serialize the resources into a copy of themselves.
-    let mut body = Map::new();
-    body.insert("schemas".into(), json!([urns::LIST_RESPONSE]));
-    body.insert("totalResults".into(), total.into());
-    body.insert("startIndex".into(), start_index.into());
-    body.insert("itemsPerPage".into(), resources.len().into());
-    body.insert("Resources".into(), Value::Array(resources));
-    Value::Object(body)
+    let list = ListResponse::new(total, Some(start_index), resources);
+    // Strings, numbers and JSON values always serialize.
+    serde_json::to_value(list).unwrap_or(Value::Null)
+}
+
+/// A ListResponse (RFC 7644 section 3.4.2) around resources of any serializable form
+/// (rendered resources are written straight out, see [`crate::render::Rendered`]).
+#[derive(Debug, Clone)]
+pub struct ListResponse<R> {
+    /// `totalResults`
+    pub total: u64,
+    /// `startIndex` (absent from a cursor-paged response, RFC 9865)
+    pub start_index: Option<u64>,
+    /// `Resources`; `itemsPerPage` is their number
+    pub resources: Vec<R>,
+    /// `nextCursor` (RFC 9865)
+    pub next_cursor: Option<String>,
+    /// `previousCursor` (RFC 9865)
+    pub previous_cursor: Option<String>,
+}
+
+impl<R> ListResponse<R> {
+    /// A page without cursors.
+    pub fn new(total: u64, start_index: Option<u64>, resources: Vec<R>) -> Self {
+        ListResponse {
+            total,
+            start_index,
+            resources,
+            next_cursor: None,
+            previous_cursor: None,
+        }
+    }
+}
+
+impl<R: serde::Serialize> serde::Serialize for ListResponse<R> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = serializer.serialize_map(None)?;
+        m.serialize_entry("schemas", &[urns::LIST_RESPONSE])?;
+        m.serialize_entry("totalResults", &self.total)?;
+        if let Some(i) = self.start_index {
+            m.serialize_entry("startIndex", &i)?;
+        }
+        m.serialize_entry("itemsPerPage", &self.resources.len())?;
+        m.serialize_entry("Resources", &self.resources)?;
+        if let Some(c) = &self.next_cursor {
+            m.serialize_entry("nextCursor", c)?;
+        }
+        if let Some(c) = &self.previous_cursor {
+            m.serialize_entry("previousCursor", c)?;
+        }
+        m.end()
+    }
 }
 
 /// An Error body (RFC 7644 section 3.12); `status` is a string as the RFC's examples show.

@@ -1,6 +1,8 @@
 //! Resource JSON out: `schemas`, `id`, `meta`, attributes by `returned`, and
 //! `attributes`/`excludedAttributes` projection (RFC 7644 section 3.9).
 
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::resource::Ctx;
@@ -21,6 +23,25 @@ struct Entry {
     schema: String,
     attr: Option<String>,
     sub: Option<String>,
+}
+
+impl Entry {
+    // The entry's names are lower-cased once, when parsed; the schema's keep their case.
+    fn is_schema(&self, schema: &Schema) -> bool {
+        self.schema.eq_ignore_ascii_case(&schema.id)
+    }
+
+    fn is_attr(&self, attr: &Attribute) -> bool {
+        self.attr
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case(&attr.name))
+    }
+
+    fn is_sub(&self, sub: &Attribute) -> bool {
+        self.sub
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(&sub.name))
+    }
 }
 
 impl Projection {
@@ -46,19 +67,16 @@ impl Projection {
             Returned::Always => return true,
             _ => {}
         }
-        let sid = schema.id.to_ascii_lowercase();
-        let aname = attr.name.to_ascii_lowercase();
         if let Some(list) = &self.attributes {
-            return list.iter().any(|e| {
-                e.schema == sid && (e.attr.is_none() || e.attr.as_deref() == Some(&aname))
-            });
+            return list
+                .iter()
+                .any(|e| e.is_schema(schema) && (e.attr.is_none() || e.is_attr(attr)));
         }
         if attr.returned == Returned::Request {
             return false;
         }
         !self.excluded.iter().any(|e| {
-            e.schema == sid
-                && (e.attr.is_none() || (e.attr.as_deref() == Some(&aname) && e.sub.is_none()))
+            e.is_schema(schema) && (e.attr.is_none() || (e.is_attr(attr) && e.sub.is_none()))
         })
     }
 
@@ -69,15 +87,12 @@ impl Projection {
             Returned::Always => return true,
             _ => {}
         }
-        let sid = schema.id.to_ascii_lowercase();
-        let aname = attr.name.to_ascii_lowercase();
-        let sname = sub.name.to_ascii_lowercase();
-        let same_attr = |e: &&Entry| e.schema == sid && e.attr.as_deref() == Some(&aname);
+        let same_attr = |e: &&Entry| e.is_schema(schema) && e.is_attr(attr);
         if let Some(list) = &self.attributes {
-            let named: Vec<&Entry> = list.iter().filter(same_attr).collect();
             // `attributes=emails` returns all sub-attributes; `attributes=emails.value` only value.
-            if !named.is_empty() && named.iter().all(|e| e.sub.is_some()) {
-                return named.iter().any(|e| e.sub.as_deref() == Some(&sname));
+            let mut named = list.iter().filter(same_attr).peekable();
+            if named.peek().is_some() && list.iter().filter(same_attr).all(|e| e.sub.is_some()) {
+                return named.any(|e| e.is_sub(sub));
             }
             return sub.returned != Returned::Request;
         }
@@ -86,7 +101,7 @@ impl Projection {
                 .excluded
                 .iter()
                 .filter(same_attr)
-                .any(|e| e.sub.as_deref() == Some(&sname))
+                .any(|e| e.is_sub(sub))
     }
 
     /// Which derived parts a store must read for this projection.
@@ -142,87 +157,130 @@ pub fn parse_etag(tag: &str) -> Option<i64> {
 }
 
 /// Renders a stored resource as SCIM JSON. `base_url` is the SCIM base (`http://host/scim/v2`).
+/// Builds a [`Value`]; to write the JSON out, serialize a [`Rendered`] instead, which copies
+/// nothing.
 pub fn render(
     ctx: &Ctx<'_>,
     rec: &ResourceRecord,
     base_url: &str,
     projection: &Projection,
 ) -> Value {
-    let registry = ctx.registry;
-    let mut out = Map::new();
-    let mut schemas = vec![Value::String(ctx.rt.schema.clone())];
-    for ext in registry.extensions(ctx.rt) {
-        if rec.data.contains_key(&ext.id) {
-            schemas.push(Value::String(ext.id.clone()));
+    // A map of strings and JSON values always serializes.
+    serde_json::to_value(Rendered::new(ctx, rec, base_url, projection)).unwrap_or(Value::Null)
+}
+
+/// A stored resource as SCIM JSON: `schemas`, `id`, `externalId`, the core attributes in
+/// schema order, the extensions, `meta`, with `returned` and the projection applied. It
+/// serializes straight from the record (attribute values are written, not copied).
+pub struct Rendered<'a> {
+    ctx: &'a Ctx<'a>,
+    rec: &'a ResourceRecord,
+    base_url: &'a str,
+    projection: &'a Projection,
+}
+
+impl<'a> Rendered<'a> {
+    /// The resource `rec` of type `ctx.rt` as it is returned under `base_url`.
+    pub fn new(
+        ctx: &'a Ctx<'a>,
+        rec: &'a ResourceRecord,
+        base_url: &'a str,
+        projection: &'a Projection,
+    ) -> Self {
+        Rendered {
+            ctx,
+            rec,
+            base_url,
+            projection,
         }
     }
-    out.insert("schemas".into(), Value::Array(schemas));
-    out.insert("id".into(), Value::String(rec.id.clone()));
-    let common = registry.common();
-    if let (Some(ext_id), Some(attr)) = (&rec.external_id, common.attribute("externalId")) {
-        if projection.includes(core_or(registry, ctx), attr) {
-            out.insert("externalId".into(), Value::String(ext_id.clone()));
-        }
-    }
-    let location = format!("{}{}/{}", base_url, ctx.rt.endpoint, rec.id);
-    let Some(core) = registry.core_schema(ctx.rt) else {
-        return Value::Object(out);
-    };
-    for attr in &core.attributes {
-        if !projection.includes(core, attr) {
-            continue;
-        }
-        let value = match attr.name.as_str() {
-            "members" if ctx.rt.schema == crate::urns::GROUP => {
-                rec.members.as_ref().map(|m| refs(base_url, registry, m))
-            }
-            "groups" if ctx.rt.schema == crate::urns::USER => {
-                rec.groups.as_ref().map(|g| refs(base_url, registry, g))
-            }
-            _ => rec.data.get(&attr.name).cloned(),
+}
+
+impl Serialize for Rendered<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (ctx, rec, projection) = (self.ctx, self.rec, self.projection);
+        let registry = ctx.registry;
+        let extensions = || {
+            registry
+                .extensions(ctx.rt)
+                .filter(|ext| rec.data.contains_key(&ext.id))
         };
-        if let Some(v) = value {
-            if let Some(v) = project_value(projection, core, attr, v) {
-                out.insert(attr.name.clone(), v);
+        let mut out = serializer.serialize_map(None)?;
+        let schemas: Vec<&str> = std::iter::once(ctx.rt.schema.as_str())
+            .chain(extensions().map(|e| e.id.as_str()))
+            .collect();
+        out.serialize_entry("schemas", &schemas)?;
+        out.serialize_entry("id", &rec.id)?;
+        let common = registry.common();
+        if let (Some(ext_id), Some(attr)) = (&rec.external_id, common.attribute("externalId")) {
+            if projection.includes(core_or(registry, ctx), attr) {
+                out.serialize_entry("externalId", ext_id)?;
             }
         }
-    }
-    for ext in registry.extensions(ctx.rt) {
-        let Some(Value::Object(ext_data)) = rec.data.get(&ext.id) else {
-            continue;
+        let Some(core) = registry.core_schema(ctx.rt) else {
+            return out.end();
         };
-        let mut ext_out = Map::new();
-        for attr in &ext.attributes {
-            if !projection.includes(ext, attr) {
+        for attr in &core.attributes {
+            if !projection.includes(core, attr) {
                 continue;
             }
-            if let Some(v) = ext_data
-                .get(&attr.name)
-                .cloned()
-                .and_then(|v| project_value(projection, ext, attr, v))
-            {
-                ext_out.insert(attr.name.clone(), v);
+            let links = match attr.name.as_str() {
+                "members" if ctx.rt.schema == crate::urns::GROUP => Some(rec.members.as_deref()),
+                "groups" if ctx.rt.schema == crate::urns::USER => Some(rec.groups.as_deref()),
+                _ => None,
+            };
+            match links {
+                Some(Some(list)) => {
+                    let refs = Refs {
+                        base_url: self.base_url,
+                        registry,
+                        list,
+                        keep: Keep::new(projection, core, attr),
+                    };
+                    if refs.shows_anything() {
+                        out.serialize_entry(&attr.name, &refs)?;
+                    }
+                }
+                Some(None) => {}
+                None => {
+                    if let Some(v) = rec.data.get(&attr.name) {
+                        entry(&mut out, &attr.name, Keep::new(projection, core, attr), v)?;
+                    }
+                }
             }
         }
-        if !ext_out.is_empty() {
-            out.insert(ext.id.clone(), Value::Object(ext_out));
-        }
-    }
-    if let Some(meta_attr) = common.attribute("meta") {
-        if projection.includes(core, meta_attr) {
-            let meta = json!({
-                "resourceType": ctx.rt.name,
-                "created": rec.created,
-                "lastModified": rec.last_modified,
-                "location": location,
-                "version": etag(rec.version),
-            });
-            if let Some(meta) = project_value(projection, core, meta_attr, meta) {
-                out.insert("meta".into(), meta);
+        for ext in extensions() {
+            let Some(Value::Object(ext_data)) = rec.data.get(&ext.id) else {
+                continue;
+            };
+            let shown = Extension {
+                projection,
+                schema: ext,
+                data: ext_data,
+            };
+            if shown.shows_anything() {
+                out.serialize_entry(&ext.id, &shown)?;
             }
         }
+        if let Some(meta_attr) = common.attribute("meta") {
+            if projection.includes(core, meta_attr) {
+                let meta = json!({
+                    "resourceType": ctx.rt.name,
+                    "created": rec.created,
+                    "lastModified": rec.last_modified,
+                    "location": format!("{}{}/{}", self.base_url, ctx.rt.endpoint, rec.id),
+                    "version": etag(rec.version),
+                });
+                entry(
+                    &mut out,
+                    "meta",
+                    Keep::new(projection, core, meta_attr),
+                    &meta,
+                )?;
+            }
+        }
+        out.end()
     }
-    Value::Object(out)
 }
 
 fn core_or<'a>(registry: &'a crate::schema::SchemaRegistry, ctx: &Ctx<'a>) -> &'a Schema {
@@ -231,55 +289,222 @@ fn core_or<'a>(registry: &'a crate::schema::SchemaRegistry, ctx: &Ctx<'a>) -> &'
         .unwrap_or_else(|| registry.common())
 }
 
-fn refs(base_url: &str, registry: &crate::schema::SchemaRegistry, members: &[MemberRef]) -> Value {
-    Value::Array(
-        members
-            .iter()
-            .map(|m| {
-                let endpoint = registry
-                    .resource_type(&m.resource_type)
-                    .map(|r| r.endpoint.as_str())
-                    .unwrap_or("");
-                let mut o = Map::new();
-                o.insert("value".into(), Value::String(m.id.clone()));
-                o.insert(
-                    "$ref".into(),
-                    Value::String(format!("{base_url}{endpoint}/{}", m.id)),
-                );
-                if let Some(d) = &m.display {
-                    o.insert("display".into(), Value::String(d.clone()));
-                }
-                o.insert("type".into(), Value::String(m.resource_type.clone()));
-                Value::Object(o)
-            })
-            .collect(),
-    )
+/// Which sub-attributes of one included attribute are shown.
+#[derive(Clone, Copy)]
+struct Keep<'a> {
+    projection: &'a Projection,
+    schema: &'a Schema,
+    attr: &'a Attribute,
 }
 
-/// Applies sub-attribute projection to one attribute value.
-fn project_value(p: &Projection, schema: &Schema, attr: &Attribute, value: Value) -> Option<Value> {
-    if attr.subs().is_empty() {
-        return Some(value);
-    }
-    let keep = |obj: Map<String, Value>| -> Option<Value> {
-        let filtered: Map<String, Value> = obj
-            .into_iter()
-            .filter(|(k, _)| attr.sub(k).is_none_or(|s| p.includes_sub(schema, attr, s)))
-            .collect();
-        (!filtered.is_empty()).then_some(Value::Object(filtered))
-    };
-    match value {
-        Value::Object(o) => keep(o),
-        Value::Array(items) => {
-            let items: Vec<Value> = items
-                .into_iter()
-                .filter_map(|i| match i {
-                    Value::Object(o) => keep(o),
-                    other => Some(other),
-                })
-                .collect();
-            (!items.is_empty()).then_some(Value::Array(items))
+impl<'a> Keep<'a> {
+    fn new(projection: &'a Projection, schema: &'a Schema, attr: &'a Attribute) -> Self {
+        Keep {
+            projection,
+            schema,
+            attr,
         }
-        other => Some(other),
+    }
+
+    /// Whether the key `k` of a complex value is shown: unknown keys are, known ones by
+    /// `returned` and the projection.
+    fn key(&self, k: &str) -> bool {
+        self.attr
+            .sub(k)
+            .is_none_or(|s| self.projection.includes_sub(self.schema, self.attr, s))
+    }
+
+    /// Whether a complex value (object) keeps any key.
+    fn object_shows(&self, o: &Map<String, Value>) -> bool {
+        o.keys().any(|k| self.key(k))
+    }
+
+    /// Whether an item of a multi-valued attribute is shown: an object that keeps a key, or a
+    /// simple value.
+    fn item_shows(&self, v: &Value) -> bool {
+        match v {
+            Value::Object(o) => self.object_shows(o),
+            _ => true,
+        }
+    }
+
+    /// Whether anything of `v` is shown (an object or array projected to nothing is left out).
+    fn shows(&self, v: &Value) -> bool {
+        if self.attr.subs().is_empty() {
+            return true;
+        }
+        match v {
+            Value::Object(o) => self.object_shows(o),
+            Value::Array(items) => items.iter().any(|i| self.item_shows(i)),
+            _ => true,
+        }
+    }
+}
+
+/// Writes `name: value` with sub-attribute projection, or nothing when nothing of it shows.
+fn entry<M: SerializeMap>(
+    out: &mut M,
+    name: &str,
+    keep: Keep<'_>,
+    v: &Value,
+) -> Result<(), M::Error> {
+    if keep.shows(v) {
+        out.serialize_entry(name, &Projected { keep, value: v })?;
+    }
+    Ok(())
+}
+
+/// One attribute value with sub-attribute projection applied (see [`Keep::shows`]).
+struct Projected<'a> {
+    keep: Keep<'a>,
+    value: &'a Value,
+}
+
+impl Serialize for Projected<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let keep = self.keep;
+        if keep.attr.subs().is_empty() {
+            return self.value.serialize(serializer);
+        }
+        match self.value {
+            Value::Object(o) => KeptKeys { keep, object: o }.serialize(serializer),
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(None)?;
+                for item in items.iter().filter(|i| keep.item_shows(i)) {
+                    match item {
+                        Value::Object(o) => seq.serialize_element(&KeptKeys { keep, object: o })?,
+                        other => seq.serialize_element(other)?,
+                    }
+                }
+                seq.end()
+            }
+            other => other.serialize(serializer),
+        }
+    }
+}
+
+/// The keys of one complex value that [`Keep::key`] shows.
+struct KeptKeys<'a> {
+    keep: Keep<'a>,
+    object: &'a Map<String, Value>,
+}
+
+impl Serialize for KeptKeys<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut m = serializer.serialize_map(None)?;
+        for (k, v) in self.object.iter().filter(|(k, _)| self.keep.key(k)) {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// The shown attributes of one extension.
+struct Extension<'a> {
+    projection: &'a Projection,
+    schema: &'a Schema,
+    data: &'a Map<String, Value>,
+}
+
+impl Extension<'_> {
+    fn shown(&self) -> impl Iterator<Item = (&Attribute, &Value, Keep<'_>)> {
+        self.schema.attributes.iter().filter_map(|attr| {
+            if !self.projection.includes(self.schema, attr) {
+                return None;
+            }
+            let v = self.data.get(&attr.name)?;
+            let keep = Keep::new(self.projection, self.schema, attr);
+            keep.shows(v).then_some((attr, v, keep))
+        })
+    }
+
+    fn shows_anything(&self) -> bool {
+        self.shown().next().is_some()
+    }
+}
+
+impl Serialize for Extension<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut m = serializer.serialize_map(None)?;
+        for (attr, value, keep) in self.shown() {
+            m.serialize_entry(&attr.name, &Projected { keep, value })?;
+        }
+        m.end()
+    }
+}
+
+/// `members` or `groups`: references to the resources at the other end of memberships.
+struct Refs<'a> {
+    base_url: &'a str,
+    registry: &'a crate::schema::SchemaRegistry,
+    list: &'a [MemberRef],
+    keep: Keep<'a>,
+}
+
+impl Refs<'_> {
+    /// The sub-attributes shown of a reference (`display` only where it has one).
+    fn keys(&self) -> [bool; 4] {
+        ["value", "$ref", "display", "type"].map(|k| self.keep.key(k))
+    }
+
+    fn shows_anything(&self) -> bool {
+        let [value, reference, display, kind] = self.keys();
+        !self.list.is_empty()
+            && (value
+                || reference
+                || kind
+                || (display && self.list.iter().any(|m| m.display.is_some())))
+    }
+}
+
+impl Serialize for Refs<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let [value, reference, display, kind] = self.keys();
+        let mut seq = serializer.serialize_seq(Some(self.list.len()))?;
+        for m in self.list {
+            if !(value || reference || kind || (display && m.display.is_some())) {
+                continue;
+            }
+            let endpoint = self
+                .registry
+                .resource_type(&m.resource_type)
+                .map(|r| r.endpoint.as_str())
+                .unwrap_or("");
+            seq.serialize_element(&RefItem {
+                m,
+                reference: reference.then(|| format!("{}{endpoint}/{}", self.base_url, m.id)),
+                value,
+                display,
+                kind,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+struct RefItem<'a> {
+    m: &'a MemberRef,
+    reference: Option<String>,
+    value: bool,
+    display: bool,
+    kind: bool,
+}
+
+impl Serialize for RefItem<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut o = serializer.serialize_map(None)?;
+        if self.value {
+            o.serialize_entry("value", &self.m.id)?;
+        }
+        if let Some(r) = &self.reference {
+            o.serialize_entry("$ref", r)?;
+        }
+        if let (true, Some(d)) = (self.display, &self.m.display) {
+            o.serialize_entry("display", d)?;
+        }
+        if self.kind {
+            o.serialize_entry("type", &self.m.resource_type)?;
+        }
+        o.end()
     }
 }

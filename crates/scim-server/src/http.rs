@@ -174,15 +174,20 @@ pub fn prefers_minimal(headers: &HeaderMap) -> bool {
 
 /// A SCIM JSON response.
 pub fn scim_json(status: StatusCode, body: &Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::CONTENT_TYPE, SCIM_JSON))
-        // Straight to bytes (a `Value` always serializes), not through `Display`'s formatter.
-        .body(serde_json::to_vec(body).unwrap_or_default())
+    // Straight to bytes (a `Value` always serializes), not through `Display`'s formatter.
+    scim_json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
 }
 
-/// A SCIM JSON response for one resource, with its `ETag`.
-pub fn resource_response(status: StatusCode, body: &Value, version: i64) -> HttpResponse {
-    let mut resp = scim_json(status, body);
+/// A response with a body already serialized as SCIM JSON.
+pub fn scim_json_bytes(status: StatusCode, body: Vec<u8>) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, SCIM_JSON))
+        .body(body)
+}
+
+/// A SCIM JSON response for one resource (serialized), with its `ETag`.
+pub fn resource_response(status: StatusCode, body: Vec<u8>, version: i64) -> HttpResponse {
+    let mut resp = scim_json_bytes(status, body);
     if let Ok(v) = header::HeaderValue::from_str(&etag(version)) {
         resp.headers_mut().insert(header::ETAG, v);
     }

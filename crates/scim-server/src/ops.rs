@@ -1,10 +1,10 @@
 //! Resource operations as plain (blocking) functions: the HTTP handlers and `/Bulk` both call
 //! these, so a bulk operation behaves exactly like the same request sent alone.
 
-use scim_core::messages::list_response;
+use scim_core::messages::ListResponse;
 use scim_core::patch::prepare_patch;
 use scim_core::query::{decode_cursor, encode_cursor, paging, plan_filter, plan_sort};
-use scim_core::render::{parse_etag, render, Projection};
+use scim_core::render::{parse_etag, Projection, Rendered};
 use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
 use scim_core::store::{
     Include, IndexedField, ListQuery, ResourceRecord, SecretChange, StoreFilter,
@@ -18,8 +18,10 @@ use crate::{now, AppState};
 /// What an operation produced.
 #[derive(Debug)]
 pub struct Outcome {
-    /// rendered resource (absent for DELETE)
-    pub body: Option<Value>,
+    /// the resource as SCIM JSON (absent for DELETE)
+    pub body: Option<Vec<u8>>,
+    /// its id
+    pub id: Option<String>,
     /// version of the resource afterwards
     pub version: Option<i64>,
     /// URL of the resource
@@ -53,7 +55,13 @@ fn projection(ctx: &Ctx<'_>, params: &Params) -> Projection {
 
 fn done(st: &AppState, ctx: &Ctx<'_>, rec: &ResourceRecord, proj: &Projection) -> Outcome {
     Outcome {
-        body: Some(render(ctx, rec, &st.config.public_url, proj)),
+        body: Some(to_json(&Rendered::new(
+            ctx,
+            rec,
+            &st.config.public_url,
+            proj,
+        ))),
+        id: Some(rec.id.clone()),
         version: Some(rec.version),
         location: Some(format!(
             "{}{}/{}",
@@ -264,8 +272,8 @@ pub fn get_is_point_read(st: &AppState, rt: &str, params: &Params) -> bool {
     ctx(st, rt).is_ok_and(|ctx| !projection(&ctx, params).include(&ctx).members)
 }
 
-/// Answers a planned list request (`GET` list and `.search`).
-pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Value, ScimError> {
+/// Answers a planned list request (`GET` list and `.search`) with the ListResponse as SCIM JSON.
+pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Vec<u8>, ScimError> {
     let ctx = ctx(st, &plan.rt)?;
     let &ListPlan {
         ref query,
@@ -287,17 +295,14 @@ pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Value, S
     } else {
         page.resources.truncate(count as usize);
     }
-    let resources: Vec<Value> = page
+    let resources: Vec<Rendered> = page
         .resources
         .iter()
-        .map(|r| render(&ctx, r, &st.config.public_url, proj))
+        .map(|r| Rendered::new(&ctx, r, &st.config.public_url, proj))
         .collect();
-    if !cursor {
-        return Ok(list_response(page.total, start_index, resources));
-    }
-    let mut body = list_response(page.total, start_index, resources);
-    if let Value::Object(o) = &mut body {
-        o.remove("startIndex"); // not part of a cursor-paged response (RFC 9865)
+    // A cursor-paged response carries no `startIndex` (RFC 9865).
+    let mut list = ListResponse::new(page.total, (!cursor).then_some(start_index), resources);
+    if cursor {
         let key = |r: &scim_core::store::ResourceRecord, backward: bool| {
             encode_cursor(&scim_core::store::CursorKey {
                 created: r.created.clone(),
@@ -318,13 +323,19 @@ pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Value, S
             (more, has_position)
         };
         if let (true, Some(last)) = (has_next, page.resources.last()) {
-            o.insert("nextCursor".into(), Value::String(key(last, false)));
+            list.next_cursor = Some(key(last, false));
         }
         if let (true, Some(first)) = (has_previous, page.resources.first()) {
-            o.insert("previousCursor".into(), Value::String(key(first, true)));
+            list.previous_cursor = Some(key(first, true));
         }
     }
-    Ok(body)
+    Ok(to_json(&list))
+}
+
+/// SCIM JSON of a rendered resource or a list of them (maps of strings and JSON values, which
+/// always serialize).
+fn to_json(body: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(body).unwrap_or_default()
 }
 
 /// Whether a sort is by `userName` on its own column: the one order cursor paging supports
@@ -394,6 +405,7 @@ pub fn delete(
     st.store.delete(tenant, &ctx.rt.id, id, expected)?;
     Ok(Outcome {
         body: None,
+        id: None,
         version: None,
         location: Some(format!(
             "{}{}/{}",
@@ -438,8 +450,8 @@ pub fn bulk(st: &AppState, tenant: &str, request: &scim_core::bulk::BulkRequest)
                     serde_json::json!({"method": op.method.as_str(), "status": status.to_string()});
                 if let Some(b) = &op.bulk_id {
                     r["bulkId"] = Value::String(b.clone());
-                    if let Some(id) = out.body.as_ref().and_then(|b| b["id"].as_str()) {
-                        ids.insert(b.clone(), id.to_string());
+                    if let Some(id) = out.id {
+                        ids.insert(b.clone(), id);
                     }
                 }
                 if let Some(l) = out.location {
@@ -547,7 +559,7 @@ fn run_bulk_op(
 /// 3.4.3). A type whose schema lacks an attribute the filter names contributes nothing; a
 /// filter no type understands is the error it gives for the first type. `startIndex` and
 /// `count` page over the concatenation. `sortBy` and cursors apply to one type at a time.
-pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Value, ScimError> {
+pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Vec<u8>, ScimError> {
     if params.get("sortBy").is_some() || params.get("cursor").is_some() {
         return Err(ScimError::invalid_value(
             "sortBy and cursor are not supported across resource types; search /Users or /Groups",
@@ -596,11 +608,15 @@ pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Value,
         total += page.total;
         skip = skip.saturating_sub(page.total);
         left -= page.resources.len() as u64;
-        resources.extend(
-            page.resources
-                .iter()
-                .map(|r| render(&ctx, r, &st.config.public_url, &proj)),
-        );
+        resources.extend(page.resources.into_iter().map(|r| (r, ctx, proj.clone())));
     }
-    Ok(list_response(total, start_index, resources))
+    let rendered: Vec<Rendered> = resources
+        .iter()
+        .map(|(r, ctx, proj)| Rendered::new(ctx, r, &st.config.public_url, proj))
+        .collect();
+    Ok(to_json(&ListResponse::new(
+        total,
+        Some(start_index),
+        rendered,
+    )))
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{
-    if_match, if_none_match_hits, json_body, prefers_minimal, resource_response, scim_json, Params,
+    if_match, if_none_match_hits, json_body, prefers_minimal, resource_response, scim_json,
+    scim_json_bytes, Params,
 };
 use crate::ops::{self, Change, Outcome};
 use crate::{AppState, ResourceTypeId};
@@ -70,11 +71,11 @@ fn with_etag(mut resp: HttpResponse, version: Option<i64>) -> HttpResponse {
     resp
 }
 
-fn respond(status: StatusCode, out: &Outcome) -> HttpResponse {
-    let body = out.body.clone().unwrap_or(Value::Null);
+fn respond(status: StatusCode, out: Outcome) -> HttpResponse {
+    let body = out.body.unwrap_or_else(|| b"null".to_vec());
     match out.version {
-        Some(v) => resource_response(status, &body, v),
-        None => scim_json(status, &body),
+        Some(v) => resource_response(status, body, v),
+        None => scim_json_bytes(status, body),
     }
 }
 
@@ -97,12 +98,12 @@ pub async fn create(
         move |state, tenant, (body, params)| ops::create(state, tenant, &rt, &body, &params),
     )
     .await?;
-    let mut resp = respond(StatusCode::CREATED, &out);
-    if let Some(v) = out
+    let location = out
         .location
         .as_deref()
-        .and_then(|l| header::HeaderValue::from_str(l).ok())
-    {
+        .and_then(|l| header::HeaderValue::from_str(l).ok());
+    let mut resp = respond(StatusCode::CREATED, out);
+    if let Some(v) = location {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
@@ -136,7 +137,7 @@ pub async fn get(
     {
         return Ok(with_etag(HttpResponse::NotModified().finish(), out.version));
     }
-    Ok(respond(StatusCode::OK, &out))
+    Ok(respond(StatusCode::OK, out))
 }
 
 /// `GET /Users`
@@ -199,7 +200,7 @@ async fn list_planned(
         ops::run_list(state, tenant, &plan)
     })
     .await?;
-    Ok(scim_json(StatusCode::OK, &body))
+    Ok(scim_json_bytes(StatusCode::OK, body))
 }
 
 async fn update(
@@ -228,7 +229,7 @@ async fn update(
         // RFC 7240 `Prefer: return=minimal`: the change is applied; no body, just the new ETag.
         return Ok(with_etag(HttpResponse::NoContent().finish(), out.version));
     }
-    Ok(respond(StatusCode::OK, &out))
+    Ok(respond(StatusCode::OK, out))
 }
 
 /// `PUT /Users/{id}`
@@ -313,5 +314,5 @@ pub async fn search_all(
         |state, tenant, params| ops::search_all(state, tenant, &params),
     )
     .await?;
-    Ok(scim_json(StatusCode::OK, &body))
+    Ok(scim_json_bytes(StatusCode::OK, body))
 }
