@@ -124,3 +124,106 @@ fn hostile_inputs_are_bounded() {
     let quoted = format!("a eq \"{}\"", "(".repeat(100));
     assert!(parse_filter(&quoted, &limits).is_ok());
 }
+
+/// The short cut for `attr op "text"` must give exactly the grammar's tree, and only where the
+/// grammar parses the input at all.
+#[test]
+fn the_simple_comparison_short_cut_agrees_with_the_grammar() {
+    use crate::parse::{parse_with_grammar, simple_comparison};
+    let check = |input: &str| -> bool {
+        match simple_comparison(input) {
+            Some(fast) => {
+                assert_eq!(parse_with_grammar(input), Ok(fast), "{input:?}");
+                true
+            }
+            None => false,
+        }
+    };
+    // Every input of the corpus.
+    let mut taken = 0;
+    for data in [
+        include_str!("../test_data/filter_ok.txt"),
+        include_str!("../test_data/filter_err.txt"),
+    ] {
+        for (_, input, _) in cases(data) {
+            taken += usize::from(check(input));
+        }
+    }
+    assert!(
+        taken >= 5,
+        "the corpus has simple comparisons ({taken} taken)"
+    );
+    // Generated inputs around the shape: pieces that are, or nearly are, its tokens.
+    let pieces = [
+        "userName",
+        "name.familyName",
+        "urn:ietf:params:scim:schemas:core:2.0:User:userName",
+        "emails",
+        "$ref",
+        "a-b_c",
+        "9x",
+        "x.",
+        ".x",
+        "a.b.c",
+        "not",
+        "and",
+        "or",
+        "pr",
+        "eq",
+        "EQ",
+        "Sw",
+        "co",
+        "ge",
+        "xx",
+        "eqx",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\"",
+        "\"bjensen\"",
+        "\"a b\"",
+        "\"\"",
+        "\"x\\\"y\"",
+        "\\",
+        "\"é\"",
+        "é",
+        "(",
+        ")",
+        "[",
+        "]",
+        "true",
+        "12",
+        "null",
+        "\"unterminated",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut generated_taken = 0;
+    for _ in 0..50_000 {
+        let input: String = (0..1 + next(6))
+            .map(|_| pieces[next(pieces.len())])
+            .collect();
+        generated_taken += usize::from(check(&input));
+        // and the well-formed shape with random spacing and case
+        let shaped = format!(
+            "{}{}{}{}{}{}",
+            pieces[next(4)],
+            [" ", "  ", "\t", ""][next(4)],
+            ["eq", "EQ", "sw", "Pr", "gt"][next(5)],
+            [" ", "", "\n "][next(3)],
+            ["\"bjensen\"", "\"\"", "\"a\\\"b\"", "bare", "\"é x\""][next(5)],
+            ["", " ", " )", " and x pr"][next(4)],
+        );
+        generated_taken += usize::from(check(&shaped));
+    }
+    assert!(
+        generated_taken > 1_000,
+        "{generated_taken} generated inputs were taken"
+    );
+}
