@@ -210,8 +210,12 @@ pub fn app(
         InitError = (),
     >,
 > {
+    // The access log (at `info`) is formatted per request even when nothing would print
+    // it, so it is only installed when its level is enabled (`RUST_LOG`).
+    let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
     App::new()
-        .wrap(
+        .wrap(actix_web::middleware::Condition::new(
+            access_log,
             actix_web::middleware::Logger::new("%s %Dms \"%{request}xi\"").custom_request_replace(
                 "request",
                 |req| {
@@ -222,7 +226,7 @@ pub fn app(
                         .to_string()
                 },
             ),
-        )
+        ))
         .configure(configure(state))
         .default_service(web::to(handlers::discovery::not_found))
 }
