@@ -450,6 +450,62 @@ macro_rules! lookup {
     }};
 }
 
+diesel::alias!(resources as linked: Linked);
+
+/// A resource pinned by a unique column, with the groups it is a direct member of, in one
+/// statement (a left join, one row per group): on PostgreSQL each statement is a round trip,
+/// and a user read by `id` or `userName` returns its `groups` by default. `None`: not found.
+macro_rules! one_with_groups {
+    ($conn:expr, $tenant:expr, $rt:expr, $col:expr, $value:expr) => {{
+        (|| -> QueryResult<Option<ResourceRecordParts>> {
+            let joined = resources::table
+                .left_join(group_members::table.on(group_members::member_id.eq(resources::id)))
+                .left_join(linked.on(linked.field(resources::id).eq(group_members::group_id)))
+                .filter(resources::tenant_id.eq($tenant))
+                .filter(resources::resource_type.eq($rt))
+                .filter($col.eq($value))
+                .order(linked.field(resources::id).asc());
+            let group = (
+                linked.field(resources::id),
+                linked.field(resources::resource_type),
+                linked.field(resources::display),
+            );
+            let rows: Vec<(Row, Option<(String, String, Option<String>)>)> =
+                native!(&mut *$conn, |c| joined
+                    .select((Row::as_select(), group.nullable()))
+                    .load(c))?;
+            let mut rows = rows.into_iter();
+            let Some((row, first)) = rows.next() else {
+                return Ok(None);
+            };
+            let groups = first
+                .into_iter()
+                .chain(rows.filter_map(|(_, g)| g))
+                .map(|(id, resource_type, display)| MemberRef {
+                    id,
+                    resource_type,
+                    display,
+                })
+                .collect();
+            Ok(Some((row, groups)))
+        })()
+    }};
+}
+
+/// A row and its groups, read by [`one_with_groups!`].
+type ResourceRecordParts = (Row, Vec<MemberRef>);
+
+/// Whether a read wants exactly the groups of what it reads (a User by default).
+fn groups_only(include: Include) -> bool {
+    include.groups && !include.members
+}
+
+fn with_groups((row, groups): ResourceRecordParts) -> Result<ResourceRecord, StoreError> {
+    let mut rec = row.into_record()?;
+    rec.groups = Some(groups);
+    Ok(rec)
+}
+
 /// Rows a list of membership operations may touch
 fn ops_rows(ops: &[MemberOp]) -> u64 {
     ops.iter()
@@ -990,6 +1046,13 @@ impl ResourceStore for DieselStore {
         include: Include,
     ) -> Result<ResourceRecord, StoreError> {
         let mut conn = self.conn()?;
+        if groups_only(include) {
+            let c: &mut AnyConnection = &mut conn;
+            return one_with_groups!(c, tenant, rt, resources::id, id)
+                .map_err(map_err)?
+                .ok_or(StoreError::NotFound)
+                .and_then(with_groups);
+        }
         let row = load_row(&mut conn, tenant, rt, id)
             .map_err(map_err)?
             .ok_or(StoreError::NotFound)?;
@@ -1007,6 +1070,27 @@ impl ResourceStore for DieselStore {
             // that the statement cache keeps prepared (built-up queries are prepared per call).
             let c: &mut AnyConnection = &mut conn;
             let v = value.as_str();
+            // A unique key pins at most one resource: the first page is all of it.
+            let first_page = query.start_index <= 1 && query.count > 0;
+            let one = match field {
+                IndexedField::Id if first_page && groups_only(query.include) => {
+                    Some(one_with_groups!(c, tenant, rt, resources::id, v))
+                }
+                IndexedField::UserName if first_page && groups_only(query.include) => {
+                    Some(one_with_groups!(c, tenant, rt, resources::user_name_ci, v))
+                }
+                _ => None,
+            };
+            if let Some(one) = one {
+                let resources = match one.map_err(map_err)? {
+                    Some(parts) => vec![with_groups(parts)?],
+                    None => Vec::new(),
+                };
+                return Ok(Page {
+                    total: resources.len() as u64,
+                    resources,
+                });
+            }
             let found = match field {
                 IndexedField::Id => Some(lookup!(c, tenant, rt, resources::id, v, query, true)),
                 IndexedField::UserName => Some(lookup!(

@@ -1137,3 +1137,95 @@ fn filters_in_sql_agree_with_the_in_memory_evaluator() {
         );
     }
 }
+
+/// A user read by id or `userName` comes with its groups from one joined statement; the
+/// groups must be exactly those the general read path gives: every group, in id order, with
+/// display names, and an empty list for a user in none.
+#[test]
+fn point_reads_return_the_same_groups_as_the_general_path() {
+    let reg = registry();
+    let groups_too = Include {
+        members: false,
+        groups: true,
+    };
+    for db in databases() {
+        let s = &db.store;
+        for (id, name) in [("ua", "anna"), ("ub", "bert")] {
+            s.create(T, "User", id, NOW, user(&reg, name), Include::default())
+                .unwrap();
+        }
+        for (id, name) in [("g3", "Three"), ("g1", "One"), ("g2", "Two")] {
+            s.create(
+                T,
+                "Group",
+                id,
+                NOW,
+                group(&reg, name, &["ua"]),
+                Include::default(),
+            )
+            .unwrap();
+        }
+        let list = |filter: StoreFilter, start_index: u64| {
+            s.list(
+                T,
+                "User",
+                &ListQuery {
+                    filter,
+                    start_index,
+                    count: 10,
+                    include: groups_too,
+                    sort: None,
+                    after: None,
+                },
+            )
+            .unwrap()
+        };
+        let general = list(StoreFilter::All, 1);
+        assert_eq!(general.total, 2, "{}", db.name);
+        let names = |r: &scim_core::store::ResourceRecord| -> Vec<(String, Option<String>)> {
+            r.groups
+                .as_ref()
+                .expect("groups were asked for")
+                .iter()
+                .map(|g| (g.id.clone(), g.display.clone()))
+                .collect()
+        };
+        let expected: Vec<(String, Option<String>)> =
+            [("g1", "One"), ("g2", "Two"), ("g3", "Three")]
+                .iter()
+                .map(|(i, d)| (i.to_string(), Some(d.to_string())))
+                .collect();
+        assert_eq!(names(&general.resources[0]), expected, "{}", db.name);
+        assert_eq!(names(&general.resources[1]), [], "{}", db.name);
+        for (id, name) in [("ua", "anna"), ("ub", "bert")] {
+            let from_general = general.resources.iter().find(|r| r.id == id).unwrap();
+            let by_id = s.get(T, "User", id, groups_too).unwrap();
+            let by_name = list(StoreFilter::Eq(IndexedField::UserName, name.into()), 1);
+            let by_id_filter = list(StoreFilter::Eq(IndexedField::Id, id.into()), 1);
+            for (how, got) in [
+                ("get", &by_id),
+                ("userName eq", &by_name.resources[0]),
+                ("id eq", &by_id_filter.resources[0]),
+            ] {
+                assert_eq!(got, from_general, "{} {how} {id}", db.name);
+            }
+            assert_eq!((by_name.total, by_id_filter.total), (1, 1));
+            // A second page of a unique match is empty but still counts it.
+            let second = list(StoreFilter::Eq(IndexedField::UserName, name.into()), 2);
+            assert_eq!(
+                (second.total, second.resources.len()),
+                (1, 0),
+                "{}",
+                db.name
+            );
+        }
+        assert_eq!(
+            list(StoreFilter::Eq(IndexedField::UserName, "nobody".into()), 1).total,
+            0
+        );
+        assert!(matches!(
+            s.get(T, "User", "nobody", groups_too),
+            Err(StoreError::NotFound)
+        ));
+    }
+}
