@@ -442,29 +442,29 @@ struct Refs<'a> {
 }
 
 impl Refs<'_> {
-    /// The sub-attributes shown of a reference (`display` only where it has one).
+    /// Which of `value`, `$ref`, `display`, `type` are shown.
     fn keys(&self) -> [bool; 4] {
         ["value", "$ref", "display", "type"].map(|k| self.keep.key(k))
     }
 
+    /// Whether a reference shows anything (`display` only where it has one).
+    fn item_shows(keys: [bool; 4], m: &MemberRef) -> bool {
+        let [value, reference, display, kind] = keys;
+        value || reference || kind || (display && m.display.is_some())
+    }
+
     fn shows_anything(&self) -> bool {
-        let [value, reference, display, kind] = self.keys();
-        !self.list.is_empty()
-            && (value
-                || reference
-                || kind
-                || (display && self.list.iter().any(|m| m.display.is_some())))
+        let keys = self.keys();
+        self.list.iter().any(|m| Self::item_shows(keys, m))
     }
 }
 
 impl Serialize for Refs<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let [value, reference, display, kind] = self.keys();
-        let mut seq = serializer.serialize_seq(Some(self.list.len()))?;
-        for m in self.list {
-            if !(value || reference || kind || (display && m.display.is_some())) {
-                continue;
-            }
+        let keys = self.keys();
+        let [value, reference, display, kind] = keys;
+        let mut seq = serializer.serialize_seq(None)?;
+        for m in self.list.iter().filter(|m| Self::item_shows(keys, m)) {
             let endpoint = self
                 .registry
                 .resource_type(&m.resource_type)

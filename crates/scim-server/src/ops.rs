@@ -588,7 +588,7 @@ pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Vec<u8
     let mut total = 0u64;
     let mut skip = start_index - 1;
     let mut left = count;
-    let mut resources = Vec::new();
+    let mut pages = Vec::new();
     for (ctx, filter) in planned {
         // One list per type: it counts the type's matches and returns the slice that falls
         // in the window (nothing when the window starts after this type).
@@ -608,11 +608,15 @@ pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Vec<u8
         total += page.total;
         skip = skip.saturating_sub(page.total);
         left -= page.resources.len() as u64;
-        resources.extend(page.resources.into_iter().map(|r| (r, ctx, proj.clone())));
+        pages.push((ctx, proj, page.resources));
     }
-    let rendered: Vec<Rendered> = resources
+    let rendered: Vec<Rendered> = pages
         .iter()
-        .map(|(r, ctx, proj)| Rendered::new(ctx, r, &st.config.public_url, proj))
+        .flat_map(|(ctx, proj, records)| {
+            records
+                .iter()
+                .map(move |r| Rendered::new(ctx, r, &st.config.public_url, proj))
+        })
         .collect();
     Ok(to_json(&ListResponse::new(
         total,
