@@ -1070,13 +1070,12 @@ impl ResourceStore for DieselStore {
             // that the statement cache keeps prepared (built-up queries are prepared per call).
             let c: &mut AnyConnection = &mut conn;
             let v = value.as_str();
-            // A unique key pins at most one resource: the first page is all of it.
+            // A unique key pins at most one resource: its first page is all of it.
             let first_page = query.start_index <= 1 && query.count > 0;
             let one = match field {
-                IndexedField::Id if first_page && groups_only(query.include) => {
-                    Some(one_with_groups!(c, tenant, rt, resources::id, v))
-                }
-                IndexedField::UserName if first_page && groups_only(query.include) => {
+                _ if !(first_page && groups_only(query.include)) => None,
+                IndexedField::Id => Some(one_with_groups!(c, tenant, rt, resources::id, v)),
+                IndexedField::UserName => {
                     Some(one_with_groups!(c, tenant, rt, resources::user_name_ci, v))
                 }
                 _ => None,
