@@ -401,6 +401,42 @@ pub trait ResourceStore: Send + Sync {
     fn reserve_inline(&self) -> Option<InlineReads> {
         None
     }
+
+    /// A point read for the tenant of the live bearer token with this hash (see
+    /// [`CredentialStore::find_token`]), with the token checked in the read's own statement:
+    /// one round trip to a networked database instead of two. `include` is honoured as by
+    /// [`get`](Self::get). The default, and any read a store cannot fold this way, is
+    /// [`TokenRead::Unsupported`]: the caller resolves the token and reads as usual.
+    fn point_read_by_token(
+        &self,
+        token_hash: &str,
+        resource_type: &str,
+        key: PointKey<'_>,
+        include: Include,
+    ) -> Result<TokenRead, StoreError> {
+        let _ = (token_hash, resource_type, key, include);
+        Ok(TokenRead::Unsupported)
+    }
+}
+
+/// What pins a point read to at most one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointKey<'a> {
+    /// the resource's `id`
+    Id(&'a str),
+    /// a User's `userName`, already folded with [`crate::resource::fold`]
+    UserName(&'a str),
+}
+
+/// The answer of [`ResourceStore::point_read_by_token`].
+#[derive(Debug)]
+pub enum TokenRead {
+    /// the store cannot fold the token check into this read; resolve the token and read as usual
+    Unsupported,
+    /// no live token has this hash (a 401)
+    NoToken,
+    /// the token is live; the resource, if one matched in its tenant
+    Read(Option<Box<ResourceRecord>>),
 }
 
 /// A bearer token as stored: only its hash.

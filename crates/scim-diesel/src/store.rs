@@ -10,8 +10,9 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, ElementFilter, Include, IndexedField, ListQuery,
-    MemberOp, MemberRef, Page, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey,
-    SortTarget, StoreFilter, TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest,
+    MemberOp, MemberRef, Page, PointKey, ResourceRecord, ResourceStore, ResourceWrite,
+    SecretChange, SortKey, SortTarget, StoreFilter, TokenRead, TokenRecord, UnknownMembers,
+    UpdateFn, ValueKind, ValueTest,
 };
 use scim_core::{ScimError, StoreError};
 use serde_json::{Map, Value};
@@ -456,12 +457,12 @@ diesel::alias!(resources as linked: Linked);
 /// statement (a left join, one row per group): on PostgreSQL each statement is a round trip,
 /// and a user read by `id` or `userName` returns its `groups` by default. `None`: not found.
 macro_rules! one_with_groups {
-    ($conn:expr, $tenant:expr, $rt:expr, $col:expr, $value:expr) => {{
+    ($conn:expr, $tenant_cond:expr, $rt:expr, $col:expr, $value:expr) => {{
         (|| -> QueryResult<Option<ResourceRecordParts>> {
             let joined = resources::table
                 .left_join(group_members::table.on(group_members::member_id.eq(resources::id)))
                 .left_join(linked.on(linked.field(resources::id).eq(group_members::group_id)))
-                .filter(resources::tenant_id.eq($tenant))
+                .filter($tenant_cond)
                 .filter(resources::resource_type.eq($rt))
                 .filter($col.eq($value))
                 .order(linked.field(resources::id).asc());
@@ -1048,7 +1049,7 @@ impl ResourceStore for DieselStore {
         let mut conn = self.conn()?;
         if groups_only(include) {
             let c: &mut AnyConnection = &mut conn;
-            return one_with_groups!(c, tenant, rt, resources::id, id)
+            return one_with_groups!(c, resources::tenant_id.eq(tenant), rt, resources::id, id)
                 .map_err(map_err)?
                 .ok_or(StoreError::NotFound)
                 .and_then(with_groups);
@@ -1074,10 +1075,20 @@ impl ResourceStore for DieselStore {
             let first_page = query.start_index <= 1 && query.count > 0;
             let one = match field {
                 _ if !(first_page && groups_only(query.include)) => None,
-                IndexedField::Id => Some(one_with_groups!(c, tenant, rt, resources::id, v)),
-                IndexedField::UserName => {
-                    Some(one_with_groups!(c, tenant, rt, resources::user_name_ci, v))
-                }
+                IndexedField::Id => Some(one_with_groups!(
+                    c,
+                    resources::tenant_id.eq(tenant),
+                    rt,
+                    resources::id,
+                    v
+                )),
+                IndexedField::UserName => Some(one_with_groups!(
+                    c,
+                    resources::tenant_id.eq(tenant),
+                    rt,
+                    resources::user_name_ci,
+                    v
+                )),
                 _ => None,
             };
             if let Some(one) = one {
@@ -1447,6 +1458,71 @@ impl ResourceStore for DieselStore {
             return None;
         }
         inline::reserve(self.id, self.pool.try_get()?)
+    }
+
+    /// The users' point reads (with their groups, as identity providers read them) and reads
+    /// of one row without memberships, with `tenant_id` compared to the token's tenant as a
+    /// scalar subquery: a hit is one statement. Nothing matched is then told apart from a dead
+    /// token by [`CredentialStore::find_token`], so a miss costs what it did before.
+    fn point_read_by_token(
+        &self,
+        token_hash: &str,
+        rt: &str,
+        key: PointKey<'_>,
+        include: Include,
+    ) -> Result<TokenRead, StoreError> {
+        if include.members {
+            return Ok(TokenRead::Unsupported);
+        }
+        let token_tenant = || {
+            tokens::table
+                .filter(tokens::token_hash.eq(token_hash))
+                .filter(tokens::revoked.is_null())
+                .select(tokens::tenant_id)
+                .single_value()
+        };
+        let found = {
+            let mut conn = self.conn()?;
+            let c: &mut AnyConnection = &mut conn;
+            if include.groups {
+                let in_tenant = resources::tenant_id.nullable().eq(token_tenant());
+                match key {
+                    PointKey::Id(v) => one_with_groups!(c, in_tenant, rt, resources::id, v),
+                    PointKey::UserName(v) => {
+                        one_with_groups!(c, in_tenant, rt, resources::user_name_ci, v)
+                    }
+                }
+                .map_err(map_err)?
+                .map(with_groups)
+                .transpose()?
+            } else {
+                let one = || {
+                    resources::table
+                        .filter(resources::tenant_id.nullable().eq(token_tenant()))
+                        .filter(resources::resource_type.eq(rt))
+                };
+                // `get_result`, not `first`: see `load_row`.
+                match key {
+                    PointKey::Id(v) => native!(c, |c| one()
+                        .filter(resources::id.eq(v))
+                        .select(Row::as_select())
+                        .get_result(c)),
+                    PointKey::UserName(v) => native!(c, |c| one()
+                        .filter(resources::user_name_ci.eq(v))
+                        .select(Row::as_select())
+                        .get_result(c)),
+                }
+                .optional()
+                .map_err(map_err)?
+                .map(Row::into_record)
+                .transpose()?
+            }
+        };
+        match found {
+            Some(rec) => Ok(TokenRead::Read(Some(Box::new(rec)))),
+            None if self.find_token(token_hash)?.is_some() => Ok(TokenRead::Read(None)),
+            None => Ok(TokenRead::NoToken),
+        }
     }
 }
 

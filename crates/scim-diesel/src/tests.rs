@@ -1229,3 +1229,115 @@ fn point_reads_return_the_same_groups_as_the_general_path() {
         ));
     }
 }
+
+/// A point read authorized by a token in its own statement answers for the token's tenant and
+/// nobody else's: the same record as an ordinary read, nothing for a resource of another
+/// tenant, and `NoToken` for a revoked or unknown token, whether or not anything matched.
+#[test]
+fn reads_by_token_answer_for_the_tokens_tenant_only() {
+    use scim_core::store::{CredentialStore, PointKey, TokenRead, TokenRecord};
+    let reg = registry();
+    let users_read = Include {
+        members: false,
+        groups: true,
+    };
+    for db in databases() {
+        let s = &db.store;
+        let other = "tenant-2";
+        s.ensure_tenant(other, "other", NOW).unwrap();
+        for (tenant, id, token, hash) in [
+            (T, "t1", "tok-1", "hash-1"),
+            (other, "t2", "tok-2", "hash-2"),
+        ] {
+            let record = TokenRecord {
+                id: id.into(),
+                tenant_id: tenant.into(),
+                name: token.into(),
+                created: NOW.into(),
+            };
+            s.create_token(&record, hash).unwrap();
+        }
+        s.create(T, "User", "ua", NOW, user(&reg, "anna"), Include::default())
+            .unwrap();
+        s.create(
+            other,
+            "User",
+            "ub",
+            NOW,
+            user(&reg, "bert"),
+            Include::default(),
+        )
+        .unwrap();
+        s.create(
+            T,
+            "Group",
+            "g1",
+            NOW,
+            group(&reg, "One", &["ua"]),
+            Include::default(),
+        )
+        .unwrap();
+        let read = |hash: &str, key: PointKey<'_>, rt: &str, include: Include| match s
+            .point_read_by_token(hash, rt, key, include)
+            .unwrap()
+        {
+            TokenRead::Read(found) => Ok(found.map(|rec| *rec)),
+            TokenRead::NoToken => Err("no token"),
+            TokenRead::Unsupported => Err("unsupported"),
+        };
+        let anna = s.get(T, "User", "ua", users_read).unwrap();
+        assert_eq!(anna.groups.as_ref().map(Vec::len), Some(1), "{}", db.name);
+        for key in [PointKey::Id("ua"), PointKey::UserName("anna")] {
+            let got = read("hash-1", key, "User", users_read);
+            assert_eq!(got, Ok(Some(anna.clone())), "{} {key:?}", db.name);
+            // Tenant 2's token does not see tenant 1's user, and a wrong type finds nothing.
+            assert_eq!(
+                read("hash-2", key, "User", users_read),
+                Ok(None),
+                "{}",
+                db.name
+            );
+            assert_eq!(
+                read("hash-1", key, "Group", users_read),
+                Ok(None),
+                "{}",
+                db.name
+            );
+            assert_eq!(
+                read("nope", key, "User", users_read),
+                Err("no token"),
+                "{}",
+                db.name
+            );
+        }
+        // Without groups: the row alone, as `get` gives it.
+        let group = s.get(T, "Group", "g1", Include::default()).unwrap();
+        let got = read("hash-1", PointKey::Id("g1"), "Group", Include::default());
+        assert_eq!(got, Ok(Some(group)), "{}", db.name);
+        assert_eq!(
+            read(
+                "hash-1",
+                PointKey::Id("g1"),
+                "Group",
+                Include {
+                    members: true,
+                    groups: false
+                }
+            ),
+            Err("unsupported"),
+            "{}: member lists are read the ordinary way",
+            db.name
+        );
+        assert!(s.revoke_token("t1", NOW).unwrap());
+        for key in [PointKey::Id("ua"), PointKey::Id("missing")] {
+            assert_eq!(
+                read("hash-1", key, "User", users_read),
+                Err("no token"),
+                "{}",
+                db.name
+            );
+        }
+        let bert = read("hash-2", PointKey::UserName("bert"), "User", users_read).unwrap();
+        assert_eq!(bert.map(|r| r.id), Some("ub".to_string()), "{}", db.name);
+    }
+}

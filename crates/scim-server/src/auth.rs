@@ -23,7 +23,8 @@ pub enum Caller {
     Jwt,
 }
 
-fn unauthorized() -> ScimError {
+/// The 401 for a missing, malformed, unknown or revoked credential.
+pub(crate) fn unauthorized() -> ScimError {
     ScimError::new(401, None, "A valid bearer token is required")
 }
 

@@ -7,7 +7,8 @@ use scim_core::query::{decode_cursor, encode_cursor, paging, plan_filter, plan_s
 use scim_core::render::{parse_etag, Projection, Rendered};
 use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
 use scim_core::store::{
-    Include, IndexedField, ListQuery, ResourceRecord, SecretChange, StoreFilter,
+    Include, IndexedField, ListQuery, Page, PointKey, ResourceRecord, SecretChange, StoreFilter,
+    TokenRead,
 };
 use scim_core::{Ctx, ScimError, StoreError};
 use serde_json::Value;
@@ -173,6 +174,34 @@ pub fn get(
     Ok(done(st, &ctx, &rec, &proj))
 }
 
+/// GET one for the caller holding the token with this hash, the token checked in the read's
+/// own statement (see [`ResourceStore::point_read_by_token`]). `None`: the store cannot do
+/// that here; resolve the token and call [`get`].
+///
+/// [`ResourceStore::point_read_by_token`]: scim_core::store::ResourceStore::point_read_by_token
+pub fn get_by_token(
+    st: &AppState,
+    token_hash: &str,
+    rt: &str,
+    id: &str,
+    params: &Params,
+) -> Result<Option<Outcome>, ScimError> {
+    let ctx = ctx(st, rt)?;
+    let proj = projection(&ctx, params);
+    let read = st.store.point_read_by_token(
+        token_hash,
+        &ctx.rt.id,
+        PointKey::Id(id),
+        proj.include(&ctx),
+    )?;
+    match read {
+        TokenRead::Unsupported => Ok(None),
+        TokenRead::NoToken => Err(crate::auth::unauthorized()),
+        TokenRead::Read(None) => Err(StoreError::NotFound.into()),
+        TokenRead::Read(Some(rec)) => Ok(Some(done(st, &ctx, &rec, &proj))),
+    }
+}
+
 /// A list request, checked and planned; nothing read yet.
 #[derive(Debug)]
 pub struct ListPlan {
@@ -275,8 +304,47 @@ pub fn get_is_point_read(st: &AppState, rt: &str, params: &Params) -> bool {
 /// Answers a planned list request (`GET` list and `.search`) with the ListResponse as SCIM JSON.
 pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Vec<u8>, ScimError> {
     let ctx = ctx(st, &plan.rt)?;
+    let page = st.store.list(tenant, &ctx.rt.id, &plan.query)?;
+    Ok(list_body(st, &ctx, plan, page))
+}
+
+/// [`run_list`] for the caller holding the token with this hash, when the plan pins one
+/// resource by `id` or `userName` on its first page and the store checks the token in the
+/// read's own statement. `None`: it does not apply; resolve the token and call [`run_list`].
+pub fn run_list_by_token(
+    st: &AppState,
+    token_hash: &str,
+    plan: &ListPlan,
+) -> Result<Option<Vec<u8>>, ScimError> {
+    let q = &plan.query;
+    let key = match &q.filter {
+        _ if q.sort.is_some() || q.after.is_some() || q.start_index > 1 || q.count == 0 => {
+            return Ok(None)
+        }
+        StoreFilter::Eq(IndexedField::Id, v) => PointKey::Id(v.as_str()),
+        StoreFilter::Eq(IndexedField::UserName, v) => PointKey::UserName(v.as_str()),
+        _ => return Ok(None),
+    };
+    let ctx = ctx(st, &plan.rt)?;
+    let found = match st
+        .store
+        .point_read_by_token(token_hash, &ctx.rt.id, key, q.include)?
+    {
+        TokenRead::Unsupported => return Ok(None),
+        TokenRead::NoToken => return Err(crate::auth::unauthorized()),
+        TokenRead::Read(found) => found,
+    };
+    let resources: Vec<ResourceRecord> = found.into_iter().map(|rec| *rec).collect();
+    let page = Page {
+        total: resources.len() as u64,
+        resources,
+    };
+    Ok(Some(list_body(st, &ctx, plan, page)))
+}
+
+/// The ListResponse of a page read for a plan.
+fn list_body(st: &AppState, ctx: &Ctx<'_>, plan: &ListPlan, mut page: Page) -> Vec<u8> {
     let &ListPlan {
-        ref query,
         ref proj,
         start_index,
         count,
@@ -286,7 +354,6 @@ pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Vec<u8>,
         has_position,
         ..
     } = plan;
-    let mut page = st.store.list(tenant, &ctx.rt.id, query)?;
     // `more`: the probe row exists, so another page lies in the reading direction.
     let more = cursor && page.resources.len() as u64 > count;
     if backward {
@@ -298,7 +365,7 @@ pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Vec<u8>,
     let resources: Vec<Rendered> = page
         .resources
         .iter()
-        .map(|r| Rendered::new(&ctx, r, &st.config.public_url, proj))
+        .map(|r| Rendered::new(ctx, r, &st.config.public_url, proj))
         .collect();
     // A cursor-paged response carries no `startIndex` (RFC 9865).
     let mut list = ListResponse::new(page.total, (!cursor).then_some(start_index), resources);
@@ -329,7 +396,7 @@ pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Vec<u8>,
             list.previous_cursor = Some(key(first, true));
         }
     }
-    Ok(to_json(&list))
+    to_json(&list)
 }
 
 /// SCIM JSON of a rendered resource or a list of them (maps of strings and JSON values, which

@@ -48,18 +48,36 @@ async fn for_caller<I: Send + 'static, T: Send + 'static>(
     reads: Reads,
     op: impl FnOnce(&AppState, &str, I) -> Result<T, ScimError> + Send + 'static,
 ) -> ApiResult<T> {
-    let input = input.map_err(|e| e.0);
+    for_caller_folding(state, caller, input, reads, |_, _, _| Ok(None), op).await
+}
+
+/// [`for_caller`], trying `by_token` first for a caller with a token of this server: a read
+/// that checks the token itself, in its own statement (`None`: it cannot; the token is then
+/// looked up and `op` run as usual).
+async fn for_caller_folding<I: Send + 'static, T: Send + 'static>(
+    state: web::Data<AppState>,
+    caller: Caller,
+    input: ApiResult<I>,
+    reads: Reads,
+    by_token: impl FnOnce(&AppState, &str, &I) -> Result<Option<T>, ScimError> + Send + 'static,
+    op: impl FnOnce(&AppState, &str, I) -> Result<T, ScimError> + Send + 'static,
+) -> ApiResult<T> {
+    let answer = move |state: &AppState| -> Result<T, ScimError> {
+        let input = input.map_err(|e| e.0);
+        if let (Caller::Token(hash), Ok(i)) = (&caller, &input) {
+            if let Some(out) = by_token(state, hash, i)? {
+                return Ok(out);
+            }
+        }
+        let tenant = caller.tenant(state)?;
+        op(state, &tenant, input?)
+    };
     if reads == Reads::Point {
         if let Some(_reserved) = state.store.reserve_inline() {
-            let tenant = caller.tenant(&state).map_err(ApiError)?;
-            return op(&state, &tenant, input.map_err(ApiError)?).map_err(ApiError);
+            return answer(&state).map_err(ApiError);
         }
     }
-    blocking(move || {
-        let tenant = caller.tenant(&state)?;
-        op(&state, &tenant, input?)
-    })
-    .await
+    blocking(move || answer(&state)).await
 }
 
 fn with_etag(mut resp: HttpResponse, version: Option<i64>) -> HttpResponse {
@@ -123,11 +141,14 @@ pub async fn get(
         Ok(p) if ops::get_is_point_read(&state, &rt, p) => Reads::Point,
         _ => Reads::Any,
     };
-    let out = for_caller(
+    let rt2 = rt.clone();
+    let id2 = id.clone();
+    let out = for_caller_folding(
         state,
         caller,
         params,
         reads,
+        move |state, hash, params| ops::get_by_token(state, hash, &rt2, &id2, params),
         move |state, tenant, params| ops::get(state, tenant, &rt, &id, &params),
     )
     .await?;
@@ -196,9 +217,14 @@ async fn list_planned(
         Ok(p) if p.is_point_read() => Reads::Point,
         _ => Reads::Any,
     };
-    let body = for_caller(state, caller, plan, reads, |state, tenant, plan| {
-        ops::run_list(state, tenant, &plan)
-    })
+    let body = for_caller_folding(
+        state,
+        caller,
+        plan,
+        reads,
+        ops::run_list_by_token,
+        |state, tenant, plan| ops::run_list(state, tenant, &plan),
+    )
     .await?;
     Ok(scim_json_bytes(StatusCode::OK, body))
 }

@@ -58,16 +58,41 @@ fn migrate_and_token_commands_work_and_never_show_tokens_again() {
     );
 
     let server = TestServer::spawn_binary(BIN, &Db::Exact(db.clone()));
-    let get = |token: &str| {
+    let get_path = |token: &str, path: &str| {
         Client::new()
-            .get(format!("{}/Users", server.base))
+            .get(format!("{}{path}", server.base))
             .bearer_auth(token)
             .send()
             .unwrap()
             .status()
             .as_u16()
     };
+    let get = |token: &str| get_path(token, "/Users");
     assert_eq!((get(&first), get(&second)), (200, 200));
+    let created = Client::new()
+        .post(format!("{}/Users", server.base))
+        .bearer_auth(&first)
+        .json(&serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "pat"
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let user_id = created.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Point reads check the token in the read's own statement: hits and misses alike.
+    let point_reads = [
+        format!("/Users/{user_id}"),
+        "/Users/no-such-id".to_string(),
+        "/Users?filter=userName%20eq%20%22pat%22".to_string(),
+        "/Users?filter=userName%20eq%20%22nobody%22".to_string(),
+    ];
+    let statuses =
+        |token: &str| -> Vec<u16> { point_reads.iter().map(|p| get_path(token, p)).collect() };
+    assert_eq!(statuses(&second), [200, 404, 200, 200]);
     // The served process runs with two malloc arenas (it re-executes itself to set them),
     // unless the operator chose a value.
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
@@ -89,7 +114,9 @@ fn migrate_and_token_commands_work_and_never_show_tokens_again() {
         401,
         "a revoked token stops working on the next request"
     );
+    assert_eq!(statuses(&second), [401; 4], "point reads refuse it too");
     assert_eq!(get(&first), 200);
+    assert_eq!(statuses(&first), [200, 404, 200, 200]);
 
     let (ok, _, err) = cli(&db, &["token", "revoke", &id]);
     assert!(!ok && err.contains("no live token"), "{err}");
