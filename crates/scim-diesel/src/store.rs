@@ -200,6 +200,28 @@ struct Row {
     data: String,
 }
 
+/// The columns of a [`Row`] as a plain tuple, which `.nullable()` can wrap (an outer join's
+/// side that may be missing); `Row::as_select()` cannot be.
+fn row_columns() -> (
+    resources::id,
+    resources::resource_type,
+    resources::version,
+    resources::created,
+    resources::last_modified,
+    resources::external_id,
+    resources::data,
+) {
+    (
+        resources::id,
+        resources::resource_type,
+        resources::version,
+        resources::created,
+        resources::last_modified,
+        resources::external_id,
+        resources::data,
+    )
+}
+
 impl Row {
     fn into_record(self) -> Result<ResourceRecord, StoreError> {
         let data: Map<String, Value> = serde_json::from_str(&self.data)
@@ -479,18 +501,71 @@ macro_rules! one_with_groups {
             let Some((row, first)) = rows.next() else {
                 return Ok(None);
             };
-            let groups = first
-                .into_iter()
-                .chain(rows.filter_map(|(_, g)| g))
-                .map(|(id, resource_type, display)| MemberRef {
-                    id,
-                    resource_type,
-                    display,
-                })
-                .collect();
+            let groups = member_refs(first.into_iter().chain(rows.filter_map(|(_, g)| g)));
             Ok(Some((row, groups)))
         })()
     }};
+}
+
+/// A resource pinned by a unique column, in the tenant of the live token with hash `$hash`, as
+/// one statement whatever the outcome: the token's row left-joined to the resource (and, with
+/// `$groups`, to the groups it is a direct member of, as in [`one_with_groups!`]).
+/// `None`: no live token; `Some(None)`: the token is live and nothing matched.
+macro_rules! for_token {
+    ($conn:expr, $hash:expr, $rt:expr, $col:expr, $value:expr, $groups:expr) => {{
+        (|| -> QueryResult<Option<Option<(Row, Option<Vec<MemberRef>>)>>> {
+            let token = tokens::table.left_join(
+                resources::table.on(resources::tenant_id
+                    .eq(tokens::tenant_id)
+                    // Owned: a bound value in the ON clause of a join that is joined again
+                    // must be 'static to diesel.
+                    .and(resources::resource_type.eq($rt.to_string()))
+                    .and($col.eq($value.to_string()))),
+            );
+            let live = tokens::token_hash.eq($hash).and(tokens::revoked.is_null());
+            if !$groups {
+                // `get_result`, not `first`: see `load_row`.
+                let row: Option<Option<Row>> = native!(&mut *$conn, |c| token
+                    .filter(live)
+                    .select(row_columns().nullable())
+                    .get_result(c))
+                .optional()?;
+                return Ok(row.map(|r| r.map(|r| (r, None))));
+            }
+            let joined = token
+                .left_join(group_members::table.on(group_members::member_id.eq(resources::id)))
+                .left_join(linked.on(linked.field(resources::id).eq(group_members::group_id)))
+                .filter(live)
+                .order(linked.field(resources::id).asc());
+            let group = (
+                linked.field(resources::id),
+                linked.field(resources::resource_type),
+                linked.field(resources::display),
+            );
+            let rows: Vec<(Option<Row>, Option<(String, String, Option<String>)>)> =
+                native!(&mut *$conn, |c| joined
+                    .select((row_columns().nullable(), group.nullable()))
+                    .load(c))?;
+            let mut rows = rows.into_iter();
+            let Some((row, first)) = rows.next() else {
+                return Ok(None);
+            };
+            Ok(Some(row.map(|row| {
+                let rest = rows.filter_map(|(_, g)| g);
+                (row, Some(member_refs(first.into_iter().chain(rest))))
+            })))
+        })()
+    }};
+}
+
+/// Member references from (id, type, display) rows.
+fn member_refs(rows: impl Iterator<Item = (String, String, Option<String>)>) -> Vec<MemberRef> {
+    rows.map(|(id, resource_type, display)| MemberRef {
+        id,
+        resource_type,
+        display,
+    })
+    .collect()
 }
 
 /// A row and its groups, read by [`one_with_groups!`].
@@ -1461,9 +1536,8 @@ impl ResourceStore for DieselStore {
     }
 
     /// The users' point reads (with their groups, as identity providers read them) and reads
-    /// of one row without memberships, with `tenant_id` compared to the token's tenant as a
-    /// scalar subquery: a hit is one statement. Nothing matched is then told apart from a dead
-    /// token by [`CredentialStore::find_token`], so a miss costs what it did before.
+    /// of one row without memberships, as one statement whatever the outcome ([`for_token!`]):
+    /// hit, miss and dead token are each one round trip.
     fn point_read_by_token(
         &self,
         token_hash: &str,
@@ -1474,55 +1548,30 @@ impl ResourceStore for DieselStore {
         if include.members {
             return Ok(TokenRead::Unsupported);
         }
-        let token_tenant = || {
-            tokens::table
-                .filter(tokens::token_hash.eq(token_hash))
-                .filter(tokens::revoked.is_null())
-                .select(tokens::tenant_id)
-                .single_value()
-        };
-        let found = {
-            let mut conn = self.conn()?;
-            let c: &mut AnyConnection = &mut conn;
-            if include.groups {
-                let in_tenant = resources::tenant_id.nullable().eq(token_tenant());
-                match key {
-                    PointKey::Id(v) => one_with_groups!(c, in_tenant, rt, resources::id, v),
-                    PointKey::UserName(v) => {
-                        one_with_groups!(c, in_tenant, rt, resources::user_name_ci, v)
-                    }
-                }
-                .map_err(map_err)?
-                .map(with_groups)
-                .transpose()?
-            } else {
-                let one = || {
-                    resources::table
-                        .filter(resources::tenant_id.nullable().eq(token_tenant()))
-                        .filter(resources::resource_type.eq(rt))
-                };
-                // `get_result`, not `first`: see `load_row`.
-                match key {
-                    PointKey::Id(v) => native!(c, |c| one()
-                        .filter(resources::id.eq(v))
-                        .select(Row::as_select())
-                        .get_result(c)),
-                    PointKey::UserName(v) => native!(c, |c| one()
-                        .filter(resources::user_name_ci.eq(v))
-                        .select(Row::as_select())
-                        .get_result(c)),
-                }
-                .optional()
-                .map_err(map_err)?
-                .map(Row::into_record)
-                .transpose()?
+        let mut conn = self.conn()?;
+        let c: &mut AnyConnection = &mut conn;
+        let read = match key {
+            PointKey::Id(v) => for_token!(c, token_hash, rt, resources::id, v, include.groups),
+            PointKey::UserName(v) => {
+                for_token!(
+                    c,
+                    token_hash,
+                    rt,
+                    resources::user_name_ci,
+                    v,
+                    include.groups
+                )
             }
         };
-        match found {
-            Some(rec) => Ok(TokenRead::Read(Some(Box::new(rec)))),
-            None if self.find_token(token_hash)?.is_some() => Ok(TokenRead::Read(None)),
-            None => Ok(TokenRead::NoToken),
-        }
+        Ok(match read.map_err(map_err)? {
+            None => TokenRead::NoToken,
+            Some(None) => TokenRead::Read(None),
+            Some(Some((row, groups))) => {
+                let mut rec = row.into_record()?;
+                rec.groups = groups;
+                TokenRead::Read(Some(Box::new(rec)))
+            }
+        })
     }
 }
 
