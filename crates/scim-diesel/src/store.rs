@@ -200,26 +200,11 @@ struct Row {
     data: String,
 }
 
-/// The columns of a [`Row`] as a plain tuple, which `.nullable()` can wrap (an outer join's
-/// side that may be missing); `Row::as_select()` cannot be.
-fn row_columns() -> (
-    resources::id,
-    resources::resource_type,
-    resources::version,
-    resources::created,
-    resources::last_modified,
-    resources::external_id,
-    resources::data,
-) {
-    (
-        resources::id,
-        resources::resource_type,
-        resources::version,
-        resources::created,
-        resources::last_modified,
-        resources::external_id,
-        resources::data,
-    )
+/// The columns of a [`Row`] as the plain tuple its `Selectable` derive builds (same fields,
+/// same order), which `.nullable()` can wrap for the side of an outer join that may be
+/// missing; `Row::as_select()` cannot be wrapped.
+fn row_columns() -> <Row as Selectable<crate::conn::AnyBackend>>::SelectExpression {
+    <Row as Selectable<crate::conn::AnyBackend>>::construct_selection()
 }
 
 impl Row {
@@ -475,67 +460,37 @@ macro_rules! lookup {
 
 diesel::alias!(resources as linked: Linked);
 
-/// A resource pinned by a unique column, with the groups it is a direct member of, in one
-/// statement (a left join, one row per group): on PostgreSQL each statement is a round trip,
-/// and a user read by `id` or `userName` returns its `groups` by default. `None`: not found.
-macro_rules! one_with_groups {
-    ($conn:expr, $tenant_cond:expr, $rt:expr, $col:expr, $value:expr) => {{
-        (|| -> QueryResult<Option<ResourceRecordParts>> {
-            let joined = resources::table
-                .left_join(group_members::table.on(group_members::member_id.eq(resources::id)))
-                .left_join(linked.on(linked.field(resources::id).eq(group_members::group_id)))
-                .filter($tenant_cond)
-                .filter(resources::resource_type.eq($rt))
-                .filter($col.eq($value))
-                .order(linked.field(resources::id).asc());
-            let group = (
-                linked.field(resources::id),
-                linked.field(resources::resource_type),
-                linked.field(resources::display),
-            );
-            let rows: Vec<(Row, Option<(String, String, Option<String>)>)> =
-                native!(&mut *$conn, |c| joined
-                    .select((Row::as_select(), group.nullable()))
-                    .load(c))?;
-            let mut rows = rows.into_iter();
-            let Some((row, first)) = rows.next() else {
-                return Ok(None);
-            };
-            let groups = member_refs(first.into_iter().chain(rows.filter_map(|(_, g)| g)));
-            Ok(Some((row, groups)))
-        })()
-    }};
-}
-
-/// A resource pinned by a unique column, in the tenant of the live token with hash `$hash`, as
-/// one statement whatever the outcome: the token's row left-joined to the resource (and, with
-/// `$groups`, to the groups it is a direct member of, as in [`one_with_groups!`]).
-/// `None`: no live token; `Some(None)`: the token is live and nothing matched.
-macro_rules! for_token {
-    ($conn:expr, $hash:expr, $rt:expr, $col:expr, $value:expr, $groups:expr) => {{
-        (|| -> QueryResult<Option<Option<(Row, Option<Vec<MemberRef>>)>>> {
-            let token = tokens::table.left_join(
+/// A resource pinned by a unique column, and with `$groups` the groups it is a direct member
+/// of, in one statement whatever the outcome: the owner's row (a tenant, or a live token; the
+/// one `$owner_filter` picks) left-joined to the resource in the owner's tenant
+/// (`$owner_tenant`), then to its groups, one row per group in id order. On PostgreSQL each
+/// statement is a round trip, and a User read returns its `groups` by default.
+/// `None`: no such owner; `Some(None)`: the owner exists and nothing matched.
+macro_rules! one_pinned {
+    ($conn:expr, $owner:expr, $owner_tenant:expr, $owner_filter:expr,
+     $rt:expr, $col:expr, $value:expr, $groups:expr) => {{
+        (|| -> QueryResult<Option<Option<PinnedParts>>> {
+            let owned = $owner.left_join(
                 resources::table.on(resources::tenant_id
-                    .eq(tokens::tenant_id)
+                    .eq($owner_tenant)
                     // Owned: a bound value in the ON clause of a join that is joined again
                     // must be 'static to diesel.
                     .and(resources::resource_type.eq($rt.to_string()))
                     .and($col.eq($value.to_string()))),
             );
-            let live = tokens::token_hash.eq($hash).and(tokens::revoked.is_null());
             if !$groups {
                 // `get_result`, not `first`: see `load_row`.
-                let row: Option<Option<Row>> = native!(&mut *$conn, |c| token
-                    .filter(live)
+                let row: Option<Option<Row>> = native!(&mut *$conn, |c| owned
+                    .filter($owner_filter)
                     .select(row_columns().nullable())
                     .get_result(c))
                 .optional()?;
                 return Ok(row.map(|r| r.map(|r| (r, None))));
             }
-            let joined = token
+            let joined = owned
                 .left_join(group_members::table.on(group_members::member_id.eq(resources::id)))
                 .left_join(linked.on(linked.field(resources::id).eq(group_members::group_id)))
-                .filter(live)
+                .filter($owner_filter)
                 .order(linked.field(resources::id).asc());
             let group = (
                 linked.field(resources::id),
@@ -558,6 +513,22 @@ macro_rules! for_token {
     }};
 }
 
+/// [`one_pinned!`] for a known tenant.
+macro_rules! one_in_tenant {
+    ($conn:expr, $tenant:expr, $rt:expr, $col:expr, $value:expr, $groups:expr) => {
+        one_pinned!(
+            $conn,
+            tenants::table,
+            tenants::id,
+            tenants::id.eq($tenant),
+            $rt,
+            $col,
+            $value,
+            $groups
+        )
+    };
+}
+
 /// Member references from (id, type, display) rows.
 fn member_refs(rows: impl Iterator<Item = (String, String, Option<String>)>) -> Vec<MemberRef> {
     rows.map(|(id, resource_type, display)| MemberRef {
@@ -568,18 +539,23 @@ fn member_refs(rows: impl Iterator<Item = (String, String, Option<String>)>) -> 
     .collect()
 }
 
-/// A row and its groups, read by [`one_with_groups!`].
-type ResourceRecordParts = (Row, Vec<MemberRef>);
+/// A row and, when they were asked for, its groups, read by [`one_pinned!`].
+type PinnedParts = (Row, Option<Vec<MemberRef>>);
+
+/// The record of what [`one_pinned!`] found.
+fn pinned_record(parts: Option<PinnedParts>) -> Result<Option<ResourceRecord>, StoreError> {
+    parts
+        .map(|(row, groups)| {
+            let mut rec = row.into_record()?;
+            rec.groups = groups;
+            Ok(rec)
+        })
+        .transpose()
+}
 
 /// Whether a read wants exactly the groups of what it reads (a User by default).
 fn groups_only(include: Include) -> bool {
     include.groups && !include.members
-}
-
-fn with_groups((row, groups): ResourceRecordParts) -> Result<ResourceRecord, StoreError> {
-    let mut rec = row.into_record()?;
-    rec.groups = Some(groups);
-    Ok(rec)
 }
 
 /// Rows a list of membership operations may touch
@@ -1124,10 +1100,8 @@ impl ResourceStore for DieselStore {
         let mut conn = self.conn()?;
         if groups_only(include) {
             let c: &mut AnyConnection = &mut conn;
-            return one_with_groups!(c, resources::tenant_id.eq(tenant), rt, resources::id, id)
-                .map_err(map_err)?
-                .ok_or(StoreError::NotFound)
-                .and_then(with_groups);
+            let found = one_in_tenant!(c, tenant, rt, resources::id, id, true).map_err(map_err)?;
+            return pinned_record(found.flatten())?.ok_or(StoreError::NotFound);
         }
         let row = load_row(&mut conn, tenant, rt, id)
             .map_err(map_err)?
@@ -1150,27 +1124,20 @@ impl ResourceStore for DieselStore {
             let first_page = query.start_index <= 1 && query.count > 0;
             let one = match field {
                 _ if !(first_page && groups_only(query.include)) => None,
-                IndexedField::Id => Some(one_with_groups!(
+                IndexedField::Id => Some(one_in_tenant!(c, tenant, rt, resources::id, v, true)),
+                IndexedField::UserName => Some(one_in_tenant!(
                     c,
-                    resources::tenant_id.eq(tenant),
-                    rt,
-                    resources::id,
-                    v
-                )),
-                IndexedField::UserName => Some(one_with_groups!(
-                    c,
-                    resources::tenant_id.eq(tenant),
+                    tenant,
                     rt,
                     resources::user_name_ci,
-                    v
+                    v,
+                    true
                 )),
                 _ => None,
             };
             if let Some(one) = one {
-                let resources = match one.map_err(map_err)? {
-                    Some(parts) => vec![with_groups(parts)?],
-                    None => Vec::new(),
-                };
+                let found = pinned_record(one.map_err(map_err)?.flatten())?;
+                let resources: Vec<ResourceRecord> = found.into_iter().collect();
                 return Ok(Page {
                     total: resources.len() as u64,
                     resources,
@@ -1536,7 +1503,7 @@ impl ResourceStore for DieselStore {
     }
 
     /// The users' point reads (with their groups, as identity providers read them) and reads
-    /// of one row without memberships, as one statement whatever the outcome ([`for_token!`]):
+    /// of one row without memberships, as one statement whatever the outcome ([`one_pinned!`]):
     /// hit, miss and dead token are each one round trip.
     fn point_read_by_token(
         &self,
@@ -1550,27 +1517,36 @@ impl ResourceStore for DieselStore {
         }
         let mut conn = self.conn()?;
         let c: &mut AnyConnection = &mut conn;
+        let live = || {
+            tokens::token_hash
+                .eq(token_hash)
+                .and(tokens::revoked.is_null())
+        };
         let read = match key {
-            PointKey::Id(v) => for_token!(c, token_hash, rt, resources::id, v, include.groups),
-            PointKey::UserName(v) => {
-                for_token!(
-                    c,
-                    token_hash,
-                    rt,
-                    resources::user_name_ci,
-                    v,
-                    include.groups
-                )
-            }
+            PointKey::Id(v) => one_pinned!(
+                c,
+                tokens::table,
+                tokens::tenant_id,
+                live(),
+                rt,
+                resources::id,
+                v,
+                include.groups
+            ),
+            PointKey::UserName(v) => one_pinned!(
+                c,
+                tokens::table,
+                tokens::tenant_id,
+                live(),
+                rt,
+                resources::user_name_ci,
+                v,
+                include.groups
+            ),
         };
         Ok(match read.map_err(map_err)? {
             None => TokenRead::NoToken,
-            Some(None) => TokenRead::Read(None),
-            Some(Some((row, groups))) => {
-                let mut rec = row.into_record()?;
-                rec.groups = groups;
-                TokenRead::Read(Some(Box::new(rec)))
-            }
+            Some(found) => TokenRead::Read(pinned_record(found)?.map(Box::new)),
         })
     }
 }

@@ -141,15 +141,14 @@ pub async fn get(
         Ok(p) if ops::get_is_point_read(&state, &rt, p) => Reads::Point,
         _ => Reads::Any,
     };
-    let rt2 = rt.clone();
-    let id2 = id.clone();
+    let input = params.map(|p| (rt, id.into_inner(), p));
     let out = for_caller_folding(
         state,
         caller,
-        params,
+        input,
         reads,
-        move |state, hash, params| ops::get_by_token(state, hash, &rt2, &id2, params),
-        move |state, tenant, params| ops::get(state, tenant, &rt, &id, &params),
+        |state, hash, (rt, id, params)| ops::get_by_token(state, hash, rt, id, params),
+        |state, tenant, (rt, id, params)| ops::get(state, tenant, &rt, &id, &params),
     )
     .await?;
     if out

@@ -370,4 +370,53 @@ fn jwt_bearer_tokens_from_the_configured_issuer_are_accepted() {
     );
     // The opaque tokens keep working beside JWTs.
     assert_eq!(get(&s.token), 200);
+
+    // Point reads: a JWT's tenant is resolved first, an opaque token is checked inside the
+    // read's own statement. Both must give the same answers, groups included.
+    let jwt = sign(secret, "https://sts.windows.net/tenant/");
+    let post = |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let r = Client::new()
+            .post(format!("{}{path}", s.base))
+            .bearer_auth(&s.token)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        r.json().unwrap()
+    };
+    let user = post(
+        "/Users",
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "Jo"}),
+    );
+    let uid = user["id"].as_str().unwrap();
+    post(
+        "/Groups",
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+               "displayName": "Staff", "members": [{"value": uid}]}),
+    );
+    let read = |token: &str, path: &str| -> (u16, serde_json::Value) {
+        let r = Client::new()
+            .get(format!("{}{path}", s.base))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap_or_default())
+    };
+    for path in [
+        format!("/Users/{uid}"),
+        "/Users/no-such-id".to_string(),
+        "/Users?filter=userName%20eq%20%22jo%22".to_string(),
+        "/Users?filter=userName%20eq%20%22nobody%22".to_string(),
+        format!("/Users?filter=id%20eq%20%22{uid}%22&attributes=userName"),
+    ] {
+        let (by_jwt, by_token) = (read(&jwt, &path), read(&s.token, &path));
+        assert_eq!(by_jwt, by_token, "{path}");
+    }
+    let (status, body) = read(&jwt, &format!("/Users/{uid}"));
+    assert_eq!(status, 200);
+    assert_eq!(body["groups"][0]["display"], "Staff");
+    let (_, found) = read(&jwt, "/Users?filter=userName%20eq%20%22jo%22");
+    assert_eq!(found["totalResults"], 1);
+    let (status, _) = read(&jwt, "/Users/no-such-id");
+    assert_eq!(status, 404);
 }
