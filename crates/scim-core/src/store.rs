@@ -124,6 +124,10 @@ pub struct Include {
     pub members: bool,
     /// read the groups a resource belongs to
     pub groups: bool,
+    /// with `members`: read them only for a group that has at most this many, and leave a
+    /// larger group's `members` unread (`None`), without reading past the limit. Writes use it
+    /// so that a membership change on a large group never reads the whole group back.
+    pub member_limit: Option<u32>,
 }
 
 /// A field the store can filter on.

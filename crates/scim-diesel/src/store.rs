@@ -779,6 +779,23 @@ fn read_links(
     Ok(out)
 }
 
+/// The direct members of one group in id order, if it has at most `limit`; reads at most
+/// `limit + 1` rows whatever the group's size.
+fn members_up_to(
+    conn: &mut AnyConnection,
+    group: &str,
+    limit: u32,
+) -> QueryResult<Option<Vec<MemberRef>>> {
+    let rows: Vec<(String, String, Option<String>)> = group_members::table
+        .inner_join(resources::table.on(resources::id.eq(group_members::member_id)))
+        .filter(group_members::group_id.eq(group))
+        .select((resources::id, resources::resource_type, resources::display))
+        .order(resources::id)
+        .limit(i64::from(limit) + 1)
+        .load(conn)?;
+    Ok((rows.len() <= limit as usize).then(|| member_refs(rows.into_iter())))
+}
+
 fn fill_includes(
     conn: &mut AnyConnection,
     records: &mut [ResourceRecord],
@@ -791,6 +808,12 @@ fn fill_includes(
         (include.groups, Side::Groups),
     ] {
         if !wanted {
+            continue;
+        }
+        if let (Side::Members, Some(limit)) = (side, include.member_limit) {
+            for r in records.iter_mut() {
+                r.members = members_up_to(conn, &r.id, limit)?;
+            }
             continue;
         }
         let mut links = read_links(conn, &ids, side)?;

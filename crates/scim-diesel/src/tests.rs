@@ -79,6 +79,7 @@ fn member_ids(store: &DieselStore, id: &str) -> Vec<String> {
             Include {
                 members: true,
                 groups: false,
+                member_limit: None,
             },
         )
         .unwrap();
@@ -127,6 +128,7 @@ fn crud_and_versions() {
                 Include {
                     members: false,
                     groups: true,
+                    member_limit: None,
                 },
             )
             .unwrap();
@@ -422,6 +424,7 @@ fn membership_is_set_operations_and_atomic() {
                 Include {
                     members: true,
                     groups: false,
+                    member_limit: None,
                 },
             )
             .unwrap();
@@ -483,6 +486,7 @@ fn membership_is_set_operations_and_atomic() {
                 Include {
                     members: false,
                     groups: true,
+                    member_limit: None,
                 },
             )
             .unwrap();
@@ -1147,6 +1151,7 @@ fn point_reads_return_the_same_groups_as_the_general_path() {
     let groups_too = Include {
         members: false,
         groups: true,
+        member_limit: None,
     };
     for db in databases() {
         let s = &db.store;
@@ -1240,6 +1245,7 @@ fn reads_by_token_answer_for_the_tokens_tenant_only() {
     let users_read = Include {
         members: false,
         groups: true,
+        member_limit: None,
     };
     for db in databases() {
         let s = &db.store;
@@ -1321,7 +1327,8 @@ fn reads_by_token_answer_for_the_tokens_tenant_only() {
                 "Group",
                 Include {
                     members: true,
-                    groups: false
+                    groups: false,
+                    member_limit: None,
                 }
             ),
             Err("unsupported"),

@@ -36,6 +36,10 @@ pub struct Config {
     pub reactivate_on_conflict: bool,
     /// `SCIM_BULK_MAX_OPERATIONS`: operations per `/Bulk` request (0 disables `/Bulk`)
     pub bulk_max_operations: usize,
+    /// `SCIM_WRITE_RESPONSE_MAX_MEMBERS`: a PUT or PATCH of a group with more members answers
+    /// 204 without a body, unless the request names `attributes` / `excludedAttributes` or
+    /// sends `Prefer: return=representation`
+    pub write_response_max_members: u32,
     /// `SCIM_PASSWORDS`: `hash` (default) stores an argon2id hash; `ignore` drops passwords
     pub hash_passwords: bool,
     /// `SCIM_STRICT`: RFC behaviour only, every identity-provider leniency off
@@ -100,6 +104,7 @@ impl Config {
             unknown_members: UnknownMembers::Ignore,
             reactivate_on_conflict: false,
             bulk_max_operations: 1000,
+            write_response_max_members: 1000,
             hash_passwords: true,
             strict: false,
             jwt: None,
@@ -138,6 +143,7 @@ impl Config {
             workers: num("SCIM_WORKERS", 0)?,
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
             bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,
+            write_response_max_members: num("SCIM_WRITE_RESPONSE_MAX_MEMBERS", 1000)?,
             strict: flag("SCIM_STRICT", false)?,
             jwt: jwt_from_env()?,
             hash_passwords: match var("SCIM_PASSWORDS")

@@ -10,6 +10,7 @@ use scim_core::ScimError;
 use serde_json::Value;
 
 use crate::error::{ApiError, ApiResult, SCIM_JSON};
+use crate::ops::Reply;
 
 /// Reads a JSON request body of at most `limit` bytes. Over the limit: 413, never buffered.
 pub async fn json_body(
@@ -163,13 +164,25 @@ pub fn if_none_match_hits(headers: &HeaderMap, version: i64) -> bool {
         .any(|t| t == "*" || parse_etag(t) == Some(version))
 }
 
-/// Whether the client sent `Prefer: return=minimal` (RFC 7240).
-pub fn prefers_minimal(headers: &HeaderMap) -> bool {
-    headers
+/// What a write should answer with, from `Prefer` (RFC 7240): `return=minimal` or
+/// `return=representation`, else the default.
+pub fn preferred_reply(headers: &HeaderMap) -> Reply {
+    let mut prefs = headers
         .get_all("prefer")
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
+        .map(str::trim);
+    prefs
+        .find_map(|p| {
+            if p.eq_ignore_ascii_case("return=minimal") {
+                Some(Reply::Minimal)
+            } else if p.eq_ignore_ascii_case("return=representation") {
+                Some(Reply::Representation)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(Reply::Resource)
 }
 
 /// A SCIM JSON response.

@@ -29,6 +29,60 @@ pub struct Outcome {
     pub location: Option<String>,
 }
 
+/// What a successful write answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// the resource, as the request's `attributes` / `excludedAttributes` show it. When the
+    /// client named neither, a PUT or PATCH of a group with more members than
+    /// `SCIM_WRITE_RESPONSE_MAX_MEMBERS` answers without a body instead (204, which RFC 7644
+    /// section 3.5.2 allows), so that a membership change never reads the whole group back.
+    Resource,
+    /// the resource with every member, however many (`Prefer: return=representation`)
+    Representation,
+    /// no body, only the version and location (`Prefer: return=minimal`; `/Bulk`, whose
+    /// results carry no resources)
+    Minimal,
+}
+
+/// What a write reads back for `reply`.
+fn write_include(st: &AppState, ctx: &Ctx<'_>, params: &Params, reply: Reply) -> Include {
+    let chosen = params.get("attributes").is_some() || params.get("excludedAttributes").is_some();
+    match reply {
+        Reply::Minimal => Include::default(),
+        Reply::Resource if !chosen => Include {
+            member_limit: Some(st.config.write_response_max_members),
+            ..projection(ctx, params).include(ctx)
+        },
+        _ => projection(ctx, params).include(ctx),
+    }
+}
+
+/// The answer to a write of `rec`: the resource, or no body when `reply` is minimal or the
+/// group had too many members to list (`include.member_limit`).
+fn written(
+    st: &AppState,
+    ctx: &Ctx<'_>,
+    rec: &ResourceRecord,
+    params: &Params,
+    include: Include,
+    reply: Reply,
+) -> Outcome {
+    let unlisted = include.members && include.member_limit.is_some() && rec.members.is_none();
+    if reply == Reply::Minimal || unlisted {
+        return Outcome {
+            body: None,
+            id: Some(rec.id.clone()),
+            version: Some(rec.version),
+            location: Some(location(st, ctx, &rec.id)),
+        };
+    }
+    done(st, ctx, rec, &projection(ctx, params))
+}
+
+fn location(st: &AppState, ctx: &Ctx<'_>, id: &str) -> String {
+    format!("{}{}/{}", st.config.public_url, ctx.rt.endpoint, id)
+}
+
 /// Applies the password policy: a clear-text password becomes an argon2id hash, or nothing at
 /// all under `SCIM_PASSWORDS=ignore`. The clear text goes no further than this.
 fn protect(st: &AppState, change: SecretChange) -> Result<SecretChange, ScimError> {
@@ -64,10 +118,7 @@ fn done(st: &AppState, ctx: &Ctx<'_>, rec: &ResourceRecord, proj: &Projection) -
         ))),
         id: Some(rec.id.clone()),
         version: Some(rec.version),
-        location: Some(format!(
-            "{}{}/{}",
-            st.config.public_url, ctx.rt.endpoint, rec.id
-        )),
+        location: Some(location(st, ctx, &rec.id)),
     }
 }
 
@@ -88,14 +139,18 @@ pub fn create(
     rt: &str,
     body: &Value,
     params: &Params,
+    reply: Reply,
 ) -> Result<Outcome, ScimError> {
     let ctx = ctx(st, rt)?;
     let mut write = prepare_create(&ctx, body)?;
     write.unknown_members = st.config.unknown_members;
     // Hashing is slow by design: done here, before the transaction.
     write.password = protect(st, std::mem::take(&mut write.password))?;
-    let proj = projection(&ctx, params);
-    let include = proj.include(&ctx);
+    // A new group lists what the request sent (bounded by the body size): no member limit.
+    let include = match reply {
+        Reply::Minimal => Include::default(),
+        _ => projection(&ctx, params).include(&ctx),
+    };
     // Time-ordered (UUIDv7): a new resource's rows land at the end of the primary-key and
     // low-cardinality index ranges, on pages already in cache, instead of on a random page
     // each; still opaque and unguessable enough (74 random bits) for an id that is not a secret.
@@ -109,7 +164,7 @@ pub fn create(
         }
         other => other?,
     };
-    Ok(done(st, &ctx, &rec, &proj))
+    Ok(written(st, &ctx, &rec, params, include, reply))
 }
 
 /// `SCIM_REACTIVATE_ON_CONFLICT`: the POST collided with an existing userName; if that user is
@@ -434,9 +489,10 @@ pub fn update(
     params: &Params,
     expected: Option<i64>,
     change: Change,
+    reply: Reply,
 ) -> Result<Outcome, ScimError> {
     let ctx = ctx(st, rt)?;
-    let proj = projection(&ctx, params);
+    let include = write_include(st, &ctx, params, reply);
     let limits = st.config.query.filter;
     let unknown_members = st.config.unknown_members;
     let rec = st.store.update(
@@ -445,7 +501,7 @@ pub fn update(
         id,
         &now(),
         expected,
-        proj.include(&ctx),
+        include,
         &mut |cur| {
             let mut write = match change {
                 Change::Replace => prepare_replace(&ctx, body, cur)?,
@@ -457,7 +513,7 @@ pub fn update(
             Ok(write)
         },
     )?;
-    Ok(done(st, &ctx, &rec, &proj))
+    Ok(written(st, &ctx, &rec, params, include, reply))
 }
 
 /// DELETE
@@ -474,10 +530,7 @@ pub fn delete(
         body: None,
         id: None,
         version: None,
-        location: Some(format!(
-            "{}{}/{}",
-            st.config.public_url, ctx.rt.endpoint, id
-        )),
+        location: Some(location(st, &ctx, id)),
     })
 }
 
@@ -593,7 +646,10 @@ fn run_bulk_op(
     let expected = expected_version(op.version.as_deref())?;
     let params = Params::default();
     match (op.method, id) {
-        (BulkMethod::Post, None) => Ok((201, create(st, tenant, &rt, &data, &params)?)),
+        (BulkMethod::Post, None) => Ok((
+            201,
+            create(st, tenant, &rt, &data, &params, Reply::Minimal)?,
+        )),
         (BulkMethod::Put, Some(id)) => Ok((
             200,
             update(
@@ -605,11 +661,22 @@ fn run_bulk_op(
                 &params,
                 expected,
                 Change::Replace,
+                Reply::Minimal,
             )?,
         )),
         (BulkMethod::Patch, Some(id)) => Ok((
             200,
-            update(st, tenant, &rt, id, &data, &params, expected, Change::Patch)?,
+            update(
+                st,
+                tenant,
+                &rt,
+                id,
+                &data,
+                &params,
+                expected,
+                Change::Patch,
+                Reply::Minimal,
+            )?,
         )),
         (BulkMethod::Delete, Some(id)) => Ok((204, delete(st, tenant, &rt, id, expected)?)),
         (BulkMethod::Post, Some(_)) => Err(ScimError::invalid_value(

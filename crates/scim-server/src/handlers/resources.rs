@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::http::{
-    if_match, if_none_match_hits, json_body, prefers_minimal, resource_response, scim_json,
+    if_match, if_none_match_hits, json_body, preferred_reply, resource_response, scim_json,
     scim_json_bytes, Params,
 };
 use crate::ops::{self, Change, Outcome};
@@ -113,7 +113,9 @@ pub async fn create(
         caller,
         input,
         Reads::Any,
-        move |state, tenant, (body, params)| ops::create(state, tenant, &rt, &body, &params),
+        move |state, tenant, (body, params)| {
+            ops::create(state, tenant, &rt, &body, &params, ops::Reply::Resource)
+        },
     )
     .await?;
     let location = out
@@ -240,18 +242,22 @@ async fn update(
     let body = json_body(&req, payload, state.config.max_body_bytes).await;
     let input = body.and_then(|b| Ok((b, Params::from_request(&req)?, if_match(req.headers())?)));
     let rt = rt.0.clone();
+    let reply = preferred_reply(req.headers());
     let out = for_caller(
         state,
         caller,
         input,
         Reads::Any,
         move |state, tenant, (body, params, expected)| {
-            ops::update(state, tenant, &rt, &id, &body, &params, expected, change)
+            ops::update(
+                state, tenant, &rt, &id, &body, &params, expected, change, reply,
+            )
         },
     )
     .await?;
-    if prefers_minimal(req.headers()) {
-        // RFC 7240 `Prefer: return=minimal`: the change is applied; no body, just the new ETag.
+    if out.body.is_none() {
+        // Applied; no body (`Prefer: return=minimal`, or a group too large to list), just the
+        // new ETag.
         return Ok(with_etag(HttpResponse::NoContent().finish(), out.version));
     }
     Ok(respond(StatusCode::OK, out))

@@ -420,3 +420,93 @@ fn jwt_bearer_tokens_from_the_configured_issuer_are_accepted() {
     let (status, _) = read(&jwt, "/Users/no-such-id");
     assert_eq!(status, 404);
 }
+
+#[test]
+fn writes_to_a_group_larger_than_the_limit_answer_204_unless_asked_for_the_members() {
+    for db in databases() {
+        let s = TestServer::start_with(&db, |c| c.write_response_max_members = 2);
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            let (status, u, _) = call(
+                &s,
+                reqwest::Method::POST,
+                "/Users",
+                Some(user(&format!("m{i}"), json!({}))),
+                &[],
+            );
+            assert_eq!(status, 201);
+            ids.push(u["id"].as_str().unwrap().to_string());
+        }
+        let add = |id: &str| {
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                   "Operations": [{"op": "add", "path": "members", "value": [{"value": id}]}]})
+        };
+        let (_, g, _) = call(
+            &s,
+            reqwest::Method::POST,
+            "/Groups",
+            Some(
+                json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                        "displayName": "G", "members": [{"value": ids[0]}]}),
+            ),
+            &[],
+        );
+        let path = format!("/Groups/{}", g["id"].as_str().unwrap());
+        let patch = reqwest::Method::PATCH;
+        // Two members: within the limit, the group comes back whole.
+        let (status, body, _) = call(&s, patch.clone(), &path, Some(add(&ids[1])), &[]);
+        assert_eq!(status, 200);
+        assert_eq!(body["members"].as_array().map(Vec::len), Some(2));
+        // Three: past it, the change is applied and answered with no body but the new ETag.
+        let (status, body, headers) = call(&s, patch.clone(), &path, Some(add(&ids[2])), &[]);
+        assert_eq!((status, body), (204, Value::Null));
+        assert_eq!(headers["etag"], "W/\"3\"");
+        // A client that names what it wants gets it, however large the group.
+        let (status, body, _) = call(
+            &s,
+            patch.clone(),
+            &format!("{path}?excludedAttributes=members"),
+            Some(add(&ids[3])),
+            &[],
+        );
+        assert_eq!(status, 200);
+        assert_eq!(body["displayName"], "G");
+        assert!(body.get("members").is_none());
+        let rename = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                            "Operations": [{"op": "replace", "path": "displayName", "value": "H"}]});
+        let (status, body, _) = call(
+            &s,
+            patch.clone(),
+            &path,
+            Some(rename),
+            &[("Prefer", "return=representation")],
+        );
+        assert_eq!(status, 200);
+        assert_eq!(body["members"].as_array().map(Vec::len), Some(4));
+        // PUT follows the same rule.
+        let (status, _, headers) = call(
+            &s,
+            reqwest::Method::PUT,
+            &path,
+            Some(
+                json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                        "displayName": "H", "members": [{"value": ids[0]}, {"value": ids[1]}, {"value": ids[2]}]}),
+            ),
+            &[],
+        );
+        assert_eq!(status, 204);
+        assert_eq!(headers["etag"], "W/\"6\"");
+        let (_, got, _) = call(&s, reqwest::Method::GET, &path, None, &[]);
+        let mut members: Vec<&str> = got["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap())
+            .collect();
+        members.sort_unstable();
+        let mut want: Vec<&str> = ids[..3].iter().map(String::as_str).collect();
+        want.sort_unstable();
+        assert_eq!(members, want);
+        assert_eq!(got["displayName"], "H");
+    }
+}
