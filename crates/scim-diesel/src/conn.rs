@@ -56,11 +56,12 @@ pub struct ConnectionManager {
     url: String,
     backend: Backend,
     busy_timeout: Duration,
+    query_timeout: Option<Duration>,
 }
 
 impl ConnectionManager {
     /// A manager for `url`.
-    pub fn new(url: &str, busy_timeout: Duration) -> Self {
+    pub fn new(url: &str, busy_timeout: Duration, query_timeout: Option<Duration>) -> Self {
         let backend = Backend::from_url(url);
         let url = match backend {
             Backend::Sqlite => url.strip_prefix("sqlite://").unwrap_or(url).to_string(),
@@ -70,6 +71,7 @@ impl ConnectionManager {
             url,
             backend,
             busy_timeout,
+            query_timeout,
         }
     }
 
@@ -81,7 +83,18 @@ impl ConnectionManager {
     /// Opens and prepares one connection.
     pub fn establish(&self) -> Result<AnyConnection, diesel::ConnectionError> {
         match self.backend {
-            Backend::Postgres => Ok(AnyConnection::Postgres(PgConnection::establish(&self.url)?)),
+            Backend::Postgres => {
+                let mut c = PgConnection::establish(&self.url)?;
+                if let Some(t) = self.query_timeout {
+                    c.batch_execute(&format!("SET statement_timeout = {}", t.as_millis()))
+                        .map_err(|e| {
+                            diesel::ConnectionError::BadConnection(format!(
+                                "configuring PostgreSQL: {e}"
+                            ))
+                        })?;
+                }
+                Ok(AnyConnection::Postgres(c))
+            }
             Backend::Sqlite => {
                 let mut c = SqliteConnection::establish(&self.url)?;
                 // WAL: readers never block the writer; synchronous=NORMAL in WAL mode keeps every
@@ -93,8 +106,91 @@ impl ConnectionManager {
                 c.batch_execute(&pragmas).map_err(|e| {
                     diesel::ConnectionError::BadConnection(format!("configuring SQLite: {e}"))
                 })?;
+                deadline::register(&mut c).map_err(|e| {
+                    diesel::ConnectionError::BadConnection(format!("configuring SQLite: {e}"))
+                })?;
                 Ok(AnyConnection::Sqlite(c))
             }
+        }
+    }
+}
+
+/// The query timeout on SQLite, which has no statement timeout of its own.
+///
+/// A query that may scan (filter sub-queries on the attribute-value index, `co`/`ew` tests on
+/// columns) carries `scim_alive(<column>)` in its `WHERE` clauses (`RawCond::alive`): a
+/// function of this crate, evaluated for each row the scan visits, that fails the statement
+/// once the deadline of the running read has passed. The deadline is per thread, set by
+/// [`deadline::Guard`] around a read; SQLite calls the function on the thread running the
+/// statement. On PostgreSQL `statement_timeout` does the same for every statement.
+pub(crate) mod deadline {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+
+    use diesel::serialize::{self, Output, ToSql};
+    use diesel::sql_types::{BigInt, Bool};
+    use diesel::sqlite::{Sqlite, SqliteConnection};
+
+    /// The message of the error that ends a statement past its deadline.
+    pub const EXPIRED: &str = "the query ran past its deadline (SCIM_QUERY_TIMEOUT_MS)";
+
+    thread_local! {
+        static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+        static CALLS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    diesel::define_sql_function! {
+        /// true while the running read is within its deadline; fails the statement after it
+        fn scim_alive(x: BigInt) -> Bool;
+    }
+
+    /// The function's answer: a serialization error ends the statement.
+    #[derive(Debug)]
+    struct Alive(bool);
+
+    impl ToSql<Bool, Sqlite> for Alive {
+        fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> serialize::Result {
+            if self.0 {
+                <bool as ToSql<Bool, Sqlite>>::to_sql(&true, out)
+            } else {
+                Err(EXPIRED.into())
+            }
+        }
+    }
+
+    fn alive() -> bool {
+        let Some(deadline) = DEADLINE.with(Cell::get) else {
+            return true;
+        };
+        // The clock is read every 256 rows: a row costs far less than a clock read.
+        let n = CALLS.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        n % 256 != 0 || Instant::now() < deadline
+    }
+
+    /// Registers `scim_alive` on a SQLite connection.
+    pub fn register(conn: &mut SqliteConnection) -> diesel::QueryResult<()> {
+        scim_alive_utils::register_nondeterministic_impl(conn, |_: i64| Alive(alive()))
+    }
+
+    /// Sets this thread's deadline for as long as it lives.
+    pub struct Guard(Option<Instant>);
+
+    impl Guard {
+        /// `timeout` from now (`None`: no deadline).
+        pub fn start(timeout: Option<Duration>) -> Guard {
+            let previous = DEADLINE.with(Cell::get);
+            DEADLINE.with(|d| d.set(timeout.map(|t| Instant::now() + t)));
+            Guard(previous)
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            DEADLINE.with(|d| d.set(self.0));
         }
     }
 }

@@ -18,6 +18,8 @@ enum Part {
     Text(String),
     Double(f64),
     Bool(bool),
+    /// SQLite only: `scim_alive(<column>) AND ` (see `conn::deadline`)
+    Alive(&'static str),
 }
 
 /// A boolean condition: SQL text with bound parameters.
@@ -53,6 +55,14 @@ impl RawCond {
         self.parts.push(Part::Bool(v));
         self
     }
+    /// Appends a per-row check of the query deadline on `column` (an integer column of a table
+    /// the scan visits), followed by `AND`: a scan this condition causes stops at the
+    /// deadline. SQLite only; nothing on PostgreSQL, whose `statement_timeout` bounds every
+    /// statement.
+    pub fn alive(mut self, column: &'static str) -> Self {
+        self.parts.push(Part::Alive(column));
+        self
+    }
     /// Appends another condition.
     pub fn append(mut self, other: RawCond) -> Self {
         self.parts.extend(other.parts);
@@ -86,6 +96,13 @@ impl QueryFragment<AnyBackend> for RawCond {
                 Part::Text(t) => out.push_bind_param::<Text, String>(t)?,
                 Part::Double(d) => out.push_bind_param::<Double, f64>(d)?,
                 Part::Bool(b) => out.push_bind_param::<Bool, bool>(b)?,
+                Part::Alive(column) => {
+                    if matches!(out.backend(), AnyBackend::Sqlite(_)) {
+                        out.push_sql("scim_alive(");
+                        out.push_sql(column);
+                        out.push_sql(") AND ");
+                    }
+                }
             }
         }
         Ok(())

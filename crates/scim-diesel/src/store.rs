@@ -38,6 +38,10 @@ pub struct StoreConfig {
     pub connection_timeout: Duration,
     /// SQLite: how long a writer waits for the write lock
     pub busy_timeout: Duration,
+    /// how long a filtered list may run in the database before it is cancelled and answered
+    /// 400 `tooMany` (`None`: no limit). PostgreSQL: `statement_timeout` on every statement;
+    /// SQLite: a per-row deadline check in the scans a filter can cause (see `conn::deadline`).
+    pub query_timeout: Option<Duration>,
 }
 
 impl StoreConfig {
@@ -48,6 +52,7 @@ impl StoreConfig {
             pool_size: 8,
             connection_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
+            query_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -67,6 +72,8 @@ pub struct DieselStore {
     analyze: Arc<AnalyzeState>,
     /// identity of the pool, for connections reserved on a thread (see `inline.rs`)
     id: u64,
+    /// see [`StoreConfig::query_timeout`]
+    query_timeout: Option<Duration>,
 }
 
 /// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
@@ -106,7 +113,30 @@ fn is_transient(message: &str) -> bool {
     MARKERS.iter().any(|m| message.contains(m))
 }
 
+/// Whether a statement was cancelled for running past the query timeout.
+fn timed_out(e: &DieselError) -> bool {
+    match e {
+        DieselError::DatabaseError(_, info) => {
+            let m = info.message();
+            m.contains(crate::conn::deadline::EXPIRED)
+                || m.contains("canceling statement due to statement timeout")
+        }
+        DieselError::SerializationError(e) => {
+            e.to_string().contains(crate::conn::deadline::EXPIRED)
+        }
+        _ => false,
+    }
+}
+
 fn map_err(e: DieselError) -> StoreError {
+    if timed_out(&e) {
+        // The statement was cancelled; the connection is fine.
+        return StoreError::Scim(ScimError::bad_request(
+            scim_core::ScimType::TooMany,
+            "The request took longer than the server's query timeout in the database and was \
+             cancelled; narrow the filter (co and ew scan every value of their attribute)",
+        ));
+    }
     // Refusals of a statement leave the connection fine; anything else may not have.
     let statement_refused = matches!(
         &e,
@@ -250,34 +280,41 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             Box::new(resources::display_name_ci.eq(v.as_str()).assume_not_null())
         }
         StoreFilter::Eq(_, _) => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0")),
-        StoreFilter::Column(column, op, v) => {
-            Box::new(str_test(RawCond::sql("(").push(column_sql(*column)), *op, v).push(")"))
-        }
-        StoreFilter::Value { path, test } => Box::new(
-            RawCond::sql(
-                "resources.id IN (SELECT v.resource_id FROM resource_values v WHERE v.tenant_id = ",
+        StoreFilter::Column(column, op, v) => Box::new(
+            str_test(
+                RawCond::sql("(")
+                    .alive("resources.version")
+                    .push(column_sql(*column)),
+                *op,
+                v,
             )
-            .text(tenant)
-            .push(" AND v.resource_type = ")
-            .text(rt)
-            .push(" AND v.path = ")
-            .text(path)
-            .push(" AND ")
-            .append(value_test("v", test))
             .push(")"),
         ),
+        StoreFilter::Value { path, test } => Box::new(
+            RawCond::sql("resources.id IN (SELECT v.resource_id FROM resource_values v WHERE ")
+                .alive("v.ordinal")
+                .push("v.tenant_id = ")
+                .text(tenant)
+                .push(" AND v.resource_type = ")
+                .text(rt)
+                .push(" AND v.path = ")
+                .text(path)
+                .push(" AND ")
+                .append(value_test("v", test))
+                .push(")"),
+        ),
         StoreFilter::Element { path, filter } => Box::new(
-            RawCond::sql(
-                "resources.id IN (SELECT e.resource_id FROM resource_values e WHERE e.tenant_id = ",
-            )
-            .text(tenant)
-            .push(" AND e.resource_type = ")
-            .text(rt)
-            .push(" AND e.path = ")
-            .text(path)
-            .push(" AND ")
-            .append(element_test(filter))
-            .push(")"),
+            RawCond::sql("resources.id IN (SELECT e.resource_id FROM resource_values e WHERE ")
+                .alive("e.ordinal")
+                .push("e.tenant_id = ")
+                .text(tenant)
+                .push(" AND e.resource_type = ")
+                .text(rt)
+                .push(" AND e.path = ")
+                .text(path)
+                .push(" AND ")
+                .append(element_test(filter))
+                .push(")"),
         ),
         StoreFilter::HasMember(m) => Box::new(
             resources::id.eq_any(
@@ -396,13 +433,15 @@ fn element_test(f: &ElementFilter) -> RawCond {
         out.push(")")
     };
     match f {
-        ElementFilter::Test { path, test } => RawCond::sql(
-            "EXISTS (SELECT 1 FROM resource_values v WHERE v.resource_id = e.resource_id AND v.ordinal = e.ordinal AND v.path = ",
-        )
-        .text(path)
-        .push(" AND ")
-        .append(value_test("v", test))
-        .push(")"),
+        ElementFilter::Test { path, test } => {
+            RawCond::sql("EXISTS (SELECT 1 FROM resource_values v WHERE ")
+                .alive("v.ordinal")
+                .push("v.resource_id = e.resource_id AND v.ordinal = e.ordinal AND v.path = ")
+                .text(path)
+                .push(" AND ")
+                .append(value_test("v", test))
+                .push(")")
+        }
         ElementFilter::And(t) => join(t, " AND ", "1 = 1"),
         ElementFilter::Or(t) => join(t, " OR ", "1 = 0"),
         ElementFilter::Not(inner) => RawCond::sql("NOT (").append(element_test(inner)).push(")"),
@@ -578,7 +617,8 @@ const WRITER_PRAGMAS: &str =
 impl DieselStore {
     /// Opens the pool. Does not run migrations (see [`DieselStore::migrate`]).
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        let manager = ConnectionManager::new(&config.url, config.busy_timeout);
+        let manager =
+            ConnectionManager::new(&config.url, config.busy_timeout, config.query_timeout);
         let manager_for_writer = manager.clone();
         let backend = manager.backend();
         let pool = r2d2::Pool::builder()
@@ -621,6 +661,7 @@ impl DieselStore {
             _checkpointer: checkpointer,
             analyze,
             id: inline::next_store_id(),
+            query_timeout: config.query_timeout,
         })
     }
 
@@ -1135,6 +1176,7 @@ impl ResourceStore for DieselStore {
     }
 
     fn list(&self, tenant: &str, rt: &str, query: &ListQuery) -> Result<Page, StoreError> {
+        let _deadline = crate::conn::deadline::Guard::start(self.query_timeout);
         let mut conn = self.conn()?;
         if let (StoreFilter::Eq(field, value), None, None) =
             (&query.filter, &query.sort, &query.after)

@@ -21,6 +21,8 @@ const NOW: &str = "2026-01-01T00:00:00.000000Z";
 
 struct TestDb {
     store: DieselStore,
+    /// for opening a second store on the same database
+    url: String,
     _dir: Option<tempfile::TempDir>,
     name: &'static str,
 }
@@ -28,9 +30,10 @@ struct TestDb {
 fn sqlite() -> TestDb {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().join("test.db").to_string_lossy().into_owned();
-    let store = DieselStore::open(&StoreConfig::new(url)).unwrap();
+    let store = DieselStore::open(&StoreConfig::new(url.clone())).unwrap();
     TestDb {
         store,
+        url,
         _dir: Some(dir),
         name: "sqlite",
     }
@@ -40,9 +43,10 @@ fn databases() -> Vec<TestDb> {
     let mut dbs = vec![sqlite()];
     if let Some(base) = crate::testing::postgres_test_url() {
         let url = crate::testing::fresh_postgres_schema(&base).unwrap();
-        let store = DieselStore::open(&StoreConfig::new(url)).unwrap();
+        let store = DieselStore::open(&StoreConfig::new(url.clone())).unwrap();
         dbs.push(TestDb {
             store,
+            url,
             _dir: None,
             name: "postgres",
         });
@@ -1346,5 +1350,59 @@ fn reads_by_token_answer_for_the_tokens_tenant_only() {
         }
         let bert = read("hash-2", PointKey::UserName("bert"), "User", users_read).unwrap();
         assert_eq!(bert.map(|r| r.id), Some("ub".to_string()), "{}", db.name);
+    }
+}
+
+#[test]
+fn a_filter_running_past_the_query_timeout_is_cancelled_as_too_many() {
+    use scim_core::store::{CompareOp, ValueTest};
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    for db in databases() {
+        for i in 0..500 {
+            let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": format!("t{i}"),
+                "emails": [{"value": format!("t{i}@example.com")}, {"value": format!("t{i}@example.org")}]});
+            let write = prepare_create(&ctx, &body).unwrap();
+            let id = format!("t{i}");
+            db.store
+                .create(T, "User", &id, NOW, write, Include::default())
+                .unwrap();
+        }
+        // 200 `co` tests, each a scan of every email: seconds of work at this size on SQLite,
+        // far more than a millisecond on either database.
+        let hostile = ListQuery {
+            filter: StoreFilter::Or(
+                (0..200)
+                    .map(|i| StoreFilter::Value {
+                        path: "emails.value".into(),
+                        test: ValueTest::Str(CompareOp::Co, format!("absent{i}")),
+                    })
+                    .collect(),
+            ),
+            start_index: 1,
+            count: 10,
+            include: Include::default(),
+            sort: None,
+            after: None,
+        };
+        let mut config = StoreConfig::new(db.url.clone());
+        config.query_timeout = Some(std::time::Duration::from_millis(1));
+        let hurried = DieselStore::open(&config).unwrap();
+        match hurried.list(T, "User", &hostile) {
+            Err(StoreError::Scim(e)) => {
+                assert_eq!(
+                    (e.status, e.scim_type),
+                    (400, Some(scim_core::ScimType::TooMany)),
+                    "{}",
+                    db.name
+                );
+            }
+            other => panic!("{}: expected tooMany, got {other:?}", db.name),
+        }
+        // Without the hurry the same filter runs to its (empty) end: the refusal above was the
+        // deadline, not the query.
+        let page = db.store.list(T, "User", &hostile).unwrap();
+        assert_eq!(page.total, 0, "{}", db.name);
     }
 }

@@ -27,6 +27,9 @@ pub struct Config {
     pub pool_size: u32,
     /// `SCIM_DB_CONNECT_TIMEOUT_MS`
     pub connect_timeout: Duration,
+    /// `SCIM_QUERY_TIMEOUT_MS` (0 = none): a filtered list still running in the database after
+    /// this long is cancelled and answered 400 `tooMany`
+    pub query_timeout: Option<Duration>,
     /// `SCIM_WORKERS` (0 = one per core)
     pub workers: usize,
     /// `SCIM_UNKNOWN_MEMBERS`: `ignore` (default) or `reject`
@@ -100,6 +103,7 @@ impl Config {
             query: QueryLimits::default(),
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
+            query_timeout: Some(Duration::from_secs(30)),
             workers: 0,
             unknown_members: UnknownMembers::Ignore,
             reactivate_on_conflict: false,
@@ -140,6 +144,10 @@ impl Config {
             query,
             pool_size: num("SCIM_DB_POOL_SIZE", 8)?,
             connect_timeout: Duration::from_millis(num("SCIM_DB_CONNECT_TIMEOUT_MS", 5000)?),
+            query_timeout: match num("SCIM_QUERY_TIMEOUT_MS", 30_000u64)? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             workers: num("SCIM_WORKERS", 0)?,
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
             bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,

@@ -52,6 +52,7 @@ impl AppState {
         let mut sc = StoreConfig::new(config.database_url.clone());
         sc.pool_size = config.pool_size;
         sc.connection_timeout = config.connect_timeout;
+        sc.query_timeout = config.query_timeout;
         let store = DieselStore::open(&sc).with_context(|| "opening the database")?;
         if config.migrate_on_start {
             let n = store.migrate().with_context(|| "applying migrations")?;
