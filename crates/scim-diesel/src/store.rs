@@ -673,7 +673,18 @@ impl DieselStore {
     /// Applies pending migrations; returns how many ran.
     pub fn migrate(&self) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
-        run_migrations(&mut conn).map_err(StoreError::Backend)
+        // A migration may rebuild an index over every row: the query timeout is for requests.
+        let timeout = |ms: u128| format!("SET statement_timeout = {ms}");
+        let pg = self.backend == Backend::Postgres && self.query_timeout.is_some();
+        if pg {
+            conn.batch_execute(&timeout(0)).map_err(map_err)?;
+        }
+        let ran = run_migrations(&mut conn).map_err(StoreError::Backend);
+        if let (true, Some(t)) = (pg, self.query_timeout) {
+            conn.batch_execute(&timeout(t.as_millis()))
+                .map_err(map_err)?;
+        }
+        ran
     }
 
     /// Counts row changes and, on PostgreSQL, starts a background `ANALYZE` when enough

@@ -1406,3 +1406,27 @@ fn a_filter_running_past_the_query_timeout_is_cancelled_as_too_many() {
         assert_eq!(page.total, 0, "{}", db.name);
     }
 }
+
+#[test]
+fn migrations_are_not_held_to_the_query_timeout() {
+    let Some(base) = crate::testing::postgres_test_url() else {
+        return; // SQLite has no statement timeout; `databases()` fails under CI without PG
+    };
+    let mut config = StoreConfig::new(crate::testing::fresh_postgres_schema(&base).unwrap());
+    config.query_timeout = Some(std::time::Duration::from_millis(1));
+    let store = DieselStore::open(&config).unwrap();
+    // Building the schema takes far longer than a millisecond.
+    assert!(store.migrate().unwrap() > 0);
+    // The connection is back under the timeout afterwards.
+    let mut conn = store.connection().unwrap();
+    let shown = diesel::sql_query("SHOW statement_timeout")
+        .get_result::<ShowRow>(&mut *conn)
+        .unwrap();
+    assert_eq!(shown.statement_timeout, "1ms");
+}
+
+#[derive(diesel::QueryableByName)]
+struct ShowRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    statement_timeout: String,
+}
