@@ -828,7 +828,8 @@ fn unfiltered_totals_follow_every_write() {
             0
         );
         // The migration that adds the counts fills them from the rows already there, and the
-        // one after it (which rebuilds the attribute-value index on SQLite) keeps every row.
+        // ones after it (which rebuild the attribute-value index on SQLite, and change the
+        // collation of every text column on PostgreSQL) keep every row.
         {
             let mut conn = s.connection().unwrap();
             let c: &mut AnyConnection = &mut conn;
@@ -838,9 +839,10 @@ fn unfiltered_totals_follow_every_write() {
             };
             let before = index_rows(c);
             assert!(before > 0, "{}", db.name);
-            crate::conn::revert_last_migration(c).unwrap();
-            crate::conn::revert_last_migration(c).unwrap();
-            assert_eq!(run_migrations(c).unwrap(), 2, "{}", db.name);
+            for _ in 0..3 {
+                crate::conn::revert_last_migration(c).unwrap();
+            }
+            assert_eq!(run_migrations(c).unwrap(), 3, "{}", db.name);
             assert_eq!(index_rows(c), before, "{}", db.name);
         }
         assert_eq!((total("User"), total("Group")), (4, 1), "{}", db.name);
@@ -853,7 +855,7 @@ fn migrations_go_down_and_up_again() {
         let mut conn = db.store.connection().unwrap();
         let c: &mut AnyConnection = &mut conn;
         revert_all_migrations(c).unwrap();
-        assert_eq!(run_migrations(c).unwrap(), 5, "{}", db.name);
+        assert_eq!(run_migrations(c).unwrap(), 6, "{}", db.name);
     }
 }
 
@@ -1429,4 +1431,39 @@ fn migrations_are_not_held_to_the_query_timeout() {
 struct ShowRow {
     #[diesel(sql_type = diesel::sql_types::Text)]
     statement_timeout: String,
+}
+
+#[derive(QueryableByName, Debug)]
+struct Collated {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    column: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    collation: Option<String>,
+}
+
+#[test]
+fn every_text_column_compares_bytewise_on_postgresql() {
+    let Some(base) = crate::testing::postgres_test_url() else {
+        return; // SQLite's BINARY is bytewise; `databases()` fails under CI without PG
+    };
+    let store = DieselStore::open(&StoreConfig::new(
+        crate::testing::fresh_postgres_schema(&base).unwrap(),
+    ))
+    .unwrap();
+    store.migrate().unwrap();
+    let mut conn = store.connection().unwrap();
+    let columns: Vec<Collated> = diesel::sql_query(
+        "SELECT table_name || '.' || column_name AS column, collation_name::text AS collation \
+         FROM information_schema.columns WHERE table_schema = current_schema() \
+         AND data_type = 'text' AND table_name NOT LIKE '\\_\\_%'",
+    )
+    .load(&mut *conn)
+    .unwrap();
+    assert!(columns.len() > 20, "{columns:?}");
+    let other: Vec<(&str, Option<&str>)> = columns
+        .iter()
+        .filter(|c| c.collation.as_deref() != Some("C"))
+        .map(|c| (c.column.as_str(), c.collation.as_deref()))
+        .collect();
+    assert!(other.is_empty(), "not bytewise: {other:?}");
 }
