@@ -1467,3 +1467,98 @@ fn every_text_column_compares_bytewise_on_postgresql() {
         .collect();
     assert!(other.is_empty(), "not bytewise: {other:?}");
 }
+
+/// On a PostgreSQL database whose default collation is linguistic (ICU `en-US`, as production
+/// databases created with `en_US.UTF-8` are), `userName` comparisons and sorting still follow
+/// bytes, exactly as on SQLite: `"émile"` sorts after `"frank"` (0xC3 > 'f').
+#[test]
+fn comparisons_and_order_are_bytewise_on_a_linguistic_postgresql_database() {
+    use scim_core::store::CompareOp;
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let mut urls = vec![(sqlite(), None)];
+    let icu_db = format!("scim_icu_{}", std::process::id());
+    if let Some(base) = crate::testing::postgres_test_url() {
+        let mut admin = diesel::PgConnection::establish(&base).unwrap();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {icu_db}"),
+            format!(
+                "CREATE DATABASE {icu_db} TEMPLATE template0 LOCALE_PROVIDER icu \
+                 ICU_LOCALE 'en-US' LC_COLLATE 'C' LC_CTYPE 'C'"
+            ),
+        ] {
+            diesel::connection::SimpleConnection::batch_execute(&mut admin, &sql).unwrap();
+        }
+        let (head, _) = base.split_once('?').unwrap_or((&base, ""));
+        let url = format!("{}/{icu_db}", &head[..head.rfind('/').unwrap()]);
+        let store = DieselStore::open(&StoreConfig::new(url.clone())).unwrap();
+        urls.push((
+            TestDb {
+                store,
+                url,
+                _dir: None,
+                name: "postgres (ICU en-US)",
+            },
+            Some((admin, icu_db.clone())),
+        ));
+    }
+    for (db, admin) in urls {
+        {
+            let store = &db.store;
+            store.migrate().unwrap();
+            use scim_core::store::CredentialStore;
+            store.ensure_tenant(T, "test", NOW).unwrap();
+            for name in ["émile", "frank", "eve"] {
+                let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name});
+                let write = prepare_create(&ctx, &body).unwrap();
+                store
+                    .create(T, "User", name, NOW, write, Include::default())
+                    .unwrap();
+            }
+            let names = |filter: StoreFilter| -> Vec<String> {
+                let page = store
+                    .list(
+                        T,
+                        "User",
+                        &ListQuery {
+                            filter,
+                            start_index: 1,
+                            count: 10,
+                            include: Include::default(),
+                            sort: Some(SortKey {
+                                target: SortTarget::Column(Column::UserName),
+                                descending: false,
+                            }),
+                            after: None,
+                        },
+                    )
+                    .unwrap();
+                page.resources.into_iter().map(|r| r.id).collect()
+            };
+            assert_eq!(
+                names(StoreFilter::All),
+                ["eve", "frank", "émile"],
+                "{}",
+                db.name
+            );
+            assert_eq!(
+                names(StoreFilter::Column(
+                    Column::UserName,
+                    CompareOp::Gt,
+                    "f".into()
+                )),
+                ["frank", "émile"],
+                "{}",
+                db.name
+            );
+        }
+        if let Some((mut admin, name)) = admin {
+            drop(db);
+            diesel::connection::SimpleConnection::batch_execute(
+                &mut admin,
+                &format!("DROP DATABASE {name} WITH (FORCE)"),
+            )
+            .unwrap();
+        }
+    }
+}
