@@ -1040,10 +1040,31 @@ fn random_filter(rng: &mut Rng, depth: u32) -> String {
             rng.pick(&ops),
             lit(rng)
         ),
-        4 => format!(
-            "emails[{} or primary eq true]",
-            format_args!("value sw {}", lit(rng))
-        ),
+        4 => match rng.next() % 5 {
+            0 => format!(
+                "emails[{} or primary eq true]",
+                format_args!("value sw {}", lit(rng))
+            ),
+            // Element filters the index can anchor on (see `anchor` in store.rs).
+            1 => format!(
+                "emails[type eq \"{}\"].value eq {}",
+                rng.pick(&["work", "home"]),
+                lit(rng)
+            ),
+            2 => format!(
+                "emails[primary eq {} and not (type eq \"work\")]",
+                rng.pick(&["true", "false"])
+            ),
+            3 => format!(
+                "emails[value pr and type ne \"{}\"]",
+                rng.pick(&["work", "home"])
+            ),
+            _ => format!(
+                "emails[value {} {}]",
+                rng.pick(&["eq", "sw", "ge"]),
+                lit(rng)
+            ),
+        },
         5 => format!("{} eq null", rng.pick(&["title", "name.givenName"])),
         6 => format!(
             "({} and {})",
