@@ -659,6 +659,44 @@ fn ops_rows(ops: &[MemberOp]) -> u64 {
 const WRITER_PRAGMAS: &str =
     "PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 16000; PRAGMA temp_store = MEMORY;";
 
+/// SQLite's planner statistics, written by the store instead of measured by `ANALYZE`.
+///
+/// Without statistics SQLite takes `tenant_id = ? AND resource_type = ?` for a selective
+/// index and answers `emails.value eq "x"` by walking every resource of the tenant and probing
+/// the sub-query's result for each (a scan, however rare the value); `ANALYZE` fixes that but
+/// reads the whole database, and a sampled one (`analysis_limit`) misjudges the tenant columns
+/// badly. The shape of the data is known, so the figures are written as ratios at the scale of
+/// a million resources: one tenant holds everything, a path narrows an attribute to a
+/// thirtieth of the index, a value to about three rows; `id` and `userName` are unique. The
+/// planner compares plans by these ratios, so they serve a database of any size. Written on
+/// every open, before any other connection reads the schema (a manual `ANALYZE` lasts until
+/// the next start).
+const SQLITE_PLANNER_STATS: &str = "BEGIN IMMEDIATE;
+ANALYZE sqlite_schema;
+DELETE FROM sqlite_stat1 WHERE tbl IN ('resources', 'resource_values', 'group_members');
+INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES
+ ('resources', 'sqlite_autoindex_resources_1', '1000000 1'),
+ ('resources', 'resources_user_name', '1000000 1000000 500000 1'),
+ ('resources', 'resources_external_id', '1000000 1000000 500000 1 1 1'),
+ ('resources', 'resources_display_name', '1000000 1000000 500000 2 1 1'),
+ ('resources', 'resources_order', '1000000 1000000 500000 1 1'),
+ ('resource_values', 'resource_values', '30000000 30 2 1'),
+ ('resource_values', 'resource_values_str', '28000000 28000000 14000000 1000000 3'),
+ ('resource_values', 'resource_values_num', '1000000 1000000 500000 100000 2'),
+ ('resource_values', 'resource_values_bool', '3000000 3000000 3000000 1000000 500000'),
+ ('group_members', 'sqlite_autoindex_group_members_1', '10000000 1000 1'),
+ ('group_members', 'group_members_member', '10000000 10 1');
+COMMIT;";
+
+/// Writes [`SQLITE_PLANNER_STATS`]; a failure only costs plans (another process may hold the
+/// write lock), so it is logged, not returned.
+fn write_planner_stats(conn: &mut AnyConnection) {
+    if let Err(e) = conn.batch_execute(SQLITE_PLANNER_STATS) {
+        log::warn!("could not write SQLite planner statistics: {e}");
+        let _ = conn.batch_execute("ROLLBACK");
+    }
+}
+
 impl DieselStore {
     /// Opens the pool. Does not run migrations (see [`DieselStore::migrate`]).
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
@@ -666,6 +704,13 @@ impl DieselStore {
             ConnectionManager::new(&config.url, config.busy_timeout, config.query_timeout);
         let manager_for_writer = manager.clone();
         let backend = manager.backend();
+        if backend == Backend::Sqlite {
+            // Before the pool opens a connection, so that every connection plans with them.
+            let mut c = manager
+                .establish()
+                .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))?;
+            write_planner_stats(&mut c);
+        }
         let pool = r2d2::Pool::builder()
             .max_size(config.pool_size.max(1))
             .min_idle(Some(1))
@@ -728,6 +773,11 @@ impl DieselStore {
         if let (true, Some(t)) = (pg, self.query_timeout) {
             conn.batch_execute(&timeout(t.as_millis()))
                 .map_err(map_err)?;
+        }
+        if self.backend == Backend::Sqlite && ran.as_ref().is_ok_and(|n| *n > 0) {
+            // A migration that rebuilt a table dropped its statistics; the other connections
+            // reload them with the changed schema.
+            write_planner_stats(&mut conn);
         }
         ran
     }

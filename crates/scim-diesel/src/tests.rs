@@ -1583,3 +1583,43 @@ fn comparisons_and_order_are_bytewise_on_a_linguistic_postgresql_database() {
         }
     }
 }
+
+#[derive(QueryableByName, Debug)]
+struct PlanRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    detail: String,
+}
+
+/// SQLite plans a lookup on any attribute from the attribute-value index (then the resource by
+/// primary key), not by walking the tenant's resources and probing the sub-query for each:
+/// the planner statistics the store writes make `tenant_id`/`resource_type` unselective. The
+/// query has the shape `condition` compiles `emails.value eq "x"` to (migrations run, so the
+/// statistics dropped by a table rebuild are back).
+#[test]
+fn sqlite_finds_a_value_through_the_index_not_by_walking_the_tenant() {
+    let db = sqlite();
+    db.store.migrate().unwrap();
+    // A second store on the file: its connections read the statistics at open.
+    let store = DieselStore::open(&StoreConfig::new(db.url.clone())).unwrap();
+    let mut conn = store.connection().unwrap();
+    let plan: Vec<String> = diesel::sql_query(
+        "EXPLAIN QUERY PLAN SELECT resources.id FROM resources \
+         WHERE resources.tenant_id = 't' AND resources.resource_type = 'User' AND \
+         (resources.id IN (SELECT v.resource_id FROM resource_values v WHERE \
+         scim_alive(v.ordinal) AND v.tenant_id = 't' AND v.resource_type = 'User' AND \
+         v.path = 'emails.value' AND v.str_value = 'x')) \
+         ORDER BY resources.created, resources.id LIMIT 100",
+    )
+    .load::<PlanRow>(&mut *conn)
+    .unwrap()
+    .into_iter()
+    .map(|r| r.detail)
+    .collect();
+    let text = plan.join(" | ");
+    assert!(
+        text.contains("sqlite_autoindex_resources_1 (id=?)"),
+        "{text}"
+    );
+    assert!(text.contains("resource_values_str"), "{text}");
+    assert!(!text.contains("resources_order"), "{text}");
+}
