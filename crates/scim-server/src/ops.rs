@@ -645,39 +645,27 @@ fn run_bulk_op(
         .clone();
     let expected = expected_version(op.version.as_deref())?;
     let params = Params::default();
+    // Bulk results carry no resources: nothing is read back (`Reply::Minimal`).
+    let change = |id: &str, change: Change| {
+        update(
+            st,
+            tenant,
+            &rt,
+            id,
+            &data,
+            &params,
+            expected,
+            change,
+            Reply::Minimal,
+        )
+    };
     match (op.method, id) {
         (BulkMethod::Post, None) => Ok((
             201,
             create(st, tenant, &rt, &data, &params, Reply::Minimal)?,
         )),
-        (BulkMethod::Put, Some(id)) => Ok((
-            200,
-            update(
-                st,
-                tenant,
-                &rt,
-                id,
-                &data,
-                &params,
-                expected,
-                Change::Replace,
-                Reply::Minimal,
-            )?,
-        )),
-        (BulkMethod::Patch, Some(id)) => Ok((
-            200,
-            update(
-                st,
-                tenant,
-                &rt,
-                id,
-                &data,
-                &params,
-                expected,
-                Change::Patch,
-                Reply::Minimal,
-            )?,
-        )),
+        (BulkMethod::Put, Some(id)) => Ok((200, change(id, Change::Replace)?)),
+        (BulkMethod::Patch, Some(id)) => Ok((200, change(id, Change::Patch)?)),
         (BulkMethod::Delete, Some(id)) => Ok((204, delete(st, tenant, &rt, id, expected)?)),
         (BulkMethod::Post, Some(_)) => Err(ScimError::invalid_value(
             "A bulk POST path names an endpoint, not a resource",
