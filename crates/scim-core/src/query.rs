@@ -20,6 +20,8 @@ pub struct QueryLimits {
     pub max_count: u64,
     /// filter length and depth
     pub filter: Limits,
+    /// most scans one filter may cost ([`StoreFilter::scans`]); more is 400 `tooMany`
+    pub max_scans: usize,
 }
 
 impl Default for QueryLimits {
@@ -28,6 +30,7 @@ impl Default for QueryLimits {
             default_count: 100,
             max_count: 1000,
             filter: Limits::default(),
+            max_scans: 10,
         }
     }
 }
@@ -181,7 +184,20 @@ pub fn plan_filter(
     };
     let filter = scim_filter::parse_filter(text, &limits.filter)
         .map_err(|e| ScimError::invalid_filter(format!("Invalid filter: {e}")))?;
-    plan(ctx, &filter)
+    let planned = plan(ctx, &filter)?;
+    let scans = planned.scans();
+    if scans > limits.max_scans {
+        return Err(ScimError::bad_request(
+            crate::ScimType::TooMany,
+            format!(
+                "The filter needs {scans} scans of every value of an attribute (each co, ew, \
+                 not, and value filter without an eq, sw or range test is one); at most {} \
+                 are allowed",
+                limits.max_scans
+            ),
+        ));
+    }
+    Ok(planned)
 }
 
 fn plan(ctx: &Ctx<'_>, f: &Filter) -> Result<StoreFilter, ScimError> {

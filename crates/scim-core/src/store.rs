@@ -308,7 +308,63 @@ pub struct Page {
     pub resources: Vec<ResourceRecord>,
 }
 
+impl ElementFilter {
+    /// The test by which an index finds the elements this filter matches: an indexable test
+    /// (equality, prefix, range, presence) that every matching element passes, that is the
+    /// filter itself or a term of its top-level `and`. Equality on a `value` sub-attribute is
+    /// preferred (Entra ID's `emails[type eq "work"].value eq "x"`: `type` matches most
+    /// elements, `value` one), then other equalities, ranges, and presence last. `None` for
+    /// filters without one (`or`, `not`, `co`, `ew`): their elements are found by a scan.
+    pub fn anchor(&self) -> Option<(&str, &ValueTest)> {
+        let rank = |path: &str, test: &ValueTest| match test {
+            ValueTest::Str(CompareOp::Eq, _) if path.ends_with(".value") => Some(0),
+            ValueTest::Str(CompareOp::Eq, _) => Some(1),
+            ValueTest::Str(
+                CompareOp::Sw | CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le,
+                _,
+            ) => Some(2),
+            ValueTest::Num(op, _) if *op != CompareOp::Ne => Some(2),
+            ValueTest::Bool(_) | ValueTest::Present(_) => Some(3),
+            _ => None,
+        };
+        let terms = match self {
+            ElementFilter::And(terms) => terms.as_slice(),
+            single => std::slice::from_ref(single),
+        };
+        terms
+            .iter()
+            .filter_map(|t| match t {
+                ElementFilter::Test { path, test } => {
+                    rank(path, test).map(|r| (r, path.as_str(), test))
+                }
+                _ => None,
+            })
+            .min_by_key(|(r, _, _)| *r)
+            .map(|(_, path, test)| (path, test))
+    }
+}
+
 impl StoreFilter {
+    /// How many scans the filter costs: terms that no index narrows (`co` and `ew`, each read
+    /// every value of its attribute; `not`, which reads every resource; a value filter without
+    /// an [`ElementFilter::anchor`], which reads every element). Everything else is an index
+    /// probe or range.
+    pub fn scans(&self) -> usize {
+        match self {
+            StoreFilter::Column(_, CompareOp::Co | CompareOp::Ew, _) => 1,
+            StoreFilter::Value {
+                test: ValueTest::Str(CompareOp::Co | CompareOp::Ew, _),
+                ..
+            } => 1,
+            StoreFilter::Element { filter, .. } => usize::from(filter.anchor().is_none()),
+            StoreFilter::And(terms) | StoreFilter::Or(terms) => {
+                terms.iter().map(StoreFilter::scans).sum()
+            }
+            StoreFilter::Not(inner) => 1 + inner.scans(),
+            _ => 0,
+        }
+    }
+
     /// Whether the filter can match at most one resource: it requires `id` or `userName` (both
     /// unique) to equal a value. Such a read costs a few index probes however much is stored.
     pub fn pins_one_row(&self) -> bool {

@@ -308,7 +308,7 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             // one (an index probe), else from the attribute's marker rows (a scan of every
             // element); either way `e` is a row of the element, and the whole filter is then
             // checked on that element.
-            let (row_path, row_test) = match anchor(filter) {
+            let (row_path, row_test) = match filter.anchor() {
                 Some((p, t)) => (p, value_test("e", t).push(" AND ")),
                 None => (path.as_str(), RawCond::default()),
             };
@@ -425,40 +425,6 @@ fn value_test(alias: &str, test: &ValueTest) -> RawCond {
         ValueTest::Present(ValueKind::Bool) => col("bool_value").push(" IS NOT NULL"),
         ValueTest::Exists => col("str_value").push(" = ''"),
     }
-}
-
-/// The test of an element filter by which the index can find the matching elements: an
-/// indexable test (equality, prefix, range, presence) that every matching element passes,
-/// that is the filter itself or a term of its top-level `and`. Equality on a `value`
-/// sub-attribute is preferred (Entra ID's `emails[type eq "work"].value eq "x"`: `type` matches
-/// most elements, `value` one), then other equalities, ranges, and presence last. `None` for
-/// filters without one (`or`, `not`, `co`, `ew`).
-fn anchor(f: &ElementFilter) -> Option<(&str, &ValueTest)> {
-    let rank = |path: &str, test: &ValueTest| match test {
-        ValueTest::Str(CompareOp::Eq, _) if path.ends_with(".value") => Some(0),
-        ValueTest::Str(CompareOp::Eq, _) => Some(1),
-        ValueTest::Str(
-            CompareOp::Sw | CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le,
-            _,
-        ) => Some(2),
-        ValueTest::Num(op, _) if *op != CompareOp::Ne => Some(2),
-        ValueTest::Bool(_) | ValueTest::Present(_) => Some(3),
-        _ => None,
-    };
-    let terms = match f {
-        ElementFilter::And(terms) => terms.as_slice(),
-        single => std::slice::from_ref(single),
-    };
-    terms
-        .iter()
-        .filter_map(|t| match t {
-            ElementFilter::Test { path, test } => {
-                rank(path, test).map(|r| (r, path.as_str(), test))
-            }
-            _ => None,
-        })
-        .min_by_key(|(r, _, _)| *r)
-        .map(|(_, path, test)| (path, test))
 }
 
 /// Tests on the element a row of which is aliased `e`: each test looks for a row of the same

@@ -1124,6 +1124,7 @@ fn filters_in_sql_agree_with_the_in_memory_evaluator() {
                     max_length: 4096,
                     max_depth: 32,
                 },
+                max_scans: usize::MAX,
                 ..Default::default()
             };
             let planned = match scim_core::query::plan_filter(&ctx, Some(&text), &limits) {

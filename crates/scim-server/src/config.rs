@@ -21,7 +21,8 @@ pub struct Config {
     pub migrate_on_start: bool,
     /// `SCIM_MAX_BODY_BYTES`
     pub max_body_bytes: usize,
-    /// `SCIM_DEFAULT_PAGE_SIZE`, `SCIM_MAX_PAGE_SIZE`, `SCIM_FILTER_MAX_LENGTH`, `SCIM_FILTER_MAX_DEPTH`
+    /// `SCIM_DEFAULT_PAGE_SIZE`, `SCIM_MAX_PAGE_SIZE`, `SCIM_FILTER_MAX_LENGTH`, `SCIM_FILTER_MAX_DEPTH`,
+    /// `SCIM_FILTER_MAX_SCANS`
     pub query: QueryLimits,
     /// `SCIM_DB_POOL_SIZE`
     pub pool_size: u32,
@@ -128,6 +129,7 @@ impl Config {
                 max_length: num("SCIM_FILTER_MAX_LENGTH", defaults.filter.max_length)?,
                 max_depth: num("SCIM_FILTER_MAX_DEPTH", defaults.filter.max_depth)?,
             },
+            max_scans: num("SCIM_FILTER_MAX_SCANS", defaults.max_scans)?,
         };
         if query.max_count == 0 || query.default_count > query.max_count {
             bail!(

@@ -510,3 +510,41 @@ fn writes_to_a_group_larger_than_the_limit_answer_204_unless_asked_for_the_membe
         assert_eq!(got["displayName"], "H");
     }
 }
+
+#[test]
+fn a_filter_costing_more_scans_than_allowed_is_too_many() {
+    let s = TestServer::start_with(&Db::Sqlite, |c| c.query.max_scans = 2);
+    let list = |filter: &str| {
+        let r = Client::new()
+            .get(format!("{}/Users", s.base))
+            .query(&[("filter", filter)])
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap())
+    };
+    // Within the limit: two `co` scans; an element filter found through its `value eq`
+    // (no scan) with a negated `co` (two).
+    for ok in [
+        r#"userName co "a" or userName co "b""#,
+        r#"emails[type eq "work"].value eq "x@example.com" and not (title co "y")"#,
+        r#"userName eq "a" or externalId eq "b" or name.familyName sw "c""#,
+    ] {
+        let (status, body) = list(ok);
+        assert_eq!(status, 200, "{ok}: {body}");
+    }
+    // Three scans: refused before the database is asked.
+    for hostile in [
+        r#"userName co "a" or userName co "b" or userName ew "c""#,
+        r#"not (emails[value co "x"]) and title co "y""#,
+    ] {
+        let (status, body) = list(hostile);
+        assert_eq!(status, 400, "{hostile}: {body}");
+        assert_eq!(body["scimType"], "tooMany", "{hostile}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("3 scans"),
+            "{body}"
+        );
+    }
+}
