@@ -17,10 +17,42 @@ pub fn fresh_postgres_schema(base_url: &str) -> Result<String, StoreError> {
     let schema = format!("t_{nanos:x}_{}_{n}", std::process::id());
     let mut conn = diesel::PgConnection::establish(base_url)
         .map_err(|e| StoreError::Unavailable(format!("cannot reach PostgreSQL: {e}")))?;
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| drop_stale_schemas(&mut conn, nanos));
     conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
         .map_err(|e| StoreError::Backend(e.to_string()))?;
     let sep = if base_url.contains('?') { '&' } else { '?' };
     Ok(format!("{base_url}{sep}options=-csearch_path%3D{schema}"))
+}
+
+/// Drops the schemas of test runs that started more than an hour before `now_nanos` (their
+/// names carry their creation time), so that a database shared by many runs does not fill
+/// up; a run in progress is never older than that. Failures are ignored: this is tidying.
+fn drop_stale_schemas(conn: &mut diesel::PgConnection, now_nanos: u128) {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    let Ok(names) = diesel::sql_query(
+        "SELECT schema_name::text AS name FROM information_schema.schemata \
+         WHERE schema_name LIKE 't\\_%'",
+    )
+    .load::<Name>(conn) else {
+        return;
+    };
+    const HOUR: u128 = 3_600_000_000_000;
+    for Name { name } in names {
+        let created = name
+            .split('_')
+            .nth(1)
+            .and_then(|hex| u128::from_str_radix(hex, 16).ok());
+        if created.is_some_and(|c| c + HOUR < now_nanos) {
+            let quoted = name.replace('"', "\"\"");
+            let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{quoted}\" CASCADE"));
+        }
+    }
 }
 
 /// The PostgreSQL URL for tests from `SCIM_TEST_POSTGRES_URL`. `None` when unset, except
