@@ -121,9 +121,6 @@ fn timed_out(e: &DieselError) -> bool {
             m.contains(crate::conn::deadline::EXPIRED)
                 || m.contains("canceling statement due to statement timeout")
         }
-        DieselError::SerializationError(e) => {
-            e.to_string().contains(crate::conn::deadline::EXPIRED)
-        }
         _ => false,
     }
 }

@@ -1498,7 +1498,7 @@ fn comparisons_and_order_are_bytewise_on_a_linguistic_postgresql_database() {
     use scim_core::store::CompareOp;
     let reg = registry();
     let ctx = Ctx::new(&reg, "User").unwrap();
-    let mut urls = vec![(sqlite(), None)];
+    let mut dbs = vec![(sqlite(), None)];
     let icu_db = format!("scim_icu_{}", std::process::id());
     if let Some(base) = crate::testing::postgres_test_url() {
         let mut admin = diesel::PgConnection::establish(&base).unwrap();
@@ -1514,7 +1514,7 @@ fn comparisons_and_order_are_bytewise_on_a_linguistic_postgresql_database() {
         let (head, _) = base.split_once('?').unwrap_or((&base, ""));
         let url = format!("{}/{icu_db}", &head[..head.rfind('/').unwrap()]);
         let store = DieselStore::open(&StoreConfig::new(url.clone())).unwrap();
-        urls.push((
+        dbs.push((
             TestDb {
                 store,
                 url,
@@ -1524,7 +1524,7 @@ fn comparisons_and_order_are_bytewise_on_a_linguistic_postgresql_database() {
             Some((admin, icu_db.clone())),
         ));
     }
-    for (db, admin) in urls {
+    for (db, admin) in dbs {
         {
             let store = &db.store;
             store.migrate().unwrap();

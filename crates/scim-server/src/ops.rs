@@ -44,16 +44,22 @@ pub enum Reply {
     Minimal,
 }
 
-/// What a write reads back for `reply`.
-fn write_include(st: &AppState, ctx: &Ctx<'_>, params: &Params, reply: Reply) -> Include {
+/// What a write reads back for `reply`, given the request's projection.
+fn write_include(
+    st: &AppState,
+    ctx: &Ctx<'_>,
+    params: &Params,
+    proj: &Projection,
+    reply: Reply,
+) -> Include {
     let chosen = params.get("attributes").is_some() || params.get("excludedAttributes").is_some();
     match reply {
         Reply::Minimal => Include::default(),
         Reply::Resource if !chosen => Include {
             member_limit: Some(st.config.write_response_max_members),
-            ..projection(ctx, params).include(ctx)
+            ..proj.include(ctx)
         },
-        _ => projection(ctx, params).include(ctx),
+        _ => proj.include(ctx),
     }
 }
 
@@ -63,7 +69,7 @@ fn written(
     st: &AppState,
     ctx: &Ctx<'_>,
     rec: &ResourceRecord,
-    params: &Params,
+    proj: &Projection,
     include: Include,
     reply: Reply,
 ) -> Outcome {
@@ -76,7 +82,7 @@ fn written(
             location: Some(location(st, ctx, &rec.id)),
         };
     }
-    done(st, ctx, rec, &projection(ctx, params))
+    done(st, ctx, rec, proj)
 }
 
 fn location(st: &AppState, ctx: &Ctx<'_>, id: &str) -> String {
@@ -147,9 +153,10 @@ pub fn create(
     // Hashing is slow by design: done here, before the transaction.
     write.password = protect(st, std::mem::take(&mut write.password))?;
     // A new group lists what the request sent (bounded by the body size): no member limit.
+    let proj = projection(&ctx, params);
     let include = match reply {
         Reply::Minimal => Include::default(),
-        _ => projection(&ctx, params).include(&ctx),
+        _ => proj.include(&ctx),
     };
     // Time-ordered (UUIDv7): a new resource's rows land at the end of the primary-key and
     // low-cardinality index ranges, on pages already in cache, instead of on a random page
@@ -164,7 +171,7 @@ pub fn create(
         }
         other => other?,
     };
-    Ok(written(st, &ctx, &rec, params, include, reply))
+    Ok(written(st, &ctx, &rec, &proj, include, reply))
 }
 
 /// `SCIM_REACTIVATE_ON_CONFLICT`: the POST collided with an existing userName; if that user is
@@ -492,7 +499,8 @@ pub fn update(
     reply: Reply,
 ) -> Result<Outcome, ScimError> {
     let ctx = ctx(st, rt)?;
-    let include = write_include(st, &ctx, params, reply);
+    let proj = projection(&ctx, params);
+    let include = write_include(st, &ctx, params, &proj, reply);
     let limits = st.config.query.filter;
     let unknown_members = st.config.unknown_members;
     let rec = st.store.update(
@@ -513,7 +521,7 @@ pub fn update(
             Ok(write)
         },
     )?;
-    Ok(written(st, &ctx, &rec, params, include, reply))
+    Ok(written(st, &ctx, &rec, &proj, include, reply))
 }
 
 /// DELETE
