@@ -396,7 +396,10 @@ impl std::fmt::Debug for InlineReads {
     }
 }
 
-/// Callback run inside an update transaction: gets the current resource, returns the write.
+/// Callback of an update: gets the current resource, returns the write. A store may call it
+/// more than once for one update (after losing a race, or to prepare the write before its
+/// transaction from the last committed version); only the write computed from the version it
+/// finally changes is made, so the callback must not have effects of its own.
 pub type UpdateFn<'a> = dyn FnMut(&ResourceRecord) -> Result<ResourceWrite, ScimError> + 'a;
 
 /// Persistent storage of SCIM resources. Every method is one transaction.

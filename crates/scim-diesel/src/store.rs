@@ -795,6 +795,33 @@ impl DieselStore {
         }
     }
 
+    /// SQLite: prepares an update before it takes the writer, from the last committed row read
+    /// on a reader connection, so that parsing the document, applying the change, computing
+    /// its index rows and hashing a password run beside other writes instead of inside the one
+    /// writer every write of the database waits for. The writer then only compares versions
+    /// (see `update`): if another write got there first, or preparing failed, the update is
+    /// prepared again inside, from the row as it is then. `None`: nothing prepared (no such row,
+    /// an `If-Match` that differs, no reader free, or `update` refused).
+    fn prepare_outside_writer(
+        &self,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        if_match: Option<i64>,
+        update: &mut UpdateFn<'_>,
+    ) -> Option<(ResourceRecord, ResourceWrite)> {
+        let row = {
+            let mut conn = self.conn().ok()?;
+            load_row(&mut conn, tenant, rt, id).ok()??
+        };
+        if if_match.is_some_and(|v| v != row.version) {
+            return None;
+        }
+        let current = row.into_record().ok()?;
+        let write = update(&current).ok()?;
+        Some((current, write))
+    }
+
     fn conn(&self) -> Result<Conn, StoreError> {
         if let Some(reserved) = inline::take_reserved(self.id) {
             return Ok(reserved);
@@ -1514,17 +1541,32 @@ impl ResourceStore for DieselStore {
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
         let mut touched = 0u64;
+        let mut prepared = match self.writer {
+            Some(_) => self.prepare_outside_writer(tenant, rt, id, if_match, update),
+            None => None,
+        };
         // The row is locked before it is read; the conditional UPDATE is a second line of
         // defence, and a lost race retries the whole read-modify-write on the fresh row.
         for _attempt in 0..8 {
             let result: Result<Option<ResourceRecord>, TxError> = self.write(|c| {
                 backend::lock_resource(c, id)?;
-                let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
-                if if_match.is_some_and(|v| v != row.version) {
-                    return Err(StoreError::VersionMismatch.into());
-                }
-                let current = row.into_record()?;
-                let write = update(&current)?;
+                let (current, write) = match prepared.take() {
+                    // Prepared from the row as it still is: the same write as made here.
+                    Some((current, write))
+                        if backend::version_of(c, tenant, rt, id)? == Some(current.version) =>
+                    {
+                        (current, write)
+                    }
+                    _ => {
+                        let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+                        if if_match.is_some_and(|v| v != row.version) {
+                            return Err(StoreError::VersionMismatch.into());
+                        }
+                        let current = row.into_record()?;
+                        let write = update(&current)?;
+                        (current, write)
+                    }
+                };
                 let unchanged = write.member_ops.is_empty()
                     && write.data == current.data
                     && write.external_id == current.external_id

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use scim_core::resource::prepare_create;
 use scim_core::store::{
-    Column, Include, IndexedField, ListQuery, MemberOp, ResourceStore, ResourceWrite, SortKey,
-    SortTarget, StoreFilter, UnknownMembers, ValueKind,
+    Column, Include, IndexedField, ListQuery, MemberOp, ResourceRecord, ResourceStore,
+    ResourceWrite, SortKey, SortTarget, StoreFilter, UnknownMembers, ValueKind,
 };
 use scim_core::{Ctx, SchemaRegistry, StoreError};
 use serde_json::json;
@@ -1623,4 +1623,109 @@ fn sqlite_finds_a_value_through_the_index_not_by_walking_the_tenant() {
     );
     assert!(text.contains("resource_values_str"), "{text}");
     assert!(!text.contains("resources_order"), "{text}");
+}
+
+/// `update`'s write for `cur` with `attr` set to `value`, as a PATCH from a client makes it.
+fn patched(reg: &SchemaRegistry, cur: &ResourceRecord, attr: &str, value: &str) -> ResourceWrite {
+    let ctx = Ctx::new(reg, "User").unwrap();
+    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": attr, "value": value}]});
+    scim_core::patch::prepare_patch(&ctx, &body, cur, &scim_filter::Limits::default()).unwrap()
+}
+
+#[test]
+fn other_writes_go_on_while_an_update_is_being_prepared() {
+    // Preparing an update can be slow (an argon2 password hash for Okta's password sync): on
+    // SQLite, whose one writer serves every write of the database, it is done before the
+    // writer is taken; on PostgreSQL it holds only the updated row.
+    let reg = registry();
+    for db in databases() {
+        let s = &db.store;
+        s.create(
+            T,
+            "User",
+            "u1",
+            NOW,
+            user(&reg, "alice"),
+            Include::default(),
+        )
+        .unwrap();
+        let (go, started) = std::sync::mpsc::channel::<()>();
+        let (done, created) = std::sync::mpsc::channel::<()>();
+        let rec = std::thread::scope(|scope| {
+            let (reg, done) = (&reg, done);
+            scope.spawn(move || {
+                started.recv().unwrap();
+                s.create(T, "User", "u2", NOW, user(reg, "bob"), Include::default())
+                    .unwrap();
+                done.send(()).unwrap();
+            });
+            let mut first = true;
+            s.update(T, "User", "u1", NOW, None, Include::default(), &mut |cur| {
+                if std::mem::take(&mut first) {
+                    go.send(()).unwrap();
+                    let waited = created.recv_timeout(std::time::Duration::from_secs(30));
+                    assert!(
+                        waited.is_ok(),
+                        "{}: a create waited for another write's preparation",
+                        db.name
+                    );
+                }
+                Ok(patched(reg, cur, "title", "Boss"))
+            })
+            .unwrap()
+        });
+        assert_eq!((rec.version, &rec.data["title"]), (2, &json!("Boss")));
+        let stored = s.get(T, "User", "u1", Include::default()).unwrap();
+        assert_eq!(stored.data["title"], json!("Boss"), "{}", db.name);
+        assert!(s.get(T, "User", "u2", Include::default()).is_ok());
+    }
+}
+
+#[test]
+fn an_update_prepared_before_another_write_is_prepared_again_from_that_write() {
+    // SQLite only: there the first preparation runs outside any transaction, so another
+    // client's write can land in between (on PostgreSQL the row lock keeps it out).
+    let reg = registry();
+    for db in databases().into_iter().filter(|d| d.name == "sqlite") {
+        let s = &db.store;
+        s.create(
+            T,
+            "User",
+            "u1",
+            NOW,
+            user(&reg, "alice"),
+            Include::default(),
+        )
+        .unwrap();
+        let mut calls = 0;
+        let rec = s
+            .update(T, "User", "u1", NOW, None, Include::default(), &mut |cur| {
+                calls += 1;
+                if calls == 1 {
+                    std::thread::scope(|scope| {
+                        scope.spawn(|| {
+                            s.update(T, "User", "u1", NOW, None, Include::default(), &mut |c| {
+                                Ok(patched(&reg, c, "displayName", "Alice Other"))
+                            })
+                            .unwrap()
+                        });
+                    });
+                }
+                Ok(patched(&reg, cur, "title", "Boss"))
+            })
+            .unwrap();
+        assert_eq!(calls, 2, "prepared again from the newer version");
+        let stored = s.get(T, "User", "u1", Include::default()).unwrap();
+        assert_eq!(
+            (
+                stored.version,
+                &stored.data["title"],
+                &stored.data["displayName"]
+            ),
+            (3, &json!("Boss"), &json!("Alice Other")),
+            "both changes are kept"
+        );
+        assert_eq!(rec.version, 3);
+    }
 }

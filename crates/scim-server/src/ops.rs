@@ -101,6 +101,29 @@ fn protect(st: &AppState, change: SecretChange) -> Result<SecretChange, ScimErro
     }
 }
 
+/// [`protect`], once per clear text (`memo` keeps the last one and its hash): an update's
+/// callback may run more than once.
+fn protect_once(
+    st: &AppState,
+    change: SecretChange,
+    memo: &mut Option<(String, String)>,
+) -> Result<SecretChange, ScimError> {
+    if let (SecretChange::Set(clear), Some((seen, hash))) = (&change, memo.as_ref()) {
+        if clear == seen {
+            return Ok(SecretChange::Set(hash.clone()));
+        }
+    }
+    let clear = match &change {
+        SecretChange::Set(c) => Some(c.clone()),
+        _ => None,
+    };
+    let protected = protect(st, change)?;
+    if let (Some(clear), SecretChange::Set(hash)) = (clear, &protected) {
+        *memo = Some((clear, hash.clone()));
+    }
+    Ok(protected)
+}
+
 /// The context of an operation on resource type `rt`, with the server's strictness.
 fn ctx<'a>(st: &'a AppState, rt: &str) -> Result<Ctx<'a>, ScimError> {
     Ok(Ctx::new(&st.registry, rt)?.with_strict(st.config.strict))
@@ -503,6 +526,10 @@ pub fn update(
     let include = write_include(st, &ctx, params, &proj, reply);
     let limits = st.config.query.filter;
     let unknown_members = st.config.unknown_members;
+    // The store may call this more than once (it prepares the write before taking the writer
+    // and again if the resource changed meanwhile); a password (Okta's password sync) is hashed
+    // once per request, and only the first time, which the store runs outside its writer.
+    let mut hashed: Option<(String, String)> = None;
     let rec = st.store.update(
         tenant,
         &ctx.rt.id,
@@ -516,8 +543,7 @@ pub fn update(
                 Change::Patch => prepare_patch(&ctx, body, cur, &limits)?,
             };
             write.unknown_members = unknown_members;
-            // A password change (rare: Okta password sync) is hashed inside the transaction.
-            write.password = protect(st, std::mem::take(&mut write.password))?;
+            write.password = protect_once(st, std::mem::take(&mut write.password), &mut hashed)?;
             Ok(write)
         },
     )?;
