@@ -97,27 +97,6 @@ pub fn lock_resource(conn: &mut AnyConnection, id: &str) -> QueryResult<()> {
     }
 }
 
-/// The stored version of one resource (`None`: no such resource), as a statement of fixed
-/// shape.
-pub fn version_of(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    rt: &str,
-    id: &str,
-) -> QueryResult<Option<i64>> {
-    use crate::schema::resources;
-    let query = resources::table
-        .filter(resources::tenant_id.eq(tenant))
-        .filter(resources::resource_type.eq(rt))
-        .filter(resources::id.eq(id))
-        .select(resources::version);
-    // `get_result`, not `first`: see `load_row`.
-    match conn {
-        AnyConnection::Sqlite(c) => query.get_result(c).optional(),
-        AnyConnection::Postgres(c) => query.get_result(c).optional(),
-    }
-}
-
 /// Makes the rest of a read transaction see one snapshot. PostgreSQL's default isolation gives
 /// every statement its own snapshot, so it asks for `REPEATABLE READ`; a SQLite transaction
 /// reads one snapshot already.

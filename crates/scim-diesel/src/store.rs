@@ -858,6 +858,21 @@ fn load_row(
     native!(conn, |c| query.select(Row::as_select()).get_result(c)).optional()
 }
 
+/// The stored version of one resource (`None`: no such resource).
+fn version_of(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+) -> QueryResult<Option<i64>> {
+    let query = resources::table
+        .filter(resources::tenant_id.eq(tenant))
+        .filter(resources::resource_type.eq(rt))
+        .filter(resources::id.eq(id));
+    // `get_result`, not `first`: see `load_row`.
+    native!(conn, |c| query.select(resources::version).get_result(c)).optional()
+}
+
 /// Which end of `group_members` a read starts from.
 #[derive(Clone, Copy)]
 enum Side {
@@ -1553,7 +1568,7 @@ impl ResourceStore for DieselStore {
                 let (current, write) = match prepared.take() {
                     // Prepared from the row as it still is: the same write as made here.
                     Some((current, write))
-                        if backend::version_of(c, tenant, rt, id)? == Some(current.version) =>
+                        if version_of(c, tenant, rt, id)? == Some(current.version) =>
                     {
                         (current, write)
                     }

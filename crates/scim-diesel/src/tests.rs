@@ -1698,23 +1698,29 @@ fn an_update_prepared_before_another_write_is_prepared_again_from_that_write() {
             Include::default(),
         )
         .unwrap();
-        let mut calls = 0;
-        let rec = s
-            .update(T, "User", "u1", NOW, None, Include::default(), &mut |cur| {
-                calls += 1;
-                if calls == 1 {
-                    std::thread::scope(|scope| {
-                        scope.spawn(|| {
-                            s.update(T, "User", "u1", NOW, None, Include::default(), &mut |c| {
-                                Ok(patched(&reg, c, "displayName", "Alice Other"))
-                            })
-                            .unwrap()
+        // Sets the title, while another client sets the displayName between the first
+        // preparation and the write; returns the answer and how often `update` was called.
+        let title_racing = |display_name: &str| {
+            let mut calls = 0;
+            let rec = s
+                .update(T, "User", "u1", NOW, None, Include::default(), &mut |cur| {
+                    calls += 1;
+                    if calls == 1 {
+                        std::thread::scope(|scope| {
+                            scope.spawn(|| {
+                                s.update(T, "User", "u1", NOW, None, Include::default(), &mut |c| {
+                                    Ok(patched(&reg, c, "displayName", display_name))
+                                })
+                                .unwrap()
+                            });
                         });
-                    });
-                }
-                Ok(patched(&reg, cur, "title", "Boss"))
-            })
-            .unwrap();
+                    }
+                    Ok(patched(&reg, cur, "title", "Boss"))
+                })
+                .unwrap();
+            (rec, calls)
+        };
+        let (rec, calls) = title_racing("Alice Other");
         assert_eq!(calls, 2, "prepared again from the newer version");
         let stored = s.get(T, "User", "u1", Include::default()).unwrap();
         assert_eq!(
@@ -1727,5 +1733,12 @@ fn an_update_prepared_before_another_write_is_prepared_again_from_that_write() {
             "both changes are kept"
         );
         assert_eq!(rec.version, 3);
+        // The title is set already: nothing to write, and the answer is the resource as the
+        // other client left it, not the older version it was prepared from.
+        let (rec, _) = title_racing("Alice Third");
+        assert_eq!(
+            (rec.version, &rec.data["displayName"]),
+            (4, &json!("Alice Third"))
+        );
     }
 }
