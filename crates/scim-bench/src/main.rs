@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+mod http;
+
 struct Args {
     urls: Vec<String>,
     token: String,
@@ -119,34 +121,25 @@ impl Stats {
 
 #[derive(Clone)]
 struct Client {
-    http: reqwest::Client,
     /// one or more server instances; requests go round-robin
-    bases: Arc<Vec<String>>,
+    servers: Arc<Vec<Arc<http::Server>>>,
     next: Arc<AtomicUsize>,
     token: Arc<str>,
 }
 
 impl Client {
     /// Sends one request; returns status and parsed body.
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value)> {
-        let base = &self.bases[self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len()];
-        let mut rb = self
-            .http
-            .request(method, format!("{base}{path}"))
-            .bearer_auth(&*self.token);
-        if let Some(b) = body {
-            rb = rb
-                .header("content-type", "application/scim+json")
-                .body(b.to_string());
-        }
-        let resp = rb.send().await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await?;
+    async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let server = &self.servers[self.next.fetch_add(1, Ordering::Relaxed) % self.servers.len()];
+        let body = body.map(|b| b.to_string());
+        let (status, bytes) = server
+            .send(
+                method,
+                path,
+                &self.token,
+                body.as_deref().map(str::as_bytes),
+            )
+            .await?;
         let v = if bytes.is_empty() {
             Value::Null
         } else {
@@ -256,16 +249,17 @@ fn enc(s: &str) -> String {
     out
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let a = parse_args()?;
     let max = Duration::from_secs(a.max_seconds);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(a.concurrency * 2)
-        .build()?;
+    let servers = a
+        .urls
+        .iter()
+        .map(|u| http::Server::new(u))
+        .collect::<Result<Vec<_>>>()?;
     let client = Client {
-        http,
-        bases: Arc::new(a.urls.clone()),
+        servers: Arc::new(servers),
         next: Arc::default(),
         token: a.token.clone().into(),
     };
@@ -277,7 +271,7 @@ async fn main() -> Result<()> {
     );
     let run: Arc<str> = run.into();
     let (status, _) = client
-        .send(reqwest::Method::GET, "/ServiceProviderConfig", None)
+        .send("GET", "/ServiceProviderConfig", None)
         .await
         .context("server unreachable")?;
     if status != 200 {
@@ -293,9 +287,7 @@ async fn main() -> Result<()> {
         run_phase("POST /Users", a.users, a.concurrency, max, move |i| {
             let (c, r, ids) = (c.clone(), r.clone(), ids2.clone());
             async move {
-                let (s, v) = c
-                    .send(reqwest::Method::POST, "/Users", Some(&user_body(i, &r)))
-                    .await?;
+                let (s, v) = c.send("POST", "/Users", Some(&user_body(i, &r))).await?;
                 let id = v["id"].as_str().map(str::to_string);
                 match (s, id) {
                     (201, Some(id)) => {
@@ -325,11 +317,7 @@ async fn main() -> Result<()> {
                     let k = (i * 7919) % users;
                     let f = format!("userName eq \"USER{k}.{r}@EXAMPLE.COM\"");
                     let (s, v) = c
-                        .send(
-                            reqwest::Method::GET,
-                            &format!("/Users?filter={}", enc(&f)),
-                            None,
-                        )
+                        .send("GET", &format!("/Users?filter={}", enc(&f)), None)
                         .await?;
                     Ok(s == 200 && v["totalResults"] == json!(1))
                 }
@@ -350,11 +338,7 @@ async fn main() -> Result<()> {
                 async move {
                     let f = format!("userName eq \"nobody{i}@example.com\"");
                     let (s, v) = c
-                        .send(
-                            reqwest::Method::GET,
-                            &format!("/Users?filter={}", enc(&f)),
-                            None,
-                        )
+                        .send("GET", &format!("/Users?filter={}", enc(&f)), None)
                         .await?;
                     Ok(s == 200 && v["totalResults"] == json!(0) && v["Resources"] == json!([]))
                 }
@@ -376,11 +360,7 @@ async fn main() -> Result<()> {
                     let k = (i * 31) % users;
                     let f = format!("displayName eq \"Given{k} Family{k}\"");
                     let (s, v) = c
-                        .send(
-                            reqwest::Method::GET,
-                            &format!("/Users?count=100&filter={}", enc(&f)),
-                            None,
-                        )
+                        .send("GET", &format!("/Users?count=100&filter={}", enc(&f)), None)
                         .await?;
                     Ok(s == 200 && v["totalResults"].as_u64().is_some_and(|n| n >= 1))
                 }
@@ -399,7 +379,7 @@ async fn main() -> Result<()> {
                 let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
                     {"op": "replace", "path": "title", "value": format!("Title {i}")},
                     {"op": "replace", "path": "active", "value": i % 2 == 0}]});
-                let (s, v) = c.send(reqwest::Method::PATCH, &format!("/Users/{id}"), Some(&body)).await?;
+                let (s, v) = c.send("PATCH", &format!("/Users/{id}"), Some(&body)).await?;
                 Ok(s == 200 && v["title"] == json!(format!("Title {i}")))
             }
         })
@@ -407,7 +387,7 @@ async fn main() -> Result<()> {
     );
     // 6. Group membership growth in batches of 100.
     let (s, g) = client
-        .send(reqwest::Method::POST, "/Groups", Some(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": format!("bench-{run}")})))
+        .send("POST", "/Groups", Some(&json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": format!("bench-{run}")})))
         .await?;
     let gid = g["id"]
         .as_str()
@@ -421,7 +401,7 @@ async fn main() -> Result<()> {
         async move {
             let vals: Vec<Value> = (b * 100..(b + 1) * 100).filter_map(|i| ids[i].get()).map(|id| json!({"value": id})).collect();
             let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "add", "path": "members", "value": vals}]});
-            let (s, _) = c.send(reqwest::Method::PATCH, &format!("/Groups/{gid}?excludedAttributes=members"), Some(&body)).await?;
+            let (s, _) = c.send("PATCH", &format!("/Groups/{gid}?excludedAttributes=members"), Some(&body)).await?;
             Ok(s == 200)
         }
     })
@@ -447,7 +427,7 @@ async fn main() -> Result<()> {
                 async move {
                     let (s, v) = c
                         .send(
-                            reqwest::Method::GET,
+                            "GET",
                             &format!("/Groups/{gid}?excludedAttributes=members"),
                             None,
                         )
@@ -474,7 +454,7 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         let (s, v) = client
             .send(
-                reqwest::Method::GET,
+                "GET",
                 &format!(
                     "/Users?startIndex={start_index}&count={}&attributes=userName",
                     a.page_size
@@ -539,7 +519,7 @@ async fn main() -> Result<()> {
             let t = Instant::now();
             let (s, v) = client
                 .send(
-                    reqwest::Method::GET,
+                    "GET",
                     &format!(
                         "/Users?cursor={}&count={}&attributes=userName{sort}",
                         enc(&cursor),
@@ -607,7 +587,7 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         let (s, v) = client
             .send(
-                reqwest::Method::GET,
+                "GET",
                 &format!(
                     "/Users?sortBy=userName&startIndex={start_index}&count={}&attributes=userName",
                     a.page_size
