@@ -123,11 +123,8 @@ impl Conn {
 
     /// Reads more bytes into the buffer; an error at end of stream.
     async fn fill(&mut self) -> Result<()> {
-        let old = self.buf.len();
-        self.buf.resize(old + 16 * 1024, 0);
-        let n = self.stream.read(&mut self.buf[old..]).await;
-        self.buf.truncate(old + *n.as_ref().unwrap_or(&0));
-        if n? == 0 {
+        self.buf.reserve(16 * 1024);
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
             bail!("the server closed the connection");
         }
         self.got_nothing = false;

@@ -810,16 +810,8 @@ impl DieselStore {
         if_match: Option<i64>,
         update: &mut UpdateFn<'_>,
     ) -> Option<(ResourceRecord, ResourceWrite)> {
-        let row = {
-            let mut conn = self.conn().ok()?;
-            load_row(&mut conn, tenant, rt, id).ok()??
-        };
-        if if_match.is_some_and(|v| v != row.version) {
-            return None;
-        }
-        let current = row.into_record().ok()?;
-        let write = update(&current).ok()?;
-        Some((current, write))
+        let mut conn = self.conn().ok()?;
+        prepare_update(&mut conn, tenant, rt, id, if_match, update).ok()
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
@@ -856,6 +848,24 @@ fn load_row(
         .filter(resources::resource_type.eq(rt))
         .filter(resources::id.eq(id));
     native!(conn, |c| query.select(Row::as_select()).get_result(c)).optional()
+}
+
+/// An update's write computed from the resource as `conn` sees it now, with `If-Match` checked.
+fn prepare_update(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+    if_match: Option<i64>,
+    update: &mut UpdateFn<'_>,
+) -> Result<(ResourceRecord, ResourceWrite), TxError> {
+    let row = load_row(conn, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+    if if_match.is_some_and(|v| v != row.version) {
+        return Err(StoreError::VersionMismatch.into());
+    }
+    let current = row.into_record()?;
+    let write = update(&current)?;
+    Ok((current, write))
 }
 
 /// The stored version of one resource (`None`: no such resource).
@@ -1572,15 +1582,7 @@ impl ResourceStore for DieselStore {
                     {
                         (current, write)
                     }
-                    _ => {
-                        let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
-                        if if_match.is_some_and(|v| v != row.version) {
-                            return Err(StoreError::VersionMismatch.into());
-                        }
-                        let current = row.into_record()?;
-                        let write = update(&current)?;
-                        (current, write)
-                    }
+                    _ => prepare_update(c, tenant, rt, id, if_match, update)?,
                 };
                 let unchanged = write.member_ops.is_empty()
                     && write.data == current.data
