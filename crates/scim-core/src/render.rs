@@ -1,13 +1,14 @@
 //! Resource JSON out: `schemas`, `id`, `meta`, attributes by `returned`, and
 //! `attributes`/`excludedAttributes` projection (RFC 7644 section 3.9).
 
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::ser::{Error as _, SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::resource::Ctx;
 use crate::schema::{Attribute, Returned, Schema};
-use crate::store::{Include, MemberRef, ResourceRecord};
+use crate::store::{Document, Include, MemberRef, ResourceRecord};
 
 /// A parsed `attributes` / `excludedAttributes` pair.
 #[derive(Debug, Clone, Default)]
@@ -200,10 +201,11 @@ impl Serialize for Rendered<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let (ctx, rec, projection) = (self.ctx, self.rec, self.projection);
         let registry = ctx.registry;
+        let attrs = Attrs::of(&rec.data);
         let extensions = || {
             registry
                 .extensions(ctx.rt)
-                .filter(|ext| rec.data.contains_key(&ext.id))
+                .filter(|ext| attrs.contains(&ext.id))
         };
         let mut out = serializer.serialize_map(None)?;
         let schemas: Vec<&str> = std::iter::once(ctx.rt.schema.as_str())
@@ -242,16 +244,34 @@ impl Serialize for Rendered<'_> {
                     }
                 }
                 Some(None) => {}
-                None => {
-                    if let Some(v) = rec.data.get(&attr.name) {
+                None => match attrs.get(&attr.name) {
+                    Some(Attr::Parsed(v)) => {
                         entry(&mut out, &attr.name, Keep::new(projection, core, attr), v)?;
                     }
-                }
+                    Some(Attr::Stored(raw)) => {
+                        let keep = Keep::new(projection, core, attr);
+                        if keep.shows_all(raw) {
+                            out.serialize_entry(&attr.name, raw)?;
+                        } else {
+                            entry(&mut out, &attr.name, keep, &parse_raw::<S>(raw)?)?;
+                        }
+                    }
+                    None => {}
+                },
             }
         }
         for ext in extensions() {
-            let Some(Value::Object(ext_data)) = rec.data.get(&ext.id) else {
-                continue;
+            let parsed;
+            let ext_data = match attrs.get(&ext.id) {
+                Some(Attr::Parsed(Value::Object(o))) => o,
+                Some(Attr::Stored(raw)) => {
+                    parsed = parse_raw::<S>(raw)?;
+                    match &parsed {
+                        Value::Object(o) => o,
+                        _ => continue,
+                    }
+                }
+                _ => continue,
             };
             let shown = Extension {
                 projection,
@@ -281,6 +301,48 @@ impl Serialize for Rendered<'_> {
         }
         out.end()
     }
+}
+
+/// A document's top-level attributes: its parsed map, or slices of its stored text (read
+/// without building values, and written out as they are where projection keeps all of them).
+enum Attrs<'a> {
+    Parsed(&'a Map<String, Value>),
+    Stored(std::collections::BTreeMap<&'a str, &'a RawValue>),
+}
+
+/// One attribute value of [`Attrs`].
+enum Attr<'a> {
+    Parsed(&'a Value),
+    Stored(&'a RawValue),
+}
+
+impl<'a> Attrs<'a> {
+    fn of(doc: &'a Document) -> Self {
+        // A stored key with escapes cannot be borrowed; such a document is read parsed.
+        match doc.stored_text().map(serde_json::from_str) {
+            Some(Ok(top)) => Attrs::Stored(top),
+            _ => Attrs::Parsed(doc),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Attrs::Parsed(m) => m.contains_key(name),
+            Attrs::Stored(m) => m.contains_key(name),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Attr<'a>> {
+        match self {
+            Attrs::Parsed(m) => m.get(name).map(Attr::Parsed),
+            Attrs::Stored(m) => m.get(name).map(|r| Attr::Stored(r)),
+        }
+    }
+}
+
+/// The value of a slice of stored text (which was checked to be JSON when it was read).
+fn parse_raw<S: Serializer>(raw: &RawValue) -> Result<Value, S::Error> {
+    serde_json::from_str(raw.get()).map_err(S::Error::custom)
 }
 
 fn core_or<'a>(registry: &'a crate::schema::SchemaRegistry, ctx: &Ctx<'a>) -> &'a Schema {
@@ -326,6 +388,21 @@ impl<'a> Keep<'a> {
             Value::Object(o) => self.object_shows(o),
             _ => true,
         }
+    }
+
+    /// Whether the stored text of a value is written out as it is: every sub-attribute is
+    /// shown, and the text holds no empty object or array (which projection leaves out).
+    fn shows_all(&self, raw: &RawValue) -> bool {
+        let subs = self.attr.subs();
+        if subs.is_empty() {
+            return true;
+        }
+        let text = raw.get();
+        !text.contains("{}")
+            && !text.contains("[]")
+            && subs
+                .iter()
+                .all(|s| self.projection.includes_sub(self.schema, self.attr, s))
     }
 
     /// Whether anything of `v` is shown (an object or array projected to nothing is left out).

@@ -353,7 +353,7 @@ pub(crate) fn validate(
             Some(k) => n.data.get(k.as_str()).and_then(Value::as_object),
         };
         let prev_container = previous.and_then(|p| match ext_key {
-            None => Some(&p.data),
+            None => Some(&*p.data),
             Some(k) => p.data.get(k.as_str()).and_then(Value::as_object),
         });
         for attr in &schema.attributes {

@@ -25,11 +25,127 @@ pub struct ResourceRecord {
     pub external_id: Option<String>,
     /// attributes other than `id`, `externalId`, `meta`, `members` and `groups`, under their
     /// canonical names; extension attributes under the extension URN
-    pub data: Map<String, Value>,
+    pub data: Document,
     /// direct members (groups only), when asked for
     pub members: Option<Vec<MemberRef>>,
     /// groups that have this resource as a direct member, when asked for
     pub groups: Option<Vec<MemberRef>>,
+}
+
+/// A resource's attributes (see [`ResourceRecord::data`]): a JSON object, read as a
+/// [`Map`] through `Deref`.
+///
+/// A store that reads the document as JSON text hands it over as that text
+/// ([`Document::from_stored`]); the text is parsed into a [`Map`] only when something looks
+/// at the attributes, and a record that is only rendered is written out from the text
+/// ([`crate::render::Rendered`]) without building one. Changing the attributes
+/// (`DerefMut`) drops the text.
+#[derive(Clone, Default)]
+pub struct Document {
+    /// the stored JSON text, while it still says what `map` holds (or will hold)
+    text: Option<String>,
+    map: std::sync::OnceLock<Map<String, Value>>,
+}
+
+impl Document {
+    /// A document from the JSON text a store read. Checks that the text is one JSON object
+    /// (without building it), so that a corrupt document is an error here and not an empty
+    /// resource later.
+    pub fn from_stored(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::from_str::<IgnoredObject>(&text)?;
+        Ok(Document {
+            text: Some(text),
+            map: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The stored JSON text, if the document still is exactly that text.
+    pub fn stored_text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+
+    /// The attributes as a map of their own.
+    pub fn into_map(mut self) -> Map<String, Value> {
+        self.parse();
+        self.map.take().unwrap_or_default()
+    }
+
+    fn parse(&self) -> &Map<String, Value> {
+        self.map.get_or_init(|| parse_text(self.text.as_deref()))
+    }
+}
+
+/// The map of a stored text (checked to be an object by [`Document::from_stored`]).
+fn parse_text(text: Option<&str>) -> Map<String, Value> {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+/// Accepts any JSON object and keeps nothing of it.
+struct IgnoredObject;
+
+impl<'de> serde::Deserialize<'de> for IgnoredObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(IgnoredObject)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for IgnoredObject {
+    type Value = IgnoredObject;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self, A::Error> {
+        while m
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(IgnoredObject)
+    }
+}
+
+impl From<Map<String, Value>> for Document {
+    fn from(map: Map<String, Value>) -> Self {
+        Document {
+            text: None,
+            map: map.into(),
+        }
+    }
+}
+
+impl std::ops::Deref for Document {
+    type Target = Map<String, Value>;
+    fn deref(&self) -> &Map<String, Value> {
+        self.parse()
+    }
+}
+
+impl std::ops::DerefMut for Document {
+    fn deref_mut(&mut self) -> &mut Map<String, Value> {
+        let map = std::mem::take(&mut self.map)
+            .into_inner()
+            .unwrap_or_else(|| parse_text(self.text.as_deref()));
+        self.text = None;
+        self.map = map.into();
+        match self.map.get_mut() {
+            Some(m) => m,
+            None => unreachable!("set just above"),
+        }
+    }
+}
+
+impl PartialEq for Document {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
 }
 
 /// One end of a membership, with the other side's display name.

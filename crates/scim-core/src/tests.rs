@@ -20,7 +20,7 @@ fn record(ctx: &Ctx<'_>, w: ResourceWrite) -> ResourceRecord {
         created: "2026-01-01T00:00:00.000000Z".into(),
         last_modified: "2026-01-01T00:00:00.000000Z".into(),
         external_id: w.external_id,
-        data: w.data,
+        data: w.data.into(),
         members: None,
         groups: None,
     }
@@ -345,4 +345,80 @@ fn members_display_is_returned_only_on_request() {
         r(Some("members.display,members.value")),
         json!([{"value": "u1", "display": "Alice"}])
     );
+}
+
+#[test]
+fn a_stored_document_renders_as_its_parsed_attributes_do() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let ext = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let data = json!({
+        "userName": "bjensen", "displayName": "Babs \"B\" Jensen", "active": true,
+        "name": {"givenName": "Barbara", "familyName": "Jensen", "x-unknown": 1},
+        "emails": [{"value": "b@example.com", "type": "work", "primary": true}, {"value": "h@example.com"}],
+        "phoneNumbers": [], "addresses": [{}], "ims": [{"value": "b"}, {}],
+        "nickName": "é\u{1F600}", "x-not-in-schema": "hidden",
+        ext: {"department": "Tour", "manager": {"value": "m1"}, "costCenter": "4"}
+    });
+    let Value::Object(map) = data else { panic!() };
+    let text = serde_json::to_string(&map).unwrap();
+    let stored = |data| ResourceRecord {
+        id: "id1".into(),
+        resource_type: "User".into(),
+        version: 3,
+        created: "2026-01-01T00:00:00.000000Z".into(),
+        last_modified: "2026-01-02T00:00:00.000000Z".into(),
+        external_id: Some("e1".into()),
+        data,
+        members: None,
+        groups: Some(Vec::new()),
+    };
+    let parsed = stored(map.clone().into());
+    let from_text = stored(crate::store::Document::from_stored(text).unwrap());
+    assert!(from_text.data.stored_text().is_some());
+    for (a, e) in [
+        (None, None),
+        (None, Some("emails.type")),
+        (None, Some("name.familyName,meta")),
+        (Some("emails.value,userName"), None),
+        (Some("name"), None),
+        (Some(ext), None),
+        (None, Some(&format!("{ext}:manager"))),
+        (Some(&format!("{ext}:department")), None),
+    ] {
+        let p = Projection::parse(&ctx, a, e);
+        let one = |r| {
+            serde_json::to_string(&crate::render::Rendered::new(&ctx, r, "http://x/v2", &p))
+                .unwrap()
+        };
+        assert_eq!(
+            one(&from_text),
+            one(&parsed),
+            "attributes={a:?} excluded={e:?}"
+        );
+    }
+    // Spot checks of what both gave: projection and emptiness rules still apply.
+    let p = Projection::parse(&ctx, None, Some("emails.type"));
+    let out = render(&ctx, &from_text, "http://x/v2", &p);
+    assert_eq!(
+        out["emails"][0],
+        json!({"value": "b@example.com", "primary": true})
+    );
+    assert_eq!(out["ims"], json!([{"value": "b"}]));
+    assert!(out.get("phoneNumbers").is_none() && out.get("addresses").is_none());
+    assert!(out.get("x-not-in-schema").is_none());
+    assert_eq!(out["displayName"], "Babs \"B\" Jensen");
+}
+
+#[test]
+fn a_corrupt_stored_document_is_refused_when_read() {
+    use crate::store::Document;
+    assert!(Document::from_stored("{\"userName\": ".into()).is_err());
+    assert!(Document::from_stored("[1]".into()).is_err());
+    let mut d = Document::from_stored("{\"userName\":\"a\"}".into()).unwrap();
+    assert_eq!(d.get("userName"), Some(&json!("a")));
+    d.insert("title".into(), json!("x"));
+    // Changed: no longer the stored text.
+    assert!(d.stored_text().is_none());
+    assert_eq!(d.len(), 2);
 }

@@ -9,13 +9,12 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
-    Column, CompareOp, CredentialStore, CursorKey, ElementFilter, Include, IndexedField, ListQuery,
-    MemberOp, MemberRef, Page, PointKey, ResourceRecord, ResourceStore, ResourceWrite,
+    Column, CompareOp, CredentialStore, CursorKey, Document, ElementFilter, Include, IndexedField,
+    ListQuery, MemberOp, MemberRef, Page, PointKey, ResourceRecord, ResourceStore, ResourceWrite,
     SecretChange, SortKey, SortTarget, StoreFilter, TokenRead, TokenRecord, UnknownMembers,
     UpdateFn, ValueKind, ValueTest,
 };
 use scim_core::{ScimError, StoreError};
-use serde_json::{Map, Value};
 
 use crate::backend;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
@@ -236,7 +235,7 @@ fn row_columns() -> <Row as Selectable<crate::conn::AnyBackend>>::SelectExpressi
 
 impl Row {
     fn into_record(self) -> Result<ResourceRecord, StoreError> {
-        let data: Map<String, Value> = serde_json::from_str(&self.data)
+        let data = Document::from_stored(self.data)
             .map_err(|e| StoreError::Backend(format!("corrupt document of {}: {e}", self.id)))?;
         Ok(ResourceRecord {
             id: self.id,
@@ -1215,7 +1214,7 @@ impl ResourceStore for DieselStore {
                 created: now.to_string(),
                 last_modified: now.to_string(),
                 external_id: write.external_id.clone(),
-                data: write.data.clone(),
+                data: write.data.clone().into(),
                 members: None,
                 groups: None,
             }];
@@ -1585,7 +1584,7 @@ impl ResourceStore for DieselStore {
                     _ => prepare_update(c, tenant, rt, id, if_match, update)?,
                 };
                 let unchanged = write.member_ops.is_empty()
-                    && write.data == current.data
+                    && write.data == *current.data
                     && write.external_id == current.external_id
                     && write.password == SecretChange::Keep;
                 let mut rec = if unchanged {
@@ -1628,7 +1627,7 @@ impl ResourceStore for DieselStore {
                         version: current.version + 1,
                         last_modified: now.to_string(),
                         external_id: write.external_id,
-                        data: write.data,
+                        data: write.data.into(),
                         ..current
                     }
                 };

@@ -96,7 +96,7 @@ fn set_members(store: &DieselStore, id: &str, ops: Vec<MemberOp>) -> Result<(), 
     store
         .update(T, "Group", id, NOW, None, Include::default(), &mut |cur| {
             Ok(ResourceWrite {
-                data: cur.data.clone(),
+                data: (*cur.data).clone(),
                 external_id: cur.external_id.clone(),
                 keys: scim_core::resource::index_keys(&ctx, &cur.data),
                 member_ops: ops.clone(),
@@ -464,7 +464,7 @@ fn membership_is_set_operations_and_atomic() {
         s.update(T, "Group", "g", NOW, None, Include::default(), &mut |cur| {
             let ctx = Ctx::new(&reg, "Group").unwrap();
             Ok(ResourceWrite {
-                data: cur.data.clone(),
+                data: (*cur.data).clone(),
                 external_id: None,
                 keys: scim_core::resource::index_keys(&ctx, &cur.data),
                 member_ops: vec![MemberOp::Add(vec!["a".into(), "ghost".into()])],
