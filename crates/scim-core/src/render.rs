@@ -4,7 +4,7 @@
 use serde::ser::{Error as _, SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::resource::Ctx;
 use crate::schema::{Attribute, Returned, Schema};
@@ -244,59 +244,55 @@ impl Serialize for Rendered<'_> {
                     }
                 }
                 Some(None) => {}
-                None => match attrs.get(&attr.name) {
-                    Some(Attr::Parsed(v)) => {
-                        entry(&mut out, &attr.name, Keep::new(projection, core, attr), v)?;
-                    }
-                    Some(Attr::Stored(raw)) => {
+                None => {
+                    if let Some(v) = attrs.get(&attr.name) {
                         let keep = Keep::new(projection, core, attr);
-                        if keep.shows_all(raw) {
-                            out.serialize_entry(&attr.name, raw)?;
-                        } else {
-                            entry(&mut out, &attr.name, keep, &parse_raw::<S>(raw)?)?;
+                        if let Some(shown) = Out::of(keep, v).map_err(S::Error::custom)? {
+                            out.serialize_entry(&attr.name, &shown)?;
                         }
                     }
-                    None => {}
-                },
+                }
             }
         }
         for ext in extensions() {
-            let parsed;
-            let ext_data = match attrs.get(&ext.id) {
-                Some(Attr::Parsed(Value::Object(o))) => o,
-                Some(Attr::Stored(raw)) => {
-                    parsed = parse_raw::<S>(raw)?;
-                    match &parsed {
-                        Value::Object(o) => o,
-                        _ => continue,
+            let owned;
+            let data = match attrs.get(&ext.id) {
+                Some(Attr::Parsed(Value::Object(o))) => Attrs::Parsed(o),
+                Some(Attr::Stored(raw)) => match serde_json::from_str(raw.get()) {
+                    Ok(top) => Attrs::Stored(top),
+                    Err(_) => {
+                        owned = parse_raw::<S>(raw)?;
+                        match &owned {
+                            Value::Object(o) => Attrs::Parsed(o),
+                            _ => continue,
+                        }
                     }
-                }
+                },
                 _ => continue,
             };
-            let shown = Extension {
-                projection,
-                schema: ext,
-                data: ext_data,
-            };
-            if shown.shows_anything() {
+            let shown = Extension::new(projection, ext, &data).map_err(S::Error::custom)?;
+            if !shown.0.is_empty() {
                 out.serialize_entry(&ext.id, &shown)?;
             }
         }
         if let Some(meta_attr) = common.attribute("meta") {
             if projection.includes(core, meta_attr) {
-                let meta = json!({
-                    "resourceType": ctx.rt.name,
-                    "created": rec.created,
-                    "lastModified": rec.last_modified,
-                    "location": format!("{}{}/{}", self.base_url, ctx.rt.endpoint, rec.id),
-                    "version": etag(rec.version),
-                });
-                entry(
-                    &mut out,
-                    "meta",
-                    Keep::new(projection, core, meta_attr),
-                    &meta,
-                )?;
+                let keep = Keep::new(projection, core, meta_attr);
+                let location = format!("{}{}/{}", self.base_url, ctx.rt.endpoint, rec.id);
+                let version = etag(rec.version);
+                let meta = Meta {
+                    resource_type: &ctx.rt.name,
+                    created: &rec.created,
+                    last_modified: &rec.last_modified,
+                    location: &location,
+                    version: &version,
+                };
+                if keep.all_subs_shown() {
+                    out.serialize_entry("meta", &meta)?;
+                } else {
+                    let meta = serde_json::to_value(&meta).map_err(S::Error::custom)?;
+                    entry(&mut out, "meta", keep, &meta)?;
+                }
             }
         }
         out.end()
@@ -338,6 +334,51 @@ impl<'a> Attrs<'a> {
             Attrs::Stored(m) => m.get(name).map(|r| Attr::Stored(r)),
         }
     }
+}
+
+/// What is written of one shown attribute value: its stored text as it is, or the value with
+/// sub-attribute projection applied.
+enum Out<'a> {
+    Stored(&'a RawValue),
+    Projected(Keep<'a>, std::borrow::Cow<'a, Value>),
+}
+
+impl<'a> Out<'a> {
+    /// What of `v` is written, `None` if nothing of it shows.
+    fn of(keep: Keep<'a>, v: Attr<'a>) -> Result<Option<Self>, serde_json::Error> {
+        use std::borrow::Cow;
+        Ok(match v {
+            Attr::Parsed(v) => keep
+                .shows(v)
+                .then_some(Out::Projected(keep, Cow::Borrowed(v))),
+            Attr::Stored(raw) if keep.shows_all(raw) => Some(Out::Stored(raw)),
+            Attr::Stored(raw) => {
+                let v: Value = serde_json::from_str(raw.get())?;
+                keep.shows(&v)
+                    .then_some(Out::Projected(keep, Cow::Owned(v)))
+            }
+        })
+    }
+}
+
+impl Serialize for Out<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Out::Stored(raw) => raw.serialize(serializer),
+            Out::Projected(keep, value) => Projected { keep: *keep, value }.serialize(serializer),
+        }
+    }
+}
+
+/// `meta`, written without building a value.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta<'a> {
+    resource_type: &'a str,
+    created: &'a str,
+    last_modified: &'a str,
+    location: &'a str,
+    version: &'a str,
 }
 
 /// The value of a slice of stored text (which was checked to be JSON when it was read).
@@ -393,16 +434,19 @@ impl<'a> Keep<'a> {
     /// Whether the stored text of a value is written out as it is: every sub-attribute is
     /// shown, and the text holds no empty object or array (which projection leaves out).
     fn shows_all(&self, raw: &RawValue) -> bool {
-        let subs = self.attr.subs();
-        if subs.is_empty() {
+        if self.attr.subs().is_empty() {
             return true;
         }
         let text = raw.get();
-        !text.contains("{}")
-            && !text.contains("[]")
-            && subs
-                .iter()
-                .all(|s| self.projection.includes_sub(self.schema, self.attr, s))
+        !text.contains("{}") && !text.contains("[]") && self.all_subs_shown()
+    }
+
+    /// Whether projection keeps every sub-attribute.
+    fn all_subs_shown(&self) -> bool {
+        self.attr
+            .subs()
+            .iter()
+            .all(|s| self.projection.includes_sub(self.schema, self.attr, s))
     }
 
     /// Whether anything of `v` is shown (an object or array projected to nothing is left out).
@@ -476,35 +520,36 @@ impl Serialize for KeptKeys<'_> {
     }
 }
 
-/// The shown attributes of one extension.
-struct Extension<'a> {
-    projection: &'a Projection,
-    schema: &'a Schema,
-    data: &'a Map<String, Value>,
-}
+/// The shown attributes of one extension, in schema order.
+struct Extension<'a>(Vec<(&'a str, Out<'a>)>);
 
-impl Extension<'_> {
-    fn shown(&self) -> impl Iterator<Item = (&Attribute, &Value, Keep<'_>)> {
-        self.schema.attributes.iter().filter_map(|attr| {
-            if !self.projection.includes(self.schema, attr) {
-                return None;
+impl<'a> Extension<'a> {
+    fn new(
+        projection: &'a Projection,
+        schema: &'a Schema,
+        data: &Attrs<'a>,
+    ) -> Result<Self, serde_json::Error> {
+        let mut shown = Vec::new();
+        for attr in &schema.attributes {
+            if !projection.includes(schema, attr) {
+                continue;
             }
-            let v = self.data.get(&attr.name)?;
-            let keep = Keep::new(self.projection, self.schema, attr);
-            keep.shows(v).then_some((attr, v, keep))
-        })
-    }
-
-    fn shows_anything(&self) -> bool {
-        self.shown().next().is_some()
+            let Some(v) = data.get(&attr.name) else {
+                continue;
+            };
+            if let Some(out) = Out::of(Keep::new(projection, schema, attr), v)? {
+                shown.push((attr.name.as_str(), out));
+            }
+        }
+        Ok(Extension(shown))
     }
 }
 
 impl Serialize for Extension<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut m = serializer.serialize_map(None)?;
-        for (attr, value, keep) in self.shown() {
-            m.serialize_entry(&attr.name, &Projected { keep, value })?;
+        let mut m = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            m.serialize_entry(name, value)?;
         }
         m.end()
     }

@@ -385,6 +385,8 @@ fn a_stored_document_renders_as_its_parsed_attributes_do() {
         (Some(ext), None),
         (None, Some(&format!("{ext}:manager"))),
         (Some(&format!("{ext}:department")), None),
+        (None, Some("meta.location,meta.version")),
+        (Some("meta.created,userName"), None),
     ] {
         let p = Projection::parse(&ctx, a, e);
         let one = |r| {
@@ -408,6 +410,16 @@ fn a_stored_document_renders_as_its_parsed_attributes_do() {
     assert!(out.get("phoneNumbers").is_none() && out.get("addresses").is_none());
     assert!(out.get("x-not-in-schema").is_none());
     assert_eq!(out["displayName"], "Babs \"B\" Jensen");
+    let p = Projection::parse(&ctx, None, Some("meta.location"));
+    let meta = &render(&ctx, &from_text, "http://x/v2", &p)["meta"];
+    assert!(meta.get("location").is_none() && meta["version"] == "W/\"3\"");
+    let p = Projection::parse(&ctx, None, None);
+    let out = render(&ctx, &from_text, "http://x/v2", &p);
+    assert_eq!(out["meta"]["location"], "http://x/v2/Users/id1");
+    assert_eq!(
+        out[ext],
+        json!({"department": "Tour", "manager": {"value": "m1"}, "costCenter": "4"})
+    );
 }
 
 #[test]
