@@ -77,7 +77,7 @@ pub fn prepare_patch(
             "'Operations' must contain at least one operation",
         ));
     }
-    let mut doc = (*current.data).clone();
+    let mut doc = current.data.clone().into_map();
     // Extension attributes are edited in their own maps and folded back at the end.
     let mut exts = std::collections::BTreeMap::new();
     for ext in ctx.registry.extensions(ctx.rt) {

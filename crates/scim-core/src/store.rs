@@ -64,10 +64,13 @@ impl Document {
         self.text.as_deref()
     }
 
-    /// The attributes as a map of their own.
-    pub fn into_map(mut self) -> Map<String, Value> {
-        self.parse();
-        self.map.take().unwrap_or_default()
+    /// The attributes as a map of their own (parsed straight from the text if nothing has
+    /// parsed it yet: a clone of an unread document is then one parse, not a parse and a copy).
+    pub fn into_map(self) -> Map<String, Value> {
+        match self.map.into_inner() {
+            Some(map) => map,
+            None => parse_text(self.text.as_deref()),
+        }
     }
 
     fn parse(&self) -> &Map<String, Value> {
