@@ -801,6 +801,11 @@ impl DieselStore {
     /// (see `update`): if another write got there first, or preparing failed, the update is
     /// prepared again inside, from the row as it is then. `None`: nothing prepared (no such row,
     /// an `If-Match` that differs, no reader free, or `update` refused).
+    ///
+    /// The resource's attribute-index rows are read here too, after the row, so that the writer
+    /// only writes the ones that changed. They belong to the version read: every change to them
+    /// bumps the version in the same transaction, so if the writer still finds that version,
+    /// nothing was committed to them since (rows read later than the row are never older).
     fn prepare_outside_writer(
         &self,
         tenant: &str,
@@ -808,9 +813,11 @@ impl DieselStore {
         id: &str,
         if_match: Option<i64>,
         update: &mut UpdateFn<'_>,
-    ) -> Option<(ResourceRecord, ResourceWrite)> {
+    ) -> Option<(ResourceRecord, ResourceWrite, Vec<StoredValue>)> {
         let mut conn = self.conn().ok()?;
-        prepare_update(&mut conn, tenant, rt, id, if_match, update).ok()
+        let (current, write) = prepare_update(&mut conn, tenant, rt, id, if_match, update).ok()?;
+        let stored = stored_values(&mut conn, id).ok()?;
+        Some((current, write, stored))
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
@@ -1021,31 +1028,50 @@ fn unreachable_backend() -> Result<(), TxError> {
 /// An attribute-value index row as stored: path, ordinal and the typed value.
 type StoredValue = (String, i64, Option<String>, Option<f64>, Option<bool>);
 
-/// Writes the attribute-value index rows of one resource; with `replace`, only those that
-/// differ from the stored ones.
+/// The attribute-value index rows stored for one resource.
+fn stored_values(conn: &mut AnyConnection, id: &str) -> QueryResult<Vec<StoredValue>> {
+    let query = resource_values::table
+        .filter(resource_values::resource_id.eq(id))
+        .select((
+            resource_values::path,
+            resource_values::ordinal,
+            resource_values::str_value,
+            resource_values::num_value,
+            resource_values::bool_value,
+        ));
+    native!(&mut *conn, |c| query.load(c))
+}
+
+/// What a resource has of attribute-value index rows before a write.
+enum Stored {
+    /// none: a new resource
+    Nothing,
+    /// to be read by the write
+    Unknown,
+    /// these, as read for the version the write replaces
+    Known(Vec<StoredValue>),
+}
+
+/// Writes the attribute-value index rows of one resource: of those already stored, only the
+/// ones that differ.
 fn write_values(
     conn: &mut AnyConnection,
     tenant: &str,
     rt: &str,
     id: &str,
     values: &[scim_core::index::IndexRow],
-    replace: bool,
+    stored: Stored,
 ) -> QueryResult<()> {
     let mut keep = vec![false; values.len()];
-    if replace {
+    let old = match stored {
+        Stored::Nothing => Vec::new(),
+        Stored::Unknown => stored_values(conn, id)?,
+        Stored::Known(old) => old,
+    };
+    if !old.is_empty() {
         // Only the rows that changed are written: a PATCH of two attributes touches a few
         // index entries instead of deleting and re-inserting all of them (each a scattered
         // index page).
-        let query = resource_values::table
-            .filter(resource_values::resource_id.eq(id))
-            .select((
-                resource_values::path,
-                resource_values::ordinal,
-                resource_values::str_value,
-                resource_values::num_value,
-                resource_values::bool_value,
-            ));
-        let old: Vec<StoredValue> = native!(&mut *conn, |c| query.load(c))?;
         let position: HashMap<(&str, i64), usize> = values
             .iter()
             .enumerate()
@@ -1264,7 +1290,7 @@ impl ResourceStore for DieselStore {
                     ))
                     .execute(c))?;
                 apply_member_ops(c, id, &member_ops)?;
-                write_values(c, tenant, rt, id, &write.values, false)?;
+                write_values(c, tenant, rt, id, &write.values, Stored::Nothing)?;
                 record(c)
             })
         };
@@ -1574,14 +1600,17 @@ impl ResourceStore for DieselStore {
         for _attempt in 0..8 {
             let result: Result<Option<ResourceRecord>, TxError> = self.write(|c| {
                 backend::lock_resource(c, id)?;
-                let (current, write) = match prepared.take() {
+                let (current, write, stored) = match prepared.take() {
                     // Prepared from the row as it still is: the same write as made here.
-                    Some((current, write))
+                    Some((current, write, stored))
                         if version_of(c, tenant, rt, id)? == Some(current.version) =>
                     {
-                        (current, write)
+                        (current, write, Stored::Known(stored))
                     }
-                    _ => prepare_update(c, tenant, rt, id, if_match, update)?,
+                    _ => {
+                        let (current, write) = prepare_update(c, tenant, rt, id, if_match, update)?;
+                        (current, write, Stored::Unknown)
+                    }
                 };
                 let unchanged = write.member_ops.is_empty()
                     && write.data == *current.data
@@ -1612,7 +1641,7 @@ impl ResourceStore for DieselStore {
                     }
                     touched = ops_rows(&write.member_ops);
                     apply_member_ops(c, id, &member_ops)?;
-                    write_values(c, tenant, rt, id, &write.values, true)?;
+                    write_values(c, tenant, rt, id, &write.values, stored)?;
                     let hash = match &write.password {
                         SecretChange::Keep => None,
                         SecretChange::Set(h) => Some(Some(h.as_str())),
