@@ -1232,31 +1232,33 @@ impl ResourceStore for DieselStore {
         };
         // What the client gets back: the document as written; a resource created a moment ago
         // is in no group yet, so only members (of a new group) are read back.
-        let record = |c: &mut AnyConnection| -> Result<ResourceRecord, TxError> {
-            let mut rec = vec![ResourceRecord {
-                id: id.to_string(),
-                resource_type: rt.to_string(),
-                version: 1,
-                created: now.to_string(),
-                last_modified: now.to_string(),
-                external_id: write.external_id.clone(),
-                data: write.data.clone().into(),
-                members: None,
-                groups: None,
-            }];
-            let read = Include {
-                groups: false,
-                ..include
-            };
-            fill_includes(c, &mut rec, read)?;
-            if let (true, Some(r)) = (include.groups, rec.first_mut()) {
-                r.groups = Some(Vec::new());
+        let built = || ResourceRecord {
+            id: id.to_string(),
+            resource_type: rt.to_string(),
+            version: 1,
+            created: now.to_string(),
+            last_modified: now.to_string(),
+            external_id: write.external_id.clone(),
+            data: write.data.clone().into(),
+            members: None,
+            groups: None,
+        };
+        // The members of a new group are read back inside the write; anything else is built
+        // after it (outside the SQLite writer).
+        let read = Include {
+            groups: false,
+            ..include
+        };
+        let members = |c: &mut AnyConnection| -> Result<Option<ResourceRecord>, TxError> {
+            if !read.members {
+                return Ok(None);
             }
-            rec.pop()
-                .ok_or_else(|| TxError::Store(StoreError::Backend("lost record".into())))
+            let mut rec = vec![built()];
+            fill_includes(c, &mut rec, read)?;
+            Ok(rec.pop())
         };
         let single_statement = self.backend == Backend::Postgres && write.member_ops.is_empty();
-        let result: Result<ResourceRecord, TxError> = if single_statement {
+        let result: Result<Option<ResourceRecord>, TxError> = if single_statement {
             (|| {
                 let mut conn = self.conn()?;
                 let rows = value_rows(tenant, rt, id, &write.values);
@@ -1266,7 +1268,7 @@ impl ResourceStore for DieselStore {
                     }
                     AnyConnection::Sqlite(_) => unreachable_backend()?,
                 }
-                record(&mut conn)
+                members(&mut conn)
             })()
         } else {
             self.write(|c| {
@@ -1291,13 +1293,18 @@ impl ResourceStore for DieselStore {
                     .execute(c))?;
                 apply_member_ops(c, id, &member_ops)?;
                 write_values(c, tenant, rt, id, &write.values, Stored::Nothing)?;
-                record(c)
+                members(c)
             })
         };
         if result.is_ok() {
             self.note_writes(1 + ops_rows(&write.member_ops));
         }
-        result.map_err(Into::into)
+        let mut rec = result?.unwrap_or_else(built);
+        if include.groups {
+            // a resource created a moment ago is in no group yet
+            rec.groups = Some(Vec::new());
+        }
+        Ok(rec)
     }
 
     fn get(
