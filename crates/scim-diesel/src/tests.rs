@@ -1449,6 +1449,28 @@ fn migrations_are_not_held_to_the_query_timeout() {
     assert_eq!(shown.statement_timeout, "1ms");
 }
 
+#[test]
+fn postgresql_connections_keep_generic_plans_for_prepared_statements() {
+    let Some(base) = crate::testing::postgres_test_url() else {
+        return; // a PostgreSQL setting; `postgres_test_url` fails under CI without PG
+    };
+    let store = DieselStore::open(&StoreConfig::new(
+        crate::testing::fresh_postgres_schema(&base).unwrap(),
+    ))
+    .unwrap();
+    let mut conn = store.connection().unwrap();
+    let shown = diesel::sql_query("SHOW plan_cache_mode")
+        .get_result::<PlanCacheMode>(&mut *conn)
+        .unwrap();
+    assert_eq!(shown.plan_cache_mode, "force_generic_plan");
+}
+
+#[derive(diesel::QueryableByName)]
+struct PlanCacheMode {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    plan_cache_mode: String,
+}
+
 #[derive(diesel::QueryableByName)]
 struct ShowRow {
     #[diesel(sql_type = diesel::sql_types::Text)]
