@@ -258,9 +258,9 @@ impl Serialize for Rendered<'_> {
             let owned;
             let data = match attrs.get(&ext.id) {
                 Some(Attr::Parsed(Value::Object(o))) => Attrs::Parsed(o),
-                Some(Attr::Stored(raw)) => match serde_json::from_str(raw.get()) {
-                    Ok(top) => Attrs::Stored(top),
-                    Err(_) => {
+                Some(Attr::Stored(raw)) => match Attrs::split(raw.get()) {
+                    Some(top) => top,
+                    None => {
                         owned = parse_raw::<S>(raw)?;
                         match &owned {
                             Value::Object(o) => Attrs::Parsed(o),
@@ -314,11 +314,15 @@ enum Attr<'a> {
 
 impl<'a> Attrs<'a> {
     fn of(doc: &'a Document) -> Self {
-        // A stored key with escapes cannot be borrowed; such a document is read parsed.
-        match doc.stored_text().map(serde_json::from_str) {
-            Some(Ok(top)) => Attrs::Stored(top),
-            _ => Attrs::Parsed(doc),
-        }
+        doc.stored_text()
+            .and_then(Attrs::split)
+            .unwrap_or(Attrs::Parsed(doc))
+    }
+
+    /// The attributes of a stored JSON object, as slices of its text; `None` for text that is
+    /// not an object, or has a key with escapes (which cannot be borrowed): read it parsed.
+    fn split(text: &'a str) -> Option<Self> {
+        serde_json::from_str(text).ok().map(Attrs::Stored)
     }
 
     fn contains(&self, name: &str) -> bool {

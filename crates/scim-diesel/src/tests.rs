@@ -1764,3 +1764,49 @@ fn an_update_prepared_before_another_write_is_prepared_again_from_that_write() {
         );
     }
 }
+
+#[test]
+fn a_corrupt_stored_document_is_a_backend_error_not_an_empty_resource() {
+    let reg = registry();
+    for db in databases() {
+        let s = &db.store;
+        s.create(
+            T,
+            "User",
+            "u1",
+            NOW,
+            user(&reg, "Alice"),
+            Include::default(),
+        )
+        .unwrap();
+        for broken in ["{\"userName\": ", "[\"not an object\"]"] {
+            diesel::sql_query("UPDATE resources SET data = $1 WHERE id = 'u1'")
+                .bind::<diesel::sql_types::Text, _>(broken)
+                .execute(&mut *s.connection().unwrap())
+                .unwrap();
+            for read in [
+                s.get(T, "User", "u1", Include::default()),
+                s.list(
+                    T,
+                    "User",
+                    &ListQuery {
+                        filter: scim_core::store::StoreFilter::All,
+                        start_index: 1,
+                        count: 10,
+                        include: Include::default(),
+                        sort: None,
+                        after: None,
+                    },
+                )
+                .map(|p| p.resources.into_iter().next().unwrap()),
+            ] {
+                match read {
+                    Err(StoreError::Backend(m)) => {
+                        assert!(m.contains("corrupt document of u1"), "{}: {m}", db.name)
+                    }
+                    other => panic!("{}: expected a backend error, got {other:?}", db.name),
+                }
+            }
+        }
+    }
+}
