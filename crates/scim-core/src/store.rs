@@ -599,7 +599,65 @@ pub trait ResourceStore: Send + Sync {
         let _ = (token_hash, resource_type, key, include);
         Ok(TokenRead::Unsupported)
     }
+
+    /// [`point_read_by_token`](Self::point_read_by_token) run by the store on a thread of
+    /// its own, with `done` called there with the answer, exactly once. A store that talks to
+    /// a networked database may answer every read waiting at that moment with one statement,
+    /// so that many concurrent point reads cost one round trip, and no caller's thread waits
+    /// for any of them. `Err(done)`: the store does not take this read (the default); the
+    /// caller reads as usual.
+    ///
+    /// Each read still sees every write committed before it was submitted.
+    fn submit_point_read(&self, read: PointRead, done: PointReadDone) -> Result<(), PointReadDone> {
+        let _ = read;
+        Err(done)
+    }
 }
+
+/// A point read handed to [`ResourceStore::submit_point_read`]: the arguments of
+/// [`ResourceStore::point_read_by_token`], owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointRead {
+    /// hash of the caller's bearer token
+    pub token_hash: String,
+    /// resource type id
+    pub resource_type: String,
+    /// what pins the resource
+    pub key: PointKeyBuf,
+    /// which derived parts to read
+    pub include: Include,
+}
+
+/// An owned [`PointKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PointKeyBuf {
+    /// the resource's `id`
+    Id(String),
+    /// a User's `userName`, already folded with [`crate::resource::fold`]
+    UserName(String),
+}
+
+impl PointKeyBuf {
+    /// The key borrowed.
+    pub fn as_key(&self) -> PointKey<'_> {
+        match self {
+            PointKeyBuf::Id(v) => PointKey::Id(v),
+            PointKeyBuf::UserName(v) => PointKey::UserName(v),
+        }
+    }
+}
+
+impl From<PointKey<'_>> for PointKeyBuf {
+    fn from(key: PointKey<'_>) -> Self {
+        match key {
+            PointKey::Id(v) => PointKeyBuf::Id(v.to_owned()),
+            PointKey::UserName(v) => PointKeyBuf::UserName(v.to_owned()),
+        }
+    }
+}
+
+/// Where [`ResourceStore::submit_point_read`] delivers its answer.
+pub type PointReadDone = Box<dyn FnOnce(Result<TokenRead, StoreError>) + Send>;
 
 /// What pins a point read to at most one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

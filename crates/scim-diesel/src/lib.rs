@@ -12,6 +12,7 @@
 //! * Every write is one transaction; SQLite writes take the write lock up front.
 
 mod backend;
+mod batch;
 pub mod conn;
 mod group;
 mod inline;

@@ -17,6 +17,7 @@ use scim_core::store::{
 use scim_core::{ScimError, StoreError};
 
 use crate::backend;
+use crate::batch::{self, ReadBatcher};
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
 use crate::group::{Checkpointer, GroupWriter};
 use crate::inline::{self, Conn};
@@ -73,6 +74,8 @@ pub struct DieselStore {
     id: u64,
     /// see [`StoreConfig::query_timeout`]
     query_timeout: Option<Duration>,
+    /// PostgreSQL only: point reads of concurrent requests, read together (see `batch.rs`)
+    reads: Option<Arc<ReadBatcher>>,
 }
 
 /// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
@@ -559,6 +562,93 @@ macro_rules! one_pinned {
     }};
 }
 
+/// Rows of [`many_by_token!`]: the key, the resource it matched, one of its groups.
+type ManyRow = (
+    Option<String>,
+    Option<Row>,
+    Option<(String, String, Option<String>)>,
+);
+
+/// PostgreSQL: the resources of one resource type whose `$col` is any of `$keys`, in the tenant
+/// of the live token with hash `$hash`, with their groups when `$groups`, as one statement
+/// (the point reads of many requests at once, see `batch.rs`). No row: no such token; one row
+/// of `NULL`s: the token is live and nothing matched.
+macro_rules! many_by_token {
+    ($c:expr, $hash:expr, $rt:expr, $col:expr, $keys:expr, $groups:expr) => {{
+        (|| -> QueryResult<Vec<ManyRow>> {
+            let live = tokens::token_hash.eq($hash).and(tokens::revoked.is_null());
+            let owned = tokens::table.left_join(
+                resources::table.on(resources::tenant_id
+                    .eq(tokens::tenant_id)
+                    .and(resources::resource_type.eq($rt.to_string()))
+                    .and($col.eq_any($keys))),
+            );
+            let columns = <Row as Selectable<diesel::pg::Pg>>::construct_selection().nullable();
+            if !$groups {
+                let rows: Vec<(Option<String>, Option<Row>)> = owned
+                    .filter(live)
+                    .select(($col.nullable(), columns))
+                    .load($c)?;
+                return Ok(rows.into_iter().map(|(k, r)| (k, r, None)).collect());
+            }
+            let group = (
+                linked.field(resources::id),
+                linked.field(resources::resource_type),
+                linked.field(resources::display),
+            );
+            owned
+                .left_join(group_members::table.on(group_members::member_id.eq(resources::id)))
+                .left_join(linked.on(linked.field(resources::id).eq(group_members::group_id)))
+                .filter(live)
+                .order(($col.asc(), linked.field(resources::id).asc()))
+                .select(($col.nullable(), columns, group.nullable()))
+                .load($c)
+        })()
+    }};
+}
+
+/// The statement of a batch of point reads (see `batch.rs`).
+fn read_many(
+    conn: &mut AnyConnection,
+    kind: &batch::Kind,
+    keys: Vec<String>,
+) -> Result<batch::Found, StoreError> {
+    let AnyConnection::Postgres(c) = conn else {
+        return Err(StoreError::Backend(
+            "batched point reads are for PostgreSQL".into(),
+        ));
+    };
+    let (hash, rt) = (kind.token_hash.as_str(), kind.resource_type.as_str());
+    let rows = match kind.by_user_name {
+        true => many_by_token!(c, hash, rt, resources::user_name_ci, keys, kind.groups),
+        false => many_by_token!(c, hash, rt, resources::id, keys, kind.groups),
+    }
+    .map_err(map_err)?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut found: HashMap<String, Box<ResourceRecord>> = HashMap::new();
+    for (key, row, group) in rows {
+        let (Some(key), Some(row)) = (key, row) else {
+            continue;
+        };
+        let rec = match found.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut rec = row.into_record()?;
+                if kind.groups {
+                    rec.groups = Some(Vec::new());
+                }
+                e.insert(Box::new(rec))
+            }
+        };
+        if let (Some(groups), Some(g)) = (rec.groups.as_mut(), group) {
+            groups.extend(member_refs(std::iter::once(g)));
+        }
+    }
+    Ok(Some(found))
+}
+
 /// [`one_pinned!`] for a known tenant.
 macro_rules! one_in_tenant {
     ($conn:expr, $tenant:expr, $rt:expr, $col:expr, $value:expr, $groups:expr) => {
@@ -706,6 +796,8 @@ impl DieselStore {
             threshold: 500.into(),
             running: false.into(),
         });
+        let reads =
+            (backend == Backend::Postgres).then(|| Arc::new(ReadBatcher::new(pool.clone())));
         Ok(DieselStore {
             pool,
             backend,
@@ -714,6 +806,7 @@ impl DieselStore {
             analyze,
             id: inline::next_store_id(),
             query_timeout: config.query_timeout,
+            reads,
         })
     }
 
@@ -1776,6 +1869,22 @@ impl ResourceStore for DieselStore {
             None => TokenRead::NoToken,
             Some(found) => TokenRead::Read(pinned_record(found)?.map(Box::new)),
         })
+    }
+
+    /// PostgreSQL: queued for the store's reader threads, which answer every read waiting
+    /// with one statement (see `batch.rs`). Reads with members stay with the caller.
+    fn submit_point_read(
+        &self,
+        read: scim_core::store::PointRead,
+        done: scim_core::store::PointReadDone,
+    ) -> Result<(), scim_core::store::PointReadDone> {
+        match &self.reads {
+            Some(reads) if !read.include.members => {
+                reads.submit(read, done, read_many);
+                Ok(())
+            }
+            _ => Err(done),
+        }
     }
 }
 

@@ -1268,7 +1268,9 @@ fn point_reads_return_the_same_groups_as_the_general_path() {
 /// tenant, and `NoToken` for a revoked or unknown token, whether or not anything matched.
 #[test]
 fn reads_by_token_answer_for_the_tokens_tenant_only() {
-    use scim_core::store::{CredentialStore, PointKey, TokenRead, TokenRecord};
+    use scim_core::store::{
+        CredentialStore, PointKey, PointKeyBuf, PointRead, TokenRead, TokenRecord,
+    };
     let reg = registry();
     let users_read = Include {
         members: false,
@@ -1363,6 +1365,84 @@ fn reads_by_token_answer_for_the_tokens_tenant_only() {
             "{}: member lists are read the ordinary way",
             db.name
         );
+        // Submitted reads (PostgreSQL answers all those waiting with one statement): the same
+        // answers as one at a time, for repeated keys, misses, other tokens, types and kinds.
+        let asks: Vec<(&str, PointKeyBuf, &str, Include)> = (0..40)
+            .map(|i| match i % 8 {
+                0 | 1 => ("hash-1", PointKeyBuf::Id("ua".into()), "User", users_read),
+                2 => (
+                    "hash-1",
+                    PointKeyBuf::UserName("anna".into()),
+                    "User",
+                    users_read,
+                ),
+                3 => (
+                    "hash-1",
+                    PointKeyBuf::Id(format!("missing-{i}")),
+                    "User",
+                    users_read,
+                ),
+                4 => ("hash-2", PointKeyBuf::Id("ua".into()), "User", users_read),
+                5 => (
+                    "nope",
+                    PointKeyBuf::UserName("anna".into()),
+                    "User",
+                    users_read,
+                ),
+                6 => (
+                    "hash-1",
+                    PointKeyBuf::Id("g1".into()),
+                    "Group",
+                    Include::default(),
+                ),
+                _ => (
+                    "hash-2",
+                    PointKeyBuf::UserName("bert".into()),
+                    "User",
+                    users_read,
+                ),
+            })
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut taken = 0;
+        for (n, (hash, key, rt, include)) in asks.iter().enumerate() {
+            let tx = tx.clone();
+            let submitted = s.submit_point_read(
+                PointRead {
+                    token_hash: (*hash).into(),
+                    resource_type: (*rt).into(),
+                    key: key.clone(),
+                    include: *include,
+                },
+                Box::new(move |r| {
+                    let _ = tx.send((n, r));
+                }),
+            );
+            taken += usize::from(submitted.is_ok());
+        }
+        let expected = if db.name == "sqlite" { 0 } else { asks.len() };
+        assert_eq!(
+            taken, expected,
+            "{}: which stores take submitted reads",
+            db.name
+        );
+        for _ in 0..taken {
+            let (n, r) = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("every submitted read is answered");
+            let (hash, key, rt, include) = &asks[n];
+            let got = match r.unwrap() {
+                TokenRead::Read(found) => Ok(found.map(|rec| *rec)),
+                TokenRead::NoToken => Err("no token"),
+                TokenRead::Unsupported => Err("unsupported"),
+            };
+            assert_eq!(
+                got,
+                read(hash, key.as_key(), rt, *include),
+                "{} {n}",
+                db.name
+            );
+        }
         assert!(s.revoke_token("t1", NOW).unwrap());
         for key in [PointKey::Id("ua"), PointKey::Id("missing")] {
             assert_eq!(

@@ -7,8 +7,8 @@ use scim_core::query::{decode_cursor, encode_cursor, paging, plan_filter, plan_s
 use scim_core::render::{parse_etag, Projection, Rendered};
 use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
 use scim_core::store::{
-    Include, IndexedField, ListQuery, Page, PointKey, ResourceRecord, SecretChange, StoreFilter,
-    TokenRead,
+    Include, IndexedField, ListQuery, Page, PointKeyBuf, PointRead, ResourceRecord, SecretChange,
+    StoreFilter, TokenRead,
 };
 use scim_core::{Ctx, ScimError, StoreError};
 use serde_json::Value;
@@ -259,32 +259,75 @@ pub fn get(
     Ok(done(st, &ctx, &rec, &proj))
 }
 
-/// GET one for the caller holding the token with this hash, the token checked in the read's
-/// own statement (see [`ResourceStore::point_read_by_token`]). `None`: the store cannot do
-/// that here; resolve the token and call [`get`].
+/// A point read that checks the caller's token in its own statement (see
+/// [`ResourceStore::point_read_by_token`]): what to read, for the caller to add the token to.
 ///
 /// [`ResourceStore::point_read_by_token`]: scim_core::store::ResourceStore::point_read_by_token
-pub fn get_by_token(
+#[derive(Debug, Clone)]
+pub struct PointSpec {
+    /// resource type id
+    pub rt: String,
+    /// what pins the resource
+    pub key: PointKeyBuf,
+    /// which derived parts to read
+    pub include: Include,
+}
+
+impl PointSpec {
+    /// The read for the caller holding the token with this hash.
+    pub fn for_token(self, token_hash: &str) -> PointRead {
+        PointRead {
+            token_hash: token_hash.to_owned(),
+            resource_type: self.rt,
+            key: self.key,
+            include: self.include,
+        }
+    }
+}
+
+/// The point read that answers GET one (see [`PointSpec`]).
+pub fn get_point(
     st: &AppState,
-    token_hash: &str,
     rt: &str,
     id: &str,
     params: &Params,
+) -> Result<PointSpec, ScimError> {
+    let ctx = ctx(st, rt)?;
+    let proj = projection(&ctx, params);
+    Ok(PointSpec {
+        rt: ctx.rt.id.clone(),
+        key: PointKeyBuf::Id(id.to_owned()),
+        include: proj.include(&ctx),
+    })
+}
+
+/// GET one from what the read of [`get_point`] found. `None`: the store could not fold the
+/// token check into the read; resolve the token and call [`get`].
+pub fn get_answer(
+    st: &AppState,
+    rt: &str,
+    params: &Params,
+    read: TokenRead,
 ) -> Result<Option<Outcome>, ScimError> {
     let ctx = ctx(st, rt)?;
     let proj = projection(&ctx, params);
-    let read = st.store.point_read_by_token(
-        token_hash,
-        &ctx.rt.id,
-        PointKey::Id(id),
-        proj.include(&ctx),
-    )?;
     match read {
         TokenRead::Unsupported => Ok(None),
         TokenRead::NoToken => Err(crate::auth::unauthorized()),
         TokenRead::Read(None) => Err(StoreError::NotFound.into()),
         TokenRead::Read(Some(rec)) => Ok(Some(done(st, &ctx, &rec, &proj))),
     }
+}
+
+/// Runs a [`PointSpec`] for the caller holding the token with this hash, on this thread.
+pub fn read_point(
+    st: &AppState,
+    token_hash: &str,
+    spec: &PointSpec,
+) -> Result<TokenRead, ScimError> {
+    Ok(st
+        .store
+        .point_read_by_token(token_hash, &spec.rt, spec.key.as_key(), spec.include)?)
 }
 
 /// A list request, checked and planned; nothing read yet.
@@ -393,32 +436,38 @@ pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Vec<u8>,
     Ok(list_body(st, &ctx, plan, page))
 }
 
-/// [`run_list`] for the caller holding the token with this hash, when the plan pins one
-/// resource by `id` or `userName` on its first page and the store checks the token in the
-/// read's own statement. `None`: it does not apply; resolve the token and call [`run_list`].
-pub fn run_list_by_token(
-    st: &AppState,
-    token_hash: &str,
-    plan: &ListPlan,
-) -> Result<Option<Vec<u8>>, ScimError> {
+/// The point read that answers a planned list, when the plan pins one resource by `id` or
+/// `userName` on its first page (see [`PointSpec`]); `None`: run it with [`run_list`].
+pub fn list_point(plan: &ListPlan) -> Option<PointSpec> {
     let q = &plan.query;
     let key = match &q.filter {
         _ if q.sort.is_some() || q.after.is_some() || q.start_index > 1 || q.count == 0 => {
-            return Ok(None)
+            return None
         }
-        StoreFilter::Eq(IndexedField::Id, v) => PointKey::Id(v.as_str()),
-        StoreFilter::Eq(IndexedField::UserName, v) => PointKey::UserName(v.as_str()),
-        _ => return Ok(None),
+        StoreFilter::Eq(IndexedField::Id, v) => PointKeyBuf::Id(v.clone()),
+        StoreFilter::Eq(IndexedField::UserName, v) => PointKeyBuf::UserName(v.clone()),
+        _ => return None,
     };
-    let ctx = ctx(st, &plan.rt)?;
-    let found = match st
-        .store
-        .point_read_by_token(token_hash, &ctx.rt.id, key, q.include)?
-    {
+    Some(PointSpec {
+        rt: plan.rt.clone(),
+        key,
+        include: q.include,
+    })
+}
+
+/// The ListResponse from what the read of [`list_point`] found. `None`: the store could not
+/// fold the token check into the read; resolve the token and call [`run_list`].
+pub fn list_answer(
+    st: &AppState,
+    plan: &ListPlan,
+    read: TokenRead,
+) -> Result<Option<Vec<u8>>, ScimError> {
+    let found = match read {
         TokenRead::Unsupported => return Ok(None),
         TokenRead::NoToken => return Err(crate::auth::unauthorized()),
         TokenRead::Read(found) => found,
     };
+    let ctx = ctx(st, &plan.rt)?;
     let resources: Vec<ResourceRecord> = found.into_iter().map(|rec| *rec).collect();
     let page = Page {
         total: resources.len() as u64,

@@ -3,6 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use scim_core::store::{PointReadDone, TokenRead};
 use scim_core::ScimError;
 use serde_json::Value;
 
@@ -48,36 +49,94 @@ async fn for_caller<I: Send + 'static, T: Send + 'static>(
     reads: Reads,
     op: impl FnOnce(&AppState, &str, I) -> Result<T, ScimError> + Send + 'static,
 ) -> ApiResult<T> {
-    for_caller_folding(state, caller, input, reads, |_, _, _| Ok(None), op).await
+    let by_token = ByToken {
+        point: |_: &AppState, _: &I| Ok(None),
+        answer: |_: &AppState, _: &I, _| Ok(None),
+    };
+    for_caller_folding(state, caller, input, reads, by_token, op).await
 }
 
-/// [`for_caller`], trying `by_token` first for a caller with a token of this server: a read
-/// that checks the token itself, in its own statement (`None`: it cannot; the token is then
-/// looked up and `op` run as usual).
-async fn for_caller_folding<I: Send + 'static, T: Send + 'static>(
+/// A read that checks the caller's token in its own statement: `point` says what to read
+/// (`None`: nothing of the kind answers this input), `answer` makes the outcome from what the
+/// store found (`None`: the store could not fold the token check into the read).
+struct ByToken<P, A> {
+    point: P,
+    answer: A,
+}
+
+/// [`for_caller`], trying the read of `by_token` first for a caller with a token of this
+/// server; if it does not apply, the token is looked up and `op` run as usual. A point read
+/// the store takes to run with other reads waiting at the time
+/// ([`ResourceStore::submit_point_read`](scim_core::store::ResourceStore::submit_point_read):
+/// PostgreSQL, one statement for all of them) is awaited here, holding no thread.
+async fn for_caller_folding<I, T, P, A>(
     state: web::Data<AppState>,
     caller: Caller,
     input: ApiResult<I>,
     reads: Reads,
-    by_token: impl FnOnce(&AppState, &str, &I) -> Result<Option<T>, ScimError> + Send + 'static,
+    by_token: ByToken<P, A>,
     op: impl FnOnce(&AppState, &str, I) -> Result<T, ScimError> + Send + 'static,
-) -> ApiResult<T> {
-    let answer = move |state: &AppState| -> Result<T, ScimError> {
+) -> ApiResult<T>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    P: FnOnce(&AppState, &I) -> Result<Option<ops::PointSpec>, ScimError> + Send + 'static,
+    A: FnOnce(&AppState, &I, TokenRead) -> Result<Option<T>, ScimError> + Send + 'static,
+{
+    let ByToken { point, answer } = by_token;
+    let inline = match reads {
+        Reads::Point => state.store.reserve_inline(),
+        Reads::Any => None,
+    };
+    let spec = match (&caller, &input) {
+        // An error here (there is none for a routed resource type) is left to `op` to report,
+        // after the token is checked.
+        (Caller::Token(_), Ok(i)) => point(&state, i).ok().flatten(),
+        _ => None,
+    };
+    let mut answer = Some(answer);
+    if let (None, Some(spec), Caller::Token(hash), Ok(i)) = (&inline, &spec, &caller, &input) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: PointReadDone = Box::new(move |read| {
+            // The request may have gone (client disconnected): nothing to answer then.
+            let _ = tx.send(read);
+        });
+        if state
+            .store
+            .submit_point_read(spec.clone().for_token(hash), done)
+            .is_ok()
+        {
+            let read = rx
+                .await
+                .map_err(|_| ApiError(ScimError::internal("a point read was dropped unanswered")))?
+                .map_err(|e| ApiError(e.into()))?;
+            if let Some(out) = answer
+                .take()
+                .map(|f| f(&state, i, read))
+                .transpose()?
+                .flatten()
+            {
+                return Ok(out);
+            }
+        }
+    }
+    let run = move |state: &AppState| -> Result<T, ScimError> {
         let input = input.map_err(|e| e.0);
-        if let (Caller::Token(hash), Ok(i)) = (&caller, &input) {
-            if let Some(out) = by_token(state, hash, i)? {
+        if let (Caller::Token(hash), Ok(i), Some(spec), Some(answer)) =
+            (&caller, &input, &spec, answer)
+        {
+            let read = ops::read_point(state, hash, spec)?;
+            if let Some(out) = answer(state, i, read)? {
                 return Ok(out);
             }
         }
         let tenant = caller.tenant(state)?;
         op(state, &tenant, input?)
     };
-    if reads == Reads::Point {
-        if let Some(_reserved) = state.store.reserve_inline() {
-            return answer(&state).map_err(ApiError);
-        }
+    if let Some(_reserved) = inline {
+        return run(&state).map_err(ApiError);
     }
-    blocking(move || answer(&state)).await
+    blocking(move || run(&state)).await
 }
 
 fn with_etag(mut resp: HttpResponse, version: Option<i64>) -> HttpResponse {
@@ -144,12 +203,20 @@ pub async fn get(
         _ => Reads::Any,
     };
     let input = params.map(|p| (rt, id.into_inner(), p));
+    let by_token = ByToken {
+        point: |state: &AppState, (rt, id, params): &(String, String, crate::http::Params)| {
+            ops::get_point(state, rt, id, params).map(Some)
+        },
+        answer: |state: &AppState,
+                 (rt, _, params): &(String, String, crate::http::Params),
+                 read| { ops::get_answer(state, rt, params, read) },
+    };
     let out = for_caller_folding(
         state,
         caller,
         input,
         reads,
-        |state, hash, (rt, id, params)| ops::get_by_token(state, hash, rt, id, params),
+        by_token,
         |state, tenant, (rt, id, params)| ops::get(state, tenant, &rt, &id, &params),
     )
     .await?;
@@ -223,7 +290,10 @@ async fn list_planned(
         caller,
         plan,
         reads,
-        ops::run_list_by_token,
+        ByToken {
+            point: |_: &AppState, plan: &ops::ListPlan| Ok(ops::list_point(plan)),
+            answer: ops::list_answer,
+        },
         |state, tenant, plan| ops::run_list(state, tenant, &plan),
     )
     .await?;
