@@ -647,15 +647,6 @@ impl PointKeyBuf {
     }
 }
 
-impl From<PointKey<'_>> for PointKeyBuf {
-    fn from(key: PointKey<'_>) -> Self {
-        match key {
-            PointKey::Id(v) => PointKeyBuf::Id(v.to_owned()),
-            PointKey::UserName(v) => PointKeyBuf::UserName(v.to_owned()),
-        }
-    }
-}
-
 /// Where [`ResourceStore::submit_point_read`] delivers its answer.
 pub type PointReadDone = Box<dyn FnOnce(Result<TokenRead, StoreError>) + Send>;
 

@@ -259,43 +259,22 @@ pub fn get(
     Ok(done(st, &ctx, &rec, &proj))
 }
 
-/// A point read that checks the caller's token in its own statement (see
-/// [`ResourceStore::point_read_by_token`]): what to read, for the caller to add the token to.
+/// The point read that answers GET one for the caller holding the token with this hash, the
+/// token checked in the read's own statement (see [`ResourceStore::point_read_by_token`]).
 ///
 /// [`ResourceStore::point_read_by_token`]: scim_core::store::ResourceStore::point_read_by_token
-#[derive(Debug, Clone)]
-pub struct PointSpec {
-    /// resource type id
-    pub rt: String,
-    /// what pins the resource
-    pub key: PointKeyBuf,
-    /// which derived parts to read
-    pub include: Include,
-}
-
-impl PointSpec {
-    /// The read for the caller holding the token with this hash.
-    pub fn for_token(self, token_hash: &str) -> PointRead {
-        PointRead {
-            token_hash: token_hash.to_owned(),
-            resource_type: self.rt,
-            key: self.key,
-            include: self.include,
-        }
-    }
-}
-
-/// The point read that answers GET one (see [`PointSpec`]).
 pub fn get_point(
     st: &AppState,
+    token_hash: &str,
     rt: &str,
     id: &str,
     params: &Params,
-) -> Result<PointSpec, ScimError> {
+) -> Result<PointRead, ScimError> {
     let ctx = ctx(st, rt)?;
     let proj = projection(&ctx, params);
-    Ok(PointSpec {
-        rt: ctx.rt.id.clone(),
+    Ok(PointRead {
+        token_hash: token_hash.to_owned(),
+        resource_type: ctx.rt.id.clone(),
         key: PointKeyBuf::Id(id.to_owned()),
         include: proj.include(&ctx),
     })
@@ -319,15 +298,14 @@ pub fn get_answer(
     }
 }
 
-/// Runs a [`PointSpec`] for the caller holding the token with this hash, on this thread.
-pub fn read_point(
-    st: &AppState,
-    token_hash: &str,
-    spec: &PointSpec,
-) -> Result<TokenRead, ScimError> {
-    Ok(st
-        .store
-        .point_read_by_token(token_hash, &spec.rt, spec.key.as_key(), spec.include)?)
+/// Runs a point read on this thread.
+pub fn read_point(st: &AppState, read: &PointRead) -> Result<TokenRead, ScimError> {
+    Ok(st.store.point_read_by_token(
+        &read.token_hash,
+        &read.resource_type,
+        read.key.as_key(),
+        read.include,
+    )?)
 }
 
 /// A list request, checked and planned; nothing read yet.
@@ -436,9 +414,10 @@ pub fn run_list(st: &AppState, tenant: &str, plan: &ListPlan) -> Result<Vec<u8>,
     Ok(list_body(st, &ctx, plan, page))
 }
 
-/// The point read that answers a planned list, when the plan pins one resource by `id` or
-/// `userName` on its first page (see [`PointSpec`]); `None`: run it with [`run_list`].
-pub fn list_point(plan: &ListPlan) -> Option<PointSpec> {
+/// The point read that answers a planned list for the caller holding the token with this hash
+/// (see [`get_point`]), when the plan pins one resource by `id` or `userName` on its first
+/// page; `None`: run it with [`run_list`].
+pub fn list_point(token_hash: &str, plan: &ListPlan) -> Option<PointRead> {
     let q = &plan.query;
     let key = match &q.filter {
         _ if q.sort.is_some() || q.after.is_some() || q.start_index > 1 || q.count == 0 => {
@@ -448,8 +427,9 @@ pub fn list_point(plan: &ListPlan) -> Option<PointSpec> {
         StoreFilter::Eq(IndexedField::UserName, v) => PointKeyBuf::UserName(v.clone()),
         _ => return None,
     };
-    Some(PointSpec {
-        rt: plan.rt.clone(),
+    Some(PointRead {
+        token_hash: token_hash.to_owned(),
+        resource_type: plan.rt.clone(),
         key,
         include: q.include,
     })

@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use scim_core::store::{PointReadDone, TokenRead};
+use scim_core::store::{PointRead, PointReadDone, TokenRead};
 use scim_core::ScimError;
 use serde_json::Value;
 
@@ -50,14 +50,14 @@ async fn for_caller<I: Send + 'static, T: Send + 'static>(
     op: impl FnOnce(&AppState, &str, I) -> Result<T, ScimError> + Send + 'static,
 ) -> ApiResult<T> {
     let by_token = ByToken {
-        point: |_: &AppState, _: &I| Ok(None),
+        point: |_: &AppState, _: &str, _: &I| Ok(None),
         answer: |_: &AppState, _: &I, _| Ok(None),
     };
     for_caller_folding(state, caller, input, reads, by_token, op).await
 }
 
-/// A read that checks the caller's token in its own statement: `point` says what to read
-/// (`None`: nothing of the kind answers this input), `answer` makes the outcome from what the
+/// A read that checks the caller's token in its own statement: `point` says what to read for
+/// the token with a hash (`None`: nothing of the kind answers this input), `answer` makes the outcome from what the
 /// store found (`None`: the store could not fold the token check into the read).
 struct ByToken<P, A> {
     point: P,
@@ -80,7 +80,7 @@ async fn for_caller_folding<I, T, P, A>(
 where
     I: Send + 'static,
     T: Send + 'static,
-    P: FnOnce(&AppState, &I) -> Result<Option<ops::PointSpec>, ScimError> + Send + 'static,
+    P: FnOnce(&AppState, &str, &I) -> Result<Option<PointRead>, ScimError> + Send + 'static,
     A: FnOnce(&AppState, &I, TokenRead) -> Result<Option<T>, ScimError> + Send + 'static,
 {
     let ByToken { point, answer } = by_token;
@@ -88,24 +88,20 @@ where
         Reads::Point => state.store.reserve_inline(),
         Reads::Any => None,
     };
-    let spec = match (&caller, &input) {
+    let point = match (&caller, &input) {
         // An error here (there is none for a routed resource type) is left to `op` to report,
         // after the token is checked.
-        (Caller::Token(_), Ok(i)) => point(&state, i).ok().flatten(),
+        (Caller::Token(hash), Ok(i)) => point(&state, hash, i).ok().flatten(),
         _ => None,
     };
     let mut answer = Some(answer);
-    if let (None, Some(spec), Caller::Token(hash), Ok(i)) = (&inline, &spec, &caller, &input) {
+    if let (None, Some(read), Ok(i)) = (&inline, &point, &input) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let done: PointReadDone = Box::new(move |read| {
             // The request may have gone (client disconnected): nothing to answer then.
             let _ = tx.send(read);
         });
-        if state
-            .store
-            .submit_point_read(spec.clone().for_token(hash), done)
-            .is_ok()
-        {
+        if state.store.submit_point_read(read.clone(), done).is_ok() {
             let read = rx
                 .await
                 .map_err(|_| ApiError(ScimError::internal("a point read was dropped unanswered")))?
@@ -122,10 +118,8 @@ where
     }
     let run = move |state: &AppState| -> Result<T, ScimError> {
         let input = input.map_err(|e| e.0);
-        if let (Caller::Token(hash), Ok(i), Some(spec), Some(answer)) =
-            (&caller, &input, &spec, answer)
-        {
-            let read = ops::read_point(state, hash, spec)?;
+        if let (Ok(i), Some(point), Some(answer)) = (&input, &point, answer) {
+            let read = ops::read_point(state, point)?;
             if let Some(out) = answer(state, i, read)? {
                 return Ok(out);
             }
@@ -204,8 +198,10 @@ pub async fn get(
     };
     let input = params.map(|p| (rt, id.into_inner(), p));
     let by_token = ByToken {
-        point: |state: &AppState, (rt, id, params): &(String, String, crate::http::Params)| {
-            ops::get_point(state, rt, id, params).map(Some)
+        point: |state: &AppState,
+                hash: &str,
+                (rt, id, params): &(String, String, crate::http::Params)| {
+            ops::get_point(state, hash, rt, id, params).map(Some)
         },
         answer: |state: &AppState,
                  (rt, _, params): &(String, String, crate::http::Params),
@@ -291,7 +287,7 @@ async fn list_planned(
         plan,
         reads,
         ByToken {
-            point: |_: &AppState, plan: &ops::ListPlan| Ok(ops::list_point(plan)),
+            point: |_: &AppState, hash: &str, plan: &ops::ListPlan| Ok(ops::list_point(hash, plan)),
             answer: ops::list_answer,
         },
         |state, tenant, plan| ops::run_list(state, tenant, &plan),

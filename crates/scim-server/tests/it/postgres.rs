@@ -255,4 +255,17 @@ fn database_outage_gives_503_and_the_server_recovers_by_itself() {
         json!(1),
         "the write during the outage must not have happened"
     );
+    // The point reads that failed during the outage work again too (on PostgreSQL they run on
+    // the store's reader threads, not on the pool the list above used).
+    let (status, found, _) = send(
+        &s,
+        reqwest::Method::GET,
+        "/Users?filter=userName%20eq%20%22before%22",
+        None,
+    );
+    assert_eq!(
+        (status, &found["totalResults"]),
+        (200, &json!(1)),
+        "{found}"
+    );
 }
