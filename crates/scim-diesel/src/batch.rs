@@ -4,27 +4,35 @@
 //! On a networked database a point read costs a round trip and, in the database, the work of
 //! one statement (parse of the bound message, executor start-up, commit of its implicit
 //! transaction), which is many times the index probe it does. Handed to a thread pool, it also
-//! costs the request two thread hand-offs. Here requests queue their reads and return; a few
-//! reader threads of the store each take everything queued at that moment, read it with one
-//! statement per kind of read (`key = ANY($keys)`), and answer each request through its
+//! costs the request two thread hand-offs. Here requests queue their reads and return; a
+//! reader thread of the store takes everything queued at that moment, reads it with one
+//! statement per kind of read (`key = ANY($keys)`), and answers each request through its
 //! callback. Under load a statement carries many reads; with one request at a time it carries
-//! one, and costs what a single read costs.
+//! one, and costs what a single read costs. A second reader takes over the queue only while
+//! the first one's statement is late (see [`LATE`]).
 //!
 //! Each read is taken from the queue after it was queued, so its statement starts after the
 //! request arrived: it sees every write committed before that, as a read of its own would.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use scim_core::store::{PointKeyBuf, PointRead, PointReadDone, ResourceRecord, TokenRead};
 use scim_core::StoreError;
 
 use crate::conn::ConnectionManager;
 
-/// Reader threads: statements that may be in the database at once. Two keep the database
-/// busy while a thread hands answers back; more would only split the queue into smaller
-/// statements.
+/// Reader threads: statements that may be in the database at once.
 const READERS: usize = 2;
+
+/// How long a statement may run before the reads queued behind it go to another reader.
+/// Until then they wait for the running reader, which takes them all when it is done: under
+/// load one reader carries the queue, in statements as large as the load makes them. A
+/// second one steps in only behind a late statement (a slow or lost connection). Letting
+/// every idle reader take what is queued split the queue into smaller statements and cost a
+/// thread wake-up per read: 10-20 % fewer reads per second (see docs/BENCHMARKS.md).
+const LATE: Duration = Duration::from_millis(50);
 
 /// Most reads one reader takes at once (bounds the size of a statement and of its answer).
 const MAX_TAKE: usize = 128;
@@ -45,6 +53,10 @@ struct Queue {
     waiting: Vec<(PointRead, PointReadDone)>,
     /// reader threads running
     readers: usize,
+    /// readers asleep, waiting for reads
+    idle: usize,
+    /// when each reader now in a statement started it
+    busy: Vec<Instant>,
     /// the store is gone: readers finish what is queued and stop
     closed: bool,
 }
@@ -103,8 +115,11 @@ impl ReadBatcher {
             return;
         }
         q.waiting.push((read, done));
+        let wake = q.idle > 0 && may_take(&q);
         drop(q);
-        self.shared.ready.notify_one();
+        if wake {
+            self.shared.ready.notify_one();
+        }
     }
 }
 
@@ -120,25 +135,41 @@ fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether an idle reader should take the queued reads: no statement is running, or every
+/// running one is late (or the store is closing).
+fn may_take(q: &Queue) -> bool {
+    q.closed || q.busy.iter().all(|started| started.elapsed() >= LATE)
+}
+
 fn reader(shared: &Shared, run: ReadMany) {
+    let mut q = lock(&shared.queue);
     loop {
-        let taken = {
-            let mut q = lock(&shared.queue);
-            while q.waiting.is_empty() && !q.closed {
-                q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
-            }
-            if q.waiting.is_empty() {
-                q.readers -= 1;
-                return;
-            }
-            let n = q.waiting.len().min(MAX_TAKE);
-            // The oldest first: what is left is what came last.
-            q.waiting.drain(..n).collect::<Vec<_>>()
-        };
+        if q.waiting.is_empty() && q.closed {
+            q.readers -= 1;
+            return;
+        }
+        // A reader that just finished a statement is no longer busy, so it takes what queued
+        // meanwhile itself; an idle one only what waits behind late statements.
+        if q.waiting.is_empty() || !may_take(&q) {
+            q.idle += 1;
+            q = shared.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.idle -= 1;
+            continue;
+        }
+        let n = q.waiting.len().min(MAX_TAKE);
+        // The oldest first: what is left is what came last.
+        let taken = q.waiting.drain(..n).collect::<Vec<_>>();
+        let started = Instant::now();
+        q.busy.push(started);
+        drop(q);
         // A panic in a statement or a callback drops the callbacks of this batch (their
         // requests answer 500) and leaves the thread serving the queue.
         let _ =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(shared, taken, run)));
+        q = lock(&shared.queue);
+        if let Some(i) = q.busy.iter().position(|t| *t == started) {
+            q.busy.swap_remove(i);
+        }
     }
 }
 
@@ -210,5 +241,100 @@ fn copy_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
         other => StoreError::Backend(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Keys of each statement the test reader ran, in order; the first one waits for `GATE`.
+    static STATEMENTS: Mutex<Vec<Vec<String>>> = Mutex::new(Vec::new());
+    static GATE: Mutex<Option<mpsc::Receiver<()>>> = Mutex::new(None);
+
+    fn recording(
+        _: &mut crate::conn::AnyConnection,
+        _: &Kind,
+        keys: Vec<String>,
+    ) -> Result<Found, StoreError> {
+        let first = {
+            let mut s = STATEMENTS.lock().unwrap();
+            s.push(keys.clone());
+            s.len() == 1
+        };
+        if first {
+            let gate = GATE.lock().unwrap().take().unwrap();
+            gate.recv_timeout(Duration::from_secs(30)).unwrap();
+        }
+        Ok(Some(HashMap::new()))
+    }
+
+    fn read(key: &str) -> PointRead {
+        PointRead {
+            token_hash: "hash".into(),
+            resource_type: "User".into(),
+            key: PointKeyBuf::Id(key.into()),
+            include: Default::default(),
+        }
+    }
+
+    fn submit(batcher: &ReadBatcher, key: &str, answered: &mpsc::Sender<String>) {
+        let answered = answered.clone();
+        let key_owned = key.to_string();
+        batcher.submit(
+            read(key),
+            Box::new(move |r| {
+                assert!(matches!(r, Ok(TokenRead::Read(None))));
+                answered.send(key_owned).unwrap();
+            }),
+            recording,
+        );
+    }
+
+    /// Reads queued behind a running statement wait for it and then go together in one
+    /// statement; reads queued behind a late statement are answered by the other reader
+    /// without waiting for it.
+    #[test]
+    fn reads_wait_for_a_running_statement_but_not_for_a_late_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("batch.db").to_string_lossy().into_owned();
+        let manager = ConnectionManager::new(&url, Duration::from_secs(1), None);
+        let pool = r2d2::Pool::builder().max_size(4).build(manager).unwrap();
+        let (open_gate, gate) = mpsc::channel();
+        *GATE.lock().unwrap() = Some(gate);
+        let batcher = ReadBatcher::new(pool);
+        let (answered, answers) = mpsc::channel();
+
+        // The first statement runs and blocks; three reads queue behind it while it is not
+        // late yet.
+        submit(&batcher, "first", &answered);
+        while STATEMENTS.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for key in ["a", "b", "c"] {
+            submit(&batcher, key, &answered);
+        }
+        assert!(
+            answers.recv_timeout(LATE / 5).is_err(),
+            "nothing answered yet"
+        );
+        // Once it is late, the next read wakes the other reader, which takes the whole queue.
+        std::thread::sleep(LATE);
+        submit(&batcher, "d", &answered);
+        let mut got: Vec<String> = (0..4)
+            .map(|_| answers.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["a", "b", "c", "d"]);
+        // The late statement finishes last.
+        open_gate.send(()).unwrap();
+        assert_eq!(
+            answers.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "first"
+        );
+        let statements = STATEMENTS.lock().unwrap().clone();
+        assert_eq!(statements, [vec!["first"], vec!["a", "b", "c", "d"]]);
     }
 }
