@@ -11,6 +11,8 @@
 //! * A multi-valued attribute may arrive as a single object (OneLogin `emails`).
 //! * A complex attribute with a `value` sub-attribute may arrive as a bare string
 //!   (Entra ID `manager`).
+//! * An element's `value` may be a string holding a JSON object of its sub-attributes
+//!   (Entra ID app role assignments in PATCH).
 //!
 //! Strict mode (`Ctx::with_strict`) turns off every leniency marked "Leniency:" in this crate,
 //! here and in `patch.rs` and `query.rs`: those inputs then get the RFC's error instead.
@@ -144,6 +146,12 @@ fn coerce_single(
             )))
         }
     };
+    let unwrapped = if lenient {
+        unwrap_json_value(attr, obj)
+    } else {
+        None
+    };
+    let obj = unwrapped.as_ref().unwrap_or(obj);
     let mut out = Map::new();
     for (key, v) in obj {
         let Some(sub) = attr.sub(key) else { continue };
@@ -158,6 +166,49 @@ fn coerce_single(
         return Ok(None);
     }
     Ok(Some(Value::Object(out)))
+}
+
+/// Leniency: an element whose `value` is a string holding a JSON object (Entra ID sends app
+/// role assignments in PATCH as `{"value": "{\"id\":…,\"value\":\"25\",\"displayName\":\"Role\"}"}`,
+/// and in POST as plain sub-attributes). The object's members become the element's
+/// sub-attributes where the element has none of its own (`displayName` fills `display`);
+/// members the schema lacks are dropped as usual. `None`: nothing to unwrap.
+fn unwrap_json_value(attr: &Attribute, obj: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let (key, Value::String(text)) = obj.iter().find(|(k, _)| k.eq_ignore_ascii_case("value"))?
+    else {
+        return None;
+    };
+    attr.sub("value")
+        .filter(|s| s.attr_type == AttrType::String)?;
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let Ok(Value::Object(inner)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    if !inner
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("value") && v.is_string())
+    {
+        return None;
+    }
+    let mut out: Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| *k != key)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let has = |m: &Map<String, Value>, name: &str| m.keys().any(|k| k.eq_ignore_ascii_case(name));
+    for (k, v) in inner {
+        let name = if k.eq_ignore_ascii_case("displayName") && attr.sub("displayName").is_none() {
+            "display".to_string()
+        } else {
+            k
+        };
+        if !has(&out, &name) {
+            out.insert(name, v);
+        }
+    }
+    Some(out)
 }
 
 /// Coerces a scalar value (a simple attribute or a sub-attribute).

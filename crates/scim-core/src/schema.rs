@@ -309,8 +309,27 @@ impl SchemaRegistry {
         self.extensions(rt).find(|s| s.id.eq_ignore_ascii_case(urn))
     }
 
+    /// An extension attribute named without its URN (`manager`, `department`): RFC 7644
+    /// section 3.10 lets clients omit URN prefixes and only asks them to qualify extension
+    /// attributes (a SHOULD), and older Entra ID documents send `manager` so. A name the core
+    /// schema lacks resolves to the one extension of `rt` that defines it; a name two
+    /// extensions define is ambiguous and resolves to nothing.
+    fn unqualified_extension_attribute<'a>(
+        &'a self,
+        rt: &'a ResourceType,
+        name: &str,
+    ) -> Option<(&'a Schema, &'a Attribute)> {
+        let mut found = self
+            .extensions(rt)
+            .filter_map(|ext| ext.attribute(name).map(|a| (ext, a)));
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
+    }
+
     /// Resolves an attribute path (optional URN, name, optional sub) for a resource type.
-    /// Returns `None` when the schema has no such attribute.
+    /// A name without URN is looked up in the core schema, then among the common attributes,
+    /// then in the extensions (see [`Self::unqualified_extension_attribute`]). Returns `None`
+    /// when the schema has no such attribute.
     pub fn resolve<'a>(
         &'a self,
         rt: &'a ResourceType,
@@ -330,9 +349,12 @@ impl SchemaRegistry {
                 let ext = self.extension(rt, urn)?;
                 (ext, true, ext.attribute(name)?)
             }
-            None => match core.attribute(name) {
+            None => match core.attribute(name).or_else(|| self.common.attribute(name)) {
                 Some(a) => (core, false, a),
-                None => (core, false, self.common.attribute(name)?),
+                None => {
+                    let (ext, attr) = self.unqualified_extension_attribute(rt, name)?;
+                    (ext, true, attr)
+                }
             },
         };
         let sub = match sub {

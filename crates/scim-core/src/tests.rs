@@ -434,3 +434,83 @@ fn a_corrupt_stored_document_is_refused_when_read() {
     assert!(d.stored_text().is_none());
     assert_eq!(d.len(), 2);
 }
+
+#[test]
+fn extension_attributes_named_without_their_urn() {
+    const ENT: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    // Older Entra ID documents: `manager` as a short path with an array value.
+    let out = patch_user(
+        user(json!({})),
+        json!([{"op": "Add", "path": "manager", "value": [{"$ref": "../Users/m1", "value": "m1"}]},
+               {"op": "replace", "path": "department", "value": "Sales"}]),
+    )
+    .unwrap();
+    assert_eq!(out[ENT]["manager"]["value"], json!("m1"));
+    assert_eq!(out[ENT]["department"], json!("Sales"));
+    assert!(out.get("manager").is_none() && out.get("department").is_none());
+    // removed by the short name too
+    let out = patch_user(
+        user(json!({ENT: {"department": "Sales", "costCenter": "c1"}})),
+        json!([{"op": "remove", "path": "department"}]),
+    )
+    .unwrap();
+    assert_eq!(out[ENT], json!({"costCenter": "c1"}));
+    // a name no schema of the type defines stays unknown
+    let err = patch_user(
+        user(json!({})),
+        json!([{"op": "replace", "path": "nosuchattribute", "value": "x"}]),
+    )
+    .unwrap_err();
+    assert_eq!(err.scim_type, Some(ScimType::InvalidPath));
+    // and the registry resolves the short name to the extension, as filters and `attributes` use it
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let r = reg.resolve(ctx.rt, None, "Manager", Some("value")).unwrap();
+    assert!(r.is_extension);
+    assert_eq!(r.schema.id, ENT);
+    assert!(reg
+        .resolve(ctx.rt, None, "userName", None)
+        .is_some_and(|r| !r.is_extension));
+    let group = Ctx::new(&reg, "Group").unwrap();
+    assert!(reg.resolve(group.rt, None, "manager", None).is_none());
+}
+
+#[test]
+fn role_values_holding_json_objects_are_unwrapped() {
+    // Entra ID app role assignments in PATCH: the element's sub-attributes as a JSON string.
+    let role =
+        r#"{"id":"06b07648-ecfe-589f-9d2f-6325724a46ee","value":"25","displayName":"Role1234"}"#;
+    let out = patch_user(
+        user(json!({})),
+        json!([{"op": "Add", "path": "roles", "value": [{"value": role}]}]),
+    )
+    .unwrap();
+    assert_eq!(
+        out["roles"],
+        json!([{"value": "25", "display": "Role1234"}])
+    );
+    // the element's own sub-attributes win over the embedded ones
+    let out = patch_user(
+        user(json!({})),
+        json!([{"op": "add", "path": "roles", "value": [{"value": role, "primary": "false", "display": "Mine"}]}]),
+    )
+    .unwrap();
+    assert_eq!(
+        out["roles"],
+        json!([{"value": "25", "display": "Mine", "primary": false}])
+    );
+    // a value that merely looks like JSON, or is not an object with `value`, stays as sent
+    for kept in ["{not json", r#"{"id":"x"}"#, "[1]"] {
+        let out = patch_user(
+            user(json!({})),
+            json!([{"op": "add", "path": "roles", "value": [{"value": kept}]}]),
+        )
+        .unwrap();
+        assert_eq!(out["roles"], json!([{"value": kept}]), "{kept}");
+    }
+    // strict mode stores the string as sent
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap().with_strict(true);
+    let w = prepare_create(&ctx, &user(json!({"roles": [{"value": role}]}))).unwrap();
+    assert_eq!(w.data.get("roles").unwrap(), &json!([{"value": role}]));
+}
