@@ -263,6 +263,52 @@ impl SchemaRegistry {
         })
     }
 
+    /// Adds an extension schema (RFC 7643 section 7, as `/Schemas` returns one) to the
+    /// resource type `resource_type`, for attributes an identity provider sends under its own
+    /// URN (Okta custom attributes, Entra ID custom extensions). Its attributes are then
+    /// validated, stored, returned, indexed and filterable like the Enterprise User's, and the
+    /// schema is listed by `/Schemas` and `/ResourceTypes`.
+    ///
+    /// Refused (with the reason): an unknown resource type; a URN that is not a URN or that a
+    /// schema already has; attribute names outside RFC 7643's `ATTRNAME` grammar or repeated
+    /// (case-insensitively); complex attributes without sub-attributes or with complex ones;
+    /// `writeOnly` attributes (only `password` is write-only, and it is hashed, not stored);
+    /// and `uniqueness` other than `none`, which the server would not enforce.
+    pub fn with_extension(
+        mut self,
+        resource_type: &str,
+        schema: Schema,
+        required: bool,
+    ) -> Result<Self, ScimError> {
+        let bad = |why: String| ScimError::invalid_value(format!("extension {}: {why}", schema.id));
+        let rt_index = self
+            .resource_types
+            .iter()
+            .position(|r| r.id.eq_ignore_ascii_case(resource_type))
+            .ok_or_else(|| bad(format!("no resource type {resource_type:?}")))?;
+        let urn_ok = schema.id.len() > 4
+            && schema.id[..4].eq_ignore_ascii_case("urn:")
+            && !schema.id.ends_with(':')
+            && schema.id.chars().all(|c| c.is_ascii_graphic());
+        if !urn_ok {
+            return Err(bad("the id must be a URN (urn:…)".into()));
+        }
+        if self.schema(&schema.id).is_some() {
+            return Err(bad("a schema with this id exists already".into()));
+        }
+        check_attributes(&schema.attributes, true).map_err(bad)?;
+        self.by_id
+            .insert(schema.id.to_ascii_lowercase(), self.schemas.len());
+        self.resource_types[rt_index]
+            .schema_extensions
+            .push(SchemaExtension {
+                schema: schema.id.clone(),
+                required,
+            });
+        self.schemas.push(schema);
+        Ok(self)
+    }
+
     /// All schemas.
     pub fn schemas(&self) -> &[Schema] {
         &self.schemas
@@ -368,4 +414,59 @@ impl SchemaRegistry {
             sub,
         })
     }
+}
+
+/// RFC 7643 section 2.1: `ATTRNAME = ALPHA *(nameChar)`, `nameChar = "-" / "_" / DIGIT / ALPHA`.
+fn is_attr_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The checks of [`SchemaRegistry::with_extension`] on one level of attribute definitions.
+fn check_attributes(attrs: &[Attribute], top_level: bool) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for a in attrs {
+        if !is_attr_name(&a.name) {
+            return Err(format!("{:?} is not an attribute name", a.name));
+        }
+        if !seen.insert(a.name.to_ascii_lowercase()) {
+            return Err(format!("attribute {:?} is defined twice", a.name));
+        }
+        if a.mutability == Mutability::WriteOnly {
+            return Err(format!(
+                "attribute {:?}: writeOnly is not supported",
+                a.name
+            ));
+        }
+        if a.uniqueness.is_some_and(|u| u != Uniqueness::None) {
+            return Err(format!(
+                "attribute {:?}: uniqueness other than none is not enforced, so it is refused",
+                a.name
+            ));
+        }
+        match (a.attr_type, a.subs()) {
+            (AttrType::Complex, []) => {
+                return Err(format!(
+                    "complex attribute {:?} has no sub-attributes",
+                    a.name
+                ))
+            }
+            (AttrType::Complex, _) if !top_level => {
+                return Err(format!(
+                    "sub-attribute {:?} is complex (RFC 7643 section 2.3.8)",
+                    a.name
+                ))
+            }
+            (AttrType::Complex, subs) => check_attributes(subs, false)?,
+            (_, []) => {}
+            (_, _) => {
+                return Err(format!(
+                    "attribute {:?} has sub-attributes but is not complex",
+                    a.name
+                ))
+            }
+        }
+    }
+    Ok(())
 }

@@ -514,3 +514,65 @@ fn role_values_holding_json_objects_are_unwrapped() {
     let w = prepare_create(&ctx, &user(json!({"roles": [{"value": role}]}))).unwrap();
     assert_eq!(w.data.get("roles").unwrap(), &json!([{"value": role}]));
 }
+
+#[test]
+fn extension_schemas_are_checked_before_they_are_added() {
+    use crate::schema::Schema;
+    let attr = |name: &str, ty: &str| json!({"name": name, "type": ty, "multiValued": false, "mutability": "readWrite", "returned": "default"});
+    let schema = |id: &str, attrs: Value| -> Schema {
+        serde_json::from_value(json!({"id": id, "name": "X", "attributes": attrs})).unwrap()
+    };
+    let ok = schema("urn:example:ext:1.0:User", json!([attr("badge", "string")]));
+    let reg = registry()
+        .with_extension("user", ok.clone(), false)
+        .unwrap();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    assert!(reg.extension(ctx.rt, "URN:EXAMPLE:EXT:1.0:USER").is_some());
+    assert!(reg.schema("urn:example:ext:1.0:User").is_some());
+    // a body carrying it keeps it
+    let w = prepare_create(
+        &ctx,
+        &user(json!({"urn:example:ext:1.0:User": {"BADGE": "b1"}})),
+    )
+    .unwrap();
+    assert_eq!(
+        w.data.get("urn:example:ext:1.0:User").unwrap(),
+        &json!({"badge": "b1"})
+    );
+
+    let refused = |rt: &str, s: Schema| registry().with_extension(rt, s, false).unwrap_err().detail;
+    assert!(refused("Device", ok.clone()).contains("no resource type"));
+    assert!(refused("User", schema("not-a-urn", json!([attr("a", "string")]))).contains("URN"));
+    let again = schema(
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+        json!([attr("a", "string")]),
+    );
+    assert!(refused("User", again).contains("exists already"));
+    let cases = [
+        (json!([attr("1abc", "string")]), "not an attribute name"),
+        (json!([attr("a b", "string")]), "not an attribute name"),
+        (
+            json!([attr("a", "string"), attr("A", "integer")]),
+            "defined twice",
+        ),
+        (json!([attr("c", "complex")]), "no sub-attributes"),
+        (
+            json!([{"name": "c", "type": "complex", "multiValued": false, "mutability": "readWrite", "returned": "default",
+                    "subAttributes": [{"name": "d", "type": "complex", "multiValued": false, "mutability": "readWrite",
+                                       "returned": "default", "subAttributes": [attr("e", "string")]}]}]),
+            "is complex",
+        ),
+        (
+            json!([{"name": "s", "type": "string", "multiValued": false, "mutability": "writeOnly", "returned": "never"}]),
+            "writeOnly",
+        ),
+        (
+            json!([{"name": "u", "type": "string", "multiValued": false, "mutability": "readWrite", "returned": "default", "uniqueness": "server"}]),
+            "uniqueness",
+        ),
+    ];
+    for (attrs, why) in cases {
+        let detail = refused("User", schema("urn:example:bad", attrs.clone()));
+        assert!(detail.contains(why), "{attrs}: {detail}");
+    }
+}

@@ -51,6 +51,10 @@ pub struct Config {
     /// `SCIM_JWT_HS256_SECRET` or `SCIM_JWT_RS256_PUBLIC_KEY_FILE`, with `SCIM_JWT_ISSUER` and
     /// `SCIM_JWT_AUDIENCE`: accept JWT bearer tokens signed with that key
     pub jwt: Option<JwtSettings>,
+    /// `SCIM_SCHEMA_EXTENSIONS`: extension schemas to add, as `ResourceType=path` pairs
+    /// separated by commas (`User=/etc/scim/okta.json,Group=/etc/scim/groups.json`); each file
+    /// holds one schema in the form `/Schemas` returns (RFC 7643 section 7)
+    pub schema_extensions: Vec<(String, std::path::PathBuf)>,
 }
 
 /// Accepted JWT bearer tokens.
@@ -113,6 +117,7 @@ impl Config {
             hash_passwords: true,
             strict: false,
             jwt: None,
+            schema_extensions: Vec::new(),
         }
     }
 
@@ -156,6 +161,7 @@ impl Config {
             write_response_max_members: num("SCIM_WRITE_RESPONSE_MAX_MEMBERS", 1000)?,
             strict: flag("SCIM_STRICT", false)?,
             jwt: jwt_from_env()?,
+            schema_extensions: schema_extensions(var("SCIM_SCHEMA_EXTENSIONS").as_deref())?,
             hash_passwords: match var("SCIM_PASSWORDS")
                 .map(|v| v.to_ascii_lowercase())
                 .as_deref()
@@ -176,6 +182,26 @@ impl Config {
             },
         })
     }
+}
+
+/// Parses `SCIM_SCHEMA_EXTENSIONS` (see [`Config::schema_extensions`]).
+fn schema_extensions(value: Option<&str>) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| match entry.split_once('=') {
+            Some((rt, path)) if !rt.trim().is_empty() && !path.trim().is_empty() => {
+                Ok((rt.trim().to_string(), path.trim().into()))
+            }
+            _ => bail!(
+                "SCIM_SCHEMA_EXTENSIONS entries are ResourceType=path (such as User=/etc/scim/ext.json), got {entry:?}"
+            ),
+        })
+        .collect()
 }
 
 fn jwt_from_env() -> Result<Option<JwtSettings>> {

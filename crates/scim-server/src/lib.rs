@@ -46,6 +46,25 @@ pub fn now() -> String {
     scim_core::time_fmt::format_timestamp(time::OffsetDateTime::now_utc())
 }
 
+/// The built-in schemas plus the configured extension schemas (`SCIM_SCHEMA_EXTENSIONS`).
+pub fn registry_with(extensions: &[(String, std::path::PathBuf)]) -> Result<SchemaRegistry> {
+    let mut registry = SchemaRegistry::builtin().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (rt, path) in extensions {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the extension schema {}", path.display()))?;
+        let schema: scim_core::schema::Schema = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a SCIM schema (RFC 7643 section 7)",
+                path.display()
+            )
+        })?;
+        registry = registry
+            .with_extension(rt, schema, false)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.detail))?;
+    }
+    Ok(registry)
+}
+
 impl AppState {
     /// Opens the store (and migrates, when configured).
     pub fn open(config: Config) -> Result<Self> {
@@ -60,7 +79,7 @@ impl AppState {
                 log::info!("applied {n} migration(s)");
             }
         }
-        let registry = SchemaRegistry::builtin().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let registry = registry_with(&config.schema_extensions)?;
         let capabilities = ServerCapabilities {
             query: config.query,
             max_body_bytes: config.max_body_bytes,

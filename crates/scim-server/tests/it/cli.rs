@@ -147,6 +147,58 @@ fn an_invalid_setting_stops_the_server_naming_the_variable() {
     }
 }
 
+#[test]
+fn an_extension_schema_the_server_cannot_honour_stops_it_naming_the_file_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("secret.json");
+    std::fs::write(
+        &bad,
+        r#"{"id": "urn:example:ext", "name": "X", "attributes": [{"name": "pin", "type": "string",
+            "multiValued": false, "mutability": "writeOnly", "returned": "never"}]}"#,
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.json");
+    let garbled = dir.path().join("garbled.json");
+    std::fs::write(&garbled, "{not json").unwrap();
+    for (value, reason) in [
+        (format!("User={}", bad.display()), "writeOnly"),
+        (format!("Device={}", bad.display()), "no resource type"),
+        (
+            format!("User={}", missing.display()),
+            "reading the extension schema",
+        ),
+        (
+            format!("User={}", garbled.display()),
+            "is not a SCIM schema",
+        ),
+        ("User".to_string(), "SCIM_SCHEMA_EXTENSIONS"),
+    ] {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .env("SCIM_DATABASE_URL", dir.path().join("scim.db"))
+            .env("SCIM_LISTEN", "127.0.0.1:0")
+            .env("SCIM_SCHEMA_EXTENSIONS", &value)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{value}: the server started");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success() && err.contains(reason), "{value}: {err}");
+    }
+}
+
 /// Runs the server binary with `RUST_LOG=level`, sends a token-authorized filtered lookup
 /// that carries personal data in its query, and returns what the server logged.
 fn access_log_under(level: &str) -> String {

@@ -548,3 +548,139 @@ fn a_filter_costing_more_scans_than_allowed_is_too_many() {
         );
     }
 }
+
+/// An Okta-style custom extension (attributes under the app's own URN), declared by
+/// `SCIM_SCHEMA_EXTENSIONS`: stored, returned, filterable and validated like the built-in
+/// extension, and published by discovery.
+#[test]
+fn a_configured_extension_schema_is_stored_filtered_validated_and_published() {
+    const SPACE: &str = "urn:ietf:params:scim:schemas:custom:Space";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("space.json");
+    let attr = |name: &str, ty: &str, multi: bool| {
+        json!({"name": name, "type": ty, "multiValued": multi, "mutability": "readWrite",
+               "returned": "default", "caseExact": false})
+    };
+    let mut profile = attr("profile", "complex", false);
+    profile["subAttributes"] = json!([
+        attr("nickname", "string", false),
+        attr("verified", "boolean", false)
+    ]);
+    let schema = json!({"id": SPACE, "name": "Space", "description": "Okta custom attributes",
+        "attributes": [attr("spaceId", "string", false), attr("level", "integer", false),
+                       attr("badges", "string", true), profile]});
+    std::fs::write(&file, schema.to_string()).unwrap();
+    for db in databases() {
+        let s = TestServer::start_with(&db, |c| {
+            c.schema_extensions = vec![("User".into(), file.clone())]
+        });
+        let body = user(
+            "space.user@example.com",
+            json!({SPACE: {"SpaceId": "S-1", "level": 4, "badges": ["a", "b"],
+                           "profile": {"nickname": "Nick", "verified": "True"}, "unknown": 1}}),
+        );
+        let (status, created, _) = call(&s, reqwest::Method::POST, "/Users", Some(body), &[]);
+        assert_eq!(status, 201, "{} {created}", db.name());
+        assert_eq!(
+            created[SPACE],
+            json!({"spaceId": "S-1", "level": 4, "badges": ["a", "b"],
+                   "profile": {"nickname": "Nick", "verified": true}}),
+            "{}",
+            db.name()
+        );
+        assert!(created["schemas"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(SPACE)));
+        let id = created["id"].as_str().unwrap().to_string();
+        let list = |filter: &str| {
+            let path = format!("/Users?attributes=id&filter={}", url_escape(filter));
+            let (status, body, _) = call(&s, reqwest::Method::GET, &path, None, &[]);
+            assert_eq!(status, 200, "{filter}: {body}");
+            body["totalResults"].as_u64().unwrap()
+        };
+        // filters run on the new attributes, qualified or not, case-insensitively (caseExact false)
+        assert_eq!(
+            list(&format!("{SPACE}:spaceId eq \"s-1\"")),
+            1,
+            "{}",
+            db.name()
+        );
+        assert_eq!(list("level gt 3 and badges eq \"b\""), 1, "{}", db.name());
+        assert_eq!(list("level gt 4"), 0, "{}", db.name());
+        assert_eq!(
+            list(&format!("{SPACE}:profile.verified eq true")),
+            1,
+            "{}",
+            db.name()
+        );
+        // PATCH by path; the schema's types are enforced
+        let patch = |path: &str, value: Value| {
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                   "Operations": [{"op": "replace", "path": path, "value": value}]})
+        };
+        let (status, patched, _) = call(
+            &s,
+            reqwest::Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch(&format!("{SPACE}:level"), json!(7))),
+            &[],
+        );
+        assert_eq!((status, patched[SPACE]["level"].clone()), (200, json!(7)));
+        let (status, err, _) = call(
+            &s,
+            reqwest::Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch("level", json!("high"))),
+            &[],
+        );
+        assert_eq!(
+            (status, err["scimType"].clone()),
+            (400, json!("invalidValue"))
+        );
+        assert_eq!(list("level eq 7"), 1, "{}", db.name());
+        // discovery publishes the schema and the resource type's extension
+        let (status, published, _) = call(
+            &s,
+            reqwest::Method::GET,
+            &format!("/Schemas/{SPACE}"),
+            None,
+            &[],
+        );
+        assert_eq!(status, 200);
+        assert_eq!(published["id"], json!(SPACE));
+        assert_eq!(published["attributes"].as_array().unwrap().len(), 4);
+        let (_, rt, _) = call(&s, reqwest::Method::GET, "/ResourceTypes/User", None, &[]);
+        assert!(rt["schemaExtensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["schema"] == json!(SPACE) && e["required"] == json!(false)));
+    }
+    // Without the setting the same attributes are ignored, as any undeclared extension is.
+    let db = databases().remove(0);
+    let s = TestServer::start(&db);
+    let (status, created, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/Users",
+        Some(user(
+            "plain@example.com",
+            json!({SPACE: {"spaceId": "S-1"}}),
+        )),
+        &[],
+    );
+    assert_eq!(status, 201);
+    assert!(created.get(SPACE).is_none());
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
