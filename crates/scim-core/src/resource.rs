@@ -9,6 +9,7 @@
 //! * `null` and empty arrays mean "no value".
 //! * A boolean may arrive as the string `"True"`/`"false"` (Entra ID).
 //! * A multi-valued attribute may arrive as a single object (OneLogin `emails`).
+//! * `schemas` may name only a SCIM 1.x core URN (OneLogin templates); the endpoint decides.
 //! * A complex attribute with a `value` sub-attribute may arrive as a bare string
 //!   (Entra ID `manager`).
 //! * An element's `value` may be a string holding a JSON object of its sub-attributes
@@ -262,6 +263,9 @@ pub(crate) struct Normalized {
 }
 
 /// Checks the `schemas` attribute of a resource body.
+/// The prefix of the SCIM 1.x core schema URNs.
+const LEGACY_CORE: &str = "urn:scim:schemas:core:";
+
 pub(crate) fn check_schemas(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<(), ScimError> {
     let schemas = body
         .iter()
@@ -277,7 +281,17 @@ pub(crate) fn check_schemas(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<
         v.as_str()
             .is_some_and(|s| s.eq_ignore_ascii_case(&ctx.rt.schema))
     });
-    if !has_core {
+    // Leniency: SCIM 1.x core URNs only (`urn:scim:schemas:core:1.0`, OneLogin's templates):
+    // the endpoint names the resource type, so the body is read as that type.
+    let legacy_core = !ctx.strict
+        && list.iter().any(|v| {
+            v.as_str().is_some_and(|s| {
+                s.len() > LEGACY_CORE.len()
+                    && s.get(..LEGACY_CORE.len())
+                        .is_some_and(|p| p.eq_ignore_ascii_case(LEGACY_CORE))
+            })
+        });
+    if !has_core && !legacy_core {
         return Err(ScimError::invalid_syntax(format!(
             "The 'schemas' attribute must contain \"{}\"",
             ctx.rt.schema

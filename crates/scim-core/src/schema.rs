@@ -287,7 +287,10 @@ impl SchemaRegistry {
             .position(|r| r.id.eq_ignore_ascii_case(resource_type))
             .ok_or_else(|| bad(format!("no resource type {resource_type:?}")))?;
         let urn_ok = schema.id.len() > 4
-            && schema.id[..4].eq_ignore_ascii_case("urn:")
+            && schema
+                .id
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
             && !schema.id.ends_with(':')
             && schema.id.chars().all(|c| c.is_ascii_graphic());
         if !urn_ok {

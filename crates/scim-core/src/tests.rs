@@ -576,3 +576,27 @@ fn extension_schemas_are_checked_before_they_are_added() {
         assert!(detail.contains(why), "{attrs}: {detail}");
     }
 }
+
+#[test]
+fn scim_1_core_urns_alone_are_read_as_the_endpoint_type_unless_strict() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let body = json!({"schemas": ["urn:scim:schemas:core:1.0"], "userName": "ada",
+                      "emails": {"value": "ada@acme.test", "type": "work"}});
+    let w = prepare_create(&ctx, &body).unwrap();
+    assert_eq!(w.data.get("userName").unwrap(), &json!("ada"));
+    let strict = ctx.with_strict(true);
+    let err = prepare_create(&strict, &body).unwrap_err();
+    assert_eq!(err.scim_type, Some(ScimType::InvalidSyntax));
+    // anything else without the core URN is still refused, multi-byte text included
+    for schemas in [
+        json!(["urn:example:other"]),
+        json!(["urn:scim:schemas:core:"]),
+        json!(["urn:scim:schemas:cöre:1.0"]),
+        json!(["ü"]),
+    ] {
+        let err =
+            prepare_create(&ctx, &json!({"schemas": schemas, "userName": "ada"})).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidSyntax), "{schemas}");
+    }
+}
