@@ -262,10 +262,10 @@ pub(crate) struct Normalized {
     pub password: Option<String>,
 }
 
-/// Checks the `schemas` attribute of a resource body.
 /// The prefix of the SCIM 1.x core schema URNs.
 const LEGACY_CORE: &str = "urn:scim:schemas:core:";
 
+/// Checks the `schemas` attribute of a resource body.
 pub(crate) fn check_schemas(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<(), ScimError> {
     let schemas = body
         .iter()

@@ -68,6 +68,8 @@ pub fn registry_with(extensions: &[(String, std::path::PathBuf)]) -> Result<Sche
 impl AppState {
     /// Opens the store (and migrates, when configured).
     pub fn open(config: Config) -> Result<Self> {
+        // Before the database is touched: a schema the server cannot honour stops it first.
+        let registry = registry_with(&config.schema_extensions)?;
         let mut sc = StoreConfig::new(config.database_url.clone());
         sc.pool_size = config.pool_size;
         sc.connection_timeout = config.connect_timeout;
@@ -79,7 +81,6 @@ impl AppState {
                 log::info!("applied {n} migration(s)");
             }
         }
-        let registry = registry_with(&config.schema_extensions)?;
         let capabilities = ServerCapabilities {
             query: config.query,
             max_body_bytes: config.max_body_bytes,
