@@ -28,6 +28,7 @@ fixed_shape_statements!(
     PgDeleteValues: diesel::PgConnection;
     SqliteValue: diesel::SqliteConnection;
     UpdateResource: diesel::PgConnection, diesel::SqliteConnection;
+    UpdateDocument: diesel::PgConnection, diesel::SqliteConnection;
 );
 use crate::schema::group_members;
 
@@ -428,3 +429,41 @@ macro_rules! update_resource_sql {
 }
 
 update_resource_sql!(Sqlite, Pg);
+
+/// An update that leaves `externalId`, `userName` and `displayName` as they are (most PATCHes):
+/// the conditional `UPDATE` of [`UpdateResource`] without the key columns. SQLite rewrites
+/// the index entries of every column a `SET` names, even to the same value, so naming the
+/// three indexed key columns costs three index deletes and inserts (one a uniqueness check)
+/// that change nothing; in a micro-benchmark an update naming them took three times as long.
+pub struct UpdateDocument<'a> {
+    pub id: &'a str,
+    /// the version read
+    pub version: i64,
+    /// `version + 1`
+    pub new_version: i64,
+    pub last_modified: &'a str,
+    pub data: &'a str,
+}
+
+macro_rules! update_document_sql {
+    ($($db:ty),*) => {$(
+        impl QueryFragment<$db> for UpdateDocument<'_> {
+            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, $db>) -> QueryResult<()> {
+                use diesel::sql_types::{BigInt, Text};
+                out.push_sql("UPDATE resources SET version = ");
+                out.push_bind_param::<BigInt, _>(&self.new_version)?;
+                out.push_sql(", last_modified = ");
+                out.push_bind_param::<Text, _>(&self.last_modified)?;
+                out.push_sql(", data = ");
+                out.push_bind_param::<Text, _>(&self.data)?;
+                out.push_sql(" WHERE id = ");
+                out.push_bind_param::<Text, _>(&self.id)?;
+                out.push_sql(" AND version = ");
+                out.push_bind_param::<BigInt, _>(&self.version)?;
+                Ok(())
+            }
+        }
+    )*};
+}
+
+update_document_sql!(Sqlite, Pg);

@@ -1724,18 +1724,35 @@ impl ResourceStore for DieselStore {
                     // Every refusal comes before the first write (see `GroupWriter`).
                     let member_ops =
                         check_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
-                    let update = backend::UpdateResource {
-                        id,
-                        version: current.version,
-                        new_version: current.version + 1,
-                        last_modified: now,
-                        external_id: write.external_id.as_deref(),
-                        user_name_ci: write.keys.user_name.as_deref(),
-                        display_name_ci: write.keys.display_name.as_deref(),
-                        display: write.keys.display.as_deref(),
-                        data: &data,
+                    // The key columns are derived from `userName` and `displayName` alone
+                    // (`index_keys`), so equal attributes mean equal keys.
+                    let keys_unchanged = write.external_id == current.external_id
+                        && ["userName", "displayName"]
+                            .iter()
+                            .all(|k| write.data.get(*k) == current.data.get(*k));
+                    let n = if keys_unchanged {
+                        let update = backend::UpdateDocument {
+                            id,
+                            version: current.version,
+                            new_version: current.version + 1,
+                            last_modified: now,
+                            data: &data,
+                        };
+                        native!(&mut *c, |c| update.execute(c))?
+                    } else {
+                        let update = backend::UpdateResource {
+                            id,
+                            version: current.version,
+                            new_version: current.version + 1,
+                            last_modified: now,
+                            external_id: write.external_id.as_deref(),
+                            user_name_ci: write.keys.user_name.as_deref(),
+                            display_name_ci: write.keys.display_name.as_deref(),
+                            display: write.keys.display.as_deref(),
+                            data: &data,
+                        };
+                        native!(&mut *c, |c| update.execute(c))?
                     };
-                    let n = native!(&mut *c, |c| update.execute(c))?;
                     if n == 0 {
                         return Ok(None); // lost a race: retry
                     }

@@ -406,6 +406,50 @@ fn user_name_is_unique_case_insensitively_per_tenant() {
             s.get(T, "User", "u3", Include::default()).unwrap().data["userName"],
             json!("ÅSA")
         );
+        // An update that leaves the keys alone (written without the key columns) keeps them.
+        let cur = s.get(T, "User", "u1", Include::default()).unwrap();
+        s.update(T, "User", "u1", NOW, None, Include::default(), &mut |_| {
+            Ok(patched(&reg, &cur, "title", "Boss"))
+        })
+        .unwrap();
+        assert!(
+            matches!(
+                s.create(
+                    T,
+                    "User",
+                    "u5",
+                    NOW,
+                    user(&reg, "BOB@example.com"),
+                    Include::default()
+                ),
+                Err(StoreError::Conflict(_))
+            ),
+            "{}: a title change must keep userName taken",
+            db.name
+        );
+        // A rename moves the key: the old name is free, the new one taken.
+        let cur = s.get(T, "User", "u3", Include::default()).unwrap();
+        s.update(T, "User", "u3", NOW, None, Include::default(), &mut |_| {
+            Ok(patched(&reg, &cur, "userName", "Carol"))
+        })
+        .unwrap();
+        s.create(T, "User", "u6", NOW, user(&reg, "åsa"), Include::default())
+            .unwrap();
+        assert!(
+            matches!(
+                s.create(
+                    T,
+                    "User",
+                    "u7",
+                    NOW,
+                    user(&reg, "CAROL"),
+                    Include::default()
+                ),
+                Err(StoreError::Conflict(_))
+            ),
+            "{}: a renamed user must hold its new name",
+            db.name
+        );
     }
 }
 
