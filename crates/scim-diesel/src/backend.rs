@@ -380,61 +380,18 @@ impl QueryFragment<Pg> for PgCreate<'_> {
     }
 }
 
-/// The versioned update of a resource's document and key columns, as a statement of fixed
-/// shape on both databases (diesel's `UPDATE … SET` is not kept prepared: it was parsed and
-/// planned anew on every PATCH). Changes nothing when the stored version is no longer
-/// `version`; then the caller lost a race.
+/// The versioned update of a resource's document, as a statement of fixed shape on both
+/// databases (diesel's `UPDATE … SET` is not kept prepared: it was parsed and planned anew on
+/// every PATCH). Changes nothing when the stored version is no longer `version`; then the
+/// caller lost a race.
+///
+/// This one leaves the key columns alone, for updates whose `externalId`, `userName` and
+/// `displayName` are unchanged (most PATCHes): SQLite rewrites the index entries of every
+/// column a `SET` names, even to the same value, so naming the three indexed key columns
+/// costs three index deletes and inserts (one a uniqueness check) that change nothing; in a
+/// micro-benchmark an update naming them took three times as long. [`UpdateResource`] sets
+/// them too.
 #[allow(missing_docs)]
-pub struct UpdateResource<'a> {
-    pub id: &'a str,
-    /// the version read
-    pub version: i64,
-    /// `version + 1`
-    pub new_version: i64,
-    pub last_modified: &'a str,
-    pub external_id: Option<&'a str>,
-    pub user_name_ci: Option<&'a str>,
-    pub display_name_ci: Option<&'a str>,
-    pub display: Option<&'a str>,
-    pub data: &'a str,
-}
-
-macro_rules! update_resource_sql {
-    ($($db:ty),*) => {$(
-        impl QueryFragment<$db> for UpdateResource<'_> {
-            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, $db>) -> QueryResult<()> {
-                use diesel::sql_types::{BigInt, Nullable, Text};
-                out.push_sql("UPDATE resources SET version = ");
-                out.push_bind_param::<BigInt, _>(&self.new_version)?;
-                out.push_sql(", last_modified = ");
-                out.push_bind_param::<Text, _>(&self.last_modified)?;
-                out.push_sql(", external_id = ");
-                out.push_bind_param::<Nullable<Text>, _>(&self.external_id)?;
-                out.push_sql(", user_name_ci = ");
-                out.push_bind_param::<Nullable<Text>, _>(&self.user_name_ci)?;
-                out.push_sql(", display_name_ci = ");
-                out.push_bind_param::<Nullable<Text>, _>(&self.display_name_ci)?;
-                out.push_sql(", display = ");
-                out.push_bind_param::<Nullable<Text>, _>(&self.display)?;
-                out.push_sql(", data = ");
-                out.push_bind_param::<Text, _>(&self.data)?;
-                out.push_sql(" WHERE id = ");
-                out.push_bind_param::<Text, _>(&self.id)?;
-                out.push_sql(" AND version = ");
-                out.push_bind_param::<BigInt, _>(&self.version)?;
-                Ok(())
-            }
-        }
-    )*};
-}
-
-update_resource_sql!(Sqlite, Pg);
-
-/// An update that leaves `externalId`, `userName` and `displayName` as they are (most PATCHes):
-/// the conditional `UPDATE` of [`UpdateResource`] without the key columns. SQLite rewrites
-/// the index entries of every column a `SET` names, even to the same value, so naming the
-/// three indexed key columns costs three index deletes and inserts (one a uniqueness check)
-/// that change nothing; in a micro-benchmark an update naming them took three times as long.
 pub struct UpdateDocument<'a> {
     pub id: &'a str,
     /// the version read
@@ -445,25 +402,66 @@ pub struct UpdateDocument<'a> {
     pub data: &'a str,
 }
 
-macro_rules! update_document_sql {
+/// The key columns derived from a document (see `scim_core::resource::index_keys`).
+#[allow(missing_docs)]
+pub struct KeyColumns<'a> {
+    pub external_id: Option<&'a str>,
+    pub user_name_ci: Option<&'a str>,
+    pub display_name_ci: Option<&'a str>,
+    pub display: Option<&'a str>,
+}
+
+/// [`UpdateDocument`] that also sets the key columns.
+pub struct UpdateResource<'a> {
+    /// the document and version
+    pub doc: UpdateDocument<'a>,
+    /// the new key columns
+    pub keys: KeyColumns<'a>,
+}
+
+/// `UPDATE resources SET …` for `$doc` (an `UpdateDocument`) and, if `$keys` is `Some`, the
+/// key columns.
+macro_rules! push_update {
+    ($out:ident, $doc:expr, $keys:expr) => {{
+        use diesel::sql_types::{BigInt, Nullable, Text};
+        let doc = $doc;
+        $out.push_sql("UPDATE resources SET version = ");
+        $out.push_bind_param::<BigInt, _>(&doc.new_version)?;
+        $out.push_sql(", last_modified = ");
+        $out.push_bind_param::<Text, _>(&doc.last_modified)?;
+        if let Some(k) = $keys {
+            $out.push_sql(", external_id = ");
+            $out.push_bind_param::<Nullable<Text>, _>(&k.external_id)?;
+            $out.push_sql(", user_name_ci = ");
+            $out.push_bind_param::<Nullable<Text>, _>(&k.user_name_ci)?;
+            $out.push_sql(", display_name_ci = ");
+            $out.push_bind_param::<Nullable<Text>, _>(&k.display_name_ci)?;
+            $out.push_sql(", display = ");
+            $out.push_bind_param::<Nullable<Text>, _>(&k.display)?;
+        }
+        $out.push_sql(", data = ");
+        $out.push_bind_param::<Text, _>(&doc.data)?;
+        $out.push_sql(" WHERE id = ");
+        $out.push_bind_param::<Text, _>(&doc.id)?;
+        $out.push_sql(" AND version = ");
+        $out.push_bind_param::<BigInt, _>(&doc.version)?;
+        Ok(())
+    }};
+}
+
+macro_rules! update_sql {
     ($($db:ty),*) => {$(
         impl QueryFragment<$db> for UpdateDocument<'_> {
             fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, $db>) -> QueryResult<()> {
-                use diesel::sql_types::{BigInt, Text};
-                out.push_sql("UPDATE resources SET version = ");
-                out.push_bind_param::<BigInt, _>(&self.new_version)?;
-                out.push_sql(", last_modified = ");
-                out.push_bind_param::<Text, _>(&self.last_modified)?;
-                out.push_sql(", data = ");
-                out.push_bind_param::<Text, _>(&self.data)?;
-                out.push_sql(" WHERE id = ");
-                out.push_bind_param::<Text, _>(&self.id)?;
-                out.push_sql(" AND version = ");
-                out.push_bind_param::<BigInt, _>(&self.version)?;
-                Ok(())
+                push_update!(out, self, None::<&KeyColumns<'_>>)
+            }
+        }
+        impl QueryFragment<$db> for UpdateResource<'_> {
+            fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, $db>) -> QueryResult<()> {
+                push_update!(out, &self.doc, Some(&self.keys))
             }
         }
     )*};
 }
 
-update_document_sql!(Sqlite, Pg);
+update_sql!(Sqlite, Pg);

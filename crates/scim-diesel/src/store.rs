@@ -1730,26 +1730,24 @@ impl ResourceStore for DieselStore {
                         && ["userName", "displayName"]
                             .iter()
                             .all(|k| write.data.get(*k) == current.data.get(*k));
+                    let doc = backend::UpdateDocument {
+                        id,
+                        version: current.version,
+                        new_version: current.version + 1,
+                        last_modified: now,
+                        data: &data,
+                    };
                     let n = if keys_unchanged {
-                        let update = backend::UpdateDocument {
-                            id,
-                            version: current.version,
-                            new_version: current.version + 1,
-                            last_modified: now,
-                            data: &data,
-                        };
-                        native!(&mut *c, |c| update.execute(c))?
+                        native!(&mut *c, |c| doc.execute(c))?
                     } else {
                         let update = backend::UpdateResource {
-                            id,
-                            version: current.version,
-                            new_version: current.version + 1,
-                            last_modified: now,
-                            external_id: write.external_id.as_deref(),
-                            user_name_ci: write.keys.user_name.as_deref(),
-                            display_name_ci: write.keys.display_name.as_deref(),
-                            display: write.keys.display.as_deref(),
-                            data: &data,
+                            doc,
+                            keys: backend::KeyColumns {
+                                external_id: write.external_id.as_deref(),
+                                user_name_ci: write.keys.user_name.as_deref(),
+                                display_name_ci: write.keys.display_name.as_deref(),
+                                display: write.keys.display.as_deref(),
+                            },
                         };
                         native!(&mut *c, |c| update.execute(c))?
                     };
