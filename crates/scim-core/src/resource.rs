@@ -463,7 +463,9 @@ pub(crate) fn validate(
     Ok(())
 }
 
-/// Computes the index keys of a document.
+/// Computes the index keys of a document. They depend on `userName` and `displayName` only:
+/// the diesel store relies on that to skip rewriting its key columns when an update leaves
+/// both (and `externalId`) unchanged; a new input here must be compared there too.
 pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
     let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
     let user_name = if ctx.is_user() { s("userName") } else { None };
