@@ -463,18 +463,31 @@ pub(crate) fn validate(
     Ok(())
 }
 
-/// Computes the index keys of a document. They depend on `userName` and `displayName` only:
-/// the diesel store relies on that to skip rewriting its key columns when an update leaves
-/// both (and `externalId`) unchanged; a new input here must be compared there too.
+/// The attributes [`index_keys`] reads: the user name and the display name.
+const KEY_ATTRIBUTES: [&str; 2] = ["userName", "displayName"];
+
+/// Computes the index keys of a document (from [`KEY_ATTRIBUTES`] only).
 pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
+    let [user_name_attr, display_name_attr] = KEY_ATTRIBUTES;
     let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
-    let user_name = if ctx.is_user() { s("userName") } else { None };
-    let display_name = s("displayName");
+    let user_name = if ctx.is_user() {
+        s(user_name_attr)
+    } else {
+        None
+    };
+    let display_name = s(display_name_attr);
     IndexKeys {
         user_name: user_name.as_deref().map(fold),
         display_name: display_name.as_deref().map(fold),
         display: display_name.or(user_name),
     }
+}
+
+/// Whether two documents of one resource have the same [`index_keys`], without computing
+/// them: the attributes the keys are read from are equal. A store can then leave its key
+/// columns (and their indexes) as they are.
+pub fn same_index_keys(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+    KEY_ATTRIBUTES.iter().all(|k| a.get(*k) == b.get(*k))
 }
 
 /// Validates a POST body and turns it into a write.

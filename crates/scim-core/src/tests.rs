@@ -600,3 +600,39 @@ fn scim_1_core_urns_alone_are_read_as_the_endpoint_type_unless_strict() {
         assert_eq!(err.scim_type, Some(ScimType::InvalidSyntax), "{schemas}");
     }
 }
+
+#[test]
+fn documents_with_the_same_key_attributes_have_the_same_index_keys() {
+    use crate::resource::{index_keys, same_index_keys};
+    let reg = registry();
+    let docs = [
+        json!({"userName": "Ada", "displayName": "Ada L", "title": "x"}),
+        json!({"userName": "Ada", "displayName": "Ada L", "title": "y", "active": true}),
+        json!({"userName": "ada", "displayName": "Ada L"}),
+        json!({"userName": "Ada"}),
+        json!({"userName": "Ada", "displayName": null}),
+        json!({"displayName": "Ada L"}),
+    ];
+    for rt in ["User", "Group"] {
+        let ctx = Ctx::new(&reg, rt).unwrap();
+        for a in &docs {
+            for b in &docs {
+                let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+                if same_index_keys(a, b) {
+                    assert_eq!(
+                        index_keys(&ctx, a),
+                        index_keys(&ctx, b),
+                        "{rt}: {a:?} {b:?}"
+                    );
+                }
+            }
+        }
+    }
+    let (a, b) = (docs[0].as_object().unwrap(), docs[1].as_object().unwrap());
+    assert!(same_index_keys(a, b), "a title change leaves the keys");
+    let (a, c) = (docs[0].as_object().unwrap(), docs[2].as_object().unwrap());
+    assert!(
+        !same_index_keys(a, c),
+        "any change of userName, even of case only, takes the update that rewrites the keys"
+    );
+}

@@ -1724,12 +1724,8 @@ impl ResourceStore for DieselStore {
                     // Every refusal comes before the first write (see `GroupWriter`).
                     let member_ops =
                         check_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
-                    // The key columns are derived from `userName` and `displayName` alone
-                    // (`index_keys`), so equal attributes mean equal keys.
                     let keys_unchanged = write.external_id == current.external_id
-                        && ["userName", "displayName"]
-                            .iter()
-                            .all(|k| write.data.get(*k) == current.data.get(*k));
+                        && scim_core::resource::same_index_keys(&write.data, &current.data);
                     let doc = backend::UpdateDocument {
                         id,
                         version: current.version,

@@ -406,47 +406,33 @@ fn user_name_is_unique_case_insensitively_per_tenant() {
             s.get(T, "User", "u3", Include::default()).unwrap().data["userName"],
             json!("ÅSA")
         );
-        // An update that leaves the keys alone (written without the key columns) keeps them.
-        let cur = s.get(T, "User", "u1", Include::default()).unwrap();
-        s.update(T, "User", "u1", NOW, None, Include::default(), &mut |_| {
-            Ok(patched(&reg, &cur, "title", "Boss"))
-        })
-        .unwrap();
-        assert!(
+        // Whether creating `name` (as a new resource `id`) is refused as taken.
+        let taken = |id: &str, name: &str| {
             matches!(
-                s.create(
-                    T,
-                    "User",
-                    "u5",
-                    NOW,
-                    user(&reg, "BOB@example.com"),
-                    Include::default()
-                ),
+                s.create(T, "User", id, NOW, user(&reg, name), Include::default()),
                 Err(StoreError::Conflict(_))
-            ),
+            )
+        };
+        let patch = |id: &str, attr: &str, value: &str| {
+            let cur = s.get(T, "User", id, Include::default()).unwrap();
+            s.update(T, "User", id, NOW, None, Include::default(), &mut |_| {
+                Ok(patched(&reg, &cur, attr, value))
+            })
+            .unwrap();
+        };
+        // An update that leaves the keys alone (written without the key columns) keeps them.
+        patch("u1", "title", "Boss");
+        assert!(
+            taken("u5", "BOB@example.com"),
             "{}: a title change must keep userName taken",
             db.name
         );
         // A rename moves the key: the old name is free, the new one taken.
-        let cur = s.get(T, "User", "u3", Include::default()).unwrap();
-        s.update(T, "User", "u3", NOW, None, Include::default(), &mut |_| {
-            Ok(patched(&reg, &cur, "userName", "Carol"))
-        })
-        .unwrap();
+        patch("u3", "userName", "Carol");
         s.create(T, "User", "u6", NOW, user(&reg, "åsa"), Include::default())
             .unwrap();
         assert!(
-            matches!(
-                s.create(
-                    T,
-                    "User",
-                    "u7",
-                    NOW,
-                    user(&reg, "CAROL"),
-                    Include::default()
-                ),
-                Err(StoreError::Conflict(_))
-            ),
+            taken("u7", "CAROL"),
             "{}: a renamed user must hold its new name",
             db.name
         );
