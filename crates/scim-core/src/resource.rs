@@ -9,6 +9,7 @@
 //! * `null` and empty arrays mean "no value".
 //! * A boolean may arrive as the string `"True"`/`"false"` (Entra ID).
 //! * A multi-valued attribute may arrive as a single object (OneLogin `emails`).
+//! * `roles` may arrive as one comma-joined string (OneLogin), split into one role each.
 //! * `schemas` may name only a SCIM 1.x core URN (OneLogin templates); the endpoint decides.
 //! * A complex attribute with a `value` sub-attribute may arrive as a bare string
 //!   (Entra ID `manager`).
@@ -85,8 +86,16 @@ pub fn coerce(attr: &Attribute, value: &Value, lenient: bool) -> Result<Option<V
         return Ok(None);
     }
     if attr.multi_valued {
+        let split;
         let items: Vec<&Value> = match value {
             Value::Array(items) => items.iter().collect(),
+            // Leniency: `roles` joined into one string (`"admin, billing"`): OneLogin
+            // collapses a role list that is not flagged multi-valued into one value. Only a
+            // bare string is split; an array (or objects) keeps a role name with a comma.
+            Value::String(joined) if lenient && attr.name == "roles" => {
+                split = split_roles(joined);
+                split.iter().collect()
+            }
             // Leniency: one object for a multi-valued attribute (OneLogin `emails`).
             other if lenient => vec![other],
             _ => {
@@ -119,6 +128,16 @@ pub fn coerce(attr: &Attribute, value: &Value, lenient: bool) -> Result<Option<V
         };
     }
     coerce_single(attr, value, lenient)
+}
+
+/// The role names of a comma-joined `roles` string, trimmed, without empty ones.
+fn split_roles(joined: &str) -> Vec<Value> {
+    joined
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| Value::String(r.to_string()))
+        .collect()
 }
 
 fn coerce_single(

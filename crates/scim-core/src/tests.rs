@@ -636,3 +636,33 @@ fn documents_with_the_same_key_attributes_have_the_same_index_keys() {
         "any change of userName, even of case only, takes the update that rewrites the keys"
     );
 }
+
+#[test]
+fn roles_joined_into_one_string_are_split_unless_strict() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let body = json!({"schemas": [crate::urns::USER], "userName": "ada", "roles": " admin, billing ,,Sales "});
+    let w = prepare_create(&ctx, &body).unwrap();
+    assert_eq!(
+        w.data.get("roles").unwrap(),
+        &json!([{"value": "admin"}, {"value": "billing"}, {"value": "Sales"}])
+    );
+    // an array keeps a role name with a comma as it is
+    let body = json!({"schemas": [crate::urns::USER], "userName": "ada", "roles": ["Sales, EMEA"]});
+    let w = prepare_create(&ctx, &body).unwrap();
+    assert_eq!(
+        w.data.get("roles").unwrap(),
+        &json!([{"value": "Sales, EMEA"}])
+    );
+    // other multi-valued attributes are not split
+    let body = json!({"schemas": [crate::urns::USER], "userName": "ada", "entitlements": "a,b"});
+    let w = prepare_create(&ctx, &body).unwrap();
+    assert_eq!(
+        w.data.get("entitlements").unwrap(),
+        &json!([{"value": "a,b"}])
+    );
+    let strict = ctx.with_strict(true);
+    let body = json!({"schemas": [crate::urns::USER], "userName": "ada", "roles": "admin,billing"});
+    let err = prepare_create(&strict, &body).unwrap_err();
+    assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
+}
