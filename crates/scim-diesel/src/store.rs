@@ -906,11 +906,12 @@ impl DieselStore {
         id: &str,
         if_match: Option<i64>,
         update: &mut UpdateFn<'_>,
-    ) -> Option<(ResourceRecord, ResourceWrite, Vec<StoredValue>)> {
+    ) -> Option<UpdatePlan> {
         let mut conn = self.conn().ok()?;
         let (current, write) = prepare_update(&mut conn, tenant, rt, id, if_match, update).ok()?;
         let stored = stored_values(&mut conn, id).ok()?;
-        Some((current, write, stored))
+        drop(conn);
+        UpdatePlan::new(current, write, stored).ok()
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
@@ -1094,10 +1095,10 @@ fn value_rows<'a>(
     tenant: &'a str,
     rt: &'a str,
     id: &'a str,
-    values: &'a [scim_core::index::IndexRow],
+    values: impl IntoIterator<Item = &'a scim_core::index::IndexRow>,
 ) -> Vec<backend::ValueRow<'a>> {
     values
-        .iter()
+        .into_iter()
         .map(|v| backend::ValueRow {
             resource_id: id,
             tenant_id: tenant,
@@ -1135,43 +1136,25 @@ fn stored_values(conn: &mut AnyConnection, id: &str) -> QueryResult<Vec<StoredVa
     native!(&mut *conn, |c| query.load(c))
 }
 
-/// What a resource has of attribute-value index rows before a write.
-enum Stored {
-    /// none: a new resource
-    Nothing,
-    /// to be read by the write
-    Unknown,
-    /// these, as read for the version the write replaces
-    Known(Vec<StoredValue>),
+/// Which of a resource's attribute-value index rows a write changes, as positions: stored
+/// rows to delete (in the stored list) and new rows to insert (in the new list). Rows equal in
+/// both are left alone: a PATCH of two attributes touches a few index entries instead of
+/// deleting and re-inserting all of them (each a scattered index page).
+struct ValueDiff {
+    stale: Vec<usize>,
+    insert: Vec<usize>,
 }
 
-/// Writes the attribute-value index rows of one resource: of those already stored, only the
-/// ones that differ.
-fn write_values(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    rt: &str,
-    id: &str,
-    values: &[scim_core::index::IndexRow],
-    stored: Stored,
-) -> QueryResult<()> {
-    let mut keep = vec![false; values.len()];
-    let old = match stored {
-        Stored::Nothing => Vec::new(),
-        Stored::Unknown => stored_values(conn, id)?,
-        Stored::Known(old) => old,
-    };
-    if !old.is_empty() {
-        // Only the rows that changed are written: a PATCH of two attributes touches a few
-        // index entries instead of deleting and re-inserting all of them (each a scattered
-        // index page).
+impl ValueDiff {
+    fn new(values: &[scim_core::index::IndexRow], old: &[StoredValue]) -> Self {
+        let mut keep = vec![false; values.len()];
         let position: HashMap<(&str, i64), usize> = values
             .iter()
             .enumerate()
             .map(|(i, v)| ((v.path.as_str(), v.ordinal), i))
             .collect();
-        let mut stale: Vec<(&str, i64)> = Vec::new();
-        for (path, ordinal, str_value, num_value, bool_value) in &old {
+        let mut stale = Vec::new();
+        for (at, (path, ordinal, str_value, num_value, bool_value)) in old.iter().enumerate() {
             let same = position.get(&(path.as_str(), *ordinal)).filter(|&&i| {
                 let v = &values[i];
                 v.str_value == *str_value
@@ -1180,19 +1163,178 @@ fn write_values(
             });
             match same {
                 Some(&i) => keep[i] = true,
-                None => stale.push((path.as_str(), *ordinal)),
+                None => stale.push(at),
             }
         }
-        backend::delete_values(conn, id, &stale)?;
+        let insert = (0..values.len()).filter(|&i| !keep[i]).collect();
+        ValueDiff { stale, insert }
     }
-    let changed: Vec<scim_core::index::IndexRow> = values
-        .iter()
-        .zip(&keep)
-        .filter(|(_, kept)| !**kept)
-        .map(|(v, _)| v.clone())
-        .collect();
-    backend::insert_values(conn, &value_rows(tenant, rt, id, &changed))?;
-    Ok(())
+
+    /// Deletes the stale rows and inserts the new ones.
+    fn write(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        values: &[scim_core::index::IndexRow],
+        old: &[StoredValue],
+    ) -> QueryResult<()> {
+        let stale: Vec<(&str, i64)> = self
+            .stale
+            .iter()
+            .map(|&i| (old[i].0.as_str(), old[i].1))
+            .collect();
+        backend::delete_values(conn, id, &stale)?;
+        let rows = value_rows(tenant, rt, id, self.insert.iter().map(|&i| &values[i]));
+        backend::insert_values(conn, &rows)?;
+        Ok(())
+    }
+}
+
+/// An update worked out in full from the resource as read: everything but the statements
+/// themselves, so that on SQLite it can be made before the update takes the one writer, which
+/// then only compares the version and runs the statements (the document's serialization, the
+/// comparisons with the stored document and index rows, and freeing the old document stay
+/// off the writer).
+struct UpdatePlan {
+    current: ResourceRecord,
+    write: ResourceWrite,
+    /// the new document as stored text; `None`: the update changes nothing
+    data: Option<String>,
+    /// `externalId`, `userName` and `displayName` are unchanged, so their columns (and their
+    /// index entries) are left alone
+    keys_unchanged: bool,
+    /// the resource's index rows as stored for `current`
+    old_values: Vec<StoredValue>,
+    diff: ValueDiff,
+}
+
+impl UpdatePlan {
+    fn new(
+        current: ResourceRecord,
+        write: ResourceWrite,
+        old_values: Vec<StoredValue>,
+    ) -> Result<Self, StoreError> {
+        let unchanged = write.member_ops.is_empty()
+            && write.data == *current.data
+            && write.external_id == current.external_id
+            && write.password == SecretChange::Keep;
+        let data = match unchanged {
+            true => None,
+            false => Some(
+                serde_json::to_string(&write.data)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?,
+            ),
+        };
+        let keys_unchanged = write.external_id == current.external_id
+            && scim_core::resource::same_index_keys(&write.data, &current.data);
+        let diff = ValueDiff::new(&write.values, &old_values);
+        Ok(UpdatePlan {
+            current,
+            write,
+            data,
+            keys_unchanged,
+            old_values,
+            diff,
+        })
+    }
+
+    /// Runs the update's statements in the caller's transaction. `Ok(None)`: the stored version
+    /// is no longer the one planned from (a lost race; nothing was written). `Ok(Some(n))`:
+    /// written, with `n` membership rows named.
+    fn run(
+        &self,
+        conn: &mut AnyConnection,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        now: &str,
+    ) -> Result<Option<u64>, TxError> {
+        let Some(data) = &self.data else {
+            return Ok(Some(0));
+        };
+        let (current, write) = (&self.current, &self.write);
+        // Every refusal comes before the first write (see `GroupWriter`).
+        let member_ops =
+            check_member_ops(conn, tenant, id, &write.member_ops, write.unknown_members)?;
+        let doc = backend::UpdateDocument {
+            id,
+            version: current.version,
+            new_version: current.version + 1,
+            last_modified: now,
+            data,
+        };
+        let n = if self.keys_unchanged {
+            native!(&mut *conn, |c| doc.execute(c))?
+        } else {
+            let update = backend::UpdateResource {
+                doc,
+                keys: backend::KeyColumns {
+                    external_id: write.external_id.as_deref(),
+                    user_name_ci: write.keys.user_name.as_deref(),
+                    display_name_ci: write.keys.display_name.as_deref(),
+                    display: write.keys.display.as_deref(),
+                },
+            };
+            native!(&mut *conn, |c| update.execute(c))?
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        apply_member_ops(conn, id, &member_ops)?;
+        self.diff
+            .write(conn, tenant, rt, id, &write.values, &self.old_values)?;
+        let hash = match &write.password {
+            SecretChange::Keep => None,
+            SecretChange::Set(h) => Some(Some(h.as_str())),
+            SecretChange::Clear => Some(None),
+        };
+        if let Some(hash) = hash {
+            diesel::update(resources::table.filter(resources::id.eq(id)))
+                .set(resources::password_hash.eq(hash))
+                .execute(conn)?;
+        }
+        Ok(Some(ops_rows(&write.member_ops)))
+    }
+
+    /// The resource as the update left it.
+    fn into_record(self, now: &str) -> ResourceRecord {
+        if self.data.is_none() {
+            return self.current;
+        }
+        ResourceRecord {
+            version: self.current.version + 1,
+            last_modified: now.to_string(),
+            external_id: self.write.external_id,
+            data: self.write.data.into(),
+            ..self.current
+        }
+    }
+}
+
+/// The memberships `include` asks for of one resource, read in the caller's transaction:
+/// `(members, groups)`, each `None` where [`fill_includes`] would leave it unset.
+type Links = (Option<Vec<MemberRef>>, Option<Vec<MemberRef>>);
+
+fn links_of(conn: &mut AnyConnection, id: &str, rt: &str, include: Include) -> QueryResult<Links> {
+    if !include.members && !include.groups {
+        return Ok((None, None));
+    }
+    let mut one = [ResourceRecord {
+        id: id.to_string(),
+        resource_type: rt.to_string(),
+        version: 0,
+        created: String::new(),
+        last_modified: String::new(),
+        external_id: None,
+        data: serde_json::Map::new().into(),
+        members: None,
+        groups: None,
+    }];
+    fill_includes(conn, &mut one, include)?;
+    let [one] = one;
+    Ok((one.members, one.groups))
 }
 
 /// Checks a write's membership operations before anything is written (a refusal then leaves
@@ -1385,7 +1527,7 @@ impl ResourceStore for DieselStore {
                     ))
                     .execute(c))?;
                 apply_member_ops(c, id, &member_ops)?;
-                write_values(c, tenant, rt, id, &write.values, Stored::Nothing)?;
+                backend::insert_values(c, &value_rows(tenant, rt, id, &write.values))?;
                 members(c)
             })
         };
@@ -1690,95 +1832,49 @@ impl ResourceStore for DieselStore {
         include: Include,
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
-        let mut touched = 0u64;
-        let mut prepared = match self.writer {
+        let prepared = match self.writer {
             Some(_) => self.prepare_outside_writer(tenant, rt, id, if_match, update),
             None => None,
         };
         // The row is locked before it is read; the conditional UPDATE is a second line of
         // defence, and a lost race retries the whole read-modify-write on the fresh row.
         for _attempt in 0..8 {
-            let result: Result<Option<ResourceRecord>, TxError> = self.write(|c| {
+            // The writer runs the statements of a plan made outside it while the version it
+            // was made from is still the stored one; otherwise it plans again from the row as
+            // it is now, and hands that plan out. The record is built after the writer.
+            let result = self.write(|c| {
                 backend::lock_resource(c, id)?;
-                let (current, write, stored) = match prepared.take() {
-                    // Prepared from the row as it still is: the same write as made here.
-                    Some((current, write, stored))
-                        if version_of(c, tenant, rt, id)? == Some(current.version) =>
-                    {
-                        (current, write, Stored::Known(stored))
+                let mut inside = None;
+                let plan = match &prepared {
+                    Some(plan) if version_of(c, tenant, rt, id)? == Some(plan.current.version) => {
+                        plan
                     }
                     _ => {
                         let (current, write) = prepare_update(c, tenant, rt, id, if_match, update)?;
-                        (current, write, Stored::Unknown)
+                        let stored = stored_values(c, id)?;
+                        &*inside.insert(UpdatePlan::new(current, write, stored)?)
                     }
                 };
-                let unchanged = write.member_ops.is_empty()
-                    && write.data == *current.data
-                    && write.external_id == current.external_id
-                    && write.password == SecretChange::Keep;
-                let mut rec = if unchanged {
-                    current
-                } else {
-                    let data = serde_json::to_string(&write.data)
-                        .map_err(|e| StoreError::Backend(e.to_string()))?;
-                    // Every refusal comes before the first write (see `GroupWriter`).
-                    let member_ops =
-                        check_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
-                    let keys_unchanged = write.external_id == current.external_id
-                        && scim_core::resource::same_index_keys(&write.data, &current.data);
-                    let doc = backend::UpdateDocument {
-                        id,
-                        version: current.version,
-                        new_version: current.version + 1,
-                        last_modified: now,
-                        data: &data,
-                    };
-                    let n = if keys_unchanged {
-                        native!(&mut *c, |c| doc.execute(c))?
-                    } else {
-                        let update = backend::UpdateResource {
-                            doc,
-                            keys: backend::KeyColumns {
-                                external_id: write.external_id.as_deref(),
-                                user_name_ci: write.keys.user_name.as_deref(),
-                                display_name_ci: write.keys.display_name.as_deref(),
-                                display: write.keys.display.as_deref(),
-                            },
-                        };
-                        native!(&mut *c, |c| update.execute(c))?
-                    };
-                    if n == 0 {
-                        return Ok(None); // lost a race: retry
-                    }
-                    touched = ops_rows(&write.member_ops);
-                    apply_member_ops(c, id, &member_ops)?;
-                    write_values(c, tenant, rt, id, &write.values, stored)?;
-                    let hash = match &write.password {
-                        SecretChange::Keep => None,
-                        SecretChange::Set(h) => Some(Some(h.as_str())),
-                        SecretChange::Clear => Some(None),
-                    };
-                    if let Some(hash) = hash {
-                        diesel::update(resources::table.filter(resources::id.eq(id)))
-                            .set(resources::password_hash.eq(hash))
-                            .execute(c)?;
-                    }
-                    ResourceRecord {
-                        version: current.version + 1,
-                        last_modified: now.to_string(),
-                        external_id: write.external_id,
-                        data: write.data.into(),
-                        ..current
-                    }
+                let Some(touched) = plan.run(c, tenant, rt, id, now)? else {
+                    return Ok(None); // lost a race: retry
                 };
-                let mut recs = vec![rec.clone()];
-                fill_includes(c, &mut recs, include)?;
-                rec = recs.pop().unwrap_or(rec);
-                Ok(Some(rec))
+                let links = links_of(c, id, rt, include)?;
+                Ok(Some((inside, touched, links)))
             });
             match result {
-                Ok(Some(rec)) => {
+                Ok(Some((inside, touched, (members, groups)))) => {
                     self.note_writes(1 + touched);
+                    // `inside` is `None` only when the plan made outside was used.
+                    let Some(plan) = inside.or(prepared) else {
+                        return Err(StoreError::Backend("update without a plan".into()));
+                    };
+                    let mut rec = plan.into_record(now);
+                    if include.members {
+                        rec.members = members;
+                    }
+                    if include.groups {
+                        rec.groups = groups;
+                    }
                     return Ok(rec);
                 }
                 Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
