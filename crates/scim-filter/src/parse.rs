@@ -173,6 +173,27 @@ pub(crate) fn simple_comparison(input: &str) -> Option<Filter> {
 /// Parses a PATCH operation `path`.
 pub fn parse_patch_path(input: &str, limits: &Limits) -> Result<PatchPath, ParseError> {
     check_limits(input, limits)?;
+    if is_attr_path_token(input) {
+        // The whole path is one `attr_path` token, as most paths are (`title`, `name.givenName`,
+        // URN-qualified ones): what the grammar would make of it, without running it.
+        return attr_path_at(input, 0).map(|attr| PatchPath {
+            attr,
+            filter: None,
+            sub_after_filter: None,
+        });
+    }
+    parse_patch_path_by_grammar(input)
+}
+
+/// Whether `input` is exactly one token of the grammar's `attr_path` rule.
+fn is_attr_path_token(input: &str) -> bool {
+    let mut chars = input.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.' | '$'))
+}
+
+/// [`parse_patch_path`] through the grammar, whatever the input (limits not checked).
+pub(crate) fn parse_patch_path_by_grammar(input: &str) -> Result<PatchPath, ParseError> {
     let mut pairs = ScimParser::parse(Rule::patch_path, input).map_err(|e| pest_error(input, e))?;
     let Some(top) = pairs.next() else {
         return Err(ParseError::syntax(0, "empty path"));
@@ -205,12 +226,13 @@ pub fn parse_patch_path(input: &str, limits: &Limits) -> Result<PatchPath, Parse
 }
 
 fn attr_path(pair: &Pair<'_, Rule>) -> Result<AttrPath, ParseError> {
-    AttrPath::parse_token(pair.as_str()).ok_or_else(|| {
-        ParseError::syntax(
-            pair.as_span().start(),
-            format!("invalid attribute path '{}'", pair.as_str()),
-        )
-    })
+    attr_path_at(pair.as_str(), pair.as_span().start())
+}
+
+/// The attribute path of one `attr_path` token found at byte `at` of the input.
+fn attr_path_at(token: &str, at: usize) -> Result<AttrPath, ParseError> {
+    AttrPath::parse_token(token)
+        .ok_or_else(|| ParseError::syntax(at, format!("invalid attribute path '{token}'")))
 }
 
 fn build_or(pair: Pair<'_, Rule>) -> Result<Filter, ParseError> {
