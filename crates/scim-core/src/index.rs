@@ -35,15 +35,19 @@ pub fn path_key(
     attr: &Attribute,
     sub: Option<&Attribute>,
 ) -> String {
-    let mut key = String::new();
+    // One allocation: this runs for every value of every resource written.
+    let urn = if is_extension { schema.id.as_str() } else { "" };
+    let sub = sub.map_or("", |s| s.name.as_str());
+    let mut key = String::with_capacity(urn.len() + attr.name.len() + sub.len() + 2);
+    let mut lower = |part: &str| key.extend(part.chars().map(|c| c.to_ascii_lowercase()));
     if is_extension {
-        key.push_str(&schema.id.to_ascii_lowercase());
-        key.push(':');
+        lower(urn);
+        lower(":");
     }
-    key.push_str(&attr.name.to_ascii_lowercase());
-    if let Some(sub) = sub {
-        key.push('.');
-        key.push_str(&sub.name.to_ascii_lowercase());
+    lower(&attr.name);
+    if !sub.is_empty() {
+        lower(".");
+        lower(sub);
     }
     key
 }
