@@ -20,6 +20,7 @@ mod raw;
 pub mod schema;
 mod store;
 pub mod testing;
+mod turns;
 
 pub use conn::{AnyConnection, Backend};
 pub use store::{DieselStore, StoreConfig};

@@ -23,6 +23,7 @@ use crate::group::{Checkpointer, GroupWriter};
 use crate::inline::{self, Conn};
 use crate::raw::RawCond;
 use crate::schema::{group_members, resource_counts, resource_values, resources, tenants, tokens};
+use crate::turns::Turns;
 
 /// Largest number of ids bound in one statement (well under SQLite's and PostgreSQL's limits).
 const CHUNK: usize = 500;
@@ -76,6 +77,8 @@ pub struct DieselStore {
     query_timeout: Option<Duration>,
     /// PostgreSQL only: point reads of concurrent requests, read together (see `batch.rs`)
     reads: Option<Arc<ReadBatcher>>,
+    /// SQLite only: updates of one resource take turns (see `turns.rs`)
+    update_turns: Arc<Turns>,
 }
 
 /// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
@@ -778,7 +781,9 @@ impl DieselStore {
                 conn.batch_execute(WRITER_PRAGMAS).map_err(|e| {
                     StoreError::Unavailable(format!("cannot configure the writer: {e}"))
                 })?;
-                Some(Arc::new(GroupWriter::new(conn)))
+                Some(Arc::new(GroupWriter::new(conn).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot start the writer thread: {e}"))
+                })?))
             }
             Backend::Postgres => None,
         };
@@ -807,6 +812,7 @@ impl DieselStore {
             id: inline::next_store_id(),
             query_timeout: config.query_timeout,
             reads,
+            update_turns: Arc::default(),
         })
     }
 
@@ -872,9 +878,9 @@ impl DieselStore {
 
     /// Runs a write transaction: through the group writer on SQLite, on a pooled connection
     /// in its own transaction on PostgreSQL.
-    fn write<T>(
+    fn write<T: Send + 'static>(
         &self,
-        body: impl FnOnce(&mut AnyConnection) -> Result<T, TxError>,
+        body: impl FnOnce(&mut AnyConnection) -> Result<T, TxError> + Send + 'static,
     ) -> Result<T, TxError> {
         match &self.writer {
             Some(w) => w.run(body),
@@ -906,12 +912,12 @@ impl DieselStore {
         id: &str,
         if_match: Option<i64>,
         update: &mut UpdateFn<'_>,
-    ) -> Option<UpdatePlan> {
-        let mut conn = self.conn().ok()?;
-        let (current, write) = prepare_update(&mut conn, tenant, rt, id, if_match, update).ok()?;
-        let stored = stored_values(&mut conn, id).ok()?;
+    ) -> Result<UpdatePlan, TxError> {
+        let mut conn = self.conn()?;
+        let (current, write) = prepare_update(&mut conn, tenant, rt, id, if_match, update)?;
+        let stored = stored_values(&mut conn, id)?;
         drop(conn);
-        UpdatePlan::new(current, write, stored).ok()
+        Ok(UpdatePlan::new(current, write, stored)?)
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
@@ -1438,6 +1444,125 @@ fn apply_member_ops(conn: &mut AnyConnection, group: &str, ops: &[MemberOp]) -> 
     Ok(())
 }
 
+/// The record an update left, with the memberships read in its transaction.
+fn finish_update(plan: UpdatePlan, now: &str, include: Include, links: Links) -> ResourceRecord {
+    let (members, groups) = links;
+    let mut rec = plan.into_record(now);
+    if include.members {
+        rec.members = members;
+    }
+    if include.groups {
+        rec.groups = groups;
+    }
+    rec
+}
+
+impl DieselStore {
+    /// PostgreSQL: an update as one transaction on a pooled connection. The row is locked
+    /// before it is read; the conditional UPDATE is a second line of defence, and a lost race
+    /// retries the whole read-modify-write on the fresh row.
+    #[allow(clippy::too_many_arguments)]
+    fn update_in_transaction(
+        &self,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        now: &str,
+        if_match: Option<i64>,
+        include: Include,
+        update: &mut UpdateFn<'_>,
+    ) -> Result<ResourceRecord, StoreError> {
+        for _attempt in 0..8 {
+            let mut conn = self.conn()?;
+            let result = (*conn).transaction(|c| {
+                backend::lock_resource(c, id)?;
+                let (current, write) = prepare_update(c, tenant, rt, id, if_match, update)?;
+                let stored = stored_values(c, id)?;
+                let plan = UpdatePlan::new(current, write, stored)?;
+                let Some(touched) = plan.run(c, tenant, rt, id, now)? else {
+                    return Ok::<_, TxError>(None); // lost a race: retry
+                };
+                let links = links_of(c, id, rt, include)?;
+                Ok(Some((plan, touched, links)))
+            });
+            match result {
+                Ok(Some((plan, touched, links))) => {
+                    self.note_writes(1 + touched);
+                    return Ok(finish_update(plan, now, include, links));
+                }
+                Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
+                Ok(None) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "too much contention on this resource; retry".into(),
+        ))
+    }
+}
+
+/// A create as the writer runs it: everything it writes, owned, so that it can be queued.
+struct CreateJob {
+    id: String,
+    tenant: String,
+    rt: String,
+    now: String,
+    external_id: Option<String>,
+    keys: scim_core::store::IndexKeys,
+    /// the document as stored text
+    data: String,
+    password_hash: Option<String>,
+    values: Vec<scim_core::index::IndexRow>,
+    member_ops: Vec<MemberOp>,
+    unknown_members: UnknownMembers,
+    /// what to read back in the same transaction (a new group's members)
+    read: Include,
+}
+
+impl CreateJob {
+    fn new_resource(&self) -> backend::NewResource<'_> {
+        backend::NewResource {
+            id: &self.id,
+            tenant_id: &self.tenant,
+            resource_type: &self.rt,
+            created: &self.now,
+            external_id: self.external_id.as_deref(),
+            user_name_ci: self.keys.user_name.as_deref(),
+            display_name_ci: self.keys.display_name.as_deref(),
+            display: self.keys.display.as_deref(),
+            data: &self.data,
+            password_hash: self.password_hash.as_deref(),
+        }
+    }
+
+    /// Inserts the resource, its memberships and its index rows in the caller's transaction.
+    fn run(&self, c: &mut AnyConnection) -> Result<Links, TxError> {
+        let (tenant, rt, id) = (self.tenant.as_str(), self.rt.as_str(), self.id.as_str());
+        // Every refusal comes before the first write (see `GroupWriter`).
+        let member_ops = check_member_ops(c, tenant, id, &self.member_ops, self.unknown_members)?;
+        let new = self.new_resource();
+        native!(&mut *c, |c| diesel::insert_into(resources::table)
+            .values((
+                resources::id.eq(new.id),
+                resources::tenant_id.eq(new.tenant_id),
+                resources::resource_type.eq(new.resource_type),
+                resources::version.eq(1i64),
+                resources::created.eq(new.created),
+                resources::last_modified.eq(new.created),
+                resources::external_id.eq(new.external_id),
+                resources::user_name_ci.eq(new.user_name_ci),
+                resources::display_name_ci.eq(new.display_name_ci),
+                resources::display.eq(new.display),
+                resources::data.eq(new.data),
+                resources::password_hash.eq(new.password_hash),
+            ))
+            .execute(c))?;
+        apply_member_ops(c, id, &member_ops)?;
+        backend::insert_values(c, &value_rows(tenant, rt, id, &self.values))?;
+        Ok(links_of(c, id, rt, self.read)?)
+    }
+}
+
 impl ResourceStore for DieselStore {
     fn create(
         &self,
@@ -1450,96 +1575,60 @@ impl ResourceStore for DieselStore {
     ) -> Result<ResourceRecord, StoreError> {
         let data =
             serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let new = backend::NewResource {
-            id,
-            tenant_id: tenant,
-            resource_type: rt,
-            created: now,
-            external_id: write.external_id.as_deref(),
-            user_name_ci: write.keys.user_name.as_deref(),
-            display_name_ci: write.keys.display_name.as_deref(),
-            display: write.keys.display.as_deref(),
-            data: &data,
+        let touched = 1 + ops_rows(&write.member_ops);
+        let mut write = write;
+        // The members of a new group are read back inside the write; anything else is built
+        // after it (outside the SQLite writer): a resource created a moment ago is in no group.
+        let job = CreateJob {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            rt: rt.to_string(),
+            now: now.to_string(),
+            external_id: write.external_id.clone(),
+            keys: write.keys.clone(),
+            data,
             password_hash: match &write.password {
-                SecretChange::Set(h) => Some(h.as_str()),
+                SecretChange::Set(h) => Some(h.clone()),
                 _ => None,
             },
+            values: std::mem::take(&mut write.values),
+            member_ops: std::mem::take(&mut write.member_ops),
+            unknown_members: write.unknown_members,
+            read: Include {
+                groups: false,
+                ..include
+            },
         };
-        // What the client gets back: the document as written; a resource created a moment ago
-        // is in no group yet, so only members (of a new group) are read back.
-        let built = || ResourceRecord {
+        let single_statement = self.backend == Backend::Postgres && job.member_ops.is_empty();
+        let result: Result<Links, TxError> = if single_statement {
+            (|| {
+                let mut conn = self.conn()?;
+                match &mut *conn {
+                    AnyConnection::Postgres(c) => {
+                        let rows = value_rows(tenant, rt, id, &job.values);
+                        backend::pg_insert_resource_with_values(c, &job.new_resource(), &rows)?;
+                    }
+                    AnyConnection::Sqlite(_) => unreachable_backend()?,
+                }
+                Ok(links_of(&mut conn, id, rt, job.read)?)
+            })()
+        } else {
+            self.write(move |c| job.run(c))
+        };
+        let (members, _) = result?;
+        self.note_writes(touched);
+        // What the client gets back: the document as written.
+        Ok(ResourceRecord {
             id: id.to_string(),
             resource_type: rt.to_string(),
             version: 1,
             created: now.to_string(),
             last_modified: now.to_string(),
-            external_id: write.external_id.clone(),
-            data: write.data.clone().into(),
-            members: None,
-            groups: None,
-        };
-        // The members of a new group are read back inside the write; anything else is built
-        // after it (outside the SQLite writer).
-        let read = Include {
-            groups: false,
-            ..include
-        };
-        let members = |c: &mut AnyConnection| -> Result<Option<ResourceRecord>, TxError> {
-            if !read.members {
-                return Ok(None);
-            }
-            let mut rec = vec![built()];
-            fill_includes(c, &mut rec, read)?;
-            Ok(rec.pop())
-        };
-        let single_statement = self.backend == Backend::Postgres && write.member_ops.is_empty();
-        let result: Result<Option<ResourceRecord>, TxError> = if single_statement {
-            (|| {
-                let mut conn = self.conn()?;
-                let rows = value_rows(tenant, rt, id, &write.values);
-                match &mut *conn {
-                    AnyConnection::Postgres(c) => {
-                        backend::pg_insert_resource_with_values(c, &new, &rows)?;
-                    }
-                    AnyConnection::Sqlite(_) => unreachable_backend()?,
-                }
-                members(&mut conn)
-            })()
-        } else {
-            self.write(|c| {
-                // Every refusal comes before the first write (see `GroupWriter`).
-                let member_ops =
-                    check_member_ops(c, tenant, id, &write.member_ops, write.unknown_members)?;
-                native!(&mut *c, |c| diesel::insert_into(resources::table)
-                    .values((
-                        resources::id.eq(new.id),
-                        resources::tenant_id.eq(new.tenant_id),
-                        resources::resource_type.eq(new.resource_type),
-                        resources::version.eq(1i64),
-                        resources::created.eq(new.created),
-                        resources::last_modified.eq(new.created),
-                        resources::external_id.eq(new.external_id),
-                        resources::user_name_ci.eq(new.user_name_ci),
-                        resources::display_name_ci.eq(new.display_name_ci),
-                        resources::display.eq(new.display),
-                        resources::data.eq(new.data),
-                        resources::password_hash.eq(new.password_hash),
-                    ))
-                    .execute(c))?;
-                apply_member_ops(c, id, &member_ops)?;
-                backend::insert_values(c, &value_rows(tenant, rt, id, &write.values))?;
-                members(c)
-            })
-        };
-        if result.is_ok() {
-            self.note_writes(1 + ops_rows(&write.member_ops));
-        }
-        let mut rec = result?.unwrap_or_else(built);
-        if include.groups {
-            // a resource created a moment ago is in no group yet
-            rec.groups = Some(Vec::new());
-        }
-        Ok(rec)
+            external_id: write.external_id,
+            data: write.data.into(),
+            members,
+            groups: include.groups.then(Vec::new),
+        })
     }
 
     fn get(
@@ -1832,54 +1921,45 @@ impl ResourceStore for DieselStore {
         include: Include,
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
-        let prepared = match self.writer {
-            Some(_) => self.prepare_outside_writer(tenant, rt, id, if_match, update),
-            None => None,
-        };
-        // The row is locked before it is read; the conditional UPDATE is a second line of
-        // defence, and a lost race retries the whole read-modify-write on the fresh row.
+        if self.writer.is_none() {
+            return self.update_in_transaction(tenant, rt, id, now, if_match, include, update);
+        }
+        // SQLite: the plan is made outside the writer, which runs it while the version it was
+        // made from is still the stored one; otherwise it is handed back and made again from
+        // the row as it is then (a write landed in between: nothing is lost, and no write waits
+        // for another's preparation). Updates of this resource by this process wait their
+        // turn, so only another process can make a plan stale. The record is built after the
+        // writer.
+        let _turn = self.update_turns.take(id);
         for _attempt in 0..8 {
-            // The writer runs the statements of a plan made outside it while the version it
-            // was made from is still the stored one; otherwise it plans again from the row as
-            // it is now, and hands that plan out. The record is built after the writer.
-            let result = self.write(|c| {
-                backend::lock_resource(c, id)?;
-                let mut inside = None;
-                let plan = match &prepared {
-                    Some(plan) if version_of(c, tenant, rt, id)? == Some(plan.current.version) => {
-                        plan
-                    }
-                    _ => {
-                        let (current, write) = prepare_update(c, tenant, rt, id, if_match, update)?;
-                        let stored = stored_values(c, id)?;
-                        &*inside.insert(UpdatePlan::new(current, write, stored)?)
-                    }
-                };
-                let Some(touched) = plan.run(c, tenant, rt, id, now)? else {
-                    return Ok(None); // lost a race: retry
+            let plan = self
+                .prepare_outside_writer(tenant, rt, id, if_match, update)
+                .map_err(StoreError::from)?;
+            let (tenant_owned, rt_owned, id_owned, now_owned) = (
+                tenant.to_string(),
+                rt.to_string(),
+                id.to_string(),
+                now.to_string(),
+            );
+            let result = self.write(move |c| {
+                let (tenant, rt, id) =
+                    (tenant_owned.as_str(), rt_owned.as_str(), id_owned.as_str());
+                if version_of(c, tenant, rt, id)? != Some(plan.current.version) {
+                    return Ok(None);
+                }
+                let Some(touched) = plan.run(c, tenant, rt, id, &now_owned)? else {
+                    return Ok(None);
                 };
                 let links = links_of(c, id, rt, include)?;
-                Ok(Some((inside, touched, links)))
+                Ok(Some((plan, touched, links)))
             });
-            match result {
-                Ok(Some((inside, touched, (members, groups)))) => {
+            match result.map_err(StoreError::from)? {
+                Some((plan, touched, links)) => {
                     self.note_writes(1 + touched);
-                    // `inside` is `None` only when the plan made outside was used.
-                    let Some(plan) = inside.or(prepared) else {
-                        return Err(StoreError::Backend("update without a plan".into()));
-                    };
-                    let mut rec = plan.into_record(now);
-                    if include.members {
-                        rec.members = members;
-                    }
-                    if include.groups {
-                        rec.groups = groups;
-                    }
-                    return Ok(rec);
+                    return Ok(finish_update(plan, now, include, links));
                 }
-                Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
-                Ok(None) => continue,
-                Err(e) => return Err(e.into()),
+                // another write landed since the row was read: plan again from it
+                None => continue,
             }
         }
         Err(StoreError::Unavailable(
@@ -1894,7 +1974,9 @@ impl ResourceStore for DieselStore {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<(), StoreError> {
-        let result: Result<(), TxError> = self.write(|c| {
+        let (tenant, rt, id) = (tenant.to_string(), rt.to_string(), id.to_string());
+        let result: Result<(), TxError> = self.write(move |c| {
+            let (tenant, rt, id) = (tenant.as_str(), rt.as_str(), id.as_str());
             // Locked first, so that a PATCH of this resource that is in flight commits its
             // index rows before they are deleted below (none is left behind).
             backend::lock_resource(c, id)?;

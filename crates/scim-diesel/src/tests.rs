@@ -1817,10 +1817,13 @@ fn other_writes_go_on_while_an_update_is_being_prepared() {
 #[test]
 fn an_update_prepared_before_another_write_is_prepared_again_from_that_write() {
     // SQLite only: there the first preparation runs outside any transaction, so another
-    // client's write can land in between (on PostgreSQL the row lock keeps it out).
+    // process's write can land in between (on PostgreSQL the row lock keeps it out; updates of
+    // one resource by one store take turns, so the racing write comes from a second store on
+    // the same file, as another process would make it).
     let reg = registry();
     for db in databases().into_iter().filter(|d| d.name == "sqlite") {
         let s = &db.store;
+        let other = DieselStore::open(&StoreConfig::new(db.url.clone())).unwrap();
         s.create(
             T,
             "User",
@@ -1840,10 +1843,17 @@ fn an_update_prepared_before_another_write_is_prepared_again_from_that_write() {
                     if calls == 1 {
                         std::thread::scope(|scope| {
                             scope.spawn(|| {
-                                s.update(T, "User", "u1", NOW, None, Include::default(), &mut |c| {
-                                    Ok(patched(&reg, c, "displayName", display_name))
-                                })
-                                .unwrap()
+                                other
+                                    .update(
+                                        T,
+                                        "User",
+                                        "u1",
+                                        NOW,
+                                        None,
+                                        Include::default(),
+                                        &mut |c| Ok(patched(&reg, c, "displayName", display_name)),
+                                    )
+                                    .unwrap()
                             });
                         });
                     }
