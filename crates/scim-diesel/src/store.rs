@@ -1461,13 +1461,9 @@ impl DieselStore {
     /// PostgreSQL: an update as one transaction on a pooled connection. The row is locked
     /// before it is read; the conditional UPDATE is a second line of defence, and a lost race
     /// retries the whole read-modify-write on the fresh row.
-    #[allow(clippy::too_many_arguments)]
     fn update_in_transaction(
         &self,
-        tenant: &str,
-        rt: &str,
-        id: &str,
-        now: &str,
+        (tenant, rt, id, now): (&str, &str, &str, &str),
         if_match: Option<i64>,
         include: Include,
         update: &mut UpdateFn<'_>,
@@ -1922,7 +1918,7 @@ impl ResourceStore for DieselStore {
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
         if self.writer.is_none() {
-            return self.update_in_transaction(tenant, rt, id, now, if_match, include, update);
+            return self.update_in_transaction((tenant, rt, id, now), if_match, include, update);
         }
         // SQLite: the plan is made outside the writer, which runs it while the version it was
         // made from is still the stored one; otherwise it is handed back and made again from
