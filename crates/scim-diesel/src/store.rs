@@ -897,9 +897,9 @@ impl DieselStore {
     /// on a reader connection, so that parsing the document, applying the change, computing
     /// its index rows and hashing a password run beside other writes instead of inside the one
     /// writer every write of the database waits for. The writer then only compares versions
-    /// (see `update`): if another write got there first, or preparing failed, the update is
-    /// prepared again inside, from the row as it is then. `None`: nothing prepared (no such row,
-    /// an `If-Match` that differs, no reader free, or `update` refused).
+    /// (see `update`): if another write got there first, the plan is handed back and made
+    /// again here. Errors are the update's own (no such row, an `If-Match` that differs,
+    /// `update` refused) or no reader connection within the pool's timeout.
     ///
     /// The resource's attribute-index rows are read here too, after the row, so that the writer
     /// only writes the ones that changed. They belong to the version read: every change to them
