@@ -1609,7 +1609,10 @@ impl ResourceStore for DieselStore {
                 Ok(links_of(&mut conn, id, rt, job.read)?)
             })()
         } else {
-            self.write(move |c| job.run(c))
+            // The job goes back with the answer, so that its index rows are freed here, not
+            // on the writer thread every write waits for.
+            self.write(move |c| job.run(c).map(|links| (links, job)))
+                .map(|(links, _job)| links)
         };
         let (members, _) = result?;
         self.note_writes(touched);
