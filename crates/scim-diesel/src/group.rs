@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
-use diesel::result::Error as DieselError;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::SqliteConnection;
 
 use crate::conn::AnyConnection;
@@ -49,7 +49,42 @@ enum Ran {
 
 /// Where a job's caller waits: told once the job's fate is known (`Ok`: committed, or the
 /// body's own error stands).
-type Slot = Arc<(Mutex<Option<Result<(), String>>>, Condvar)>;
+type Slot = Arc<(Mutex<Option<Result<(), Failure>>>, Condvar)>;
+
+/// Why a batch failed, told to each of its writers: a database error keeps its kind and
+/// message, so that the store still tells a busy or lost database (503) from other failures.
+#[derive(Clone, Debug)]
+struct Failure {
+    kind: Option<DatabaseErrorKind>,
+    message: String,
+}
+
+impl Failure {
+    fn new(what: &str, e: &DieselError) -> Self {
+        let kind = match e {
+            DieselError::DatabaseError(kind, _) => Some(*kind),
+            _ => None,
+        };
+        Failure {
+            kind,
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    fn other(message: &str) -> Self {
+        Failure {
+            kind: None,
+            message: message.to_string(),
+        }
+    }
+
+    fn into_diesel(self) -> DieselError {
+        match self.kind {
+            Some(kind) => DieselError::DatabaseError(kind, Box::new(self.message)),
+            None => DieselError::QueryBuilderError(self.message.into()),
+        }
+    }
+}
 
 /// One queued write: its body (which keeps its own result for the caller) and where the
 /// caller waits.
@@ -138,7 +173,7 @@ fn failed(what: &str, e: impl std::fmt::Display) -> DieselError {
     DieselError::QueryBuilderError(format!("{what}: {e}").into())
 }
 
-fn tell(slot: &Slot, outcome: Result<(), String>) {
+fn tell(slot: &Slot, outcome: Result<(), Failure>) {
     *lock(&slot.0) = Some(outcome);
     slot.1.notify_one();
 }
@@ -219,7 +254,7 @@ impl GroupWriter {
         match (outcome, body_result) {
             (_, Some(Err(e))) => Err(e),
             (Ok(()), Some(Ok(v))) => Ok(v),
-            (Err(e), _) => Err(failed("group commit failed", e).into()),
+            (Err(failure), _) => Err(failure.into_diesel().into()),
             (Ok(()), None) => Err(failed("group commit", "a write was lost").into()),
         }
     }
@@ -265,13 +300,13 @@ fn batch(shared: &Shared, conn: &mut AnyConnection, first: Job) {
     // transactions (multi-row SQLite inserts use one) become savepoints.
     if let Err(e) = sqlite(conn).and_then(|c| Tm::begin_transaction_sql(c, "BEGIN IMMEDIATE")) {
         // Without a transaction this job does not run; the next one tries again.
-        tell(&first.slot, Err(format!("cannot begin a write: {e}")));
+        tell(&first.slot, Err(Failure::new("cannot begin a write", &e)));
         return;
     }
     // Told when the batch ends, however it ends (a panic below tells them it failed).
     let mut waiting = Waiting {
         slots: Vec::new(),
-        outcome: Err("the writer failed".into()),
+        outcome: Err(Failure::other("the writer failed")),
     };
     let mut abandoned = false;
     let mut next = Some(first);
@@ -295,11 +330,11 @@ fn batch(shared: &Shared, conn: &mut AnyConnection, first: Job) {
         next = lock(&shared.queue).jobs.pop_front();
     }
     waiting.outcome = match sqlite(conn) {
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Failure::new("group commit", &e)),
         Ok(inner) if !abandoned => {
             <Tm as TransactionManager<SqliteConnection>>::commit_transaction(inner).map_err(|e| {
                 let _ = <Tm as TransactionManager<SqliteConnection>>::rollback_transaction(inner);
-                e.to_string()
+                Failure::new("group commit failed", &e)
             })
         }
         Ok(inner) => {
@@ -312,7 +347,9 @@ fn batch(shared: &Shared, conn: &mut AnyConnection, first: Job) {
                     break;
                 }
             }
-            Err("a write failed after changing rows; its batch was rolled back".to_string())
+            Err(Failure::other(
+                "a write failed after changing rows; its batch was rolled back",
+            ))
         }
     };
 }
@@ -320,7 +357,7 @@ fn batch(shared: &Shared, conn: &mut AnyConnection, first: Job) {
 /// The callers of a batch that wait for its end, and what they are told then.
 struct Waiting {
     slots: Vec<Slot>,
-    outcome: Result<(), String>,
+    outcome: Result<(), Failure>,
 }
 
 impl Drop for Waiting {
@@ -364,8 +401,13 @@ mod tests {
     use std::time::Duration;
 
     fn writer_on(dir: &tempfile::TempDir) -> (GroupWriter, AnyConnection) {
+        writer_waiting(dir, Duration::from_secs(5))
+    }
+
+    /// A writer whose connection waits `busy` for another process's write lock.
+    fn writer_waiting(dir: &tempfile::TempDir, busy: Duration) -> (GroupWriter, AnyConnection) {
         let url = dir.path().join("w.db").to_string_lossy().into_owned();
-        let manager = ConnectionManager::new(&url, Duration::from_secs(5), None);
+        let manager = ConnectionManager::new(&url, busy, None);
         let mut setup = manager.establish().unwrap();
         setup
             .batch_execute("CREATE TABLE t (v INTEGER NOT NULL)")
@@ -454,5 +496,28 @@ mod tests {
         answered.sort_unstable();
         assert_eq!(answered.len(), 8 * 24);
         assert_eq!(rows(&mut reader), answered);
+    }
+
+    /// When another process holds the write lock past the busy timeout, the writer's error is
+    /// still SQLite's own ("database is locked"), which the store answers with 503; once the
+    /// lock is gone, writes go on.
+    #[test]
+    fn a_database_locked_by_another_process_is_reported_as_sqlite_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, mut other) = writer_waiting(&dir, Duration::from_millis(50));
+        other.batch_execute("BEGIN IMMEDIATE").unwrap();
+        match writer.run(insert(1)) {
+            Err(DieselError::DatabaseError(_, info)) => {
+                assert!(
+                    info.message().contains("database is locked"),
+                    "{}",
+                    info.message()
+                )
+            }
+            other => panic!("expected the lock error, got {other:?}"),
+        }
+        other.batch_execute("COMMIT").unwrap();
+        assert_eq!(writer.run(insert(2)).unwrap(), 2);
+        assert_eq!(rows(&mut other), [2]);
     }
 }
