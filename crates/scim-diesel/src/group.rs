@@ -11,7 +11,7 @@
 //! [`MAX_BATCH`] ran). Nothing passes from thread to thread between two bodies: the next one
 //! is queued already. (Before, each writer ran its body on its own thread under a lock, and
 //! each hand-over of the lock was a thread wake-up during which the connection stood idle:
-//! 17 % more creates per second this way, see docs/BENCHMARKS.md.) Bodies are therefore
+//! 19 % more creates per second this way, see docs/BENCHMARKS.md.) Bodies are therefore
 //! `'static`: they own what they write.
 //!
 //! A failing body must leave nothing behind: the store's bodies make every refusal (a version
@@ -104,14 +104,7 @@ struct Shared {
     ready: Condvar,
 }
 
-/// The writer connection with group commit, on a thread of its own.
-///
-/// Callers queue their transaction bodies and wait. The writer thread takes what is queued,
-/// opens one transaction, runs the bodies one after the other, and commits once the queue is
-/// empty (or [`MAX_BATCH`] bodies ran); then it tells each caller. No caller returns before
-/// the `COMMIT` that holds its changes has succeeded, and a body that failed is answered at
-/// once. Nothing is handed from thread to thread between bodies: the next body is already
-/// queued when one ends.
+/// The writer connection with group commit, on a thread of its own (see the module docs).
 pub struct GroupWriter {
     shared: Arc<Shared>,
 }
@@ -194,13 +187,8 @@ impl GroupWriter {
     }
 
     /// Runs `body` as part of a group transaction on the writer thread; returns once its
-    /// changes are committed (or have failed).
-    ///
-    /// A failing body must leave nothing behind: the store's bodies make every refusal (a
-    /// version mismatch, unknown members) before their first write, and a failed statement
-    /// (a duplicate `userName`) is undone by SQLite. That is checked for every failure
-    /// (`total_changes()` before and after); a body that failed after changing rows abandons
-    /// its batch, which is rolled back and fails for every writer in it.
+    /// changes are committed (or have failed). A failing body must leave nothing behind (see
+    /// the module docs for how that is checked).
     pub fn run<T, E>(
         &self,
         body: impl FnOnce(&mut AnyConnection) -> Result<T, E> + Send + 'static,
