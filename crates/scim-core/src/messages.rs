@@ -44,6 +44,35 @@ impl<R> ListResponse<R> {
     }
 }
 
+impl<R> ListResponse<R> {
+    /// The JSON around `Resources` when the resources are written out one by one between the
+    /// two parts (items separated by commas): the same document the `Serialize` impl writes.
+    pub fn envelope(&self) -> (Vec<u8>, Vec<u8>) {
+        let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut head = format!(
+            "{{\"schemas\":[{}],\"totalResults\":{}",
+            text(urns::LIST_RESPONSE),
+            self.total
+        );
+        if let Some(i) = self.start_index {
+            head.push_str(&format!(",\"startIndex\":{i}"));
+        }
+        head.push_str(&format!(
+            ",\"itemsPerPage\":{},\"Resources\":[",
+            self.resources.len()
+        ));
+        let mut tail = String::from("]");
+        if let Some(c) = &self.next_cursor {
+            tail.push_str(&format!(",\"nextCursor\":{}", text(c)));
+        }
+        if let Some(c) = &self.previous_cursor {
+            tail.push_str(&format!(",\"previousCursor\":{}", text(c)));
+        }
+        tail.push('}');
+        (head.into_bytes(), tail.into_bytes())
+    }
+}
+
 impl<R: serde::Serialize> serde::Serialize for ListResponse<R> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;

@@ -588,23 +588,77 @@ impl Refs<'_> {
 impl Serialize for Refs<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let keys = self.keys();
-        let [value, reference, display, kind] = keys;
         let mut seq = serializer.serialize_seq(None)?;
         for m in self.list.iter().filter(|m| Self::item_shows(keys, m)) {
-            let endpoint = self
-                .registry
-                .resource_type(&m.resource_type)
-                .map(|r| r.endpoint.as_str())
-                .unwrap_or("");
-            seq.serialize_element(&RefItem {
-                m,
-                reference: reference.then(|| format!("{}{endpoint}/{}", self.base_url, m.id)),
-                value,
-                display,
-                kind,
-            })?;
+            seq.serialize_element(&RefItem::new(self.base_url, self.registry, keys, m))?;
         }
         seq.end()
+    }
+}
+
+/// A group's `members` written out as a store reads them, page by page (see
+/// [`ResourceStore::read_paged`](crate::store::ResourceStore::read_paged)), after the rest of
+/// the group rendered without them: the JSON is what [`Rendered`] writes for the whole group,
+/// with `members` moved to the end, and at most one page is held at a time.
+pub struct MemberPages<'a> {
+    base_url: &'a str,
+    registry: &'a crate::schema::SchemaRegistry,
+    keys: [bool; 4],
+    /// whether `"members":[` is written for the current group
+    open: bool,
+}
+
+impl<'a> MemberPages<'a> {
+    /// The writer for groups of `ctx.rt` under `base_url` with `projection`; `None` when the
+    /// projection shows no members (nothing to stream).
+    pub fn new(ctx: &'a Ctx<'a>, base_url: &'a str, projection: &'a Projection) -> Option<Self> {
+        if !projection.include(ctx).members {
+            return None;
+        }
+        let core = ctx.registry.core_schema(ctx.rt)?;
+        let attr = core.attribute("members")?;
+        let keep = Keep::new(projection, core, attr);
+        Some(MemberPages {
+            base_url,
+            registry: ctx.registry,
+            keys: ["value", "$ref", "display", "type"].map(|k| keep.key(k)),
+            open: false,
+        })
+    }
+
+    /// Writes `rendered` (a group read without members) to `out`, open for its members.
+    pub fn start(&mut self, out: &mut Vec<u8>, rendered: &Rendered<'_>) {
+        self.open = false;
+        let at = out.len();
+        // A map of strings and JSON values always serializes.
+        let _ = serde_json::to_writer(&mut *out, rendered);
+        if out.len() > at && out.last() == Some(&b'}') {
+            out.pop();
+        } else {
+            out.truncate(at);
+            out.push(b'{');
+        }
+    }
+
+    /// Writes the next members of the group last started.
+    pub fn push(&mut self, out: &mut Vec<u8>, members: &[MemberRef]) {
+        for m in members.iter().filter(|m| Refs::item_shows(self.keys, m)) {
+            out.extend_from_slice(match self.open {
+                false => b",\"members\":[",
+                true => b",",
+            });
+            self.open = true;
+            let item = RefItem::new(self.base_url, self.registry, self.keys, m);
+            let _ = serde_json::to_writer(&mut *out, &item);
+        }
+    }
+
+    /// Closes the group last started.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.open) {
+            out.push(b']');
+        }
+        out.push(b'}');
     }
 }
 
@@ -614,6 +668,31 @@ struct RefItem<'a> {
     value: bool,
     display: bool,
     kind: bool,
+}
+
+impl<'a> RefItem<'a> {
+    fn new(
+        base_url: &str,
+        registry: &crate::schema::SchemaRegistry,
+        keys: [bool; 4],
+        m: &'a MemberRef,
+    ) -> Self {
+        let [value, reference, display, kind] = keys;
+        let reference = reference.then(|| {
+            let endpoint = registry
+                .resource_type(&m.resource_type)
+                .map(|r| r.endpoint.as_str())
+                .unwrap_or("");
+            format!("{base_url}{endpoint}/{}", m.id)
+        });
+        RefItem {
+            m,
+            reference,
+            value,
+            display,
+            kind,
+        }
+    }
 }
 
 impl Serialize for RefItem<'_> {

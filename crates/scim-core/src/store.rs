@@ -552,6 +552,71 @@ pub trait ResourceStore: Send + Sync {
         query: &ListQuery,
     ) -> Result<Page, StoreError>;
 
+    /// Reads `what` with `include` and, where `include.members` asks for them, each group's
+    /// members in pages of at most `page_size` (id order), all from one snapshot of the store,
+    /// so that the members shown belong to the version shown, and without holding more than a
+    /// page of members at a time. `visit` gets the [`ReadPart::Page`] first (members unset;
+    /// for [`PagedRead::One`], the one resource); then, when members are asked for, for each
+    /// resource of the page in order a [`ReadPart::Resource`] followed by its members as
+    /// [`ReadPart::Members`] parts. Its answer ([`Visit`]) goes on, skips the rest of the
+    /// current resource's members, or ends the read. `include.member_limit` is ignored.
+    ///
+    /// The default reads everything with [`get`](Self::get) or [`list`](Self::list) and
+    /// hands it over in pages: correct, but it holds the whole member lists.
+    fn read_paged(
+        &self,
+        tenant: &str,
+        resource_type: &str,
+        what: PagedRead<'_>,
+        include: Include,
+        page_size: usize,
+        visit: &mut dyn FnMut(ReadPart<'_>) -> Visit,
+    ) -> Result<(), StoreError> {
+        let include = Include {
+            member_limit: None,
+            ..include
+        };
+        let mut page = match what {
+            PagedRead::One(id) => {
+                let rec = self.get(tenant, resource_type, id, include)?;
+                Page {
+                    total: 1,
+                    resources: vec![rec],
+                }
+            }
+            PagedRead::List(query) => {
+                let query = ListQuery {
+                    include,
+                    ..query.clone()
+                };
+                self.list(tenant, resource_type, &query)?
+            }
+        };
+        let members: Vec<Vec<MemberRef>> = page
+            .resources
+            .iter_mut()
+            .map(|r| r.members.take().unwrap_or_default())
+            .collect();
+        if visit(ReadPart::Page(&page)) != Visit::Continue || !include.members {
+            return Ok(());
+        }
+        for (of, (list, rec)) in members.iter().zip(&page.resources).enumerate() {
+            match visit(ReadPart::Resource(of, rec)) {
+                Visit::Stop => return Ok(()),
+                Visit::Skip => continue,
+                Visit::Continue => {}
+            }
+            for chunk in list.chunks(page_size.max(1)) {
+                match visit(ReadPart::Members(chunk)) {
+                    Visit::Stop => return Ok(()),
+                    Visit::Skip => break,
+                    Visit::Continue => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the resource, calls `update` with it and writes the result, atomically. When
     /// `if_match` is set and differs from the stored version, fails with
     /// [`StoreError::VersionMismatch`] without calling `update`.
@@ -612,6 +677,37 @@ pub trait ResourceStore: Send + Sync {
         let _ = read;
         Err(done)
     }
+}
+
+/// What [`ResourceStore::read_paged`] reads.
+#[derive(Debug, Clone, Copy)]
+pub enum PagedRead<'a> {
+    /// one resource by id ([`StoreError::NotFound`] when there is none)
+    One(&'a str),
+    /// a page of a list, as [`ResourceStore::list`] reads it
+    List(&'a ListQuery),
+}
+
+/// A part of what [`ResourceStore::read_paged`] read, in the order it hands them over.
+#[derive(Debug)]
+pub enum ReadPart<'a> {
+    /// the resources, without their members
+    Page(&'a Page),
+    /// the members of this resource, at this index of [`Page::resources`], follow
+    Resource(usize, &'a ResourceRecord),
+    /// the next members (at most `page_size`, in id order) of the resource last named
+    Members(&'a [MemberRef]),
+}
+
+/// What a visitor of [`ResourceStore::read_paged`] wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// the next part
+    Continue,
+    /// no more members of the current resource (after the page: nothing more)
+    Skip,
+    /// nothing more
+    Stop,
 }
 
 /// A point read handed to [`ResourceStore::submit_point_read`]: the arguments of

@@ -348,6 +348,89 @@ fn members_display_is_returned_only_on_request() {
 }
 
 #[test]
+fn members_written_page_by_page_are_the_members_rendered_at_once() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "Group").unwrap();
+    let w = prepare_create(
+        &ctx,
+        &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "G \"q\""}),
+    )
+    .unwrap();
+    let bare = record(&ctx, w);
+    let members: Vec<crate::store::MemberRef> = (0..7)
+        .map(|i| crate::store::MemberRef {
+            id: format!("u{i}"),
+            resource_type: if i == 3 { "Group" } else { "User" }.into(),
+            display: (i % 2 == 0).then(|| format!("Name {i}")),
+        })
+        .collect();
+    let base = "http://x/scim/v2";
+    for (attrs, excluded) in [
+        (None, None),
+        (Some("members"), None),
+        (Some("members.display"), None),
+        (Some("members.value,displayName"), None),
+        (None, Some("members.$ref")),
+        (None, Some("meta")),
+    ] {
+        let proj = Projection::parse(&ctx, attrs, excluded);
+        for list in [&members[..0], &members[..1], &members[..]] {
+            let mut whole = bare.clone();
+            whole.members = Some(list.to_vec());
+            let expected = render(&ctx, &whole, base, &proj);
+            let mut out = Vec::new();
+            let mut pages = crate::render::MemberPages::new(&ctx, base, &proj).unwrap();
+            pages.start(
+                &mut out,
+                &crate::render::Rendered::new(&ctx, &bare, base, &proj),
+            );
+            for chunk in list.chunks(3) {
+                pages.push(&mut out, chunk);
+            }
+            pages.finish(&mut out);
+            let got: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                got,
+                expected,
+                "{attrs:?} {excluded:?} {} members",
+                list.len()
+            );
+        }
+    }
+    // Nothing to write page by page when members are not shown.
+    let proj = Projection::parse(&ctx, None, Some("members"));
+    assert!(crate::render::MemberPages::new(&ctx, base, &proj).is_none());
+}
+
+#[test]
+fn a_list_envelope_around_its_items_is_the_list_response() {
+    use crate::messages::ListResponse;
+    let items = [json!({"id": "a"}), json!({"id": "b\"c"})];
+    for (start, cursors) in [(Some(3), false), (None, true)] {
+        for n in [0, 1, 2] {
+            let mut list = ListResponse::new(40, start, items[..n].to_vec());
+            if cursors {
+                list.next_cursor = Some("n\"1".into());
+                list.previous_cursor = Some("p".into());
+            }
+            let (head, tail) = list.envelope();
+            let mut out = head;
+            for (i, item) in items[..n].iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(item).unwrap());
+            }
+            out.extend(tail);
+            assert_eq!(
+                serde_json::from_slice::<Value>(&out).unwrap(),
+                serde_json::to_value(&list).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
 fn a_stored_document_renders_as_its_parsed_attributes_do() {
     let reg = registry();
     let ctx = Ctx::new(&reg, "User").unwrap();

@@ -10,9 +10,9 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, Document, ElementFilter, Include, IndexedField,
-    ListQuery, MemberOp, MemberRef, Page, PointKey, ResourceRecord, ResourceStore, ResourceWrite,
-    SecretChange, SortKey, SortTarget, StoreFilter, TokenRead, TokenRecord, UnknownMembers,
-    UpdateFn, ValueKind, ValueTest,
+    ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey, ReadPart, ResourceRecord,
+    ResourceStore, ResourceWrite, SecretChange, SortKey, SortTarget, StoreFilter, TokenRead,
+    TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest, Visit,
 };
 use scim_core::{ScimError, StoreError};
 
@@ -1064,6 +1064,291 @@ fn members_up_to(
     Ok((rows.len() <= limit as usize).then(|| member_refs(rows.into_iter())))
 }
 
+/// [`ResourceStore::list`] on `conn`; `in_snapshot`: the caller's transaction already reads
+/// one snapshot (see [`backend::consistent_reads`]), so no transaction of its own is begun.
+fn list_on(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    rt: &str,
+    query: &ListQuery,
+    in_snapshot: bool,
+) -> Result<Page, StoreError> {
+    if let (StoreFilter::Eq(field, value), None, None) = (&query.filter, &query.sort, &query.after)
+    {
+        // The lookups identity providers send all the time, as statically typed queries
+        // that the statement cache keeps prepared (built-up queries are prepared per call).
+        let c: &mut AnyConnection = &mut *conn;
+        let v = value.as_str();
+        // A unique key pins at most one resource: its first page is all of it.
+        let first_page = query.start_index <= 1 && query.count > 0;
+        let one = match field {
+            _ if !(first_page && groups_only(query.include)) => None,
+            IndexedField::Id => Some(one_in_tenant!(c, tenant, rt, resources::id, v, true)),
+            IndexedField::UserName => Some(one_in_tenant!(
+                c,
+                tenant,
+                rt,
+                resources::user_name_ci,
+                v,
+                true
+            )),
+            _ => None,
+        };
+        if let Some(one) = one {
+            let found = pinned_record(one.map_err(map_err)?.flatten())?;
+            let resources: Vec<ResourceRecord> = found.into_iter().collect();
+            return Ok(Page {
+                total: resources.len() as u64,
+                resources,
+            });
+        }
+        let found = match field {
+            IndexedField::Id => Some(lookup!(c, tenant, rt, resources::id, v, query, true)),
+            IndexedField::UserName => Some(lookup!(
+                c,
+                tenant,
+                rt,
+                resources::user_name_ci,
+                v,
+                query,
+                true
+            )),
+            IndexedField::ExternalId => Some(lookup!(
+                c,
+                tenant,
+                rt,
+                resources::external_id,
+                v,
+                query,
+                false
+            )),
+            IndexedField::DisplayName => Some(lookup!(
+                c,
+                tenant,
+                rt,
+                resources::display_name_ci,
+                v,
+                query,
+                false
+            )),
+            _ => None, // a field added later takes the general path below
+        };
+        if let Some(found) = found {
+            let (total, rows) = found.map_err(map_err)?;
+            let mut records: Vec<ResourceRecord> = rows
+                .into_iter()
+                .map(Row::into_record)
+                .collect::<Result<_, _>>()?;
+            fill_includes(conn, &mut records, query.include).map_err(map_err)?;
+            return Ok(Page {
+                total,
+                resources: records,
+            });
+        }
+    }
+    let base = || {
+        resources::table
+            .filter(resources::tenant_id.eq(tenant))
+            .filter(resources::resource_type.eq(rt))
+            .filter(condition(&query.filter, tenant, rt))
+            .into_boxed::<crate::conn::AnyBackend>()
+    };
+    let unique = query.filter.pins_one_row();
+    // `far_end`: read the order reversed from its last row (`offset` then counts from the
+    // end); the caller puts the rows back in order.
+    let load_page = |conn: &mut AnyConnection,
+                     offset: u64,
+                     limit: u64,
+                     far_end: bool|
+     -> QueryResult<Vec<Row>> {
+        let mut page = base().select(Row::as_select());
+        let backward = query.after.as_ref().is_some_and(|a| a.backward);
+        let user_name_position = match (&query.after, &query.sort) {
+            (
+                Some(CursorKey { key: Some(k), .. }),
+                Some(SortKey {
+                    target: SortTarget::Column(Column::UserName),
+                    descending,
+                }),
+            ) => Some((k, *descending)),
+            _ => None,
+        };
+        if let Some((k, descending)) = user_name_position {
+            // A walk in userName order: strictly past the last userName seen, in the
+            // direction of reading; one seek into the unique userName index.
+            let cmp = if descending != backward { " < " } else { " > " };
+            page = page.filter(RawCond::sql("resources.user_name_ci").push(cmp).text(k));
+        } else if let Some(after) = &query.after {
+            // Cursor paging: strictly after (or, for previousCursor, before) a resource in
+            // (created, id) order, so concurrent creates and deletes never shift a page.
+            // A row-value comparison, which both databases answer with one seek into the
+            // (tenant, type, created, id) index; the equivalent OR form made SQLite scan from
+            // the start of the index, so late pages were slower than early ones.
+            let cmp = if after.backward { ") < (" } else { ") > (" };
+            page = page.filter(
+                RawCond::sql("(resources.created, resources.id")
+                    .push(cmp)
+                    .text(&after.created)
+                    .push(", ")
+                    .text(&after.id)
+                    .push(")"),
+            );
+        }
+        if let Some(sort) = &query.sort {
+            // Missing values sort last in both directions; ties keep the creation order.
+            let key = match &sort.target {
+                SortTarget::Column(c) => RawCond::sql(column_sql(*c)),
+                SortTarget::Value { path, kind } => {
+                    let col = match kind {
+                        ValueKind::Str => "str_value",
+                        ValueKind::Num => "num_value",
+                        ValueKind::Bool => "bool_value",
+                    };
+                    RawCond::sql(&format!(
+                        "(SELECT v.{col} FROM resource_values v WHERE v.resource_id = resources.id AND v.path = "
+                    ))
+                    .text(path)
+                    .push(&format!(" AND v.{col} IS NOT NULL ORDER BY v.ordinal LIMIT 1)"))
+                }
+            };
+            // Columns that always hold a value need no "missing last" term, which keeps
+            // their index usable for the order (userName is also unique: no tie-break).
+            let never_missing = matches!(
+                sort.target,
+                SortTarget::Column(
+                    Column::Id | Column::UserName | Column::Created | Column::LastModified
+                )
+            );
+            if !never_missing {
+                let missing = RawCond::sql("(").append(key.clone()).push(" IS NULL)");
+                page = if far_end {
+                    page.then_order_by(missing.desc())
+                } else {
+                    page.then_order_by(missing.asc())
+                };
+            }
+            // Reading backward (previousCursor) reads the order reversed, nearest first.
+            page = if (sort.descending != backward) != far_end {
+                page.then_order_by(key.desc())
+            } else {
+                page.then_order_by(key.asc())
+            };
+            // A unique key has no ties to break; leaving the tie-break out lets SQLite read
+            // the order straight from the key's index in either direction (with it, a page
+            // read from the far end sorted the whole tenant).
+            let unique_key = matches!(
+                sort.target,
+                SortTarget::Column(Column::Id | Column::UserName)
+            );
+            if !unique_key {
+                page = if far_end {
+                    page.then_order_by((resources::created.desc(), resources::id.desc()))
+                } else {
+                    page.then_order_by((resources::created.asc(), resources::id.asc()))
+                };
+            }
+        } else if backward || far_end {
+            // The page before a position (or a page read from the far end): the nearest
+            // rows first, put back in order below.
+            page = page.order((resources::created.desc(), resources::id.desc()));
+        } else if !unique {
+            // At most one row can match a unique key: ordering it is pointless, and leaving
+            // the ORDER BY out keeps planners without statistics off the order index.
+            page = page.order((resources::created.asc(), resources::id.asc()));
+        }
+        page.offset(offset.min(i64::MAX as u64) as i64)
+            .limit(limit.min(i64::MAX as u64) as i64)
+            .load(conn)
+    };
+    let start0 = query.start_index.saturating_sub(1);
+    let (total, rows) =
+        if unique && query.start_index == 1 && query.count > 0 && query.after.is_none() {
+            // The page holds every match, so its length is the total: one query, not two.
+            let rows = load_page(conn, 0, query.count, false).map_err(map_err)?;
+            (rows.len() as u64, rows)
+        } else {
+            let count_all = |c: &mut AnyConnection| -> QueryResult<u64> {
+                let total: i64 = if query.filter == StoreFilter::All {
+                    // Kept by triggers in every write transaction: no rows to count.
+                    resource_counts::table
+                        .filter(resource_counts::tenant_id.eq(tenant))
+                        .filter(resource_counts::resource_type.eq(rt))
+                        .select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                            "CAST(COALESCE(SUM(resource_counts.n), 0) AS BIGINT)",
+                        ))
+                        .get_result::<i64>(c)?
+                } else {
+                    base().select(count_star()).get_result(c)?
+                };
+                Ok(total.max(0) as u64)
+            };
+            // Count, then read the page: forward, or, for a page nearer the end than the
+            // start, in the reversed order from the last row, so the database steps over
+            // `tail` rows instead of `startIndex - 1` and the last page of a million costs
+            // what the first does.
+            let count_and_read = |c: &mut AnyConnection| -> QueryResult<(u64, Vec<Row>)> {
+                let total = count_all(c)?;
+                let rest = total.saturating_sub(start0);
+                let tail = rest.saturating_sub(query.count);
+                if query.count == 0 || rest == 0 {
+                    Ok((total, Vec::new()))
+                } else if query.after.is_none() && tail < start0 {
+                    let mut rows = load_page(c, tail, rest.min(query.count), true)?;
+                    rows.reverse();
+                    Ok((total, rows))
+                } else {
+                    Ok((total, load_page(c, start0, query.count, false)?))
+                }
+            };
+            if start0 > 0 && query.after.is_none() && !in_snapshot {
+                // A page past the first may be read from the end, where its position
+                // depends on the count: both come from one snapshot.
+                conn.transaction(|c| {
+                    backend::consistent_reads(c)?;
+                    count_and_read(c)
+                })
+                .map_err(map_err)?
+            } else {
+                count_and_read(conn).map_err(map_err)?
+            }
+        };
+    let mut rows = rows;
+    if query.after.as_ref().is_some_and(|a| a.backward) {
+        rows.reverse(); // read nearest-first; pages are always in creation order
+    }
+    let mut records: Vec<ResourceRecord> = rows
+        .into_iter()
+        .map(Row::into_record)
+        .collect::<Result<_, _>>()?;
+    fill_includes(conn, &mut records, query.include).map_err(map_err)?;
+    Ok(Page {
+        total,
+        resources: records,
+    })
+}
+
+/// The next `limit` direct members of `group` in id order, after the member `after`: one
+/// seek into the membership key, whatever the group's size.
+fn members_after(
+    conn: &mut AnyConnection,
+    group: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<MemberRef>> {
+    let mut query = group_members::table
+        .inner_join(resources::table.on(resources::id.eq(group_members::member_id)))
+        .filter(group_members::group_id.eq(group))
+        .select((resources::id, resources::resource_type, resources::display))
+        .order(group_members::member_id)
+        .limit(limit)
+        .into_boxed::<crate::conn::AnyBackend>();
+    if let Some(after) = after {
+        query = query.filter(group_members::member_id.gt(after));
+    }
+    let rows: Vec<(String, String, Option<String>)> = query.load(conn)?;
+    Ok(member_refs(rows.into_iter()))
+}
+
 fn fill_includes(
     conn: &mut AnyConnection,
     records: &mut [ResourceRecord],
@@ -1651,263 +1936,81 @@ impl ResourceStore for DieselStore {
         recs.pop().ok_or(StoreError::NotFound)
     }
 
+    fn read_paged(
+        &self,
+        tenant: &str,
+        rt: &str,
+        what: PagedRead<'_>,
+        include: Include,
+        page_size: usize,
+        visit: &mut dyn FnMut(ReadPart<'_>) -> Visit,
+    ) -> Result<(), StoreError> {
+        let _deadline = crate::conn::deadline::Guard::start(self.query_timeout);
+        let mut conn = self.conn()?;
+        let page_size = page_size.clamp(1, i64::MAX as usize) as i64;
+        // One read transaction: the page, its versions and every member come from one
+        // snapshot (SQLite's, PostgreSQL's `REPEATABLE READ`), however long the visits take;
+        // writes go on meanwhile and are not seen.
+        let result = (*conn).transaction(|c| -> Result<(), TxError> {
+            backend::consistent_reads(c)?;
+            let without_members = Include {
+                members: false,
+                member_limit: None,
+                ..include
+            };
+            let page = match what {
+                PagedRead::One(id) => {
+                    let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+                    let mut resources = vec![row.into_record()?];
+                    fill_includes(c, &mut resources, without_members)?;
+                    Page {
+                        total: 1,
+                        resources,
+                    }
+                }
+                PagedRead::List(query) => {
+                    let query = ListQuery {
+                        include: without_members,
+                        ..query.clone()
+                    };
+                    list_on(c, tenant, rt, &query, true)?
+                }
+            };
+            if visit(ReadPart::Page(&page)) != Visit::Continue || !include.members {
+                return Ok(());
+            }
+            for (of, group) in page.resources.iter().enumerate() {
+                match visit(ReadPart::Resource(of, group)) {
+                    Visit::Stop => return Ok(()),
+                    Visit::Skip => continue,
+                    Visit::Continue => {}
+                }
+                let mut after: Option<String> = None;
+                loop {
+                    let members = members_after(c, &group.id, after.as_deref(), page_size)?;
+                    if members.is_empty() {
+                        break;
+                    }
+                    match visit(ReadPart::Members(&members)) {
+                        Visit::Stop => return Ok(()),
+                        Visit::Skip => break,
+                        Visit::Continue => {}
+                    }
+                    if (members.len() as i64) < page_size {
+                        break;
+                    }
+                    after = members.last().map(|m| m.id.clone());
+                }
+            }
+            Ok(())
+        });
+        Ok(result?)
+    }
+
     fn list(&self, tenant: &str, rt: &str, query: &ListQuery) -> Result<Page, StoreError> {
         let _deadline = crate::conn::deadline::Guard::start(self.query_timeout);
         let mut conn = self.conn()?;
-        if let (StoreFilter::Eq(field, value), None, None) =
-            (&query.filter, &query.sort, &query.after)
-        {
-            // The lookups identity providers send all the time, as statically typed queries
-            // that the statement cache keeps prepared (built-up queries are prepared per call).
-            let c: &mut AnyConnection = &mut conn;
-            let v = value.as_str();
-            // A unique key pins at most one resource: its first page is all of it.
-            let first_page = query.start_index <= 1 && query.count > 0;
-            let one = match field {
-                _ if !(first_page && groups_only(query.include)) => None,
-                IndexedField::Id => Some(one_in_tenant!(c, tenant, rt, resources::id, v, true)),
-                IndexedField::UserName => Some(one_in_tenant!(
-                    c,
-                    tenant,
-                    rt,
-                    resources::user_name_ci,
-                    v,
-                    true
-                )),
-                _ => None,
-            };
-            if let Some(one) = one {
-                let found = pinned_record(one.map_err(map_err)?.flatten())?;
-                let resources: Vec<ResourceRecord> = found.into_iter().collect();
-                return Ok(Page {
-                    total: resources.len() as u64,
-                    resources,
-                });
-            }
-            let found = match field {
-                IndexedField::Id => Some(lookup!(c, tenant, rt, resources::id, v, query, true)),
-                IndexedField::UserName => Some(lookup!(
-                    c,
-                    tenant,
-                    rt,
-                    resources::user_name_ci,
-                    v,
-                    query,
-                    true
-                )),
-                IndexedField::ExternalId => Some(lookup!(
-                    c,
-                    tenant,
-                    rt,
-                    resources::external_id,
-                    v,
-                    query,
-                    false
-                )),
-                IndexedField::DisplayName => Some(lookup!(
-                    c,
-                    tenant,
-                    rt,
-                    resources::display_name_ci,
-                    v,
-                    query,
-                    false
-                )),
-                _ => None, // a field added later takes the general path below
-            };
-            if let Some(found) = found {
-                let (total, rows) = found.map_err(map_err)?;
-                let mut records: Vec<ResourceRecord> = rows
-                    .into_iter()
-                    .map(Row::into_record)
-                    .collect::<Result<_, _>>()?;
-                fill_includes(&mut conn, &mut records, query.include).map_err(map_err)?;
-                return Ok(Page {
-                    total,
-                    resources: records,
-                });
-            }
-        }
-        let base = || {
-            resources::table
-                .filter(resources::tenant_id.eq(tenant))
-                .filter(resources::resource_type.eq(rt))
-                .filter(condition(&query.filter, tenant, rt))
-                .into_boxed::<crate::conn::AnyBackend>()
-        };
-        let unique = query.filter.pins_one_row();
-        // `far_end`: read the order reversed from its last row (`offset` then counts from the
-        // end); the caller puts the rows back in order.
-        let load_page = |conn: &mut AnyConnection,
-                         offset: u64,
-                         limit: u64,
-                         far_end: bool|
-         -> QueryResult<Vec<Row>> {
-            let mut page = base().select(Row::as_select());
-            let backward = query.after.as_ref().is_some_and(|a| a.backward);
-            let user_name_position = match (&query.after, &query.sort) {
-                (
-                    Some(CursorKey { key: Some(k), .. }),
-                    Some(SortKey {
-                        target: SortTarget::Column(Column::UserName),
-                        descending,
-                    }),
-                ) => Some((k, *descending)),
-                _ => None,
-            };
-            if let Some((k, descending)) = user_name_position {
-                // A walk in userName order: strictly past the last userName seen, in the
-                // direction of reading; one seek into the unique userName index.
-                let cmp = if descending != backward { " < " } else { " > " };
-                page = page.filter(RawCond::sql("resources.user_name_ci").push(cmp).text(k));
-            } else if let Some(after) = &query.after {
-                // Cursor paging: strictly after (or, for previousCursor, before) a resource in
-                // (created, id) order, so concurrent creates and deletes never shift a page.
-                // A row-value comparison, which both databases answer with one seek into the
-                // (tenant, type, created, id) index; the equivalent OR form made SQLite scan from
-                // the start of the index, so late pages were slower than early ones.
-                let cmp = if after.backward { ") < (" } else { ") > (" };
-                page = page.filter(
-                    RawCond::sql("(resources.created, resources.id")
-                        .push(cmp)
-                        .text(&after.created)
-                        .push(", ")
-                        .text(&after.id)
-                        .push(")"),
-                );
-            }
-            if let Some(sort) = &query.sort {
-                // Missing values sort last in both directions; ties keep the creation order.
-                let key = match &sort.target {
-                    SortTarget::Column(c) => RawCond::sql(column_sql(*c)),
-                    SortTarget::Value { path, kind } => {
-                        let col = match kind {
-                            ValueKind::Str => "str_value",
-                            ValueKind::Num => "num_value",
-                            ValueKind::Bool => "bool_value",
-                        };
-                        RawCond::sql(&format!(
-                            "(SELECT v.{col} FROM resource_values v WHERE v.resource_id = resources.id AND v.path = "
-                        ))
-                        .text(path)
-                        .push(&format!(" AND v.{col} IS NOT NULL ORDER BY v.ordinal LIMIT 1)"))
-                    }
-                };
-                // Columns that always hold a value need no "missing last" term, which keeps
-                // their index usable for the order (userName is also unique: no tie-break).
-                let never_missing = matches!(
-                    sort.target,
-                    SortTarget::Column(
-                        Column::Id | Column::UserName | Column::Created | Column::LastModified
-                    )
-                );
-                if !never_missing {
-                    let missing = RawCond::sql("(").append(key.clone()).push(" IS NULL)");
-                    page = if far_end {
-                        page.then_order_by(missing.desc())
-                    } else {
-                        page.then_order_by(missing.asc())
-                    };
-                }
-                // Reading backward (previousCursor) reads the order reversed, nearest first.
-                page = if (sort.descending != backward) != far_end {
-                    page.then_order_by(key.desc())
-                } else {
-                    page.then_order_by(key.asc())
-                };
-                // A unique key has no ties to break; leaving the tie-break out lets SQLite read
-                // the order straight from the key's index in either direction (with it, a page
-                // read from the far end sorted the whole tenant).
-                let unique_key = matches!(
-                    sort.target,
-                    SortTarget::Column(Column::Id | Column::UserName)
-                );
-                if !unique_key {
-                    page = if far_end {
-                        page.then_order_by((resources::created.desc(), resources::id.desc()))
-                    } else {
-                        page.then_order_by((resources::created.asc(), resources::id.asc()))
-                    };
-                }
-            } else if backward || far_end {
-                // The page before a position (or a page read from the far end): the nearest
-                // rows first, put back in order below.
-                page = page.order((resources::created.desc(), resources::id.desc()));
-            } else if !unique {
-                // At most one row can match a unique key: ordering it is pointless, and leaving
-                // the ORDER BY out keeps planners without statistics off the order index.
-                page = page.order((resources::created.asc(), resources::id.asc()));
-            }
-            page.offset(offset.min(i64::MAX as u64) as i64)
-                .limit(limit.min(i64::MAX as u64) as i64)
-                .load(conn)
-        };
-        let start0 = query.start_index.saturating_sub(1);
-        let (total, rows) =
-            if unique && query.start_index == 1 && query.count > 0 && query.after.is_none() {
-                // The page holds every match, so its length is the total: one query, not two.
-                let rows = load_page(&mut conn, 0, query.count, false).map_err(map_err)?;
-                (rows.len() as u64, rows)
-            } else {
-                let count_all = |c: &mut AnyConnection| -> QueryResult<u64> {
-                    let total: i64 = if query.filter == StoreFilter::All {
-                        // Kept by triggers in every write transaction: no rows to count.
-                        resource_counts::table
-                            .filter(resource_counts::tenant_id.eq(tenant))
-                            .filter(resource_counts::resource_type.eq(rt))
-                            .select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                                "CAST(COALESCE(SUM(resource_counts.n), 0) AS BIGINT)",
-                            ))
-                            .get_result::<i64>(c)?
-                    } else {
-                        base().select(count_star()).get_result(c)?
-                    };
-                    Ok(total.max(0) as u64)
-                };
-                // Count, then read the page: forward, or, for a page nearer the end than the
-                // start, in the reversed order from the last row, so the database steps over
-                // `tail` rows instead of `startIndex - 1` and the last page of a million costs
-                // what the first does.
-                let count_and_read = |c: &mut AnyConnection| -> QueryResult<(u64, Vec<Row>)> {
-                    let total = count_all(c)?;
-                    let rest = total.saturating_sub(start0);
-                    let tail = rest.saturating_sub(query.count);
-                    if query.count == 0 || rest == 0 {
-                        Ok((total, Vec::new()))
-                    } else if query.after.is_none() && tail < start0 {
-                        let mut rows = load_page(c, tail, rest.min(query.count), true)?;
-                        rows.reverse();
-                        Ok((total, rows))
-                    } else {
-                        Ok((total, load_page(c, start0, query.count, false)?))
-                    }
-                };
-                if start0 > 0 && query.after.is_none() {
-                    // A page past the first may be read from the end, where its position
-                    // depends on the count: both come from one snapshot.
-                    (*conn)
-                        .transaction(|c| {
-                            backend::consistent_reads(c)?;
-                            count_and_read(c)
-                        })
-                        .map_err(map_err)?
-                } else {
-                    count_and_read(&mut conn).map_err(map_err)?
-                }
-            };
-        let mut rows = rows;
-        if query.after.as_ref().is_some_and(|a| a.backward) {
-            rows.reverse(); // read nearest-first; pages are always in creation order
-        }
-        let mut records: Vec<ResourceRecord> = rows
-            .into_iter()
-            .map(Row::into_record)
-            .collect::<Result<_, _>>()?;
-        fill_includes(&mut conn, &mut records, query.include).map_err(map_err)?;
-        Ok(Page {
-            total,
-            resources: records,
-        })
+        list_on(&mut conn, tenant, rt, query, false)
     }
 
     fn update(

@@ -1930,3 +1930,173 @@ fn a_corrupt_stored_document_is_a_backend_error_not_an_empty_resource() {
         }
     }
 }
+
+/// What a paged read handed over, as (kind, ids) lines.
+fn paged_parts(
+    s: &DieselStore,
+    what: scim_core::store::PagedRead<'_>,
+    page_size: usize,
+    mut answer: impl FnMut(&scim_core::store::ReadPart<'_>) -> scim_core::store::Visit,
+) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+    use scim_core::store::ReadPart;
+    let mut parts = Vec::new();
+    let include = Include {
+        members: true,
+        groups: false,
+        member_limit: Some(1),
+    };
+    s.read_paged(T, "Group", what, include, page_size, &mut |part| {
+        let line = match &part {
+            ReadPart::Page(p) => (
+                format!("page {}", p.total),
+                p.resources
+                    .iter()
+                    .map(|r| {
+                        assert!(r.members.is_none(), "a page comes without members");
+                        format!("{}@{}", r.id, r.version)
+                    })
+                    .collect(),
+            ),
+            ReadPart::Resource(of, rec) => (format!("resource {of}"), vec![rec.id.clone()]),
+            ReadPart::Members(m) => ("members".into(), m.iter().map(|m| m.id.clone()).collect()),
+        };
+        parts.push(line);
+        answer(&part)
+    })?;
+    Ok(parts)
+}
+
+#[test]
+fn members_are_read_page_by_page_from_one_snapshot() {
+    use scim_core::store::{PagedRead, ReadPart, Visit};
+    let reg = registry();
+    for db in databases() {
+        let s = &db.store;
+        let ids: Vec<String> = (0..25).map(|i| format!("u{i:03}")).collect();
+        for id in ids.iter().chain(["late".to_string()].iter()) {
+            s.create(T, "User", id, NOW, user(&reg, id), Include::default())
+                .unwrap();
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        s.create(
+            T,
+            "Group",
+            "g",
+            NOW,
+            group(&reg, "G", &refs),
+            Include::default(),
+        )
+        .unwrap();
+        s.create(
+            T,
+            "Group",
+            "h",
+            NOW,
+            group(&reg, "H", &[]),
+            Include::default(),
+        )
+        .unwrap();
+        s.create(
+            T,
+            "Group",
+            "k",
+            NOW,
+            group(&reg, "K", &refs[..3]),
+            Include::default(),
+        )
+        .unwrap();
+
+        // Pages of 10 in id order; the whole group, every member once, ignoring member_limit.
+        // A membership change made while the read runs is not seen by it: the members shown
+        // are those of the version shown.
+        let mut changed = false;
+        let parts = paged_parts(s, PagedRead::One("g"), 10, |part| {
+            if matches!(part, ReadPart::Members(_)) && !changed {
+                changed = true;
+                set_members(
+                    s,
+                    "g",
+                    vec![
+                        MemberOp::Remove(vec!["u020".into()]),
+                        MemberOp::Add(vec!["late".into()]),
+                    ],
+                )
+                .unwrap();
+            }
+            Visit::Continue
+        })
+        .unwrap();
+        let line = |kind: &str, ids: &[String]| (kind.to_string(), ids.to_vec());
+        assert_eq!(
+            parts,
+            vec![
+                line("page 1", &["g@1".into()]),
+                line("resource 0", &["g".into()]),
+                line("members", &ids[..10]),
+                line("members", &ids[10..20]),
+                line("members", &ids[20..]),
+            ],
+            "{}",
+            db.name
+        );
+        // The next read sees the change, with its version.
+        let parts = paged_parts(s, PagedRead::One("g"), 100, |_| Visit::Continue).unwrap();
+        assert_eq!(parts[0], line("page 1", &["g@2".into()]), "{}", db.name);
+        let mut now: Vec<String> = ids.iter().filter(|i| *i != "u020").cloned().collect();
+        now.push("late".into());
+        now.sort();
+        assert_eq!(parts[2], line("members", &now), "{}", db.name);
+
+        // A list: each group of the page, members after it; a group without members has
+        // none; Skip passes over one group's members, Stop ends the read.
+        let query = ListQuery {
+            filter: StoreFilter::All,
+            start_index: 1,
+            count: 10,
+            include: Include::default(),
+            sort: None,
+            after: None,
+        };
+        let parts = paged_parts(s, PagedRead::List(&query), 2, |part| match part {
+            ReadPart::Resource(_, rec) if rec.id == "g" => Visit::Skip,
+            _ => Visit::Continue,
+        })
+        .unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                line("page 3", &["g@2".into(), "h@1".into(), "k@1".into()]),
+                line("resource 0", &["g".into()]),
+                line("resource 1", &["h".into()]),
+                line("resource 2", &["k".into()]),
+                line("members", &ids[..2]),
+                line("members", &ids[2..3]),
+            ],
+            "{}",
+            db.name
+        );
+        let parts = paged_parts(s, PagedRead::List(&query), 2, |part| match part {
+            ReadPart::Members(_) => Visit::Stop,
+            _ => Visit::Continue,
+        })
+        .unwrap();
+        assert_eq!(parts.len(), 3, "{}: {parts:?}", db.name);
+        // Nothing is handed over for a resource that is not there.
+        let mut visited = false;
+        let err = s
+            .read_paged(
+                T,
+                "Group",
+                PagedRead::One("nope"),
+                Include::default(),
+                10,
+                &mut |_| {
+                    visited = true;
+                    Visit::Continue
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound), "{}: {err:?}", db.name);
+        assert!(!visited);
+    }
+}

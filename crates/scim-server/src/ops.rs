@@ -4,11 +4,11 @@
 use scim_core::messages::ListResponse;
 use scim_core::patch::prepare_patch;
 use scim_core::query::{decode_cursor, encode_cursor, paging, plan_filter, plan_sort};
-use scim_core::render::{parse_etag, Projection, Rendered};
+use scim_core::render::{parse_etag, MemberPages, Projection, Rendered};
 use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
 use scim_core::store::{
-    Include, IndexedField, ListQuery, Page, PointKeyBuf, PointRead, ResourceRecord, SecretChange,
-    StoreFilter, TokenRead,
+    Include, IndexedField, ListQuery, Page, PagedRead, PointKeyBuf, PointRead, ReadPart,
+    ResourceRecord, SecretChange, StoreFilter, TokenRead, Visit,
 };
 use scim_core::{Ctx, ScimError, StoreError};
 use serde_json::Value;
@@ -457,9 +457,25 @@ pub fn list_answer(
 }
 
 /// The ListResponse of a page read for a plan.
-fn list_body(st: &AppState, ctx: &Ctx<'_>, plan: &ListPlan, mut page: Page) -> Vec<u8> {
+fn list_body(st: &AppState, ctx: &Ctx<'_>, plan: &ListPlan, page: Page) -> Vec<u8> {
+    let (frame, shown) = list_frame(plan, &page);
+    let resources: Vec<Rendered> = page.resources[shown]
+        .iter()
+        .map(|r| Rendered::new(ctx, r, &st.config.public_url, &plan.proj))
+        .collect();
+    to_json(&ListResponse {
+        total: frame.total,
+        start_index: frame.start_index,
+        resources,
+        next_cursor: frame.next_cursor,
+        previous_cursor: frame.previous_cursor,
+    })
+}
+
+/// The ListResponse of a page read for a plan without its resources (one `()` for each), and
+/// which of the page's resources it shows: the page may hold a probe row past the end.
+fn list_frame(plan: &ListPlan, page: &Page) -> (ListResponse<()>, std::ops::Range<usize>) {
     let &ListPlan {
-        ref proj,
         start_index,
         count,
         cursor,
@@ -468,23 +484,24 @@ fn list_body(st: &AppState, ctx: &Ctx<'_>, plan: &ListPlan, mut page: Page) -> V
         has_position,
         ..
     } = plan;
+    let n = page.resources.len();
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
     // `more`: the probe row exists, so another page lies in the reading direction.
-    let more = cursor && page.resources.len() as u64 > count;
-    if backward {
-        let extra = page.resources.len().saturating_sub(count as usize);
-        page.resources.drain(..extra); // the probe row is the earliest one
+    let more = cursor && n > count;
+    let shown = if backward {
+        n.saturating_sub(count)..n // the probe row is the earliest one
     } else {
-        page.resources.truncate(count as usize);
-    }
-    let resources: Vec<Rendered> = page
-        .resources
-        .iter()
-        .map(|r| Rendered::new(ctx, r, &st.config.public_url, proj))
-        .collect();
+        0..n.min(count)
+    };
+    let resources = &page.resources[shown.clone()];
     // A cursor-paged response carries no `startIndex` (RFC 9865).
-    let mut list = ListResponse::new(page.total, (!cursor).then_some(start_index), resources);
+    let mut list = ListResponse::new(
+        page.total,
+        (!cursor).then_some(start_index),
+        vec![(); resources.len()],
+    );
     if cursor {
-        let key = |r: &scim_core::store::ResourceRecord, backward: bool| {
+        let key = |r: &ResourceRecord, backward: bool| {
             encode_cursor(&scim_core::store::CursorKey {
                 created: r.created.clone(),
                 id: r.id.clone(),
@@ -503,14 +520,199 @@ fn list_body(st: &AppState, ctx: &Ctx<'_>, plan: &ListPlan, mut page: Page) -> V
         } else {
             (more, has_position)
         };
-        if let (true, Some(last)) = (has_next, page.resources.last()) {
+        if let (true, Some(last)) = (has_next, resources.last()) {
             list.next_cursor = Some(key(last, false));
         }
-        if let (true, Some(first)) = (has_previous, page.resources.first()) {
+        if let (true, Some(first)) = (has_previous, resources.first()) {
             list.previous_cursor = Some(key(first, true));
         }
     }
-    to_json(&list)
+    (list, shown)
+}
+
+/// What a read answered page by page ([`stream_get`], [`stream_list`]) hands the HTTP layer,
+/// in order: one `Head`, then `Bytes`, then `Done`. A piece it cannot hand over (the client
+/// went away, or stopped reading for longer than the read may last) ends the read.
+#[derive(Debug)]
+pub enum Piece {
+    /// the answer begins: the resource's version, for a single resource
+    Head(Option<i64>),
+    /// the next bytes of the SCIM JSON body
+    Bytes(Vec<u8>),
+    /// the body is complete
+    Done,
+}
+
+/// Members read per statement in an answer written page by page.
+const MEMBER_PAGE: usize = 1000;
+/// Bytes of body gathered before they are handed over.
+const CHUNK: usize = 64 * 1024;
+
+/// Whether a read with these parameters shows a group's members, and is therefore answered
+/// page by page ([`stream_get`], [`stream_list`]).
+pub fn reads_members(st: &AppState, rt: &str, params: &Params) -> bool {
+    ctx(st, rt).is_ok_and(|ctx| projection(&ctx, params).include(&ctx).members)
+}
+
+impl ListPlan {
+    /// Whether the planned list shows its groups' members, and is therefore answered page by
+    /// page ([`stream_list`]).
+    pub fn reads_members(&self) -> bool {
+        self.query.include.members
+    }
+}
+
+/// Writes the body of a read answered page by page, handing it over in chunks.
+struct Writer<'s> {
+    out: Vec<u8>,
+    send: &'s mut dyn FnMut(Piece) -> bool,
+    /// a piece could not be handed over: stop reading
+    gone: bool,
+}
+
+impl Writer<'_> {
+    fn send(&mut self, piece: Piece) -> Visit {
+        if !self.gone && !(self.send)(piece) {
+            self.gone = true;
+        }
+        match self.gone {
+            true => Visit::Stop,
+            false => Visit::Continue,
+        }
+    }
+
+    /// Hands the gathered bytes over once there are enough of them.
+    fn flush_full(&mut self) -> Visit {
+        match self.out.len() >= CHUNK {
+            true => {
+                let bytes = std::mem::take(&mut self.out);
+                self.send(Piece::Bytes(bytes))
+            }
+            false => Visit::Continue,
+        }
+    }
+
+    /// Hands the rest over and says the body is complete.
+    fn end(mut self) {
+        let bytes = std::mem::take(&mut self.out);
+        if self.send(Piece::Bytes(bytes)) == Visit::Continue {
+            self.send(Piece::Done);
+        }
+    }
+}
+
+/// GET one group with its members, read from one snapshot and written out page by page
+/// through `send`, so that no more than a page of members is held however large the group.
+pub fn stream_get(
+    st: &AppState,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+    params: &Params,
+    send: &mut dyn FnMut(Piece) -> bool,
+) -> Result<(), ScimError> {
+    let ctx = ctx(st, rt)?;
+    let proj = projection(&ctx, params);
+    let base = st.config.public_url.as_str();
+    let mut pages = MemberPages::new(&ctx, base, &proj)
+        .ok_or_else(|| ScimError::internal("a page-by-page read of a resource without members"))?;
+    let mut w = Writer {
+        out: Vec::new(),
+        send,
+        gone: false,
+    };
+    let mut visit = |part: ReadPart<'_>| match part {
+        ReadPart::Page(page) => {
+            let Some(rec) = page.resources.first() else {
+                return Visit::Stop;
+            };
+            pages.start(&mut w.out, &Rendered::new(&ctx, rec, base, &proj));
+            w.send(Piece::Head(Some(rec.version)))
+        }
+        ReadPart::Resource(..) => Visit::Continue,
+        ReadPart::Members(members) => {
+            pages.push(&mut w.out, members);
+            w.flush_full()
+        }
+    };
+    let include = proj.include(&ctx);
+    st.store.read_paged(
+        tenant,
+        &ctx.rt.id,
+        PagedRead::One(id),
+        include,
+        MEMBER_PAGE,
+        &mut visit,
+    )?;
+    if !w.gone {
+        pages.finish(&mut w.out);
+        w.end();
+    }
+    Ok(())
+}
+
+/// A planned list whose groups show their members ([`ListPlan::reads_members`]), read from
+/// one snapshot and written out page by page through `send` (see [`stream_get`]).
+pub fn stream_list(
+    st: &AppState,
+    tenant: &str,
+    plan: &ListPlan,
+    send: &mut dyn FnMut(Piece) -> bool,
+) -> Result<(), ScimError> {
+    let ctx = ctx(st, &plan.rt)?;
+    let base = st.config.public_url.as_str();
+    let mut pages = MemberPages::new(&ctx, base, &plan.proj)
+        .ok_or_else(|| ScimError::internal("a page-by-page list without members"))?;
+    let mut w = Writer {
+        out: Vec::new(),
+        send,
+        gone: false,
+    };
+    let mut shown = 0..0;
+    let mut tail = Vec::new();
+    // Whether a resource is written and open for its members.
+    let mut open = false;
+    let mut visit = |part: ReadPart<'_>| match part {
+        ReadPart::Page(page) => {
+            let (frame, range) = list_frame(plan, page);
+            let (head, end) = frame.envelope();
+            (shown, tail) = (range, end);
+            w.out.extend_from_slice(&head);
+            w.send(Piece::Head(None))
+        }
+        ReadPart::Resource(of, _) if !shown.contains(&of) => Visit::Skip,
+        ReadPart::Resource(of, rec) => {
+            if std::mem::replace(&mut open, true) {
+                pages.finish(&mut w.out);
+            }
+            if of > shown.start {
+                w.out.push(b',');
+            }
+            pages.start(&mut w.out, &Rendered::new(&ctx, rec, base, &plan.proj));
+            w.flush_full()
+        }
+        ReadPart::Members(members) => {
+            pages.push(&mut w.out, members);
+            w.flush_full()
+        }
+    };
+    let query = &plan.query;
+    st.store.read_paged(
+        tenant,
+        &ctx.rt.id,
+        PagedRead::List(query),
+        query.include,
+        MEMBER_PAGE,
+        &mut visit,
+    )?;
+    if !w.gone {
+        if open {
+            pages.finish(&mut w.out);
+        }
+        w.out.extend_from_slice(&tail);
+        w.end();
+    }
+    Ok(())
 }
 
 /// SCIM JSON of a rendered resource or a list of them (maps of strings and JSON values, which

@@ -13,7 +13,7 @@ use crate::http::{
     if_match, if_none_match_hits, json_body, preferred_reply, resource_response, scim_json,
     scim_json_bytes, Params,
 };
-use crate::ops::{self, Change, Outcome};
+use crate::ops::{self, Change, Outcome, Piece};
 use crate::{AppState, ResourceTypeId};
 
 /// Runs blocking work (the store) on the blocking pool.
@@ -133,6 +133,119 @@ where
     blocking(move || run(&state)).await
 }
 
+/// How long an answer written page by page may take when reads have no time limit
+/// (`SCIM_QUERY_TIMEOUT_MS=0`): it holds a database snapshot and connection while it lasts.
+const STREAM_LIMIT_WITHOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs `produce` for the caller's tenant on the blocking pool, handing its pieces to the
+/// response as they come, and returns once the answer begins ([`Piece::Head`]): the version it
+/// names and the body to come. An error before that is the answer. The read holds a database
+/// connection while it lasts, so it is bounded in time as any read is (`SCIM_QUERY_TIMEOUT_MS`,
+/// counted from its start): a client that stops reading for longer gets a cut-short answer
+/// (the connection closed mid-body), never a complete-looking one.
+async fn streamed<I: Send + 'static>(
+    state: web::Data<AppState>,
+    caller: Caller,
+    input: ApiResult<I>,
+    produce: impl FnOnce(&AppState, &str, I, &mut dyn FnMut(Piece) -> bool) -> Result<(), ScimError>
+        + Send
+        + 'static,
+) -> ApiResult<(Option<i64>, Streamed)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Piece, ScimError>>(2);
+    let runtime = tokio::runtime::Handle::current();
+    let limit = state
+        .config
+        .query_timeout
+        .unwrap_or(STREAM_LIMIT_WITHOUT_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + limit;
+    actix_web::rt::task::spawn_blocking(move || {
+        let mut started = false;
+        let mut late = false;
+        let mut send = |piece: Piece| {
+            started |= matches!(piece, Piece::Head(_));
+            let sent = runtime.block_on(tokio::time::timeout_at(deadline, tx.send(Ok(piece))));
+            late = sent.is_err();
+            matches!(sent, Ok(Ok(())))
+        };
+        let result = input
+            .map_err(|e| e.0)
+            .and_then(|i| produce(&state, &caller.tenant(&state)?, i, &mut send));
+        if late {
+            log::warn!(
+                "an answer was cut short: the client read it more slowly than the read's time \
+                 limit ({} ms) allows",
+                limit.as_millis()
+            );
+        }
+        match result {
+            Err(e) if !started => {
+                let _ = tx.blocking_send(Err(e));
+            }
+            Err(e) => log::warn!("an answer was cut short: {}", e.detail.escape_debug()),
+            Ok(()) => {}
+        }
+    });
+    match rx.recv().await {
+        Some(Ok(Piece::Head(version))) => Ok((version, Streamed { rx, done: false })),
+        Some(Err(e)) => Err(ApiError(e)),
+        Some(Ok(_)) | None => Err(ApiError(ScimError::internal(
+            "a read written page by page ended before its answer began",
+        ))),
+    }
+}
+
+/// The body of an answer written page by page ([`streamed`]).
+pub struct Streamed {
+    rx: tokio::sync::mpsc::Receiver<Result<Piece, ScimError>>,
+    /// the producer said the body is complete
+    done: bool,
+}
+
+impl actix_web::body::MessageBody for Streamed {
+    type Error = std::io::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Stream
+    }
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
+        use std::task::Poll;
+        loop {
+            return match self.rx.poll_recv(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(Piece::Bytes(b)))) if b.is_empty() => continue,
+                Poll::Ready(Some(Ok(Piece::Bytes(b)))) => Poll::Ready(Some(Ok(b.into()))),
+                Poll::Ready(Some(Ok(Piece::Done))) => {
+                    self.done = true;
+                    continue;
+                }
+                Poll::Ready(Some(Ok(Piece::Head(_)))) => continue,
+                Poll::Ready(None) if self.done => Poll::Ready(None),
+                // The read ended before the body was complete: the client must see a broken
+                // answer, not a short one.
+                Poll::Ready(Some(Err(_)) | None) => {
+                    Poll::Ready(Some(Err(std::io::Error::other("the answer was cut short"))))
+                }
+            };
+        }
+    }
+}
+
+/// A 200 answer written page by page, or 304 when `If-None-Match` names its version.
+fn respond_streamed(req: &HttpRequest, version: Option<i64>, body: Streamed) -> HttpResponse {
+    if version.is_some_and(|v| if_none_match_hits(req.headers(), v)) {
+        // Dropping the body ends the read.
+        return with_etag(HttpResponse::NotModified().finish(), version);
+    }
+    let resp = HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, crate::error::SCIM_JSON))
+        .body(body);
+    with_etag(resp, version)
+}
+
 fn with_etag(mut resp: HttpResponse, version: Option<i64>) -> HttpResponse {
     if let Some(v) =
         version.and_then(|v| header::HeaderValue::from_str(&scim_core::render::etag(v)).ok())
@@ -192,6 +305,17 @@ pub async fn get(
 ) -> ApiResult<HttpResponse> {
     let rt = rt.0.clone();
     let params = Params::from_request(&req);
+    if let Ok(p) = &params {
+        if ops::reads_members(&state, &rt, p) {
+            let input = params.map(|p| (rt, id.into_inner(), p));
+            let (version, body) = streamed(state, caller, input, |st, tenant, input, send| {
+                let (rt, id, params) = input;
+                ops::stream_get(st, tenant, &rt, &id, &params, send)
+            })
+            .await?;
+            return Ok(respond_streamed(&req, version, body));
+        }
+    }
     let reads = match &params {
         Ok(p) if ops::get_is_point_read(&state, &rt, p) => Reads::Point,
         _ => Reads::Any,
@@ -234,7 +358,7 @@ pub async fn list(
 ) -> ApiResult<HttpResponse> {
     let plan = Params::from_request(&req)
         .and_then(|p| ops::plan_list(&state, &rt.0, &p).map_err(ApiError));
-    list_planned(state, caller, plan).await
+    list_planned(state, caller, &req, plan).await
 }
 
 /// Reads a SearchRequest body (RFC 7644 section 3.4.3) into query parameters.
@@ -268,15 +392,23 @@ pub async fn search(
     let plan = search_request(&state, &req, payload)
         .await
         .and_then(|p| ops::plan_list(&state, &rt.0, &p).map_err(ApiError));
-    list_planned(state, caller, plan).await
+    list_planned(state, caller, &req, plan).await
 }
 
 /// Answers a planned list (`GET /Users`, `POST /Users/.search`).
 async fn list_planned(
     state: web::Data<AppState>,
     caller: Caller,
+    req: &HttpRequest,
     plan: ApiResult<ops::ListPlan>,
 ) -> ApiResult<HttpResponse> {
+    if plan.as_ref().is_ok_and(ops::ListPlan::reads_members) {
+        let (version, body) = streamed(state, caller, plan, |st, tenant, plan, send| {
+            ops::stream_list(st, tenant, &plan, send)
+        })
+        .await?;
+        return Ok(respond_streamed(req, version, body));
+    }
     let reads = match &plan {
         Ok(p) if p.is_point_read() => Reads::Point,
         _ => Reads::Any,

@@ -5,6 +5,7 @@
 
 mod cli;
 mod conformance;
+mod groups;
 mod options;
 mod postgres;
 mod security;

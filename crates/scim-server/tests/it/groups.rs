@@ -1,0 +1,230 @@
+//! Groups larger than a page of members, read over HTTP: the members are written out page by
+//! page from one snapshot, and the answer is the same document a small group gets.
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+use crate::server::{call, databases, TestServer};
+
+/// Creates `n` users through `/Bulk`; their ids.
+fn users(s: &TestServer, client: &Client, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let ops: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                json!({"method": "POST", "path": "/Users", "bulkId": format!("b{i}"),
+                       "data": {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                                "userName": format!("member{i:05}@example.com"),
+                                "displayName": format!("Member \"{i}\"")}})
+            })
+            .collect();
+        let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+                          "Operations": ops});
+        let r: Value = client
+            .post(format!("{}/Bulk", s.base))
+            .bearer_auth(&s.token)
+            .header("content-type", "application/scim+json")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        for op in r["Operations"].as_array().unwrap_or_else(|| panic!("{r}")) {
+            assert_eq!(op["status"], "201", "{op}");
+            let location = op["location"].as_str().unwrap();
+            ids.push(location.rsplit('/').next().unwrap().to_string());
+        }
+    }
+    ids
+}
+
+fn values(members: &Value) -> Vec<String> {
+    let mut v: Vec<String> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_group_larger_than_a_page_of_members_reads_whole_and_consistent() {
+    let client = Client::new();
+    for db in databases() {
+        let s = TestServer::start(&db);
+        let mut ids = users(&s, &client, 2_500);
+        let group = |name: &str, members: &[String]| {
+            let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
+            let (status, g, _) = call(
+                &s,
+                reqwest::Method::POST,
+                "/Groups",
+                Some(
+                    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                            "displayName": name, "members": members}),
+                ),
+                &[("Prefer", "return=minimal")],
+            );
+            assert!(status == 201 || status == 204, "{status} {g}");
+            g
+        };
+        group("small", &ids[..2]);
+        let (_, found, _) = call(
+            &s,
+            reqwest::Method::GET,
+            "/Groups?filter=displayName%20eq%20%22small%22&excludedAttributes=members",
+            None,
+            &[],
+        );
+        let small_id = found["Resources"][0]["id"].as_str().unwrap().to_string();
+        group("big", &ids[..500]);
+        let (_, found, _) = call(
+            &s,
+            reqwest::Method::GET,
+            "/Groups?filter=displayName%20eq%20%22big%22&excludedAttributes=members",
+            None,
+            &[],
+        );
+        let big_id = found["Resources"][0]["id"].as_str().unwrap().to_string();
+        let path = format!("/Groups/{big_id}");
+        for chunk in ids[500..].chunks(500) {
+            let members: Vec<Value> = chunk.iter().map(|m| json!({"value": m})).collect();
+            let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                               "Operations": [{"op": "add", "path": "members", "value": members}]});
+            let (status, _, _) = call(&s, reqwest::Method::PATCH, &path, Some(patch), &[]);
+            assert!(status == 200 || status == 204, "{status}");
+        }
+        ids.sort();
+
+        // The whole group, with the headers of any resource answer.
+        let r = client
+            .get(format!("{}{path}", s.base))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["content-type"], "application/scim+json");
+        let etag = r.headers()["etag"].to_str().unwrap().to_string();
+        let g: Value = r.json().unwrap();
+        assert_eq!(g["id"], big_id.as_str(), "{}", db.name());
+        assert_eq!(g["displayName"], "big");
+        assert_eq!(g["meta"]["version"], etag.as_str());
+        assert_eq!(g["meta"]["resourceType"], "Group");
+        assert_eq!(
+            values(&g["members"]),
+            ids,
+            "{}: every member once",
+            db.name()
+        );
+        let first = &g["members"][0];
+        assert_eq!(first["type"], "User");
+        assert_eq!(
+            first["$ref"],
+            format!("{}/Users/{}", s.base, first["value"].as_str().unwrap()).as_str()
+        );
+        assert!(
+            first.get("display").is_none(),
+            "display is returned on request"
+        );
+
+        // Conditional GET on the streamed answer's version.
+        let (status, _, _) = call(
+            &s,
+            reqwest::Method::GET,
+            &path,
+            None,
+            &[("If-None-Match", &etag)],
+        );
+        assert_eq!(status, 304);
+
+        // Projection applies to every member.
+        let (_, g, _) = call(
+            &s,
+            reqwest::Method::GET,
+            &format!("{path}?attributes=members.value,members.display"),
+            None,
+            &[],
+        );
+        assert_eq!(values(&g["members"]), ids);
+        let m = g["members"].as_array().unwrap();
+        assert!(
+            m.iter().all(|m| m.as_object().unwrap().len() == 2),
+            "{}",
+            m[0]
+        );
+        assert!(m.iter().any(|m| m["display"] == "Member \"7\""));
+        assert!(g.get("displayName").is_none());
+        assert_eq!(g["id"], big_id.as_str());
+
+        // Lists: a filtered page, and cursor pages whose probe row is not shown.
+        let (_, list, _) = call(
+            &s,
+            reqwest::Method::GET,
+            "/Groups?filter=displayName%20eq%20%22big%22",
+            None,
+            &[],
+        );
+        assert_eq!(
+            (list["totalResults"].clone(), list["itemsPerPage"].clone()),
+            (json!(1), json!(1))
+        );
+        assert_eq!(values(&list["Resources"][0]["members"]), ids);
+        let (_, page, _) = call(
+            &s,
+            reqwest::Method::GET,
+            "/Groups?count=1&cursor",
+            None,
+            &[],
+        );
+        let resources = page["Resources"].as_array().unwrap();
+        assert_eq!(resources.len(), 1, "{}", db.name());
+        assert_eq!(resources[0]["id"], small_id.as_str());
+        assert_eq!(resources[0]["members"].as_array().map(Vec::len), Some(2));
+        let next = page["nextCursor"].as_str().unwrap();
+        let (_, page, _) = call(
+            &s,
+            reqwest::Method::GET,
+            &format!("/Groups?count=1&cursor={next}"),
+            None,
+            &[],
+        );
+        assert_eq!(page["Resources"][0]["id"], big_id.as_str());
+        assert_eq!(values(&page["Resources"][0]["members"]), ids);
+        assert!(page.get("nextCursor").is_none());
+        let (_, page, _) = call(
+            &s,
+            reqwest::Method::GET,
+            "/Groups?startIndex=1&count=5",
+            None,
+            &[],
+        );
+        assert_eq!(page["itemsPerPage"], 2);
+        assert_eq!(
+            page["Resources"][1]["members"].as_array().map(Vec::len),
+            Some(2_500)
+        );
+
+        // Errors before the answer begins are ordinary SCIM errors.
+        let (status, err, _) = call(&s, reqwest::Method::GET, "/Groups/no-such-group", None, &[]);
+        assert_eq!(status, 404, "{err}");
+        assert_eq!(err["status"], "404");
+        let r = client
+            .get(format!("{}{path}", s.base))
+            .bearer_auth("not-a-token")
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let r = client
+            .get(format!(
+                "{}/Groups?filter=displayName%20zz%20%22x%22",
+                s.base
+            ))
+            .bearer_auth(&s.token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+    }
+}
