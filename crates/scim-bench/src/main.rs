@@ -415,7 +415,6 @@ async fn main() -> Result<()> {
     // 7. Read the big group without its members.
     let (c, gid2) = (client.clone(), gid.clone());
     let expected = (batches * 100) as u64;
-    let _ = expected;
     table.push(
         run_phase(
             "GET group excl. members",
@@ -433,6 +432,26 @@ async fn main() -> Result<()> {
                         )
                         .await?;
                     Ok(s == 200 && v.get("members").is_none() && v["id"] == json!(gid))
+                }
+            },
+        )
+        .await,
+    );
+    // 7b. Read the big group with every member (a full directory sync reads groups so), a
+    // bounded number of times; each answer must hold every member.
+    let (c, gid2) = (client.clone(), gid.clone());
+    table.push(
+        run_phase(
+            "GET group with members",
+            32,
+            a.concurrency,
+            max,
+            move |_| {
+                let (c, gid) = (c.clone(), gid2.clone());
+                async move {
+                    let (s, v) = c.send("GET", &format!("/Groups/{gid}"), None).await?;
+                    let n = v["members"].as_array().map_or(0, Vec::len) as u64;
+                    Ok(s == 200 && n == expected)
                 }
             },
         )
