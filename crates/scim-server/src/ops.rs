@@ -27,6 +27,9 @@ pub struct Outcome {
     pub version: Option<i64>,
     /// URL of the resource
     pub location: Option<String>,
+    /// the answer is the resource read afresh at `version`, page by page ([`stream_get`]): a
+    /// write of a group whose members were asked for without a limit does not read them back
+    pub read_after: bool,
 }
 
 /// What a successful write answers with.
@@ -80,6 +83,7 @@ fn written(
             id: Some(rec.id.clone()),
             version: Some(rec.version),
             location: Some(location(st, ctx, &rec.id)),
+            read_after: false,
         };
     }
     done(st, ctx, rec, proj)
@@ -148,6 +152,7 @@ fn done(st: &AppState, ctx: &Ctx<'_>, rec: &ResourceRecord, proj: &Projection) -
         id: Some(rec.id.clone()),
         version: Some(rec.version),
         location: Some(location(st, ctx, &rec.id)),
+        read_after: false,
     }
 }
 
@@ -541,6 +546,9 @@ pub enum Piece {
     Bytes(Vec<u8>),
     /// the body is complete
     Done,
+    /// instead of `Head`: the resource is no longer at the version the read was to show (see
+    /// [`stream_get`]); nothing follows
+    Changed,
 }
 
 /// Members read per statement in an answer written page by page.
@@ -603,12 +611,15 @@ impl Writer<'_> {
 
 /// GET one group with its members, read from one snapshot and written out page by page
 /// through `send`, so that no more than a page of members is held however large the group.
+/// With `expected` (the answer to a write at that version), a resource changed or deleted
+/// since is answered [`Piece::Changed`].
 pub fn stream_get(
     st: &AppState,
     tenant: &str,
     rt: &str,
     id: &str,
     params: &Params,
+    expected: Option<i64>,
     send: &mut dyn FnMut(Piece) -> bool,
 ) -> Result<(), ScimError> {
     let ctx = ctx(st, rt)?;
@@ -626,6 +637,11 @@ pub fn stream_get(
             let Some(rec) = page.resources.first() else {
                 return Visit::Stop;
             };
+            if expected.is_some_and(|v| v != rec.version) {
+                w.send(Piece::Changed);
+                w.gone = true;
+                return Visit::Stop;
+            }
             pages.start(&mut w.out, &Rendered::new(&ctx, rec, base, &proj));
             w.send(Piece::Head(Some(rec.version)))
         }
@@ -636,14 +652,21 @@ pub fn stream_get(
         }
     };
     let include = proj.include(&ctx);
-    st.store.read_paged(
+    let read = st.store.read_paged(
         tenant,
         &ctx.rt.id,
         PagedRead::One(id),
         include,
         MEMBER_PAGE,
         &mut visit,
-    )?;
+    );
+    match read {
+        Err(StoreError::NotFound) if expected.is_some() => {
+            w.send(Piece::Changed);
+            return Ok(());
+        }
+        read => read?,
+    }
     if !w.gone {
         pages.finish(&mut w.out);
         w.end();
@@ -755,6 +778,12 @@ pub fn update(
     let ctx = ctx(st, rt)?;
     let proj = projection(&ctx, params);
     let include = write_include(st, &ctx, params, &proj, reply);
+    // Every member asked for: read afresh after the write, page by page, not inside it.
+    let read_after = include.members && include.member_limit.is_none();
+    let include = Include {
+        members: include.members && !read_after,
+        ..include
+    };
     let limits = st.config.query.filter;
     let unknown_members = st.config.unknown_members;
     // The store may call this more than once (it prepares the write before taking the writer
@@ -778,6 +807,15 @@ pub fn update(
             Ok(write)
         },
     )?;
+    if read_after {
+        return Ok(Outcome {
+            body: None,
+            id: Some(rec.id.clone()),
+            version: Some(rec.version),
+            location: Some(location(st, &ctx, &rec.id)),
+            read_after,
+        });
+    }
     Ok(written(st, &ctx, &rec, &proj, include, reply))
 }
 
@@ -796,6 +834,7 @@ pub fn delete(
         id: None,
         version: None,
         location: Some(location(st, &ctx, id)),
+        read_after: false,
     })
 }
 

@@ -138,8 +138,8 @@ where
 const STREAM_LIMIT_WITHOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Runs `produce` for the caller's tenant on the blocking pool, handing its pieces to the
-/// response as they come, and returns once the answer begins ([`Piece::Head`]): the version it
-/// names and the body to come. An error before that is the answer. The read holds a database
+/// response as they come, and returns once the answer begins ([`Piece::Head`], or
+/// [`Piece::Changed`]) with the body to come. An error before that is the answer. The read holds a database
 /// connection while it lasts, so it is bounded in time as any read is (`SCIM_QUERY_TIMEOUT_MS`,
 /// counted from its start): a client that stops reading for longer gets a cut-short answer
 /// (the connection closed mid-body), never a complete-looking one.
@@ -150,7 +150,7 @@ async fn streamed<I: Send + 'static>(
     produce: impl FnOnce(&AppState, &str, I, &mut dyn FnMut(Piece) -> bool) -> Result<(), ScimError>
         + Send
         + 'static,
-) -> ApiResult<(Option<i64>, Streamed)> {
+) -> ApiResult<(Piece, Streamed)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Piece, ScimError>>(2);
     let runtime = tokio::runtime::Handle::current();
     let limit = state
@@ -186,7 +186,9 @@ async fn streamed<I: Send + 'static>(
         }
     });
     match rx.recv().await {
-        Some(Ok(Piece::Head(version))) => Ok((version, Streamed { rx, done: false })),
+        Some(Ok(first @ (Piece::Head(_) | Piece::Changed))) => {
+            Ok((first, Streamed { rx, done: false }))
+        }
         Some(Err(e)) => Err(ApiError(e)),
         Some(Ok(_)) | None => Err(ApiError(ScimError::internal(
             "a read written page by page ended before its answer began",
@@ -222,7 +224,7 @@ impl actix_web::body::MessageBody for Streamed {
                     self.done = true;
                     continue;
                 }
-                Poll::Ready(Some(Ok(Piece::Head(_)))) => continue,
+                Poll::Ready(Some(Ok(Piece::Head(_) | Piece::Changed))) => continue,
                 Poll::Ready(None) if self.done => Poll::Ready(None),
                 // The read ended before the body was complete: the client must see a broken
                 // answer, not a short one.
@@ -234,12 +236,20 @@ impl actix_web::body::MessageBody for Streamed {
     }
 }
 
-/// A 200 answer written page by page, or 304 when `If-None-Match` names its version.
-fn respond_streamed(req: &HttpRequest, version: Option<i64>, body: Streamed) -> HttpResponse {
+/// A 200 answer of a read written page by page, or 304 when `If-None-Match` names its version.
+fn respond_streamed(req: &HttpRequest, first: Piece, body: Streamed) -> HttpResponse {
+    let version = match first {
+        Piece::Head(version) => version,
+        _ => None,
+    };
     if version.is_some_and(|v| if_none_match_hits(req.headers(), v)) {
         // Dropping the body ends the read.
         return with_etag(HttpResponse::NotModified().finish(), version);
     }
+    streamed_ok(version, body)
+}
+
+fn streamed_ok(version: Option<i64>, body: Streamed) -> HttpResponse {
     let resp = HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, crate::error::SCIM_JSON))
         .body(body);
@@ -308,12 +318,12 @@ pub async fn get(
     if let Ok(p) = &params {
         if ops::reads_members(&state, &rt, p) {
             let input = params.map(|p| (rt, id.into_inner(), p));
-            let (version, body) = streamed(state, caller, input, |st, tenant, input, send| {
+            let (first, body) = streamed(state, caller, input, |st, tenant, input, send| {
                 let (rt, id, params) = input;
-                ops::stream_get(st, tenant, &rt, &id, &params, send)
+                ops::stream_get(st, tenant, &rt, &id, &params, None, send)
             })
             .await?;
-            return Ok(respond_streamed(&req, version, body));
+            return Ok(respond_streamed(&req, first, body));
         }
     }
     let reads = match &params {
@@ -403,11 +413,11 @@ async fn list_planned(
     plan: ApiResult<ops::ListPlan>,
 ) -> ApiResult<HttpResponse> {
     if plan.as_ref().is_ok_and(ops::ListPlan::reads_members) {
-        let (version, body) = streamed(state, caller, plan, |st, tenant, plan, send| {
+        let (first, body) = streamed(state, caller, plan, |st, tenant, plan, send| {
             ops::stream_list(st, tenant, &plan, send)
         })
         .await?;
-        return Ok(respond_streamed(req, version, body));
+        return Ok(respond_streamed(req, first, body));
     }
     let reads = match &plan {
         Ok(p) if p.is_point_read() => Reads::Point,
@@ -440,7 +450,9 @@ async fn update(
     let body = json_body(&req, payload, state.config.max_body_bytes).await;
     let input = body.and_then(|b| Ok((b, Params::from_request(&req)?, if_match(req.headers())?)));
     let rt = rt.0.clone();
+    let id = id.into_inner();
     let reply = preferred_reply(req.headers());
+    let (st, who, resource) = (state.clone(), caller.clone(), (rt.clone(), id.clone()));
     let out = for_caller(
         state,
         caller,
@@ -453,6 +465,21 @@ async fn update(
         },
     )
     .await?;
+    if out.read_after {
+        // Every member asked for: the group as it is now, page by page, if it is still the
+        // version written; if another write came first, the new ETag alone (RFC 7644 section
+        // 3.5.2 allows 204).
+        let written = out.version;
+        let input = Params::from_request(&req).map(|p| (resource, p));
+        let (first, body) = streamed(st, who, input, move |st, tenant, ((rt, id), p), send| {
+            ops::stream_get(st, tenant, &rt, &id, &p, written, send)
+        })
+        .await?;
+        return Ok(match first {
+            Piece::Head(version) => streamed_ok(version, body),
+            _ => with_etag(HttpResponse::NoContent().finish(), written),
+        });
+    }
     if out.body.is_none() {
         // Applied; no body (`Prefer: return=minimal`, or a group too large to list), just the
         // new ETag.

@@ -207,6 +207,42 @@ fn a_group_larger_than_a_page_of_members_reads_whole_and_consistent() {
             Some(2_500)
         );
 
+        // A write whose answer asks for every member: read after the write, page by page,
+        // at the version written.
+        let rename = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                            "Operations": [{"op": "replace", "path": "displayName", "value": "bigger"}]});
+        let before: i64 = etag
+            .trim_start_matches("W/\"")
+            .trim_end_matches('"')
+            .parse()
+            .unwrap();
+        let (status, g, headers) = call(
+            &s,
+            reqwest::Method::PATCH,
+            &path,
+            Some(rename),
+            &[("Prefer", "return=representation")],
+        );
+        assert_eq!(status, 200, "{}", db.name());
+        assert_eq!(g["displayName"], "bigger");
+        assert_eq!(values(&g["members"]), ids);
+        let written = format!("W/\"{}\"", before + 1);
+        assert_eq!(headers["etag"], written.as_str());
+        assert_eq!(g["meta"]["version"], written.as_str());
+        let replace = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                             "displayName": "big", "members": ids[..1].iter().map(|m| json!({"value": m})).collect::<Vec<_>>()});
+        let (status, g, headers) = call(
+            &s,
+            reqwest::Method::PUT,
+            &format!("{path}?attributes=members"),
+            Some(replace),
+            &[],
+        );
+        assert_eq!(status, 200, "{}", db.name());
+        assert_eq!(values(&g["members"]), ids[..1].to_vec());
+        assert_eq!(headers["etag"], format!("W/\"{}\"", before + 2).as_str());
+        assert!(g.get("displayName").is_none());
+
         // Errors before the answer begins are ordinary SCIM errors.
         let (status, err, _) = call(&s, reqwest::Method::GET, "/Groups/no-such-group", None, &[]);
         assert_eq!(status, 404, "{err}");
