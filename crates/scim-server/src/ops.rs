@@ -985,7 +985,14 @@ fn run_bulk_op(
 /// 3.4.3). A type whose schema lacks an attribute the filter names contributes nothing; a
 /// filter no type understands is the error it gives for the first type. `startIndex` and
 /// `count` page over the concatenation. `sortBy` and cursors apply to one type at a time.
-pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Vec<u8>, ScimError> {
+/// The answer is written out through `send` (see [`stream_get`]); a group that shows its
+/// members is read again with them, page by page, so no whole member list is held.
+pub fn search_all(
+    st: &AppState,
+    tenant: &str,
+    params: &Params,
+    send: &mut dyn FnMut(Piece) -> bool,
+) -> Result<(), ScimError> {
     if params.get("sortBy").is_some() || params.get("cursor").is_some() {
         return Err(ScimError::invalid_value(
             "sortBy and cursor are not supported across resource types; search /Users or /Groups",
@@ -1026,7 +1033,11 @@ pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Vec<u8
                 filter,
                 start_index: skip + 1,
                 count: left,
-                include: proj.include(&ctx),
+                // Members are read group by group below, page by page.
+                include: Include {
+                    members: false,
+                    ..proj.include(&ctx)
+                },
                 sort: None,
                 after: None,
             },
@@ -1036,17 +1047,69 @@ pub fn search_all(st: &AppState, tenant: &str, params: &Params) -> Result<Vec<u8
         left -= page.resources.len() as u64;
         pages.push((ctx, proj, page.resources));
     }
-    let rendered: Vec<Rendered> = pages
-        .iter()
-        .flat_map(|(ctx, proj, records)| {
-            records
-                .iter()
-                .map(move |r| Rendered::new(ctx, r, &st.config.public_url, proj))
-        })
-        .collect();
-    Ok(to_json(&ListResponse::new(
-        total,
-        Some(start_index),
-        rendered,
-    )))
+    let n = pages.iter().map(|(_, _, records)| records.len()).sum();
+    let (head, tail) = ListResponse::new(total, Some(start_index), vec![(); n]).envelope();
+    let base = st.config.public_url.as_str();
+    let mut w = Writer {
+        out: head,
+        send,
+        gone: false,
+    };
+    if w.send(Piece::Head(None)) == Visit::Stop {
+        return Ok(());
+    }
+    let mut first = true;
+    for (ctx, proj, records) in &pages {
+        for rec in records {
+            if !std::mem::take(&mut first) {
+                w.out.push(b',');
+            }
+            let Some(mut members) = MemberPages::new(ctx, base, proj) else {
+                let _ = serde_json::to_writer(&mut w.out, &Rendered::new(ctx, rec, base, proj));
+                if w.flush_full() == Visit::Stop {
+                    return Ok(());
+                }
+                continue;
+            };
+            // The group as one read shows it, with its members (see `stream_get`); one
+            // deleted since the list is shown as the list found it.
+            let mut started = false;
+            let read = st.store.read_paged(
+                tenant,
+                &ctx.rt.id,
+                PagedRead::One(&rec.id),
+                proj.include(ctx),
+                MEMBER_PAGE,
+                &mut |part| match part {
+                    ReadPart::Page(page) => match page.resources.first() {
+                        Some(now) => {
+                            started = true;
+                            members.start(&mut w.out, &Rendered::new(ctx, now, base, proj));
+                            w.flush_full()
+                        }
+                        None => Visit::Stop,
+                    },
+                    ReadPart::Resource(..) => Visit::Continue,
+                    ReadPart::Members(m) => {
+                        members.push(&mut w.out, m);
+                        w.flush_full()
+                    }
+                },
+            );
+            match read {
+                Err(StoreError::NotFound) => {}
+                read => read?,
+            }
+            if w.gone {
+                return Ok(());
+            }
+            if !started {
+                members.start(&mut w.out, &Rendered::new(ctx, rec, base, proj));
+            }
+            members.finish(&mut w.out);
+        }
+    }
+    w.out.extend_from_slice(&tail);
+    w.end();
+    Ok(())
 }

@@ -562,13 +562,9 @@ pub async fn search_all(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let params = search_request(&state, &req, payload).await;
-    let body = for_caller(
-        state,
-        caller,
-        params,
-        Reads::Any,
-        |state, tenant, params| ops::search_all(state, tenant, &params),
-    )
+    let (_, body) = streamed(state, caller, params, |state, tenant, params, send| {
+        ops::search_all(state, tenant, &params, send)
+    })
     .await?;
-    Ok(scim_json_bytes(StatusCode::OK, body))
+    Ok(streamed_ok(None, body))
 }

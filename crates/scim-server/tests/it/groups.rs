@@ -207,6 +207,16 @@ fn a_group_larger_than_a_page_of_members_reads_whole_and_consistent() {
             Some(2_500)
         );
 
+        // Across resource types (root `.search`) too.
+        let search = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                            "filter": "displayName eq \"big\" or displayName eq \"Member \\\"1\\\"\""});
+        let (status, found, _) = call(&s, reqwest::Method::POST, "/.search", Some(search), &[]);
+        assert_eq!(status, 200, "{found}");
+        assert_eq!(found["totalResults"], 2, "{}", db.name());
+        assert_eq!(found["Resources"][0]["userName"], "member00001@example.com");
+        assert_eq!(found["Resources"][1]["id"], big_id.as_str());
+        assert_eq!(values(&found["Resources"][1]["members"]), ids);
+
         // A write whose answer asks for every member: read after the write, page by page,
         // at the version written.
         let rename = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
