@@ -159,18 +159,11 @@ async fn streamed<I: Send + 'static>(
         .unwrap_or(STREAM_LIMIT_WITHOUT_TIMEOUT);
     let deadline = tokio::time::Instant::now() + limit;
     actix_web::rt::task::spawn_blocking(move || {
-        let mut started = false;
-        let mut late = false;
-        let mut send = |piece: Piece| {
-            started |= matches!(piece, Piece::Head(_));
-            let sent = runtime.block_on(tokio::time::timeout_at(deadline, tx.send(Ok(piece))));
-            late = sent.is_err();
-            matches!(sent, Ok(Ok(())))
-        };
+        let mut sender = DeadlineSender::new(tx, runtime, deadline);
         let result = input
             .map_err(|e| e.0)
-            .and_then(|i| produce(&state, &caller.tenant(&state)?, i, &mut send));
-        if late {
+            .and_then(|i| produce(&state, &caller.tenant(&state)?, i, &mut |p| sender.send(p)));
+        if sender.late {
             log::warn!(
                 "an answer was cut short: the client read it more slowly than the read's time \
                  limit ({} ms) allows",
@@ -178,8 +171,8 @@ async fn streamed<I: Send + 'static>(
             );
         }
         match result {
-            Err(e) if !started => {
-                let _ = tx.blocking_send(Err(e));
+            Err(e) if !sender.started => {
+                let _ = sender.tx.blocking_send(Err(e));
             }
             Err(e) => log::warn!("an answer was cut short: {}", e.detail.escape_debug()),
             Ok(()) => {}
@@ -193,6 +186,47 @@ async fn streamed<I: Send + 'static>(
         Some(Ok(_)) | None => Err(ApiError(ScimError::internal(
             "a read written page by page ended before its answer began",
         ))),
+    }
+}
+
+/// Hands pieces from a blocking thread to the response, each waiting at most until one
+/// deadline for room in the channel.
+struct DeadlineSender {
+    tx: tokio::sync::mpsc::Sender<Result<Piece, ScimError>>,
+    runtime: tokio::runtime::Handle,
+    deadline: tokio::time::Instant,
+    /// the answer has begun (its first piece is handed over)
+    started: bool,
+    /// a piece waited past the deadline
+    late: bool,
+}
+
+impl DeadlineSender {
+    fn new(
+        tx: tokio::sync::mpsc::Sender<Result<Piece, ScimError>>,
+        runtime: tokio::runtime::Handle,
+        deadline: tokio::time::Instant,
+    ) -> Self {
+        DeadlineSender {
+            tx,
+            runtime,
+            deadline,
+            started: false,
+            late: false,
+        }
+    }
+
+    /// Whether the piece was handed over; `false`: the response is gone, or the deadline
+    /// passed (`late`), and nothing more should be sent.
+    fn send(&mut self, piece: Piece) -> bool {
+        if self.late {
+            return false;
+        }
+        self.started = true;
+        let wait = tokio::time::timeout_at(self.deadline, self.tx.send(Ok(piece)));
+        let sent = self.runtime.block_on(wait);
+        self.late = sent.is_err();
+        matches!(sent, Ok(Ok(())))
     }
 }
 
@@ -567,4 +601,50 @@ pub async fn search_all(
     })
     .await?;
     Ok(streamed_ok(None, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{DeadlineSender, Piece};
+
+    /// Sends pieces until one is refused, on a blocking thread; how many were taken and
+    /// whether the refusal was the deadline's.
+    async fn send_until_refused(sender: DeadlineSender) -> (usize, bool) {
+        let run = actix_web::rt::task::spawn_blocking(move || {
+            let mut sender = sender;
+            let mut taken = 0;
+            while taken < 100 && sender.send(Piece::Bytes(vec![b' '; 8])) {
+                taken += 1;
+            }
+            (taken, sender.late)
+        });
+        // A sender that never gave up would fail here, not hang the suite.
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the sender gave up")
+            .expect("the sending thread")
+    }
+
+    #[actix_web::test]
+    async fn a_response_nobody_reads_is_given_up_at_the_deadline() {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_millis(200);
+        let sender = DeadlineSender::new(tx, tokio::runtime::Handle::current(), deadline);
+        // The channel holds two pieces; the third waits for the reader until the deadline.
+        assert_eq!(send_until_refused(sender).await, (2, true));
+        assert!(tokio::time::Instant::now() >= deadline);
+        drop(rx);
+    }
+
+    #[actix_web::test]
+    async fn a_response_that_went_away_is_given_up_at_once_and_not_late() {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        drop(rx);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let sender = DeadlineSender::new(tx, tokio::runtime::Handle::current(), deadline);
+        assert_eq!(send_until_refused(sender).await, (0, false));
+    }
 }
