@@ -5,7 +5,7 @@
 //! ```text
 //! scim-bench --url http://127.0.0.1:8080/scim/v2 --token T [--users 10000] [--concurrency 16]
 //!            [--members 10000] [--lookups 20000] [--patches USERS] [--page-size 100]
-//!            [--max-seconds 300]
+//!            [--member-reads 32] [--max-seconds 300]
 //! ```
 //!
 //! Only loopback URLs are accepted. Every loop is bounded by a request count and by
@@ -29,6 +29,8 @@ struct Args {
     lookups: usize,
     patches: Option<usize>,
     page_size: usize,
+    /// reads of the group with every member
+    member_reads: usize,
     max_seconds: u64,
 }
 
@@ -42,6 +44,7 @@ fn parse_args() -> Result<Args> {
         lookups: 20_000,
         patches: None,
         page_size: 100,
+        member_reads: 32,
         max_seconds: 300,
     };
     let mut it = std::env::args().skip(1);
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args> {
             "--lookups" => a.lookups = val()?.parse()?,
             "--patches" => a.patches = Some(val()?.parse()?),
             "--page-size" => a.page_size = val()?.parse::<usize>()?.max(1),
+            "--member-reads" => a.member_reads = val()?.parse()?,
             "--max-seconds" => a.max_seconds = val()?.parse()?,
             other => bail!("unknown argument {other}"),
         }
@@ -437,13 +441,13 @@ async fn main() -> Result<()> {
         )
         .await,
     );
-    // 7b. Read the big group with every member (a full directory sync reads groups so), a
-    // bounded number of times; each answer must hold every member.
+    // 7b. Read the big group with every member (a full directory sync reads groups so),
+    // `--member-reads` times; each answer must hold every member.
     let (c, gid2) = (client.clone(), gid.clone());
     table.push(
         run_phase(
             "GET group with members",
-            32,
+            a.member_reads,
             a.concurrency,
             max,
             move |_| {

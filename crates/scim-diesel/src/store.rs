@@ -1335,17 +1335,18 @@ fn members_after(
     after: Option<&str>,
     limit: i64,
 ) -> QueryResult<Vec<MemberRef>> {
-    let mut query = group_members::table
+    // Two statically typed statements (not one built up), which the statement cache keeps
+    // prepared.
+    let page = group_members::table
         .inner_join(resources::table.on(resources::id.eq(group_members::member_id)))
         .filter(group_members::group_id.eq(group))
         .select((resources::id, resources::resource_type, resources::display))
         .order(group_members::member_id)
-        .limit(limit)
-        .into_boxed::<crate::conn::AnyBackend>();
-    if let Some(after) = after {
-        query = query.filter(group_members::member_id.gt(after));
-    }
-    let rows: Vec<(String, String, Option<String>)> = query.load(conn)?;
+        .limit(limit);
+    let rows: Vec<(String, String, Option<String>)> = match after {
+        None => page.load(conn)?,
+        Some(after) => page.filter(group_members::member_id.gt(after)).load(conn)?,
+    };
     Ok(member_refs(rows.into_iter()))
 }
 

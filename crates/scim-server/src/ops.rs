@@ -536,7 +536,7 @@ fn list_frame(plan: &ListPlan, page: &Page) -> (ListResponse<()>, std::ops::Rang
 }
 
 /// What a read answered page by page ([`stream_get`], [`stream_list`]) hands the HTTP layer,
-/// in order: one `Head`, then `Bytes`, then `Done`. A piece it cannot hand over (the client
+/// in order: one `Head`, then `Bytes`, then `Last`. A piece it cannot hand over (the client
 /// went away, or stopped reading for longer than the read may last) ends the read.
 #[derive(Debug)]
 pub enum Piece {
@@ -544,8 +544,8 @@ pub enum Piece {
     Head(Option<i64>),
     /// the next bytes of the SCIM JSON body
     Bytes(Vec<u8>),
-    /// the body is complete
-    Done,
+    /// the last bytes of the body: it is complete
+    Last(Vec<u8>),
     /// instead of `Head`: the resource is no longer at the version the read was to show (see
     /// [`stream_get`]); nothing follows
     Changed,
@@ -576,10 +576,32 @@ struct Writer<'s> {
     send: &'s mut dyn FnMut(Piece) -> bool,
     /// a piece could not be handed over: stop reading
     gone: bool,
+    /// the head, handed over with the first chunk (one wake-up of the response, not two)
+    head: Option<Piece>,
 }
 
-impl Writer<'_> {
+impl<'s> Writer<'s> {
+    fn new(out: Vec<u8>, send: &'s mut dyn FnMut(Piece) -> bool) -> Self {
+        Writer {
+            out,
+            send,
+            gone: false,
+            head: None,
+        }
+    }
+
+    /// The answer begins with `head`.
+    fn begin(&mut self, head: Piece) -> Visit {
+        self.head = Some(head);
+        Visit::Continue
+    }
+
     fn send(&mut self, piece: Piece) -> Visit {
+        if let Some(head) = self.head.take() {
+            if !self.gone && !(self.send)(head) {
+                self.gone = true;
+            }
+        }
         if !self.gone && !(self.send)(piece) {
             self.gone = true;
         }
@@ -600,12 +622,10 @@ impl Writer<'_> {
         }
     }
 
-    /// Hands the rest over and says the body is complete.
+    /// Hands the rest over as the end of the body.
     fn end(mut self) {
         let bytes = std::mem::take(&mut self.out);
-        if self.send(Piece::Bytes(bytes)) == Visit::Continue {
-            self.send(Piece::Done);
-        }
+        self.send(Piece::Last(bytes));
     }
 }
 
@@ -627,11 +647,7 @@ pub fn stream_get(
     let base = st.config.public_url.as_str();
     let mut pages = MemberPages::new(&ctx, base, &proj)
         .ok_or_else(|| ScimError::internal("a page-by-page read of a resource without members"))?;
-    let mut w = Writer {
-        out: Vec::new(),
-        send,
-        gone: false,
-    };
+    let mut w = Writer::new(Vec::new(), send);
     let mut visit = |part: ReadPart<'_>| match part {
         ReadPart::Page(page) => {
             let Some(rec) = page.resources.first() else {
@@ -643,7 +659,7 @@ pub fn stream_get(
                 return Visit::Stop;
             }
             pages.start(&mut w.out, &Rendered::new(&ctx, rec, base, &proj));
-            w.send(Piece::Head(Some(rec.version)))
+            w.begin(Piece::Head(Some(rec.version)))
         }
         ReadPart::Resource(..) => Visit::Continue,
         ReadPart::Members(members) => {
@@ -686,11 +702,7 @@ pub fn stream_list(
     let base = st.config.public_url.as_str();
     let mut pages = MemberPages::new(&ctx, base, &plan.proj)
         .ok_or_else(|| ScimError::internal("a page-by-page list without members"))?;
-    let mut w = Writer {
-        out: Vec::new(),
-        send,
-        gone: false,
-    };
+    let mut w = Writer::new(Vec::new(), send);
     let mut shown = 0..0;
     let mut tail = Vec::new();
     // Whether a resource is written and open for its members.
@@ -701,7 +713,7 @@ pub fn stream_list(
             let (head, end) = frame.envelope();
             (shown, tail) = (range, end);
             w.out.extend_from_slice(&head);
-            w.send(Piece::Head(None))
+            w.begin(Piece::Head(None))
         }
         ReadPart::Resource(of, _) if !shown.contains(&of) => Visit::Skip,
         ReadPart::Resource(of, rec) => {
@@ -1050,14 +1062,8 @@ pub fn search_all(
     let n = pages.iter().map(|(_, _, records)| records.len()).sum();
     let (head, tail) = ListResponse::new(total, Some(start_index), vec![(); n]).envelope();
     let base = st.config.public_url.as_str();
-    let mut w = Writer {
-        out: head,
-        send,
-        gone: false,
-    };
-    if w.send(Piece::Head(None)) == Visit::Stop {
-        return Ok(());
-    }
+    let mut w = Writer::new(head, send);
+    w.begin(Piece::Head(None));
     let mut first = true;
     for (ctx, proj, records) in &pages {
         for rec in records {

@@ -179,9 +179,25 @@ async fn streamed<I: Send + 'static>(
         }
     });
     match rx.recv().await {
-        Some(Ok(first @ (Piece::Head(_) | Piece::Changed))) => {
-            Ok((first, Streamed { rx, done: false }))
+        Some(Ok(first @ Piece::Head(_))) => {
+            let mut body = Streamed {
+                rx,
+                done: false,
+                ready: std::collections::VecDeque::new(),
+                whole: None,
+            };
+            body.read_ahead().await;
+            Ok((first, body))
         }
+        Some(Ok(first @ Piece::Changed)) => Ok((
+            first,
+            Streamed {
+                rx,
+                done: false,
+                ready: std::collections::VecDeque::new(),
+                whole: None,
+            },
+        )),
         Some(Err(e)) => Err(ApiError(e)),
         Some(Ok(_)) | None => Err(ApiError(ScimError::internal(
             "a read written page by page ended before its answer began",
@@ -223,7 +239,14 @@ impl DeadlineSender {
             return false;
         }
         self.started = true;
-        let wait = tokio::time::timeout_at(self.deadline, self.tx.send(Ok(piece)));
+        // Room in the channel (the usual case): no timer to set, no wake-up of the runtime's
+        // driver for one.
+        let piece = match self.tx.try_send(Ok(piece)) {
+            Ok(()) => return true,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(piece)) => piece,
+        };
+        let wait = tokio::time::timeout_at(self.deadline, self.tx.send(piece));
         let sent = self.runtime.block_on(wait);
         self.late = sent.is_err();
         matches!(sent, Ok(Ok(())))
@@ -235,13 +258,47 @@ pub struct Streamed {
     rx: tokio::sync::mpsc::Receiver<Result<Piece, ScimError>>,
     /// the producer said the body is complete
     done: bool,
+    /// chunks read ahead, sent first
+    ready: std::collections::VecDeque<web::Bytes>,
+    /// the length of the whole body, when it was all read ahead
+    whole: Option<u64>,
+}
+
+impl Streamed {
+    /// Reads ahead until the body is complete or two chunks are in, so that the head leaves
+    /// with the first bytes of the body, and a small answer (a group of a few members) leaves
+    /// as one response with a length rather than a chunked one.
+    async fn read_ahead(&mut self) {
+        while self.ready.len() < 2 {
+            match self.rx.recv().await {
+                Some(Ok(Piece::Bytes(b))) if b.is_empty() => {}
+                Some(Ok(Piece::Bytes(b))) => self.ready.push_back(b.into()),
+                Some(Ok(Piece::Last(b))) => {
+                    if !b.is_empty() {
+                        self.ready.push_back(b.into());
+                    }
+                    self.done = true;
+                    self.whole = Some(self.ready.iter().map(|b| b.len() as u64).sum());
+                    return;
+                }
+                Some(Ok(Piece::Head(_) | Piece::Changed)) => {}
+                Some(Err(_)) | None => {
+                    // Cut short: the stream reports it when it gets there.
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl actix_web::body::MessageBody for Streamed {
     type Error = std::io::Error;
 
     fn size(&self) -> actix_web::body::BodySize {
-        actix_web::body::BodySize::Stream
+        match self.whole {
+            Some(n) => actix_web::body::BodySize::Sized(n),
+            None => actix_web::body::BodySize::Stream,
+        }
     }
 
     fn poll_next(
@@ -249,14 +306,23 @@ impl actix_web::body::MessageBody for Streamed {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<web::Bytes, Self::Error>>> {
         use std::task::Poll;
+        if let Some(b) = self.ready.pop_front() {
+            return Poll::Ready(Some(Ok(b)));
+        }
+        if self.whole.is_some() {
+            return Poll::Ready(None);
+        }
         loop {
             return match self.rx.poll_recv(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Some(Ok(Piece::Bytes(b)))) if b.is_empty() => continue,
                 Poll::Ready(Some(Ok(Piece::Bytes(b)))) => Poll::Ready(Some(Ok(b.into()))),
-                Poll::Ready(Some(Ok(Piece::Done))) => {
+                Poll::Ready(Some(Ok(Piece::Last(b)))) => {
                     self.done = true;
-                    continue;
+                    match b.is_empty() {
+                        true => continue,
+                        false => Poll::Ready(Some(Ok(b.into()))),
+                    }
                 }
                 Poll::Ready(Some(Ok(Piece::Head(_) | Piece::Changed))) => continue,
                 Poll::Ready(None) if self.done => Poll::Ready(None),
