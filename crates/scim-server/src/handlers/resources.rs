@@ -139,10 +139,10 @@ const STREAM_LIMIT_WITHOUT_TIMEOUT: std::time::Duration = std::time::Duration::f
 
 /// Runs `produce` for the caller's tenant on the blocking pool, handing its pieces to the
 /// response as they come, and returns once the answer begins ([`Piece::Head`], or
-/// [`Piece::Changed`]) with the body to come. An error before that is the answer. The read holds a database
-/// connection while it lasts, so it is bounded in time as any read is (`SCIM_QUERY_TIMEOUT_MS`,
-/// counted from its start): a client that stops reading for longer gets a cut-short answer
-/// (the connection closed mid-body), never a complete-looking one.
+/// [`Piece::Changed`]) with the body to come. An error before that is the answer. The read
+/// holds a database connection while it lasts, so it is bounded in time as any read is
+/// (`SCIM_QUERY_TIMEOUT_MS`, counted from its start): a client that stops reading for longer
+/// gets a cut-short answer (the connection closed mid-body), never a complete-looking one.
 async fn streamed<I: Send + 'static>(
     state: web::Data<AppState>,
     caller: Caller,
@@ -180,24 +180,11 @@ async fn streamed<I: Send + 'static>(
     });
     match rx.recv().await {
         Some(Ok(first @ Piece::Head(_))) => {
-            let mut body = Streamed {
-                rx,
-                done: false,
-                ready: std::collections::VecDeque::new(),
-                whole: None,
-            };
+            let mut body = Streamed::new(rx);
             body.read_ahead().await;
             Ok((first, body))
         }
-        Some(Ok(first @ Piece::Changed)) => Ok((
-            first,
-            Streamed {
-                rx,
-                done: false,
-                ready: std::collections::VecDeque::new(),
-                whole: None,
-            },
-        )),
+        Some(Ok(first @ Piece::Changed)) => Ok((first, Streamed::new(rx))),
         Some(Err(e)) => Err(ApiError(e)),
         Some(Ok(_)) | None => Err(ApiError(ScimError::internal(
             "a read written page by page ended before its answer began",
@@ -265,6 +252,15 @@ pub struct Streamed {
 }
 
 impl Streamed {
+    fn new(rx: tokio::sync::mpsc::Receiver<Result<Piece, ScimError>>) -> Self {
+        Streamed {
+            rx,
+            done: false,
+            ready: std::collections::VecDeque::new(),
+            whole: None,
+        }
+    }
+
     /// Reads ahead until the body is complete or two chunks are in, so that the head leaves
     /// with the first bytes of the body, and a small answer (a group of a few members) leaves
     /// as one response with a length rather than a chunked one.
