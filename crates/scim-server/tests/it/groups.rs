@@ -260,3 +260,100 @@ fn a_group_larger_than_a_page_of_members_reads_whole_and_consistent() {
         assert_eq!(r.status().as_u16(), 400);
     }
 }
+
+/// What `ops::stream_get` hands over: its pieces, with the body put together.
+fn pieces_of(
+    state: &scim_server::AppState,
+    tenant: &str,
+    id: &str,
+    expected: Option<i64>,
+) -> Result<(Vec<String>, Value), scim_core::ScimError> {
+    use scim_server::ops::{stream_get, Piece};
+    let params = scim_server::http::Params::from_json(&json!({})).unwrap();
+    let (mut kinds, mut body) = (Vec::new(), Vec::new());
+    stream_get(
+        state,
+        tenant,
+        "Group",
+        id,
+        &params,
+        expected,
+        &mut |piece| {
+            match piece {
+                Piece::Head(v) => kinds.push(format!("head {v:?}")),
+                Piece::Bytes(b) => body.extend(b),
+                Piece::Last(b) => {
+                    body.extend(b);
+                    kinds.push("last".into());
+                }
+                Piece::Changed => kinds.push("changed".into()),
+            }
+            true
+        },
+    )?;
+    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Ok((kinds, body))
+}
+
+#[test]
+fn the_answer_to_a_write_is_read_only_at_the_version_written() {
+    for db in databases() {
+        // A second application state on the server's database, to call the operation itself.
+        let url = match &db {
+            crate::server::Db::Postgres(base) => {
+                scim_diesel::testing::fresh_postgres_schema(base).unwrap()
+            }
+            _ => String::new(),
+        };
+        let db = match url.is_empty() {
+            true => db,
+            false => crate::server::Db::Exact(url),
+        };
+        let s = TestServer::start(&db);
+        let url = match &db {
+            crate::server::Db::Exact(url) => url.clone(),
+            _ => s.db_path.as_ref().unwrap().to_string_lossy().into_owned(),
+        };
+        let state = scim_server::AppState::open(scim_server::Config::with_database(url)).unwrap();
+        let tenant = state.creds.default_tenant().unwrap().unwrap();
+        let client = Client::new();
+        let ids = users(&s, &client, 3);
+        let members: Vec<Value> = ids.iter().map(|m| json!({"value": m})).collect();
+        let (status, g, _) = call(
+            &s,
+            reqwest::Method::POST,
+            "/Groups",
+            Some(
+                json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                        "displayName": "G", "members": members}),
+            ),
+            &[],
+        );
+        assert_eq!(status, 201);
+        let id = g["id"].as_str().unwrap();
+        // At the version written: the group, whole.
+        let (kinds, body) = pieces_of(&state, &tenant, id, Some(1)).unwrap();
+        assert_eq!(kinds, ["head Some(1)", "last"], "{}", db.name());
+        assert_eq!(body["members"].as_array().map(Vec::len), Some(3));
+        assert_eq!(body["meta"]["version"], "W/\"1\"");
+        // Another write came first: nothing but `Changed` (the handler answers 204).
+        let rename = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                            "Operations": [{"op": "replace", "path": "displayName", "value": "H"}]});
+        let path = format!("/Groups/{id}");
+        let (status, _, _) = call(&s, reqwest::Method::PATCH, &path, Some(rename), &[]);
+        assert_eq!(status, 200);
+        assert_eq!(
+            pieces_of(&state, &tenant, id, Some(1)).unwrap().0,
+            ["changed"]
+        );
+        // Deleted since: the same; a plain read of it is 404.
+        let (status, _, _) = call(&s, reqwest::Method::DELETE, &path, None, &[]);
+        assert_eq!(status, 204);
+        assert_eq!(
+            pieces_of(&state, &tenant, id, Some(2)).unwrap().0,
+            ["changed"]
+        );
+        let err = pieces_of(&state, &tenant, id, None).unwrap_err();
+        assert_eq!(err.status, 404, "{}", db.name());
+    }
+}
