@@ -632,6 +632,29 @@ pub trait ResourceStore: Send + Sync {
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError>;
 
+    /// [`update`](Self::update) without holding the calling thread while the write waits for
+    /// the database: the update is prepared here, on the calling thread, and written by the
+    /// store's own writer, which calls `done` with the outcome. For a caller that would
+    /// otherwise hand the update to a thread pool, to call while it holds a reservation of
+    /// [`reserve_inline`](Self::reserve_inline) (so that preparing it waits for no
+    /// connection). `Err(done)`: the store does not take it now (the default); call
+    /// `update` as usual.
+    #[allow(clippy::too_many_arguments)]
+    fn update_detached(
+        &self,
+        tenant: &str,
+        resource_type: &str,
+        id: &str,
+        now: &str,
+        if_match: Option<i64>,
+        include: Include,
+        update: &mut UpdateFn<'_>,
+        done: UpdateDone,
+    ) -> Result<(), UpdateDone> {
+        let _ = (tenant, resource_type, id, now, if_match, include, update);
+        Err(done)
+    }
+
     /// Deletes a resource and its memberships.
     fn delete(
         &self,
@@ -676,6 +699,35 @@ pub trait ResourceStore: Send + Sync {
     fn submit_point_read(&self, read: PointRead, done: PointReadDone) -> Result<(), PointReadDone> {
         let _ = read;
         Err(done)
+    }
+}
+
+/// Called exactly once with the outcome of [`ResourceStore::update_detached`], on a thread of
+/// the store's: it should only hand the outcome on, to be finished on the caller's thread.
+pub type UpdateDone = Box<dyn FnOnce(Detached) + Send>;
+
+/// The outcome of [`ResourceStore::update_detached`], finished (the resource built) by
+/// [`finish`](Self::finish) wherever the caller likes.
+pub struct Detached(Box<dyn FnOnce() -> Result<Option<ResourceRecord>, StoreError> + Send>);
+
+impl Detached {
+    /// An outcome that `finish` computes.
+    pub fn new(
+        finish: impl FnOnce() -> Result<Option<ResourceRecord>, StoreError> + Send + 'static,
+    ) -> Self {
+        Detached(Box::new(finish))
+    }
+
+    /// The resource as written, as [`ResourceStore::update`] returns it. `Ok(None)`: another
+    /// write of the resource came first and nothing was written; call `update`.
+    pub fn finish(self) -> Result<Option<ResourceRecord>, StoreError> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Detached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Detached")
     }
 }
 

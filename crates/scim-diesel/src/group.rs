@@ -47,9 +47,19 @@ enum Ran {
     FailedDirty,
 }
 
-/// Where a job's caller waits: told once the job's fate is known (`Ok`: committed, or the
-/// body's own error stands).
-type Slot = Arc<(Mutex<Option<Result<(), Failure>>>, Condvar)>;
+/// How a job's caller learns the job's fate, once it is known (`Ok`: committed, or the body's
+/// own error stands): it waits for it ([`GroupWriter::run`]), or is called with it on the
+/// writer thread ([`GroupWriter::submit`]).
+enum Slot {
+    Wait(Waited),
+    Call(Mutex<Option<Told>>),
+}
+
+/// Where a caller of [`GroupWriter::run`] waits for its job's fate.
+type Waited = Arc<(Mutex<Option<Result<(), Failure>>>, Condvar)>;
+
+/// What a submitted job's caller is called with.
+type Told = Box<dyn FnOnce(Result<(), Failure>) + Send>;
 
 /// Why a batch failed, told to each of its writers: a database error keeps its kind and
 /// message, so that the store still tells a busy or lost database (503) from other failures.
@@ -167,8 +177,60 @@ fn failed(what: &str, e: impl std::fmt::Display) -> DieselError {
 }
 
 fn tell(slot: &Slot, outcome: Result<(), Failure>) {
-    *lock(&slot.0) = Some(outcome);
-    slot.1.notify_one();
+    match slot {
+        Slot::Wait(w) => {
+            *lock(&w.0) = Some(outcome);
+            w.1.notify_one();
+        }
+        Slot::Call(f) => {
+            if let Some(f) = lock(f).take() {
+                f(outcome);
+            }
+        }
+    }
+}
+
+/// A body as the writer runs it: it keeps its own result in `kept`, and says how it ended.
+fn checked_body<T, E>(
+    body: impl FnOnce(&mut AnyConnection) -> Result<T, E> + Send + 'static,
+    kept: Arc<Mutex<Option<Result<T, E>>>>,
+) -> Box<dyn FnOnce(&mut AnyConnection) -> Ran + Send>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    Box::new(move |conn| {
+        // Bodies run without a savepoint of their own (one cost a copy of every page the
+        // body touched, a third of the writer's time); whether a failing body left changes
+        // behind is checked, not assumed.
+        let before = total_changes(conn);
+        let out = body(conn);
+        let ran = match (&out, before) {
+            (Ok(_), Ok(_)) => Ran::Ok,
+            (Err(_), Ok(before))
+                if total_changes(conn).is_ok_and(|now| now == before)
+                    && still_in_transaction(conn) =>
+            {
+                Ran::FailedClean
+            }
+            _ => Ran::FailedDirty,
+        };
+        *lock(&kept) = Some(out);
+        ran
+    })
+}
+
+/// A body's answer from its fate and its own result.
+fn answer<T, E: From<DieselError>>(
+    outcome: Result<(), Failure>,
+    body_result: Option<Result<T, E>>,
+) -> Result<T, E> {
+    match (outcome, body_result) {
+        (_, Some(Err(e))) => Err(e),
+        (Ok(()), Some(Ok(v))) => Ok(v),
+        (Err(failure), _) => Err(failure.into_diesel().into()),
+        (Ok(()), None) => Err(failed("group commit", "a write was lost").into()),
+    }
 }
 
 impl GroupWriter {
@@ -197,54 +259,62 @@ impl GroupWriter {
         T: Send + 'static,
         E: From<DieselError> + Send + 'static,
     {
-        let slot: Slot = Arc::new((Mutex::new(None), Condvar::new()));
+        let wait: Waited = Arc::new((Mutex::new(None), Condvar::new()));
         let result: Arc<Mutex<Option<Result<T, E>>>> = Arc::new(Mutex::new(None));
-        let kept = result.clone();
         let job = Job {
-            body: Box::new(move |conn| {
-                // Bodies run without a savepoint of their own (one cost a copy of every page
-                // the body touched, a third of the writer's time); whether a failing body left
-                // changes behind is checked, not assumed.
-                let before = total_changes(conn);
-                let out = body(conn);
-                let ran = match (&out, before) {
-                    (Ok(_), Ok(_)) => Ran::Ok,
-                    (Err(_), Ok(before))
-                        if total_changes(conn).is_ok_and(|now| now == before)
-                            && still_in_transaction(conn) =>
-                    {
-                        Ran::FailedClean
-                    }
-                    _ => Ran::FailedDirty,
-                };
-                *lock(&kept) = Some(out);
-                ran
-            }),
-            slot: slot.clone(),
+            body: checked_body(body, result.clone()),
+            slot: Slot::Wait(wait.clone()),
         };
-        {
-            let mut q = lock(&self.shared.queue);
-            if q.closed {
-                return Err(failed("the writer has stopped", "store closed").into());
-            }
-            q.jobs.push_back(job);
+        if let Err(job) = self.queue(job) {
+            drop(job);
+            return Err(failed("the writer has stopped", "store closed").into());
         }
-        self.shared.ready.notify_one();
-        let mut told = lock(&slot.0);
+        let mut told = lock(&wait.0);
         let outcome = loop {
             match told.take() {
                 Some(outcome) => break outcome,
-                None => told = slot.1.wait(told).unwrap_or_else(PoisonError::into_inner),
+                None => told = wait.1.wait(told).unwrap_or_else(PoisonError::into_inner),
             }
         };
         drop(told);
         let body_result = lock(&result).take();
-        match (outcome, body_result) {
-            (_, Some(Err(e))) => Err(e),
-            (Ok(()), Some(Ok(v))) => Ok(v),
-            (Err(failure), _) => Err(failure.into_diesel().into()),
-            (Ok(()), None) => Err(failed("group commit", "a write was lost").into()),
+        answer(outcome, body_result)
+    }
+
+    /// [`run`](Self::run) without waiting: `done` is called with the answer on the writer
+    /// thread (so it must be quick: hand the answer on), after the commit that holds the
+    /// body's changes, or with the failure.
+    pub fn submit<T, E>(
+        &self,
+        body: impl FnOnce(&mut AnyConnection) -> Result<T, E> + Send + 'static,
+        done: impl FnOnce(Result<T, E>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        E: From<DieselError> + Send + 'static,
+    {
+        let result: Arc<Mutex<Option<Result<T, E>>>> = Arc::new(Mutex::new(None));
+        let kept = result.clone();
+        let told: Told = Box::new(move |outcome| done(answer(outcome, lock(&kept).take())));
+        let job = Job {
+            body: checked_body(body, result),
+            slot: Slot::Call(Mutex::new(Some(told))),
+        };
+        if let Err(job) = self.queue(job) {
+            tell(&job.slot, Err(Failure::other("the writer has stopped")));
         }
+    }
+
+    /// Queues `job` for the writer thread; `Err(job)` when the writer has stopped.
+    fn queue(&self, job: Job) -> Result<(), Job> {
+        {
+            let mut q = lock(&self.shared.queue);
+            if q.closed {
+                return Err(job);
+            }
+            q.jobs.push_back(job);
+        }
+        self.shared.ready.notify_one();
+        Ok(())
     }
 }
 

@@ -85,6 +85,15 @@ pub(crate) fn take_reserved(store: u64) -> Option<Conn> {
     })
 }
 
+/// Whether this thread holds a reservation for `store` with its connection in the slot.
+pub(crate) fn has_reserved(store: u64) -> bool {
+    SLOT.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|slot| slot.store == store && slot.conn.is_some())
+    })
+}
+
 /// Ends the reservation when dropped.
 struct Reservation;
 

@@ -9,10 +9,10 @@ use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
-    Column, CompareOp, CredentialStore, CursorKey, Document, ElementFilter, Include, IndexedField,
-    ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey, ReadPart, ResourceRecord,
-    ResourceStore, ResourceWrite, SecretChange, SortKey, SortTarget, StoreFilter, TokenRead,
-    TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest, Visit,
+    Column, CompareOp, CredentialStore, CursorKey, Detached, Document, ElementFilter, Include,
+    IndexedField, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey, ReadPart,
+    ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey, SortTarget, StoreFilter,
+    TokenRead, TokenRecord, UnknownMembers, UpdateDone, UpdateFn, ValueKind, ValueTest, Visit,
 };
 use scim_core::{ScimError, StoreError};
 
@@ -2068,6 +2068,68 @@ impl ResourceStore for DieselStore {
         Err(StoreError::Unavailable(
             "too much contention on this resource; retry".into(),
         ))
+    }
+
+    /// SQLite, on a thread holding a reservation: the plan is made here as `update` makes it,
+    /// and the writer runs it and hands the outcome on. A resource whose update is waiting
+    /// its turn in `update` is left to `update` (this one would only make a stale plan), and
+    /// a stale plan is answered `Ok(None)`: the caller runs `update`, which plans again.
+    fn update_detached(
+        &self,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        now: &str,
+        if_match: Option<i64>,
+        include: Include,
+        update: &mut UpdateFn<'_>,
+        done: UpdateDone,
+    ) -> Result<(), UpdateDone> {
+        let Some(writer) = &self.writer else {
+            return Err(done);
+        };
+        if !inline::has_reserved(self.id) || self.update_turns.is_held(id) {
+            return Err(done);
+        }
+        let plan = match self.prepare_outside_writer(tenant, rt, id, if_match, update) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let e = StoreError::from(e);
+                done(Detached::new(move || Err(e)));
+                return Ok(());
+            }
+        };
+        let (tenant, rt, id, now) = (
+            tenant.to_string(),
+            rt.to_string(),
+            id.to_string(),
+            now.to_string(),
+        );
+        let finish_now = now.clone();
+        writer.submit(
+            move |c| {
+                let (tenant, rt, id) = (tenant.as_str(), rt.as_str(), id.as_str());
+                if version_of(c, tenant, rt, id)? != Some(plan.current.version) {
+                    return Ok(None);
+                }
+                let Some(touched) = plan.run(c, tenant, rt, id, &now)? else {
+                    return Ok(None);
+                };
+                let links = links_of(c, id, rt, include)?;
+                Ok::<_, TxError>(Some((plan, touched, links)))
+            },
+            move |result| {
+                // The record is built on the caller's thread, not on the writer's.
+                done(Detached::new(move || match result {
+                    Ok(Some((plan, _, links))) => {
+                        Ok(Some(finish_update(plan, &finish_now, include, links)))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }))
+            },
+        );
+        Ok(())
     }
 
     fn delete(

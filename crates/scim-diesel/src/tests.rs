@@ -2100,3 +2100,77 @@ fn members_are_read_page_by_page_from_one_snapshot() {
         assert!(!visited);
     }
 }
+
+#[test]
+fn a_detached_update_is_written_by_the_writer_or_handed_back_when_stale() {
+    use scim_core::store::{Detached, UpdateDone};
+    let reg = registry();
+    for db in databases() {
+        let s = Arc::new(db.store.clone());
+        s.create(T, "User", "u", NOW, user(&reg, "u"), Include::default())
+            .unwrap();
+        let renamed =
+            |cur: &ResourceRecord, name: &str| Ok(patched(&reg, cur, "displayName", name));
+        let detach = |update: &mut scim_core::store::UpdateFn<'_>| {
+            let (tx, rx) = std::sync::mpsc::channel::<Detached>();
+            let done: UpdateDone = Box::new(move |outcome| tx.send(outcome).unwrap());
+            let reserved = s.reserve_inline();
+            let taken =
+                s.update_detached(T, "User", "u", NOW, None, Include::default(), update, done);
+            drop(reserved);
+            taken.map(|()| rx.recv().unwrap().finish()).ok()
+        };
+        let outcome = detach(&mut |cur| renamed(cur, "A"));
+        if db.name == "postgres" {
+            // No writer thread: not taken; `update` is the way.
+            assert!(outcome.is_none());
+            continue;
+        }
+        let rec = outcome.unwrap().unwrap().unwrap();
+        assert_eq!(
+            (rec.version, rec.data["displayName"].clone()),
+            (2, json!("A"))
+        );
+        // Another write lands while this one is being prepared: handed back, nothing written.
+        let outcome = detach(&mut |cur| {
+            let other = s.clone();
+            std::thread::spawn(move || {
+                let reg = registry();
+                other
+                    .update(T, "User", "u", NOW, None, Include::default(), &mut |cur| {
+                        Ok(patched(&reg, cur, "displayName", "B"))
+                    })
+                    .unwrap()
+            })
+            .join()
+            .unwrap();
+            renamed(cur, "C")
+        });
+        assert!(matches!(outcome, Some(Ok(None))), "{outcome:?}");
+        let now = s.get(T, "User", "u", Include::default()).unwrap();
+        assert_eq!(
+            (now.version, now.data["displayName"].clone()),
+            (3, json!("B"))
+        );
+        // A refusal is the outcome, at once.
+        let outcome = detach(&mut |_| Err(scim_core::ScimError::invalid_value("no")));
+        assert!(
+            matches!(outcome, Some(Err(StoreError::Scim(_)))),
+            "{outcome:?}"
+        );
+        // Without a reservation on this thread: not taken.
+        let done: UpdateDone = Box::new(|_| {});
+        assert!(s
+            .update_detached(
+                T,
+                "User",
+                "u",
+                NOW,
+                None,
+                Include::default(),
+                &mut |cur| renamed(cur, "D"),
+                done
+            )
+            .is_err());
+    }
+}

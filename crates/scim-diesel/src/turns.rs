@@ -35,6 +35,11 @@ impl Turns {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether somebody holds `key` now.
+    pub(crate) fn is_held(&self, key: &str) -> bool {
+        self.lock().held.contains(key)
+    }
+
     /// Waits until nobody holds `key`, then holds it.
     pub(crate) fn take(&self, key: &str) -> Turn<'_> {
         let mut st = self.lock();

@@ -774,6 +774,71 @@ pub enum Change {
     Patch,
 }
 
+/// A PUT or PATCH as the store sees it, with what its answer needs.
+struct UpdateCall<'a> {
+    ctx: Ctx<'a>,
+    proj: Projection,
+    /// what the store reads back
+    include: Include,
+    /// every member asked for: read after the write ([`Outcome::read_after`])
+    read_after: bool,
+    reply: Reply,
+}
+
+impl<'a> UpdateCall<'a> {
+    fn new(st: &'a AppState, rt: &str, params: &Params, reply: Reply) -> Result<Self, ScimError> {
+        let ctx = ctx(st, rt)?;
+        let proj = projection(&ctx, params);
+        let include = write_include(st, &ctx, params, &proj, reply);
+        // Every member asked for: read afresh after the write, page by page, not inside it.
+        let read_after = include.members && include.member_limit.is_none();
+        let include = Include {
+            members: include.members && !read_after,
+            ..include
+        };
+        Ok(UpdateCall {
+            ctx,
+            proj,
+            include,
+            read_after,
+            reply,
+        })
+    }
+
+    /// The answer to the update that wrote `rec`.
+    fn answer(&self, st: &AppState, rec: &ResourceRecord) -> Outcome {
+        if self.read_after {
+            return Outcome {
+                body: None,
+                id: Some(rec.id.clone()),
+                version: Some(rec.version),
+                location: Some(location(st, &self.ctx, &rec.id)),
+                read_after: true,
+            };
+        }
+        written(st, &self.ctx, rec, &self.proj, self.include, self.reply)
+    }
+}
+
+/// The write of a PUT or PATCH computed from the stored resource `cur`; a password is hashed
+/// once per request (the store may call this more than once), through `hashed`.
+fn update_write(
+    st: &AppState,
+    ctx: &Ctx<'_>,
+    body: &Value,
+    change: Change,
+    cur: &ResourceRecord,
+    hashed: &mut Option<(String, String)>,
+) -> Result<scim_core::store::ResourceWrite, ScimError> {
+    let mut write = match change {
+        Change::Replace => prepare_replace(ctx, body, cur)?,
+        Change::Patch => prepare_patch(ctx, body, cur, &st.config.query.filter)?,
+    };
+    write.unknown_members = st.config.unknown_members;
+    write.password = protect_once(st, std::mem::take(&mut write.password), hashed)?;
+    Ok(write)
+}
+
 /// PUT / PATCH
 #[allow(clippy::too_many_arguments)]
 pub fn update(
@@ -787,48 +852,81 @@ pub fn update(
     change: Change,
     reply: Reply,
 ) -> Result<Outcome, ScimError> {
-    let ctx = ctx(st, rt)?;
-    let proj = projection(&ctx, params);
-    let include = write_include(st, &ctx, params, &proj, reply);
-    // Every member asked for: read afresh after the write, page by page, not inside it.
-    let read_after = include.members && include.member_limit.is_none();
-    let include = Include {
-        members: include.members && !read_after,
-        ..include
-    };
-    let limits = st.config.query.filter;
-    let unknown_members = st.config.unknown_members;
+    let call = UpdateCall::new(st, rt, params, reply)?;
     // The store may call this more than once (it prepares the write before taking the writer
     // and again if the resource changed meanwhile); a password (Okta's password sync) is hashed
     // once per request, and only the first time, which the store runs outside its writer.
     let mut hashed: Option<(String, String)> = None;
     let rec = st.store.update(
         tenant,
-        &ctx.rt.id,
+        &call.ctx.rt.id,
         id,
         &now(),
         expected,
-        include,
-        &mut |cur| {
-            let mut write = match change {
-                Change::Replace => prepare_replace(&ctx, body, cur)?,
-                Change::Patch => prepare_patch(&ctx, body, cur, &limits)?,
-            };
-            write.unknown_members = unknown_members;
-            write.password = protect_once(st, std::mem::take(&mut write.password), &mut hashed)?;
-            Ok(write)
-        },
+        call.include,
+        &mut |cur| update_write(st, &call.ctx, body, change, cur, &mut hashed),
     )?;
-    if read_after {
-        return Ok(Outcome {
-            body: None,
-            id: Some(rec.id.clone()),
-            version: Some(rec.version),
-            location: Some(location(st, &ctx, &rec.id)),
-            read_after,
-        });
+    Ok(call.answer(st, &rec))
+}
+
+/// Whether a PUT or PATCH body may set a password (any key or PATCH path that names one):
+/// such an update hashes it, which is slow, so it is never run detached.
+pub fn may_set_password(body: &Value) -> bool {
+    fn names_password(s: &str) -> bool {
+        s.to_ascii_lowercase().contains("password")
     }
-    Ok(written(st, &ctx, &rec, &proj, include, reply))
+    match body {
+        Value::Object(o) => o.iter().any(|(k, v)| {
+            names_password(k)
+                || (k.eq_ignore_ascii_case("path") && v.as_str().is_some_and(names_password))
+                || may_set_password(v)
+        }),
+        Value::Array(items) => items.iter().any(may_set_password),
+        _ => false,
+    }
+}
+
+/// [`update`] detached from this thread while the write waits for the database (see
+/// [`ResourceStore::update_detached`](scim_core::store::ResourceStore::update_detached)):
+/// prepared here, `done` called with the outcome by the store; finish it with
+/// [`update_answer`]. `Ok(Err(done))`: not taken; call [`update`]. For a body that does not
+/// set a password ([`may_set_password`]).
+#[allow(clippy::too_many_arguments)]
+pub fn update_detached(
+    st: &AppState,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+    body: &Value,
+    params: &Params,
+    expected: Option<i64>,
+    change: Change,
+    reply: Reply,
+    done: scim_core::store::UpdateDone,
+) -> Result<Result<(), scim_core::store::UpdateDone>, ScimError> {
+    let call = UpdateCall::new(st, rt, params, reply)?;
+    let mut hashed: Option<(String, String)> = None;
+    Ok(st.store.update_detached(
+        tenant,
+        &call.ctx.rt.id,
+        id,
+        &now(),
+        expected,
+        call.include,
+        &mut |cur| update_write(st, &call.ctx, body, change, cur, &mut hashed),
+        done,
+    ))
+}
+
+/// The answer to a detached update ([`update_detached`]) that wrote `rec`.
+pub fn update_answer(
+    st: &AppState,
+    rt: &str,
+    params: &Params,
+    reply: Reply,
+    rec: &ResourceRecord,
+) -> Result<Outcome, ScimError> {
+    Ok(UpdateCall::new(st, rt, params, reply)?.answer(st, rec))
 }
 
 /// DELETE
