@@ -649,10 +649,29 @@ pub trait ResourceStore: Send + Sync {
         if_match: Option<i64>,
         include: Include,
         update: &mut UpdateFn<'_>,
-        done: UpdateDone,
-    ) -> Result<(), UpdateDone> {
+        done: WriteDone,
+    ) -> Result<(), WriteDone> {
         let _ = (tenant, resource_type, id, now, if_match, include, update);
         Err(done)
+    }
+
+    /// [`create`](Self::create) without holding the calling thread while the write waits for
+    /// the database: the store's own writer inserts it and calls `done` with the outcome.
+    /// `Err` hands `write` and `done` back: the store does not take it (the default); call
+    /// `create` as usual.
+    #[allow(clippy::too_many_arguments)]
+    fn create_detached(
+        &self,
+        tenant: &str,
+        resource_type: &str,
+        id: &str,
+        now: &str,
+        write: ResourceWrite,
+        include: Include,
+        done: WriteDone,
+    ) -> Result<(), Box<(ResourceWrite, WriteDone)>> {
+        let _ = (tenant, resource_type, id, now, include);
+        Err(Box::new((write, done)))
     }
 
     /// Deletes a resource and its memberships.
@@ -702,11 +721,12 @@ pub trait ResourceStore: Send + Sync {
     }
 }
 
-/// Called exactly once with the outcome of [`ResourceStore::update_detached`], on a thread of
-/// the store's: it should only hand the outcome on, to be finished on the caller's thread.
-pub type UpdateDone = Box<dyn FnOnce(Detached) + Send>;
+/// Called exactly once with the outcome of [`ResourceStore::update_detached`] or
+/// [`ResourceStore::create_detached`], on a thread of the store's: it should only hand the
+/// outcome on, to be finished on the caller's thread.
+pub type WriteDone = Box<dyn FnOnce(Detached) + Send>;
 
-/// The outcome of [`ResourceStore::update_detached`], finished (the resource built) by
+/// The outcome of a detached write ([`WriteDone`]), finished (the resource built) by
 /// [`finish`](Self::finish) wherever the caller likes.
 pub struct Detached(Box<dyn FnOnce() -> Result<Option<ResourceRecord>, StoreError> + Send>);
 
@@ -718,8 +738,9 @@ impl Detached {
         Detached(Box::new(finish))
     }
 
-    /// The resource as written, as [`ResourceStore::update`] returns it. `Ok(None)`: another
-    /// write of the resource came first and nothing was written; call `update`.
+    /// The resource as written, as [`ResourceStore::update`] or [`ResourceStore::create`]
+    /// returns it. `Ok(None)` (updates only): another write of the resource came first and
+    /// nothing was written; call `update`.
     pub fn finish(self) -> Result<Option<ResourceRecord>, StoreError> {
         (self.0)()
     }

@@ -12,7 +12,7 @@ use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, Detached, Document, ElementFilter, Include,
     IndexedField, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey, ReadPart,
     ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey, SortTarget, StoreFilter,
-    TokenRead, TokenRecord, UnknownMembers, UpdateDone, UpdateFn, ValueKind, ValueTest, Visit,
+    TokenRead, TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest, Visit, WriteDone,
 };
 use scim_core::{ScimError, StoreError};
 
@@ -1783,6 +1783,26 @@ impl DieselStore {
     }
 }
 
+/// What the client gets back from a create: the document as written.
+fn created_record(
+    (id, rt, now): (&str, &str, &str),
+    write: ResourceWrite,
+    include: Include,
+    members: Option<Vec<MemberRef>>,
+) -> ResourceRecord {
+    ResourceRecord {
+        id: id.to_string(),
+        resource_type: rt.to_string(),
+        version: 1,
+        created: now.to_string(),
+        last_modified: now.to_string(),
+        external_id: write.external_id,
+        data: write.data.into(),
+        members,
+        groups: include.groups.then(Vec::new),
+    }
+}
+
 /// A create as the writer runs it: everything it writes, owned, so that it can be queued.
 struct CreateJob {
     id: String,
@@ -1802,6 +1822,39 @@ struct CreateJob {
 }
 
 impl CreateJob {
+    /// The job that creates `write`, with what is left of `write` for the record.
+    fn new(
+        (tenant, rt, id, now): (&str, &str, &str, &str),
+        mut write: ResourceWrite,
+        include: Include,
+    ) -> Result<(Self, ResourceWrite), StoreError> {
+        let data =
+            serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
+        // The members of a new group are read back inside the write; anything else is built
+        // after it (outside the SQLite writer): a resource created a moment ago is in no group.
+        let job = CreateJob {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            rt: rt.to_string(),
+            now: now.to_string(),
+            external_id: write.external_id.clone(),
+            keys: write.keys.clone(),
+            data,
+            password_hash: match &write.password {
+                SecretChange::Set(h) => Some(h.clone()),
+                _ => None,
+            },
+            values: std::mem::take(&mut write.values),
+            member_ops: std::mem::take(&mut write.member_ops),
+            unknown_members: write.unknown_members,
+            read: Include {
+                groups: false,
+                ..include
+            },
+        };
+        Ok((job, write))
+    }
+
     fn new_resource(&self) -> backend::NewResource<'_> {
         backend::NewResource {
             id: &self.id,
@@ -1855,32 +1908,8 @@ impl ResourceStore for DieselStore {
         write: ResourceWrite,
         include: Include,
     ) -> Result<ResourceRecord, StoreError> {
-        let data =
-            serde_json::to_string(&write.data).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let touched = 1 + ops_rows(&write.member_ops);
-        let mut write = write;
-        // The members of a new group are read back inside the write; anything else is built
-        // after it (outside the SQLite writer): a resource created a moment ago is in no group.
-        let job = CreateJob {
-            id: id.to_string(),
-            tenant: tenant.to_string(),
-            rt: rt.to_string(),
-            now: now.to_string(),
-            external_id: write.external_id.clone(),
-            keys: write.keys.clone(),
-            data,
-            password_hash: match &write.password {
-                SecretChange::Set(h) => Some(h.clone()),
-                _ => None,
-            },
-            values: std::mem::take(&mut write.values),
-            member_ops: std::mem::take(&mut write.member_ops),
-            unknown_members: write.unknown_members,
-            read: Include {
-                groups: false,
-                ..include
-            },
-        };
+        let (job, write) = CreateJob::new((tenant, rt, id, now), write, include)?;
+        let touched = 1 + ops_rows(&job.member_ops);
         let single_statement = self.backend == Backend::Postgres && job.member_ops.is_empty();
         let result: Result<Links, TxError> = if single_statement {
             (|| {
@@ -1902,18 +1931,43 @@ impl ResourceStore for DieselStore {
         };
         let (members, _) = result?;
         self.note_writes(touched);
-        // What the client gets back: the document as written.
-        Ok(ResourceRecord {
-            id: id.to_string(),
-            resource_type: rt.to_string(),
-            version: 1,
-            created: now.to_string(),
-            last_modified: now.to_string(),
-            external_id: write.external_id,
-            data: write.data.into(),
-            members,
-            groups: include.groups.then(Vec::new),
-        })
+        Ok(created_record((id, rt, now), write, include, members))
+    }
+
+    /// SQLite: the job goes to the writer thread as `create` sends it, and the record is
+    /// built on the caller's thread from the outcome.
+    fn create_detached(
+        &self,
+        tenant: &str,
+        rt: &str,
+        id: &str,
+        now: &str,
+        write: ResourceWrite,
+        include: Include,
+        done: WriteDone,
+    ) -> Result<(), Box<(ResourceWrite, WriteDone)>> {
+        let Some(writer) = &self.writer else {
+            return Err(Box::new((write, done)));
+        };
+        let (job, write) = match CreateJob::new((tenant, rt, id, now), write, include) {
+            Ok(made) => made,
+            Err(e) => {
+                done(Detached::new(move || Err(e)));
+                return Ok(());
+            }
+        };
+        let (id, rt, now) = (id.to_string(), rt.to_string(), now.to_string());
+        writer.submit(
+            move |c| job.run(c).map(|links| (links, job)),
+            move |result: Result<(Links, CreateJob), TxError>| {
+                done(Detached::new(move || {
+                    let ((members, _), _job) = result?;
+                    let rec = created_record((&id, &rt, &now), write, include, members);
+                    Ok(Some(rec))
+                }))
+            },
+        );
+        Ok(())
     }
 
     fn get(
@@ -2083,8 +2137,8 @@ impl ResourceStore for DieselStore {
         if_match: Option<i64>,
         include: Include,
         update: &mut UpdateFn<'_>,
-        done: UpdateDone,
-    ) -> Result<(), UpdateDone> {
+        done: WriteDone,
+    ) -> Result<(), WriteDone> {
         let Some(writer) = &self.writer else {
             return Err(done);
         };

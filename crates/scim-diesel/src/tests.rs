@@ -2103,7 +2103,7 @@ fn members_are_read_page_by_page_from_one_snapshot() {
 
 #[test]
 fn a_detached_update_is_written_by_the_writer_or_handed_back_when_stale() {
-    use scim_core::store::{Detached, UpdateDone};
+    use scim_core::store::{Detached, WriteDone};
     let reg = registry();
     for db in databases() {
         let s = Arc::new(db.store.clone());
@@ -2113,7 +2113,7 @@ fn a_detached_update_is_written_by_the_writer_or_handed_back_when_stale() {
             |cur: &ResourceRecord, name: &str| Ok(patched(&reg, cur, "displayName", name));
         let detach = |update: &mut scim_core::store::UpdateFn<'_>| {
             let (tx, rx) = std::sync::mpsc::channel::<Detached>();
-            let done: UpdateDone = Box::new(move |outcome| tx.send(outcome).unwrap());
+            let done: WriteDone = Box::new(move |outcome| tx.send(outcome).unwrap());
             let reserved = s.reserve_inline();
             let taken =
                 s.update_detached(T, "User", "u", NOW, None, Include::default(), update, done);
@@ -2159,7 +2159,7 @@ fn a_detached_update_is_written_by_the_writer_or_handed_back_when_stale() {
             "{outcome:?}"
         );
         // Without a reservation on this thread: not taken.
-        let done: UpdateDone = Box::new(|_| {});
+        let done: WriteDone = Box::new(|_| {});
         assert!(s
             .update_detached(
                 T,
@@ -2172,5 +2172,42 @@ fn a_detached_update_is_written_by_the_writer_or_handed_back_when_stale() {
                 done
             )
             .is_err());
+    }
+}
+
+#[test]
+fn a_detached_create_is_inserted_by_the_writer() {
+    use scim_core::store::{Detached, WriteDone};
+    let reg = registry();
+    for db in databases() {
+        let s = &db.store;
+        let create = |id: &str, name: &str| {
+            let (tx, rx) = std::sync::mpsc::channel::<Detached>();
+            let done: WriteDone = Box::new(move |outcome| tx.send(outcome).unwrap());
+            s.create_detached(
+                T,
+                "User",
+                id,
+                NOW,
+                user(&reg, name),
+                Include::default(),
+                done,
+            )
+            .ok()
+            .map(|()| rx.recv().unwrap().finish())
+        };
+        let Some(made) = create("d1", "dora") else {
+            assert_eq!(db.name, "postgres", "SQLite takes detached creates");
+            continue;
+        };
+        let rec = made.unwrap().unwrap();
+        assert_eq!((rec.id.as_str(), rec.version), ("d1", 1));
+        let stored = s.get(T, "User", "d1", Include::default()).unwrap();
+        assert_eq!(stored.data["userName"], json!("dora"));
+        // A duplicate userName is the outcome, and nothing is written.
+        let dup = create("d2", "DORA").unwrap();
+        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        let err = s.get(T, "User", "d2", Include::default()).unwrap_err();
+        assert!(matches!(err, StoreError::NotFound), "{err:?}");
     }
 }

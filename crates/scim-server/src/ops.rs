@@ -175,31 +175,136 @@ pub fn create(
     params: &Params,
     reply: Reply,
 ) -> Result<Outcome, ScimError> {
-    let ctx = ctx(st, rt)?;
-    let mut write = prepare_create(&ctx, body)?;
-    write.unknown_members = st.config.unknown_members;
+    let call = CreateCall::new(st, rt, body, params, reply)?;
+    let mut write = call.write;
     // Hashing is slow by design: done here, before the transaction.
     write.password = protect(st, std::mem::take(&mut write.password))?;
-    // A new group lists what the request sent (bounded by the body size): no member limit.
-    let proj = projection(&ctx, params);
-    let include = match reply {
-        Reply::Minimal => Include::default(),
-        _ => proj.include(&ctx),
-    };
-    // Time-ordered (UUIDv7): a new resource's rows land at the end of the primary-key and
-    // low-cardinality index ranges, on pages already in cache, instead of on a random page
-    // each; still opaque and unguessable enough (74 random bits) for an id that is not a secret.
-    let id = uuid::Uuid::now_v7().to_string();
-    let rec = match st
-        .store
-        .create(tenant, &ctx.rt.id, &id, &now(), write, include)
-    {
-        Err(StoreError::Conflict(_)) if st.config.reactivate_on_conflict && ctx.rt.id == "User" => {
-            reactivate(st, &ctx, tenant, body, include)?
+    let created = st.store.create(
+        tenant,
+        &call.ctx.rt.id,
+        &call.id,
+        &now(),
+        write,
+        call.include,
+    );
+    let rec = match created {
+        Err(StoreError::Conflict(_)) if reactivates(st, &call.ctx) => {
+            reactivate(st, &call.ctx, tenant, body, call.include)?
         }
         other => other?,
     };
-    Ok(written(st, &ctx, &rec, &proj, include, reply))
+    Ok(written(
+        st,
+        &call.ctx,
+        &rec,
+        &call.proj,
+        call.include,
+        reply,
+    ))
+}
+
+/// A POST as the store sees it, with what its answer needs.
+struct CreateCall<'a> {
+    ctx: Ctx<'a>,
+    proj: Projection,
+    include: Include,
+    id: String,
+    write: scim_core::store::ResourceWrite,
+}
+
+impl<'a> CreateCall<'a> {
+    fn new(
+        st: &'a AppState,
+        rt: &str,
+        body: &Value,
+        params: &Params,
+        reply: Reply,
+    ) -> Result<Self, ScimError> {
+        let ctx = ctx(st, rt)?;
+        let mut write = prepare_create(&ctx, body)?;
+        write.unknown_members = st.config.unknown_members;
+        let proj = projection(&ctx, params);
+        let include = create_include(&ctx, &proj, reply);
+        // Time-ordered (UUIDv7): a new resource's rows land at the end of the primary-key and
+        // low-cardinality index ranges, on pages already in cache, instead of on a random page
+        // each; still opaque and unguessable enough (74 random bits) for an id that is not a
+        // secret.
+        let id = uuid::Uuid::now_v7().to_string();
+        Ok(CreateCall {
+            ctx,
+            proj,
+            include,
+            id,
+            write,
+        })
+    }
+}
+
+/// Whether a create that collides with an existing `userName` re-activates that user.
+fn reactivates(st: &AppState, ctx: &Ctx<'_>) -> bool {
+    st.config.reactivate_on_conflict && ctx.rt.id == "User"
+}
+
+/// [`create`] detached from this thread while the write waits for the database (see
+/// [`ResourceStore::create_detached`](scim_core::store::ResourceStore::create_detached)):
+/// `done` is called with the outcome by the store; finish it with [`create_answer`].
+/// `Ok(Err(done))`: not taken; call [`create`]. For a body that does not set a password
+/// ([`may_set_password`]).
+pub fn create_detached(
+    st: &AppState,
+    tenant: &str,
+    rt: &str,
+    body: &Value,
+    params: &Params,
+    reply: Reply,
+    done: scim_core::store::WriteDone,
+) -> Result<Result<(), scim_core::store::WriteDone>, ScimError> {
+    let call = CreateCall::new(st, rt, body, params, reply)?;
+    let mut write = call.write;
+    if st.config.hash_passwords && matches!(write.password, SecretChange::Set(_)) {
+        // Hashing is slow by design: not on this thread.
+        return Ok(Err(done));
+    }
+    // Without hashing a password is not kept at all (nothing slow here either way).
+    write.password = protect(st, std::mem::take(&mut write.password))?;
+    let taken = st.store.create_detached(
+        tenant,
+        &call.ctx.rt.id,
+        &call.id,
+        &now(),
+        write,
+        call.include,
+        done,
+    );
+    Ok(taken.map_err(|back| back.1))
+}
+
+/// The answer to a detached create ([`create_detached`]): `Ok(None)` when it collided with a
+/// user that `SCIM_REACTIVATE_ON_CONFLICT` re-activates (call [`create`]).
+pub fn create_answer(
+    st: &AppState,
+    rt: &str,
+    params: &Params,
+    reply: Reply,
+    created: Result<ResourceRecord, StoreError>,
+) -> Result<Option<Outcome>, ScimError> {
+    let ctx = ctx(st, rt)?;
+    let rec = match created {
+        Err(StoreError::Conflict(_)) if reactivates(st, &ctx) => return Ok(None),
+        other => other?,
+    };
+    let proj = projection(&ctx, params);
+    let include = create_include(&ctx, &proj, reply);
+    Ok(Some(written(st, &ctx, &rec, &proj, include, reply)))
+}
+
+/// What a create reads back: a new group lists what the request sent (bounded by the body
+/// size), so no member limit.
+fn create_include(ctx: &Ctx<'_>, proj: &Projection, reply: Reply) -> Include {
+    match reply {
+        Reply::Minimal => Include::default(),
+        _ => proj.include(ctx),
+    }
 }
 
 /// `SCIM_REACTIVATE_ON_CONFLICT`: the POST collided with an existing userName; if that user is
@@ -902,8 +1007,8 @@ pub fn update_detached(
     expected: Option<i64>,
     change: Change,
     reply: Reply,
-    done: scim_core::store::UpdateDone,
-) -> Result<Result<(), scim_core::store::UpdateDone>, ScimError> {
+    done: scim_core::store::WriteDone,
+) -> Result<Result<(), scim_core::store::WriteDone>, ScimError> {
     let call = UpdateCall::new(st, rt, params, reply)?;
     let mut hashed: Option<(String, String)> = None;
     Ok(st.store.update_detached(

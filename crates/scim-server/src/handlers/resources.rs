@@ -380,16 +380,25 @@ pub async fn create(
     let body = json_body(&req, payload, state.config.max_body_bytes).await;
     let input = body.and_then(|b| Ok((b, Params::from_request(&req)?)));
     let rt = rt.0.clone();
-    let out = for_caller(
-        state,
-        caller,
-        input,
-        Reads::Any,
-        move |state, tenant, (body, params)| {
-            ops::create(state, tenant, &rt, &body, &params, ops::Reply::Resource)
-        },
-    )
-    .await?;
+    let detached = match &input {
+        Ok((body, params)) => create_detached(&state, &caller, &rt, body, params).await?,
+        Err(_) => None,
+    };
+    let out = match detached {
+        Some(out) => out,
+        None => {
+            for_caller(
+                state,
+                caller,
+                input,
+                Reads::Any,
+                move |state, tenant, (body, params)| {
+                    ops::create(state, tenant, &rt, &body, &params, ops::Reply::Resource)
+                },
+            )
+            .await?
+        }
+    };
     let location = out
         .location
         .as_deref()
@@ -596,6 +605,53 @@ async fn update(
     Ok(respond(StatusCode::OK, out))
 }
 
+/// A POST validated right here and inserted by the store's writer while this thread serves
+/// other requests (see [`update_detached`]). `None`: run it the usual way (another store, no
+/// connection free for the token check, a body that may set a password, or a collision with
+/// a user that `SCIM_REACTIVATE_ON_CONFLICT` re-activates).
+async fn create_detached(
+    state: &AppState,
+    caller: &Caller,
+    rt: &str,
+    body: &Value,
+    params: &Params,
+) -> ApiResult<Option<Outcome>> {
+    if ops::may_set_password(body) {
+        return Ok(None);
+    }
+    let Some(reserved) = state.store.reserve_inline() else {
+        return Ok(None);
+    };
+    let tenant = caller.tenant(state)?;
+    drop(reserved);
+    let (done, outcome) = detached_outcome();
+    let reply = ops::Reply::Resource;
+    if ops::create_detached(state, &tenant, rt, body, params, reply, done)?.is_err() {
+        return Ok(None);
+    }
+    let created = outcome.await?.finish().and_then(|rec| {
+        rec.ok_or_else(|| scim_core::StoreError::Backend("a create wrote nothing".into()))
+    });
+    Ok(ops::create_answer(state, rt, params, reply, created)?)
+}
+
+/// Where a detached write's outcome is handed over, and where it is awaited.
+fn detached_outcome() -> (
+    scim_core::store::WriteDone,
+    impl std::future::Future<Output = ApiResult<scim_core::store::Detached>>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let done: scim_core::store::WriteDone = Box::new(move |outcome| {
+        // The request may have gone (client disconnected): nothing to answer then.
+        let _ = tx.send(outcome);
+    });
+    let outcome = async move {
+        rx.await
+            .map_err(|_| ApiError(ScimError::internal("a write was dropped unanswered")))
+    };
+    (done, outcome)
+}
+
 /// What [`update_detached`] needs of a PUT or PATCH: resource type, id, body, parameters,
 /// `If-Match`, and what to answer.
 type UpdateRequest<'a> = (
@@ -626,11 +682,7 @@ async fn update_detached(
         return Ok(None);
     };
     let tenant = caller.tenant(state)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let done: scim_core::store::UpdateDone = Box::new(move |outcome| {
-        // The request may have gone (client disconnected): nothing to answer then.
-        let _ = tx.send(outcome);
-    });
+    let (done, outcome) = detached_outcome();
     let taken = ops::update_detached(
         state, &tenant, rt, id, body, params, expected, change, reply, done,
     )?;
@@ -638,10 +690,7 @@ async fn update_detached(
     if taken.is_err() {
         return Ok(None);
     }
-    let outcome = rx
-        .await
-        .map_err(|_| ApiError(ScimError::internal("a write was dropped unanswered")))?;
-    match outcome.finish().map_err(|e| ApiError(e.into()))? {
+    match outcome.await?.finish().map_err(|e| ApiError(e.into()))? {
         Some(rec) => Ok(Some(ops::update_answer(state, rt, params, reply, &rec)?)),
         None => Ok(None),
     }
