@@ -183,7 +183,8 @@ fn tell(slot: &Slot, outcome: Result<(), Failure>) {
             w.1.notify_one();
         }
         Slot::Call(f) => {
-            if let Some(f) = lock(f).take() {
+            let f = lock(f).take();
+            if let Some(f) = f {
                 f(outcome);
             }
         }

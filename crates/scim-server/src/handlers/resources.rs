@@ -420,7 +420,12 @@ pub async fn get(
 ) -> ApiResult<HttpResponse> {
     let rt = rt.0.clone();
     let params = Params::from_request(&req);
-    if let Ok(p) = &params {
+    // Point reads are the hot path: the projection is looked at once for them.
+    let reads = match &params {
+        Ok(p) if ops::get_is_point_read(&state, &rt, p) => Reads::Point,
+        _ => Reads::Any,
+    };
+    if let (Reads::Any, Ok(p)) = (reads, &params) {
         if ops::reads_members(&state, &rt, p) {
             let input = params.map(|p| (rt, id.into_inner(), p));
             let (first, body) = streamed(state, caller, input, |st, tenant, input, send| {
@@ -431,10 +436,6 @@ pub async fn get(
             return Ok(respond_streamed(&req, first, body));
         }
     }
-    let reads = match &params {
-        Ok(p) if ops::get_is_point_read(&state, &rt, p) => Reads::Point,
-        _ => Reads::Any,
-    };
     let input = params.map(|p| (rt, id.into_inner(), p));
     let by_token = ByToken {
         point: |state: &AppState,
