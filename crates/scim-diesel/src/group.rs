@@ -6,7 +6,7 @@
 //! write.
 //!
 //! The one writer connection lives on a thread of its own. Writers queue their transaction
-//! bodies and wait; the writer thread takes the first, opens a transaction, runs the bodies
+//! bodies and wait (or, [`GroupWriter::submit`], are called back); the writer thread takes the first, opens a transaction, runs the bodies
 //! queued behind it one after the other, and commits once the queue is empty (or
 //! [`MAX_BATCH`] ran). Nothing passes from thread to thread between two bodies: the next one
 //! is queued already. (Before, each writer ran its body on its own thread under a lock, and
@@ -555,6 +555,53 @@ mod tests {
         answered.sort_unstable();
         assert_eq!(answered.len(), 8 * 24);
         assert_eq!(rows(&mut reader), answered);
+    }
+
+    /// A submitted write's caller is called after the commit that holds it (its row is
+    /// visible to another connection by then), with its own result; a refusal, a panic and a
+    /// stopped writer are each the failure it is called with.
+    #[test]
+    fn submitted_writes_are_answered_through_their_callback_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, mut reader) = writer_on(&dir);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let url = dir.path().join("w.db").to_string_lossy().into_owned();
+        for v in [1, 2] {
+            let (tx, url) = (tx.clone(), url.clone());
+            writer.submit(insert(v), move |result| {
+                // Seen from another connection, on the writer thread, before answering.
+                let manager = ConnectionManager::new(&url, Duration::from_secs(5), None);
+                let seen = rows(&mut manager.establish().unwrap());
+                tx.send((result.ok(), seen.contains(&v))).unwrap();
+            });
+        }
+        let mut answers = [rx.recv().unwrap(), rx.recv().unwrap()];
+        answers.sort_unstable();
+        assert_eq!(answers, [(Some(1), true), (Some(2), true)]);
+        let refused = std::sync::mpsc::channel();
+        let tx = refused.0;
+        writer.submit(
+            |_: &mut AnyConnection| -> Result<i64, DieselError> { Err(DieselError::NotFound) },
+            move |r| tx.send(r.is_err()).unwrap(),
+        );
+        assert!(refused.1.recv().unwrap());
+        let panicked = std::sync::mpsc::channel();
+        let tx = panicked.0;
+        writer.submit(
+            |c: &mut AnyConnection| -> Result<(), DieselError> {
+                c.batch_execute("INSERT INTO t (v) VALUES (3)")?;
+                panic!("a bug in a body");
+            },
+            move |r| tx.send(r.is_err()).unwrap(),
+        );
+        assert!(panicked.1.recv().unwrap());
+        assert_eq!(rows(&mut reader), [1, 2]);
+        let shared = writer.shared.clone();
+        drop(writer);
+        let stopped = std::sync::mpsc::channel();
+        let tx = stopped.0;
+        GroupWriter { shared }.submit(insert(4), move |r| tx.send(r.is_err()).unwrap());
+        assert!(stopped.1.recv().unwrap());
     }
 
     /// When another process holds the write lock past the busy timeout, the writer's error is
