@@ -344,8 +344,16 @@ async fn update(
     let (st, who, resource) = (state.clone(), caller.clone(), (rt.clone(), id.clone()));
     let detached = match &input {
         Ok((body, params, expected)) => {
-            let request = (&rt, &id, body, params, *expected, change, reply);
-            update_detached(&state, &caller, request).await?
+            let request = ops::UpdateRequest {
+                rt: &rt,
+                id: &id,
+                body,
+                params,
+                expected: *expected,
+                change,
+                reply,
+            };
+            update_detached(&state, &caller, &request).await?
         }
         Err(_) => None,
     };
@@ -358,9 +366,16 @@ async fn update(
                 input,
                 Reads::Any,
                 move |state, tenant, (body, params, expected)| {
-                    ops::update(
-                        state, tenant, &rt, &id, &body, &params, expected, change, reply,
-                    )
+                    let request = ops::UpdateRequest {
+                        rt: &rt,
+                        id: &id,
+                        body: &body,
+                        params: &params,
+                        expected,
+                        change,
+                        reply,
+                    };
+                    ops::update(state, tenant, &request)
                 },
             )
             .await?
@@ -436,18 +451,6 @@ fn detached_outcome() -> (
     (done, outcome)
 }
 
-/// What [`update_detached`] needs of a PUT or PATCH: resource type, id, body, parameters,
-/// `If-Match`, and what to answer.
-type UpdateRequest<'a> = (
-    &'a String,
-    &'a String,
-    &'a Value,
-    &'a Params,
-    Option<i64>,
-    Change,
-    ops::Reply,
-);
-
 /// A PUT or PATCH prepared right here and written by the store's writer while this thread
 /// serves other requests, when the store offers (SQLite with a reader connection free now:
 /// the token check and the preparation take microseconds; handing them to the blocking pool
@@ -457,9 +460,9 @@ type UpdateRequest<'a> = (
 async fn update_detached(
     state: &AppState,
     caller: &Caller,
-    (rt, id, body, params, expected, change, reply): UpdateRequest<'_>,
+    req: &ops::UpdateRequest<'_>,
 ) -> ApiResult<Option<Outcome>> {
-    if ops::may_set_password(body) {
+    if ops::may_set_password(req.body) {
         return Ok(None);
     }
     let Some(reserved) = state.store.reserve_inline() else {
@@ -467,15 +470,13 @@ async fn update_detached(
     };
     let tenant = caller.tenant(state)?;
     let (done, outcome) = detached_outcome();
-    let taken = ops::update_detached(
-        state, &tenant, rt, id, body, params, expected, change, reply, done,
-    )?;
+    let taken = ops::update_detached(state, &tenant, req, done)?;
     drop(reserved);
     if taken.is_err() {
         return Ok(None);
     }
     match outcome.await?.finish().map_err(|e| ApiError(e.into()))? {
-        Some(rec) => Ok(Some(ops::update_answer(state, rt, params, reply, &rec)?)),
+        Some(rec) => Ok(Some(ops::update_answer(state, req, &rec)?)),
         None => Ok(None),
     }
 }

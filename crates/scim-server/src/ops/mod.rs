@@ -733,20 +733,28 @@ fn update_write(
     Ok(write)
 }
 
+/// A PUT or PATCH: what the request names and sends.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateRequest<'a> {
+    /// resource type id
+    pub rt: &'a str,
+    /// resource id
+    pub id: &'a str,
+    /// the request body
+    pub body: &'a Value,
+    /// its query parameters (`attributes`, `excludedAttributes`)
+    pub params: &'a Params,
+    /// `If-Match`
+    pub expected: Option<i64>,
+    /// PUT or PATCH
+    pub change: Change,
+    /// what to answer with
+    pub reply: Reply,
+}
+
 /// PUT / PATCH
-#[allow(clippy::too_many_arguments)]
-pub fn update(
-    st: &AppState,
-    tenant: &str,
-    rt: &str,
-    id: &str,
-    body: &Value,
-    params: &Params,
-    expected: Option<i64>,
-    change: Change,
-    reply: Reply,
-) -> Result<Outcome, ScimError> {
-    let call = UpdateCall::new(st, rt, params, reply)?;
+pub fn update(st: &AppState, tenant: &str, req: &UpdateRequest<'_>) -> Result<Outcome, ScimError> {
+    let call = UpdateCall::new(st, req.rt, req.params, req.reply)?;
     // The store may call this more than once (it prepares the write before taking the writer
     // and again if the resource changed meanwhile); a password (Okta's password sync) is hashed
     // once per request, and only the first time, which the store runs outside its writer.
@@ -754,11 +762,11 @@ pub fn update(
     let rec = st.store.update(
         tenant,
         &call.ctx.rt.id,
-        id,
+        req.id,
         &now(),
-        expected,
+        req.expected,
         call.include,
-        &mut |cur| update_write(st, &call.ctx, body, change, cur, &mut hashed),
+        &mut |cur| update_write(st, &call.ctx, req.body, req.change, cur, &mut hashed),
     )?;
     Ok(call.answer(st, &rec))
 }
@@ -767,7 +775,9 @@ pub fn update(
 /// such an update hashes it, which is slow, so it is never run detached.
 pub fn may_set_password(body: &Value) -> bool {
     fn names_password(s: &str) -> bool {
-        s.to_ascii_lowercase().contains("password")
+        s.as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"password"))
     }
     match body {
         Value::Object(o) => o.iter().any(|(k, v)| {
@@ -785,29 +795,22 @@ pub fn may_set_password(body: &Value) -> bool {
 /// prepared here, `done` called with the outcome by the store; finish it with
 /// [`update_answer`]. `Ok(Err(done))`: not taken; call [`update`]. For a body that does not
 /// set a password ([`may_set_password`]).
-#[allow(clippy::too_many_arguments)]
 pub fn update_detached(
     st: &AppState,
     tenant: &str,
-    rt: &str,
-    id: &str,
-    body: &Value,
-    params: &Params,
-    expected: Option<i64>,
-    change: Change,
-    reply: Reply,
+    req: &UpdateRequest<'_>,
     done: scim_core::store::WriteDone,
 ) -> Result<Result<(), scim_core::store::WriteDone>, ScimError> {
-    let call = UpdateCall::new(st, rt, params, reply)?;
+    let call = UpdateCall::new(st, req.rt, req.params, req.reply)?;
     let mut hashed: Option<(String, String)> = None;
     Ok(st.store.update_detached(
         tenant,
         &call.ctx.rt.id,
-        id,
+        req.id,
         &now(),
-        expected,
+        req.expected,
         call.include,
-        &mut |cur| update_write(st, &call.ctx, body, change, cur, &mut hashed),
+        &mut |cur| update_write(st, &call.ctx, req.body, req.change, cur, &mut hashed),
         done,
     ))
 }
@@ -815,12 +818,10 @@ pub fn update_detached(
 /// The answer to a detached update ([`update_detached`]) that wrote `rec`.
 pub fn update_answer(
     st: &AppState,
-    rt: &str,
-    params: &Params,
-    reply: Reply,
+    req: &UpdateRequest<'_>,
     rec: &ResourceRecord,
 ) -> Result<Outcome, ScimError> {
-    Ok(UpdateCall::new(st, rt, params, reply)?.answer(st, rec))
+    Ok(UpdateCall::new(st, req.rt, req.params, req.reply)?.answer(st, rec))
 }
 
 /// DELETE
@@ -955,17 +956,16 @@ fn run_bulk_op(
     let params = Params::default();
     // Bulk results carry no resources: nothing is read back (`Reply::Minimal`).
     let change = |id: &str, change: Change| {
-        update(
-            st,
-            tenant,
-            &rt,
+        let req = UpdateRequest {
+            rt: &rt,
             id,
-            &data,
-            &params,
+            body: &data,
+            params: &params,
             expected,
             change,
-            Reply::Minimal,
-        )
+            reply: Reply::Minimal,
+        };
+        update(st, tenant, &req)
     };
     match (op.method, id) {
         (BulkMethod::Post, None) => Ok((
@@ -982,5 +982,35 @@ fn run_bulk_op(
             "A bulk {} path must name a resource",
             op.method.as_str()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::may_set_password;
+
+    /// Every shape that can carry a password keeps the update off the detached path (where
+    /// hashing would run on the request's thread); ordinary bodies do not.
+    #[test]
+    fn bodies_that_may_set_a_password_are_recognised() {
+        for body in [
+            json!({"userName": "a", "password": "x"}),
+            json!({"Operations": [{"op": "replace", "value": {"PassWord": "x"}}]}),
+            json!({"Operations": [{"op": "replace", "path": "password", "value": "x"}]}),
+            json!({"Operations": [{"op": "remove", "PATH": "urn:ietf:params:scim:schemas:core:2.0:User:password"}]}),
+            json!({"urn:ietf:params:scim:schemas:core:2.0:User:password": "x"}),
+            json!({"Operations": [{"op": "add", "value": [{"nested": {"password": "x"}}]}]}),
+        ] {
+            assert!(may_set_password(&body), "{body}");
+        }
+        for body in [
+            json!({"userName": "password@example.com", "displayName": "Password Reset Team"}),
+            json!({"Operations": [{"op": "replace", "path": "title", "value": "password"}]}),
+            json!({"Operations": [{"op": "replace", "path": "active", "value": false}]}),
+        ] {
+            assert!(!may_set_password(&body), "{body}");
+        }
     }
 }
