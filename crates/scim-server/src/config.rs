@@ -38,6 +38,8 @@ pub struct Config {
     /// `SCIM_REACTIVATE_ON_CONFLICT`: a POST whose userName belongs to an inactive user
     /// re-activates and updates that user instead of answering 409
     pub reactivate_on_conflict: bool,
+    /// `SCIM_USER_DELETE`: what `DELETE /Users/{id}` does
+    pub user_delete: UserDelete,
     /// `SCIM_BULK_MAX_OPERATIONS`: operations per `/Bulk` request (0 disables `/Bulk`)
     pub bulk_max_operations: usize,
     /// `SCIM_WRITE_RESPONSE_MAX_MEMBERS`: a PUT or PATCH of a group with more members answers
@@ -55,6 +57,19 @@ pub struct Config {
     /// separated by commas (`User=/etc/scim/okta.json,Group=/etc/scim/groups.json`); each file
     /// holds one schema in the form `/Schemas` returns (RFC 7643 section 7)
     pub schema_extensions: Vec<(String, std::path::PathBuf)>,
+}
+
+/// What `DELETE /Users/{id}` does (`SCIM_USER_DELETE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserDelete {
+    /// `delete` (the default, RFC 7644 section 3.6): the user, its index rows and its group
+    /// memberships are removed; later requests for it get 404
+    Delete,
+    /// `deactivate`: the user is kept with `active` set to `false` (a PATCH of `active`,
+    /// version and ETag included) and its group memberships are kept; the answer is still 204.
+    /// For applications that must not lose a user's records when an identity provider deletes
+    /// it; departs from RFC 7644 section 3.6, since the user stays readable
+    Deactivate,
 }
 
 /// Accepted JWT bearer tokens.
@@ -112,6 +127,7 @@ impl Config {
             workers: 0,
             unknown_members: UnknownMembers::Ignore,
             reactivate_on_conflict: false,
+            user_delete: UserDelete::Delete,
             bulk_max_operations: 1000,
             write_response_max_members: 1000,
             hash_passwords: true,
@@ -157,6 +173,16 @@ impl Config {
             },
             workers: num("SCIM_WORKERS", 0)?,
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
+            user_delete: match var("SCIM_USER_DELETE")
+                .map(|v| v.to_ascii_lowercase())
+                .as_deref()
+            {
+                None | Some("delete") => UserDelete::Delete,
+                Some("deactivate") => UserDelete::Deactivate,
+                Some(other) => {
+                    bail!("SCIM_USER_DELETE must be delete or deactivate, got {other:?}")
+                }
+            },
             bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,
             write_response_max_members: num("SCIM_WRITE_RESPONSE_MAX_MEMBERS", 1000)?,
             strict: flag("SCIM_STRICT", false)?,

@@ -833,7 +833,27 @@ pub fn delete(
     expected: Option<i64>,
 ) -> Result<Outcome, ScimError> {
     let ctx = ctx(st, rt)?;
-    st.store.delete(tenant, &ctx.rt.id, id, expected)?;
+    if ctx.rt.id == "User" && st.config.user_delete == crate::config::UserDelete::Deactivate {
+        // `SCIM_USER_DELETE=deactivate`: the user is kept, as a PATCH of `active` would keep
+        // it (same transaction, version check and index rows as any update).
+        let body = serde_json::json!({
+            "schemas": [scim_core::urns::PATCH_OP],
+            "Operations": [{"op": "replace", "path": "active", "value": false}],
+        });
+        let req = UpdateRequest {
+            rt,
+            id,
+            body: &body,
+            params: &Params::default(),
+            expected,
+            change: Change::Patch,
+            reply: Reply::Minimal,
+        };
+        update(st, tenant, &req)?;
+        log::info!("deactivated user {id} on DELETE (SCIM_USER_DELETE=deactivate)");
+    } else {
+        st.store.delete(tenant, &ctx.rt.id, id, expected)?;
+    }
     Ok(Outcome {
         body: None,
         id: None,

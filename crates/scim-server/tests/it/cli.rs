@@ -131,6 +131,7 @@ fn an_invalid_setting_stops_the_server_naming_the_variable() {
         ("SCIM_STRICT", "maybe"),
         ("SCIM_MAX_PAGE_SIZE", "lots"),
         ("SCIM_PASSWORDS", "plain"),
+        ("SCIM_USER_DELETE", "archive"),
         ("SCIM_JWT_HS256_SECRET", "short"),
     ] {
         let out = Command::new(BIN)

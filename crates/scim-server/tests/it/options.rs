@@ -90,6 +90,152 @@ fn okta_reprovisioning_reactivates_an_inactive_user_when_enabled() {
 }
 
 #[test]
+fn user_delete_deactivate_keeps_the_user_inactive_and_its_groups() {
+    use reqwest::Method;
+    for db in databases() {
+        let s = TestServer::start_with(&db, |c| {
+            c.user_delete = scim_server::config::UserDelete::Deactivate;
+            c.reactivate_on_conflict = true;
+        });
+        let (status, created, headers) = call(
+            &s,
+            Method::POST,
+            "/Users",
+            Some(user(
+                "leaver@example.com",
+                json!({"title": "Engineer", "active": true}),
+            )),
+            &[],
+        );
+        assert_eq!(status, 201);
+        let id = created["id"].as_str().unwrap().to_string();
+        let etag = headers["etag"].to_str().unwrap().to_string();
+        let (status, group, _) = call(
+            &s,
+            Method::POST,
+            "/Groups",
+            Some(
+                json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "Engineering", "members": [{"value": id}]}),
+            ),
+            &[],
+        );
+        assert_eq!(status, 201);
+        let gid = group["id"].as_str().unwrap().to_string();
+        let user_path = format!("/Users/{id}");
+
+        // A stale If-Match is still refused, and changes nothing.
+        let (status, body, _) = call(
+            &s,
+            Method::DELETE,
+            &user_path,
+            None,
+            &[("if-match", "W/\"999\"")],
+        );
+        assert_eq!(status, 412, "{}: {body}", db.name());
+        assert_eq!(
+            call(&s, Method::GET, &user_path, None, &[]).1["active"],
+            json!(true)
+        );
+
+        // DELETE answers 204, as the identity provider expects ...
+        let (status, _, _) = call(&s, Method::DELETE, &user_path, None, &[("if-match", &etag)]);
+        assert_eq!(status, 204, "{}", db.name());
+        // ... and the user is kept, inactive, with a new version and its other attributes.
+        let (status, kept, headers) = call(&s, Method::GET, &user_path, None, &[]);
+        assert_eq!(status, 200, "{}", db.name());
+        assert_eq!(kept["active"], json!(false));
+        assert_eq!(kept["title"], json!("Engineer"));
+        assert_ne!(headers["etag"].to_str().unwrap(), etag);
+        assert_eq!(kept["groups"][0]["value"], json!(gid));
+        let (_, found, _) = call(
+            &s,
+            Method::GET,
+            "/Users?filter=active%20eq%20false",
+            None,
+            &[],
+        );
+        assert_eq!(found["totalResults"], json!(1), "{}: {found}", db.name());
+        let (_, members, _) = call(&s, Method::GET, &format!("/Groups/{gid}"), None, &[]);
+        assert_eq!(members["members"][0]["value"], json!(id));
+        // A second DELETE of the same user is answered the same way.
+        assert_eq!(call(&s, Method::DELETE, &user_path, None, &[]).0, 204);
+
+        // An unknown user is still 404; a group is still deleted.
+        assert_eq!(
+            call(&s, Method::DELETE, "/Users/no-such-user", None, &[]).0,
+            404
+        );
+        assert_eq!(
+            call(&s, Method::DELETE, &format!("/Groups/{gid}"), None, &[]).0,
+            204
+        );
+        assert_eq!(
+            call(&s, Method::GET, &format!("/Groups/{gid}"), None, &[]).0,
+            404
+        );
+
+        // Bulk DELETE follows the same setting.
+        let (_, other, _) = call(
+            &s,
+            Method::POST,
+            "/Users",
+            Some(user("bulk@example.com", json!({}))),
+            &[],
+        );
+        let other_id = other["id"].as_str().unwrap().to_string();
+        let (status, bulk, _) = call(
+            &s,
+            Method::POST,
+            "/Bulk",
+            Some(
+                json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+                "Operations": [{"method": "DELETE", "path": format!("/Users/{other_id}")}]}),
+            ),
+            &[],
+        );
+        assert_eq!(status, 200);
+        assert_eq!(bulk["Operations"][0]["status"], json!("204"), "{bulk}");
+        let (_, other, _) = call(&s, Method::GET, &format!("/Users/{other_id}"), None, &[]);
+        assert_eq!(other["active"], json!(false));
+
+        // The identity provider creates the user again later (JumpCloud's connection test, a
+        // re-hire): with SCIM_REACTIVATE_ON_CONFLICT the kept user comes back, not a duplicate.
+        let (status, again, _) = call(
+            &s,
+            Method::POST,
+            "/Users",
+            Some(user("leaver@example.com", json!({}))),
+            &[],
+        );
+        assert_eq!(
+            (status, again["id"].clone()),
+            (201, json!(id)),
+            "{}",
+            db.name()
+        );
+        assert_eq!(again["active"], json!(true));
+    }
+}
+
+#[test]
+fn user_delete_deletes_by_default() {
+    use reqwest::Method;
+    let s = TestServer::start(&Db::Sqlite);
+    let (_, created, _) = call(
+        &s,
+        Method::POST,
+        "/Users",
+        Some(user("gone@example.com", json!({}))),
+        &[],
+    );
+    let path = format!("/Users/{}", created["id"].as_str().unwrap());
+    assert_eq!(call(&s, Method::DELETE, &path, None, &[]).0, 204);
+    assert_eq!(call(&s, Method::GET, &path, None, &[]).0, 404);
+    assert_eq!(call(&s, Method::DELETE, &path, None, &[]).0, 404);
+}
+
+#[test]
 fn reprovisioning_is_409_by_default() {
     let s = TestServer::start(&Db::Sqlite);
     let (_, created, _) = call(
