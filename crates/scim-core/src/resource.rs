@@ -155,9 +155,15 @@ fn coerce_single(
         Value::Object(obj) => obj,
         // Leniency: a bare string for a complex attribute with `value` (Entra `manager`).
         Value::String(_) if lenient && attr.sub("value").is_some() => {
+            let sub = attr
+                .sub("value")
+                .filter(|s| s.attr_type != AttrType::Complex);
+            let Some(v) = sub.map(|s| coerce_scalar(s, value, lenient)).transpose()? else {
+                return Ok(None);
+            };
             let mut m = Map::new();
-            m.insert("value".into(), value.clone());
-            return Ok(Some(Value::Object(m)));
+            m.extend(v.map(|v| ("value".to_string(), v)));
+            return Ok((!m.is_empty()).then_some(Value::Object(m)));
         }
         _ => {
             return Err(ScimError::invalid_value(format!(
@@ -241,6 +247,12 @@ pub fn coerce_scalar(
         |what: &str| ScimError::invalid_value(format!("Attribute '{}' must be {what}", attr.name));
     Ok(Some(match (attr.attr_type, value) {
         (_, Value::Null) => return Ok(None),
+        // U+0000 is refused on both databases alike: PostgreSQL text cannot hold it.
+        (AttrType::String | AttrType::Reference | AttrType::Binary, Value::String(s))
+            if s.contains('\0') =>
+        {
+            return Err(bad("a string without the character U+0000"))
+        }
         (AttrType::String | AttrType::Reference | AttrType::Binary, Value::String(_)) => {
             value.clone()
         }
@@ -411,6 +423,7 @@ pub(crate) fn member_ids(value: &Value) -> Result<Vec<String>, ScimError> {
                     .map(|(_, v)| v)
             })
             .and_then(Value::as_str)
+            .filter(|id| !id.contains('\0'))
             .ok_or_else(|| {
                 ScimError::invalid_value("Each member must be an object with a string 'value'")
             })?;

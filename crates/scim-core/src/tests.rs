@@ -749,3 +749,31 @@ fn roles_joined_into_one_string_are_split_unless_strict() {
     let err = prepare_create(&strict, &body).unwrap_err();
     assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
 }
+
+#[test]
+fn strings_holding_nul_are_refused_wherever_they_would_be_stored() {
+    // PostgreSQL text cannot hold U+0000; both databases refuse it alike, with a 400.
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    for body in [
+        user(json!({"title": "a\u{0}b"})),
+        user(json!({"emails": [{"value": "x\u{0}@example.com"}]})),
+        user(json!({"roles": "admin, bil\u{0}ling"})),
+        user(json!({enterprise: {"manager": "\u{0}"}})),
+    ] {
+        let err = prepare_create(&ctx, &body).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidValue), "{body}");
+    }
+    let err = patch_user(
+        user(json!({})),
+        json!([{"op": "replace", "path": "displayName", "value": "\u{0}"}]),
+    )
+    .unwrap_err();
+    assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
+    let gctx = Ctx::new(&reg, "Group").unwrap();
+    let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+        "displayName": "g", "members": [{"value": "id\u{0}"}]});
+    let err = prepare_create(&gctx, &group).unwrap_err();
+    assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
+}

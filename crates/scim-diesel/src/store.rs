@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, Detached, Document, ElementFilter, Include,
-    IndexedField, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey, ReadPart,
+    IndexedField, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey, PointKeyBuf, ReadPart,
     ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey, SortTarget, StoreFilter,
     TokenRead, TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest, Visit, WriteDone,
 };
@@ -1898,6 +1898,13 @@ impl CreateJob {
     }
 }
 
+/// No stored id or key holds U+0000 (PostgreSQL text cannot, and writes refuse it on both
+/// databases), so a key that does names nothing: it is answered without a statement, which
+/// PostgreSQL would refuse as an encoding error.
+fn names_nothing(key: &str) -> bool {
+    key.contains('\0')
+}
+
 impl ResourceStore for DieselStore {
     fn create(
         &self,
@@ -1977,6 +1984,9 @@ impl ResourceStore for DieselStore {
         id: &str,
         include: Include,
     ) -> Result<ResourceRecord, StoreError> {
+        if names_nothing(id) {
+            return Err(StoreError::NotFound);
+        }
         let mut conn = self.conn()?;
         if groups_only(include) {
             let c: &mut AnyConnection = &mut conn;
@@ -2000,6 +2010,9 @@ impl ResourceStore for DieselStore {
         page_size: usize,
         visit: &mut dyn FnMut(ReadPart<'_>) -> Visit,
     ) -> Result<(), StoreError> {
+        if matches!(what, PagedRead::One(id) if names_nothing(id)) {
+            return Err(StoreError::NotFound);
+        }
         let _deadline = crate::conn::deadline::Guard::start(self.query_timeout);
         let mut conn = self.conn()?;
         let page_size = page_size.clamp(1, i64::MAX as usize) as i64;
@@ -2078,6 +2091,9 @@ impl ResourceStore for DieselStore {
         include: Include,
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
+        if names_nothing(id) {
+            return Err(StoreError::NotFound);
+        }
         if self.writer.is_none() {
             return self.update_in_transaction((tenant, rt, id, now), if_match, include, update);
         }
@@ -2139,6 +2155,9 @@ impl ResourceStore for DieselStore {
         update: &mut UpdateFn<'_>,
         done: WriteDone,
     ) -> Result<(), WriteDone> {
+        if names_nothing(id) {
+            return Err(done);
+        }
         let Some(writer) = &self.writer else {
             return Err(done);
         };
@@ -2193,6 +2212,9 @@ impl ResourceStore for DieselStore {
         id: &str,
         if_match: Option<i64>,
     ) -> Result<(), StoreError> {
+        if names_nothing(id) {
+            return Err(StoreError::NotFound);
+        }
         let (tenant, rt, id) = (tenant.to_string(), rt.to_string(), id.to_string());
         let result: Result<(), TxError> = self.write(move |c| {
             let (tenant, rt, id) = (tenant.as_str(), rt.as_str(), id.as_str());
@@ -2241,7 +2263,8 @@ impl ResourceStore for DieselStore {
         key: PointKey<'_>,
         include: Include,
     ) -> Result<TokenRead, StoreError> {
-        if include.members {
+        let (PointKey::Id(v) | PointKey::UserName(v)) = key;
+        if include.members || names_nothing(v) {
             return Ok(TokenRead::Unsupported);
         }
         let mut conn = self.conn()?;
@@ -2287,7 +2310,10 @@ impl ResourceStore for DieselStore {
         done: scim_core::store::PointReadDone,
     ) -> Result<(), scim_core::store::PointReadDone> {
         match &self.reads {
-            Some(reads) if !read.include.members => {
+            Some(reads)
+                if !read.include.members
+                    && !matches!(&read.key, PointKeyBuf::Id(v) | PointKeyBuf::UserName(v) if names_nothing(v)) =>
+            {
                 reads.submit(read, done, read_many);
                 Ok(())
             }

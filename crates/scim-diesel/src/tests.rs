@@ -7,8 +7,8 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use scim_core::resource::prepare_create;
 use scim_core::store::{
-    Column, Include, IndexedField, ListQuery, MemberOp, ResourceRecord, ResourceStore,
-    ResourceWrite, SortKey, SortTarget, StoreFilter, UnknownMembers, ValueKind,
+    Column, Include, IndexedField, ListQuery, MemberOp, PointKey, ResourceRecord, ResourceStore,
+    ResourceWrite, SortKey, SortTarget, StoreFilter, TokenRead, UnknownMembers, ValueKind,
 };
 use scim_core::{Ctx, SchemaRegistry, StoreError};
 use serde_json::json;
@@ -201,6 +201,51 @@ fn crud_and_versions() {
             s.delete(T, "User", "u1", None),
             Err(StoreError::NotFound)
         ));
+    }
+}
+
+#[test]
+fn a_key_holding_nul_names_nothing_on_either_database() {
+    // PostgreSQL refuses U+0000 in text; such an id must be "not found", not a failure.
+    let reg = registry();
+    for db in databases() {
+        let s = &db.store;
+        s.create(
+            T,
+            "User",
+            "u1",
+            NOW,
+            user(&reg, "Alice"),
+            Include::default(),
+        )
+        .unwrap();
+        let bad = "u1\0";
+        assert!(
+            matches!(
+                s.get(T, "User", bad, Include::default()),
+                Err(StoreError::NotFound)
+            ),
+            "{}",
+            db.name
+        );
+        let updated = s.update(T, "User", bad, NOW, None, Include::default(), &mut |_| {
+            panic!("must not be called")
+        });
+        assert!(matches!(updated, Err(StoreError::NotFound)), "{}", db.name);
+        assert!(matches!(
+            s.delete(T, "User", bad, None),
+            Err(StoreError::NotFound)
+        ));
+        let read = s
+            .point_read_by_token("hash", "User", PointKey::Id(bad), Include::default())
+            .unwrap();
+        assert!(matches!(read, TokenRead::Unsupported), "{}", db.name);
+        assert_eq!(
+            s.get(T, "User", "u1", Include::default()).unwrap().version,
+            1,
+            "{}",
+            db.name
+        );
     }
 }
 

@@ -61,6 +61,8 @@ impl ParseError {
     }
 }
 
+const NUL_MESSAGE: &str = "a filter cannot contain the character U+0000";
+
 fn check_limits(input: &str, limits: &Limits) -> Result<(), ParseError> {
     if input.len() > limits.max_length {
         return Err(ParseError {
@@ -68,6 +70,11 @@ fn check_limits(input: &str, limits: &Limits) -> Result<(), ParseError> {
             position: limits.max_length,
             message: format!("expression is longer than {} bytes", limits.max_length),
         });
+    }
+    // No value can hold U+0000 (PostgreSQL text cannot store it, so neither database
+    // accepts it), so a filter or path naming it is refused rather than sent to the database.
+    if let Some(pos) = input.find('\0') {
+        return Err(ParseError::syntax(pos, NUL_MESSAGE));
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for (pos, c) in input.char_indices() {
@@ -354,10 +361,12 @@ fn comp_value(pair: Pair<'_, Rule>) -> Result<CompValue, ParseError> {
         Rule::string => {
             let start = pair.as_span().start();
             let raw = pair.into_inner().next().map(|p| p.as_str()).unwrap_or("");
-            CompValue::Str(
-                unescape(raw)
-                    .ok_or_else(|| ParseError::syntax(start, "invalid escape in string"))?,
-            )
+            let text = unescape(raw)
+                .ok_or_else(|| ParseError::syntax(start, "invalid escape in string"))?;
+            if text.contains('\0') {
+                return Err(ParseError::syntax(start, NUL_MESSAGE));
+            }
+            CompValue::Str(text)
         }
         Rule::number => CompValue::Number(pair.as_str().to_string()),
         Rule::true_kw => CompValue::Bool(true),

@@ -6,6 +6,7 @@
 mod cli;
 mod conformance;
 mod groups;
+mod hostile;
 mod options;
 mod postgres;
 mod security;
