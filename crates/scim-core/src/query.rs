@@ -83,6 +83,11 @@ pub fn decode_cursor(text: &str) -> Result<CursorKey, ScimError> {
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect();
     let raw = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    // Nothing this server issues holds U+0000 (no stored key can), and PostgreSQL would
+    // refuse it as a statement parameter.
+    if raw.contains('\0') {
+        return Err(bad());
+    }
     let backward = match raw.chars().next() {
         Some('n') => false,
         Some('p') => true,

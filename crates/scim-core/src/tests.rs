@@ -777,3 +777,21 @@ fn strings_holding_nul_are_refused_wherever_they_would_be_stored() {
     let err = prepare_create(&gctx, &group).unwrap_err();
     assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
 }
+
+#[test]
+fn a_cursor_holding_nul_is_not_one_this_server_issued() {
+    use crate::query::{decode_cursor, encode_cursor};
+    use crate::store::CursorKey;
+    let key = |id: &str| CursorKey {
+        created: "2026-01-01T00:00:00.000000Z".into(),
+        id: id.into(),
+        backward: false,
+        key: None,
+    };
+    assert_eq!(
+        decode_cursor(&encode_cursor(&key("id1"))).unwrap().id,
+        "id1"
+    );
+    let err = decode_cursor(&encode_cursor(&key("id\u{0}1"))).unwrap_err();
+    assert_eq!(err.scim_type, Some(ScimType::InvalidCursor));
+}

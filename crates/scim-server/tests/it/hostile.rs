@@ -358,6 +358,10 @@ fn create_body(rng: &mut Rng, n: usize) -> Value {
     body
 }
 
+fn hexed(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 fn list_query(rng: &mut Rng) -> Vec<(String, String)> {
     let mut q = Vec::new();
     if rng.chance(70) {
@@ -387,7 +391,11 @@ fn list_query(rng: &mut Rng) -> Vec<(String, String)> {
             let v = match name {
                 "startIndex" | "count" => rng.pick(&nums).to_string(),
                 "sortOrder" => (*rng.pick(&["ascending", "descending", "up", ""])).into(),
-                "cursor" => string(rng),
+                "cursor" => match rng.below(3) {
+                    // hex of a forged position, as the server's own cursors are written
+                    0 => format!("6e{}1f{}", hexed(&string(rng)), hexed(&string(rng))),
+                    _ => string(rng),
+                },
                 _ => rng.pick(ATTRS).to_string(),
             };
             q.push((name.into(), v));
@@ -694,11 +702,15 @@ fn run(db: &Db, strict: bool, seed: u64, rounds: usize) {
         if round % 5 == 3 {
             let ops: Vec<Value> = (0..1 + rng.below(4))
                 .map(|i| {
-                    let method = *rng.pick(&["POST", "PUT", "PATCH", "DELETE", "GET", "post"]);
-                    let target = match rng.below(4) {
-                        0 => "/Users".to_string(),
-                        1 => format!("/Users/{}", rng.pick(&users)),
-                        2 => format!("/Groups/{group}"),
+                    let method = if rng.chance(90) {
+                        *rng.pick(&["POST", "PUT", "PATCH", "DELETE", "post"])
+                    } else {
+                        *rng.pick(&["GET", "", "MOVE"])
+                    };
+                    let target = match rng.below(10) {
+                        0..=3 => "/Users".to_string(),
+                        4..=6 => format!("/Users/{}", rng.pick(&users)),
+                        7 | 8 => format!("/Groups/{group}"),
                         _ => rng.pick(ATTRS).to_string(),
                     };
                     let data = match method {
@@ -706,7 +718,7 @@ fn run(db: &Db, strict: bool, seed: u64, rounds: usize) {
                         "DELETE" | "GET" => Value::Null,
                         _ => create_body(&mut rng, 5000 + round * 10 + i),
                     };
-                    let mut op = json!({"method": method, "path": target, "bulkId": format!("b{}", rng.below(3))});
+                    let mut op = json!({"method": method, "path": target, "bulkId": format!("b{}", if rng.chance(10) { 0 } else { i })});
                     if !data.is_null() {
                         op["data"] = data;
                     }
