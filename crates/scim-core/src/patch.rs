@@ -367,6 +367,7 @@ impl<'a> Patcher<'a> {
     ) -> Result<(), ScimError> {
         let attr = t.attr;
         let lenient = !self.ctx.strict;
+        let ctx = self.ctx;
         if let Some(filter) = filter {
             return self.set_matching(kind, t, filter, sub_after, value);
         }
@@ -410,13 +411,10 @@ impl<'a> Patcher<'a> {
                     .entry(attr.name.clone())
                     .or_insert_with(|| Value::Array(vec![]));
                 if let (Value::Array(items), Value::Array(new)) = (existing, v) {
-                    let before = items.clone();
-                    for n in new {
-                        if !items.contains(&n) {
-                            items.push(n);
-                        }
-                    }
-                    settle_primary(&before, items);
+                    let had = primaries(items);
+                    add_distinct(items, new);
+                    ctx.check_values(attr, items)?;
+                    settle_primary(&had, items);
                 }
             }
             (false, AttrType::Complex, _) => {
@@ -445,6 +443,7 @@ impl<'a> Patcher<'a> {
     ) -> Result<(), ScimError> {
         let attr = t.attr;
         let lenient = !self.ctx.strict;
+        let ctx = self.ctx;
         // Leniency: a value filter on a single-valued complex attribute (Entra `manager`).
         if attr.attr_type != AttrType::Complex || (!attr.multi_valued && !lenient) {
             return Err(ScimError::invalid_path(format!(
@@ -458,7 +457,7 @@ impl<'a> Patcher<'a> {
         };
         let c = self.container(t.ext);
         let mut items = take_items(c, attr);
-        let before = items.clone();
+        let had = primaries(&items);
         let mut matched = false;
         for item in items.iter_mut() {
             let Value::Object(o) = item else { continue };
@@ -498,8 +497,9 @@ impl<'a> Patcher<'a> {
                 _ => {}
             }
             items.push(Value::Object(elem));
+            ctx.check_values(attr, &items)?;
         }
-        settle_primary(&before, &mut items);
+        settle_primary(&had, &mut items);
         store_items(c, attr, items);
         Ok(())
     }
@@ -674,13 +674,79 @@ fn store_items(c: &mut Map<String, Value>, attr: &Attribute, mut items: Vec<Valu
     }
 }
 
-/// RFC 7644 section 3.5.2: setting `primary` on one value clears it on the others.
-fn settle_primary(before: &[Value], after: &mut [Value]) {
-    let is_primary = |v: &Value| v.get("primary") == Some(&Value::Bool(true));
+fn is_primary(v: &Value) -> bool {
+    v.get("primary") == Some(&Value::Bool(true))
+}
+
+/// The elements that are `primary` (at most a few: only these are copied before an edit).
+fn primaries(items: &[Value]) -> Vec<Value> {
+    items.iter().filter(|v| is_primary(v)).cloned().collect()
+}
+
+/// Appends the values of `new` that `items` does not hold yet (RFC 7644 section 3.5.2.1:
+/// `add` merges). Many values are compared by a canonical text in a set, so an `add` of
+/// thousands of values to thousands costs their number, not its square.
+fn add_distinct(items: &mut Vec<Value>, new: Vec<Value>) {
+    if items.len().saturating_mul(new.len()) <= 256 {
+        for n in new {
+            if !items.contains(&n) {
+                items.push(n);
+            }
+        }
+        return;
+    }
+    let mut seen: std::collections::HashSet<String> = items.iter().map(canonical).collect();
+    for n in new {
+        if seen.insert(canonical(&n)) {
+            items.push(n);
+        }
+    }
+}
+
+/// JSON text with object keys in sorted order: equal for values `==` calls equal (object
+/// equality ignores key order). Numbers are written as serde_json writes them, so `1` and
+/// `1.0` stay apart, as `==` keeps them.
+fn canonical(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(o) => {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&o[k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+/// RFC 7644 section 3.5.2: setting `primary` on one value clears it on the others (those
+/// that were primary before, `had`, unchanged).
+fn settle_primary(had_primary: &[Value], after: &mut [Value]) {
     if after.iter().filter(|v| is_primary(v)).count() <= 1 {
         return;
     }
-    let had_primary: Vec<Value> = before.iter().filter(|v| is_primary(v)).cloned().collect();
     for v in after.iter_mut() {
         if is_primary(v) && had_primary.contains(v) {
             if let Value::Object(o) = v {

@@ -44,7 +44,13 @@ pub struct Ctx<'a> {
     pub rt: &'a ResourceType,
     /// RFC behaviour only: every identity-provider leniency is off
     pub strict: bool,
+    /// most values one multi-valued attribute of a resource may hold (group members, kept
+    /// apart from the document, excepted); bounds the work of every later PATCH of it
+    pub max_values: usize,
 }
+
+/// The default of [`Ctx::max_values`].
+pub const DEFAULT_MAX_VALUES: usize = 10_000;
 
 impl<'a> Ctx<'a> {
     /// Looks up a resource type.
@@ -56,7 +62,25 @@ impl<'a> Ctx<'a> {
             registry,
             rt,
             strict: false,
+            max_values: DEFAULT_MAX_VALUES,
         })
+    }
+
+    /// Sets [`Ctx::max_values`].
+    pub fn with_max_values(mut self, max_values: usize) -> Self {
+        self.max_values = max_values;
+        self
+    }
+
+    /// Refuses `items` as the values of `attr` when there are more than [`Ctx::max_values`].
+    pub(crate) fn check_values(&self, attr: &Attribute, items: &[Value]) -> Result<(), ScimError> {
+        if items.len() > self.max_values {
+            return Err(ScimError::invalid_value(format!(
+                "Attribute '{}' may hold at most {} values",
+                attr.name, self.max_values
+            )));
+        }
+        Ok(())
     }
 
     /// Turns strict mode on or off (see the module docs for what it turns off).
@@ -469,6 +493,9 @@ pub(crate) fn validate(
                 )));
             }
             if let Some(Value::Array(items)) = value {
+                if !is_members(ctx, attr) {
+                    ctx.check_values(attr, items)?;
+                }
                 let primaries = items
                     .iter()
                     .filter(|i| i.get("primary") == Some(&Value::Bool(true)))

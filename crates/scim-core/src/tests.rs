@@ -795,3 +795,73 @@ fn a_cursor_holding_nul_is_not_one_this_server_issued() {
     let err = decode_cursor(&encode_cursor(&key("id\u{0}1"))).unwrap_err();
     assert_eq!(err.scim_type, Some(ScimType::InvalidCursor));
 }
+
+#[test]
+fn add_of_many_values_merges_them_as_add_of_a_few_does() {
+    // Past a few values the merge compares canonical texts in a set: the same answer,
+    // whatever the key order of equal elements.
+    let existing: Vec<Value> = (0..40)
+        .map(|i| json!({"value": format!("e{i}@x.com"), "type": "work"}))
+        .collect();
+    let mut sent: Vec<Value> = (30..60)
+        .map(|i| json!({"type": "work", "value": format!("e{i}@x.com")}))
+        .collect();
+    sent.push(json!({"type": "work", "value": "e59@x.com"}));
+    let out = patch_user(
+        user(json!({"emails": existing})),
+        json!([{"op": "add", "path": "emails", "value": sent}]),
+    )
+    .unwrap();
+    let values: Vec<&str> = out["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["value"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..60).map(|i| format!("e{i}@x.com")).collect();
+    assert_eq!(values, expected);
+    // A different value of an element's sub-attribute is a different element.
+    let out = patch_user(
+        user(json!({"emails": [{"value": "a@x.com", "type": "work"}]})),
+        json!([{"op": "add", "path": "emails", "value": (0..20).map(|_| json!({"value": "a@x.com", "type": "home"})).collect::<Vec<_>>()}]),
+    )
+    .unwrap();
+    assert_eq!(out["emails"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_multi_valued_attribute_holds_at_most_max_values() {
+    // Bounds the work of every PATCH of the resource: each value-path operation visits the
+    // attribute's values.
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap().with_max_values(3);
+    let emails = |n: usize| {
+        (0..n)
+            .map(|i| json!({"value": format!("e{i}@x.com")}))
+            .collect::<Vec<_>>()
+    };
+    assert!(prepare_create(&ctx, &user(json!({"emails": emails(3)}))).is_ok());
+    let err = prepare_create(&ctx, &user(json!({"emails": emails(4)}))).unwrap_err();
+    assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
+    assert!(err.detail.contains("at most 3"), "{}", err.detail);
+    let rec = record(
+        &ctx,
+        prepare_create(&ctx, &user(json!({"emails": emails(3)}))).unwrap(),
+    );
+    let patch = |ops: Value| json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops});
+    for ops in [
+        json!([{"op": "add", "path": "emails", "value": [{"value": "new@x.com"}]}]),
+        json!([{"op": "add", "path": "emails[value eq \"new@x.com\"].type", "value": "work"}]),
+    ] {
+        let err = prepare_patch(&ctx, &patch(ops.clone()), &rec, &Default::default()).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidValue), "{ops}");
+    }
+    // Re-adding values already held does not count twice.
+    let same = json!([{"op": "add", "path": "emails", "value": emails(3)}]);
+    assert!(prepare_patch(&ctx, &patch(same), &rec, &Default::default()).is_ok());
+    // Group members are rows of their own, not values of the document.
+    let gctx = Ctx::new(&reg, "Group").unwrap().with_max_values(3);
+    let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+        "displayName": "g", "members": (0..10).map(|i| json!({"value": format!("u{i}")})).collect::<Vec<_>>()});
+    assert!(prepare_create(&gctx, &group).is_ok());
+}

@@ -42,6 +42,12 @@ pub struct Config {
     pub user_delete: UserDelete,
     /// `SCIM_BULK_MAX_OPERATIONS`: operations per `/Bulk` request (0 disables `/Bulk`)
     pub bulk_max_operations: usize,
+    /// `SCIM_PATCH_MAX_OPERATIONS`: operations per PATCH request (more is 413), so that the
+    /// work of one PATCH stays bounded (each operation may visit every value of its attribute)
+    pub patch_max_operations: usize,
+    /// `SCIM_MAX_VALUES`: values one multi-valued attribute of a resource may hold (group
+    /// members excepted); more is 400 `invalidValue`
+    pub max_values: usize,
     /// `SCIM_WRITE_RESPONSE_MAX_MEMBERS`: a PUT or PATCH of a group with more members answers
     /// 204 without a body, unless the request names `attributes` / `excludedAttributes` or
     /// sends `Prefer: return=representation`
@@ -129,6 +135,8 @@ impl Config {
             reactivate_on_conflict: false,
             user_delete: UserDelete::Delete,
             bulk_max_operations: 1000,
+            patch_max_operations: 1000,
+            max_values: scim_core::resource::DEFAULT_MAX_VALUES,
             write_response_max_members: 1000,
             hash_passwords: true,
             strict: false,
@@ -184,6 +192,8 @@ impl Config {
                 }
             },
             bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,
+            patch_max_operations: num("SCIM_PATCH_MAX_OPERATIONS", 1000)?,
+            max_values: num("SCIM_MAX_VALUES", scim_core::resource::DEFAULT_MAX_VALUES)?,
             write_response_max_members: num("SCIM_WRITE_RESPONSE_MAX_MEMBERS", 1000)?,
             strict: flag("SCIM_STRICT", false)?,
             jwt: jwt_from_env()?,

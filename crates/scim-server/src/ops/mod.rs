@@ -134,7 +134,9 @@ fn protect_once(
 
 /// The context of an operation on resource type `rt`, with the server's strictness.
 fn ctx<'a>(st: &'a AppState, rt: &str) -> Result<Ctx<'a>, ScimError> {
-    Ok(Ctx::new(&st.registry, rt)?.with_strict(st.config.strict))
+    Ok(Ctx::new(&st.registry, rt)?
+        .with_strict(st.config.strict)
+        .with_max_values(st.config.max_values))
 }
 
 fn projection(ctx: &Ctx<'_>, params: &Params) -> Projection {
@@ -752,8 +754,34 @@ pub struct UpdateRequest<'a> {
     pub reply: Reply,
 }
 
+/// `SCIM_PATCH_MAX_OPERATIONS`: a PATCH with more operations is refused before any work (413,
+/// as `/Bulk` answers more than `maxOperations`).
+fn check_operations(st: &AppState, req: &UpdateRequest<'_>) -> Result<(), ScimError> {
+    if req.change != Change::Patch {
+        return Ok(());
+    }
+    let ops = req.body.as_object().and_then(|o| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("Operations"))
+            .and_then(|(_, v)| v.as_array())
+    });
+    let max = st.config.patch_max_operations;
+    match ops {
+        Some(ops) if ops.len() > max => Err(ScimError::new(
+            413,
+            None,
+            format!(
+                "A PATCH may carry at most {max} operations (SCIM_PATCH_MAX_OPERATIONS); this one has {}",
+                ops.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// PUT / PATCH
 pub fn update(st: &AppState, tenant: &str, req: &UpdateRequest<'_>) -> Result<Outcome, ScimError> {
+    check_operations(st, req)?;
     let call = UpdateCall::new(st, req.rt, req.params, req.reply)?;
     // The store may call this more than once (it prepares the write before taking the writer
     // and again if the resource changed meanwhile); a password (Okta's password sync) is hashed
@@ -801,6 +829,7 @@ pub fn update_detached(
     req: &UpdateRequest<'_>,
     done: scim_core::store::WriteDone,
 ) -> Result<Result<(), scim_core::store::WriteDone>, ScimError> {
+    check_operations(st, req)?;
     let call = UpdateCall::new(st, req.rt, req.params, req.reply)?;
     let mut hashed: Option<(String, String)> = None;
     Ok(st.store.update_detached(

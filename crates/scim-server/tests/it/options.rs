@@ -290,6 +290,46 @@ fn prefer_return_minimal_answers_204_with_the_new_etag() {
 }
 
 #[test]
+fn patch_max_operations_is_enforced_before_any_work() {
+    use reqwest::Method;
+    let s = TestServer::start_with(&Db::Sqlite, |c| c.patch_max_operations = 3);
+    let (_, u, _) = call(
+        &s,
+        Method::POST,
+        "/Users",
+        Some(user("ops@example.com", json!({"title": "t0"}))),
+        &[],
+    );
+    let path = format!("/Users/{}", u["id"].as_str().unwrap());
+    let ops = |n: usize| {
+        json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": (0..n).map(|i| json!({"op": "replace", "path": "title", "value": format!("t{}", i + 1)})).collect::<Vec<_>>()})
+    };
+    let (status, done, _) = call(&s, Method::PATCH, &path, Some(ops(3)), &[]);
+    assert_eq!((status, done["title"].clone()), (200, json!("t3")));
+    let (status, err, _) = call(&s, Method::PATCH, &path, Some(ops(4)), &[]);
+    assert_eq!(
+        (status, err["status"].clone()),
+        (413, json!("413")),
+        "{err}"
+    );
+    assert!(
+        err["detail"].as_str().unwrap().contains("at most 3"),
+        "{err}"
+    );
+    // Through /Bulk too, and nothing was written.
+    let bulk = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+        "Operations": [{"method": "PATCH", "path": path, "data": ops(4)}]});
+    let (_, answer, _) = call(&s, Method::POST, "/Bulk", Some(bulk), &[]);
+    assert_eq!(answer["Operations"][0]["status"], json!("413"), "{answer}");
+    let (_, now, _) = call(&s, Method::GET, &path, None, &[]);
+    assert_eq!(
+        (now["title"].clone(), now["meta"]["version"].clone()),
+        (json!("t3"), json!("W/\"2\""))
+    );
+}
+
+#[test]
 fn bulk_max_operations_is_enforced_and_advertised() {
     let s = TestServer::start_with(&Db::Sqlite, |c| c.bulk_max_operations = 2);
     let (_, spc, _) = call(
