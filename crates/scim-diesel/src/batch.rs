@@ -46,6 +46,8 @@ struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     pool: r2d2::Pool<ConnectionManager>,
+    /// see `conn::checkout`
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Default)]
@@ -81,12 +83,16 @@ pub(crate) type ReadMany =
     fn(&mut crate::conn::AnyConnection, &Kind, Vec<String>) -> Result<Found, StoreError>;
 
 impl ReadBatcher {
-    pub(crate) fn new(pool: r2d2::Pool<ConnectionManager>) -> Self {
+    pub(crate) fn new(
+        pool: r2d2::Pool<ConnectionManager>,
+        lost: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         ReadBatcher {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue::default()),
                 ready: Condvar::new(),
                 pool,
+                lost,
             }),
         }
     }
@@ -174,7 +180,7 @@ fn reader(shared: &Shared, run: ReadMany) {
 }
 
 fn answer(shared: &Shared, taken: Vec<(PointRead, PointReadDone)>, run: ReadMany) {
-    let mut conn = match shared.pool.get() {
+    let mut conn = match crate::conn::checkout(&shared.pool, &shared.lost) {
         Ok(c) => c,
         Err(e) => {
             // The database is unreachable or every connection is busy past the pool's
@@ -304,7 +310,7 @@ mod tests {
         let pool = r2d2::Pool::builder().max_size(4).build(manager).unwrap();
         let (open_gate, gate) = mpsc::channel();
         *GATE.lock().unwrap() = Some(gate);
-        let batcher = ReadBatcher::new(pool);
+        let batcher = ReadBatcher::new(pool, Arc::default());
         let (answered, answers) = mpsc::channel();
 
         // The first statement runs and blocks; three reads queue behind it while it is not

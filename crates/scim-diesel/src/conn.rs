@@ -1,5 +1,7 @@
 //! Connections: one enum over SQLite and PostgreSQL, chosen by URL, pooled with r2d2.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -57,6 +59,8 @@ pub struct ConnectionManager {
     backend: Backend,
     busy_timeout: Duration,
     query_timeout: Option<Duration>,
+    /// set when a connection of this manager's pool was found unusable (see [`checkout`])
+    lost: Arc<AtomicBool>,
 }
 
 impl ConnectionManager {
@@ -72,6 +76,7 @@ impl ConnectionManager {
             backend,
             busy_timeout,
             query_timeout,
+            lost: Arc::default(),
         }
     }
 
@@ -211,8 +216,8 @@ thread_local! {
 
 /// Marks the pooled connection this thread is using as unusable, so that the pool closes it
 /// instead of taking it back. Connections are not tested on checkout (that would be one more
-/// round trip per request); after the database restarts, each stale connection fails once, is
-/// dropped, and the pool opens fresh ones.
+/// round trip per request); after the database restarts, the first stale connection fails
+/// once, and [`checkout`] then tests the idle ones before the next request takes one.
 pub(crate) fn connection_failed() {
     CONNECTION_FAILED.with(|f| f.set(true));
 }
@@ -231,8 +236,51 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, _conn: &mut AnyConnection) -> bool {
-        CONNECTION_FAILED.with(|f| f.replace(false))
+        let broken = CONNECTION_FAILED.with(|f| f.replace(false));
+        if broken {
+            self.lost.store(true, Ordering::Release);
+        }
+        broken
     }
+}
+
+impl ConnectionManager {
+    /// The flag [`checkout`] reads: shared by every clone of this manager.
+    pub(crate) fn lost_flag(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+}
+
+/// A connection from `pool`. Connections are not tested on checkout; but once one was found
+/// unusable (`lost`, set when the pool closed it), the others that sat idle meanwhile are
+/// likely stale too (the database restarted, or a network path was cut): the next checkout
+/// first tests every idle connection with one round trip and closes those that fail, so
+/// that after a database restart one request fails, not one per pooled connection.
+pub(crate) fn checkout(
+    pool: &r2d2::Pool<ConnectionManager>,
+    lost: &AtomicBool,
+) -> Result<r2d2::PooledConnection<ConnectionManager>, r2d2::Error> {
+    if lost.swap(false, Ordering::AcqRel) {
+        let mut tested = Vec::new();
+        while let Some(mut conn) = pool.try_get() {
+            if conn.batch_execute("SELECT 1").is_ok() {
+                tested.push(conn);
+            } else {
+                // Closed by the pool when dropped here, instead of taken back.
+                connection_failed();
+                drop(conn);
+            }
+            if tested.len() >= pool.max_size() as usize {
+                break;
+            }
+        }
+        // Test failures above set the flag again; those connections are gone already.
+        lost.store(false, Ordering::Release);
+        if let Some(conn) = tested.pop() {
+            return Ok(conn);
+        }
+    }
+    pool.get()
 }
 
 /// Applies pending migrations for the connection's backend; returns how many ran.

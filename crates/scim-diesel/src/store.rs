@@ -79,6 +79,8 @@ pub struct DieselStore {
     reads: Option<Arc<ReadBatcher>>,
     /// SQLite only: updates of one resource take turns (see `turns.rs`)
     update_turns: Arc<Turns>,
+    /// a pooled connection was found unusable: test the idle ones (see `conn::checkout`)
+    lost: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
@@ -758,6 +760,7 @@ impl DieselStore {
         let manager =
             ConnectionManager::new(&config.url, config.busy_timeout, config.query_timeout);
         let manager_for_writer = manager.clone();
+        let lost = manager.lost_flag();
         let backend = manager.backend();
         if backend == Backend::Sqlite {
             // Before the pool opens a connection, so that every connection plans with them.
@@ -801,8 +804,8 @@ impl DieselStore {
             threshold: 500.into(),
             running: false.into(),
         });
-        let reads =
-            (backend == Backend::Postgres).then(|| Arc::new(ReadBatcher::new(pool.clone())));
+        let reads = (backend == Backend::Postgres)
+            .then(|| Arc::new(ReadBatcher::new(pool.clone(), lost.clone())));
         Ok(DieselStore {
             pool,
             backend,
@@ -813,6 +816,7 @@ impl DieselStore {
             query_timeout: config.query_timeout,
             reads,
             update_turns: Arc::default(),
+            lost,
         })
     }
 
@@ -924,8 +928,7 @@ impl DieselStore {
         if let Some(reserved) = inline::take_reserved(self.id) {
             return Ok(reserved);
         }
-        self.pool
-            .get()
+        crate::conn::checkout(&self.pool, &self.lost)
             .map(Conn::Pooled)
             .map_err(|e| StoreError::Unavailable(format!("no database connection available: {e}")))
     }
