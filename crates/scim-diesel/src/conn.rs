@@ -260,7 +260,7 @@ pub(crate) fn checkout(
     pool: &r2d2::Pool<ConnectionManager>,
     lost: &AtomicBool,
 ) -> Result<r2d2::PooledConnection<ConnectionManager>, r2d2::Error> {
-    if lost.swap(false, Ordering::AcqRel) {
+    if lost.load(Ordering::Acquire) && lost.swap(false, Ordering::AcqRel) {
         let mut tested = Vec::new();
         while let Some(mut conn) = pool.try_get() {
             if conn.batch_execute("SELECT 1").is_ok() {
