@@ -181,7 +181,7 @@ fn reader(shared: &Shared, run: ReadMany) {
 
 fn answer(shared: &Shared, taken: Vec<(PointRead, PointReadDone)>, run: ReadMany) {
     let mut conn = match crate::conn::checkout(&shared.pool, &shared.lost) {
-        Ok(c) => c,
+        Ok(c) => Some(c),
         Err(e) => {
             // The database is unreachable or every connection is busy past the pool's
             // timeout: what queued meanwhile would wait as long to fail the same way.
@@ -195,6 +195,7 @@ fn answer(shared: &Shared, taken: Vec<(PointRead, PointReadDone)>, run: ReadMany
         }
     };
     let mut kinds: HashMap<Kind, Vec<(String, PointReadDone)>> = HashMap::new();
+    let mut retried = false;
     for (read, done) in taken {
         let (by_user_name, key) = match read.key {
             PointKeyBuf::Id(v) => (false, v),
@@ -212,7 +213,28 @@ fn answer(shared: &Shared, taken: Vec<(PointRead, PointReadDone)>, run: ReadMany
         let mut keys: Vec<String> = reads.iter().map(|(k, _)| k.clone()).collect();
         keys.sort_unstable();
         keys.dedup();
-        match run(&mut conn, &kind, keys) {
+        let mut found = match conn.as_mut() {
+            Some(c) => run(c, &kind, keys.clone()),
+            None => Err(StoreError::Unavailable(
+                "no database connection available".into(),
+            )),
+        };
+        if matches!(found, Err(StoreError::Unavailable(_))) && !retried {
+            // The connection was lost (the database restarted, say). Reads can be asked again:
+            // once, on a connection the pool has just tested. The lost one is closed first
+            // (which has the pool test the idle ones).
+            retried = true;
+            drop(conn.take());
+            match crate::conn::checkout(&shared.pool, &shared.lost) {
+                Ok(fresh) => found = run(conn.insert(fresh), &kind, keys),
+                Err(e) => {
+                    found = Err(StoreError::Unavailable(format!(
+                        "no database connection available: {e}"
+                    )))
+                }
+            }
+        }
+        match found {
             Err(e) => {
                 for (_, done) in reads {
                     done(Err(copy_error(&e)));
