@@ -813,3 +813,95 @@ fn generated_hostile_requests_get_scim_answers_and_refused_writes_change_nothing
     }
     run(&Db::Sqlite, true, seed.wrapping_add(1), rounds / 2);
 }
+
+/// method, path and query, authorization, content type, body
+type RawCase<'a> = (Method, &'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+#[test]
+fn malformed_requests_get_scim_errors() {
+    let s = TestServer::start(&Db::Sqlite);
+    let client = Client::new();
+    let user = br#"{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"userName":"raw"}"#;
+    let long_token = "x".repeat(10_000);
+    let bearer_long = format!("Bearer {long_token}");
+    let bearer = format!("Bearer {}", s.token);
+    let cases: Vec<RawCase<'_>> = vec![
+        (Method::POST, "/Users", Some(&bearer), Some("application/scim+json"), b"{"),
+        (Method::POST, "/Users", Some(&bearer), Some("application/scim+json"), b"\xff\xfe\x00"),
+        (Method::POST, "/Users", Some(&bearer), Some("application/scim+json"), b""),
+        (Method::POST, "/Users", Some(&bearer), Some("application/scim+json"), b"[]"),
+        (Method::POST, "/Users", Some(&bearer), Some("application/scim+json"), b"null"),
+        (Method::POST, "/Users", Some(&bearer), Some("text/plain"), user),
+        (Method::POST, "/Users", Some(&bearer), Some("application/xml"), b"<user/>"),
+        (Method::POST, "/Users", Some(&bearer), None, user),
+        (Method::POST, "/Users", Some(&bearer), Some("application/scim+json"),
+            br#"{"schemas":["urn:ietf:params:scim:schemas:core:2.0:User"],"userName":"d1","userName":"d2"}"#),
+        (Method::POST, "/Users", None, Some("application/scim+json"), user),
+        (Method::POST, "/Users", Some("Bearer"), Some("application/scim+json"), user),
+        (Method::POST, "/Users", Some("Basic dXNlcjpwYXNz"), Some("application/scim+json"), user),
+        (Method::GET, "/Users", Some(&bearer_long), None, b""),
+        (Method::GET, "/Users", Some("Bearer a b\tc"), None, b""),
+        (Method::GET, "/Users?filter=%ZZ", Some(&bearer), None, b""),
+        (Method::GET, "/Users?count=1&count=2&startIndex=0", Some(&bearer), None, b""),
+        (Method::GET, "/Users?filter=userName%20eq%20%22a%22&filter=x", Some(&bearer), None, b""),
+        (Method::GET, "/Users/", Some(&bearer), None, b""),
+        (Method::GET, "/Nothing", Some(&bearer), None, b""),
+        (Method::PATCH, "/Users", Some(&bearer), Some("application/scim+json"), b"{}"),
+        (Method::DELETE, "/Users", Some(&bearer), None, b""),
+        (Method::PUT, "/ServiceProviderConfig", Some(&bearer), Some("application/scim+json"), b"{}"),
+        (Method::POST, "/Bulk", Some(&bearer), Some("application/scim+json"), b"{\"Operations\": 5}"),
+        (Method::POST, "/.search", Some(&bearer), Some("application/scim+json"), b"{\"filter\": 7}"),
+        (Method::OPTIONS, "/Users", Some(&bearer), None, b""),
+    ];
+    // What each answers: malformed bodies 400, other media types 415 (a body without a
+    // Content-Type is read as JSON), no or a wrong credential 401, unknown paths 404, methods
+    // an endpoint lacks 405; a repeated parameter's first value counts.
+    let expected = [
+        400, 400, 400, 400, 400, 415, 415, 201, 201, 401, 401, 401, 401, 401, 400, 200, 200, 404,
+        404, 405, 405, 405, 400, 400, 405,
+    ];
+    assert_eq!(cases.len(), expected.len());
+    for ((method, path, auth, content_type, body), expected) in cases.into_iter().zip(expected) {
+        let mut rb = client.request(method.clone(), format!("{}{path}", s.base));
+        if let Some(a) = auth {
+            rb = rb.header("authorization", a);
+        }
+        if let Some(ct) = content_type {
+            rb = rb.header("content-type", ct);
+        }
+        if !body.is_empty() {
+            rb = rb.body(body.to_vec());
+        }
+        let r = rb.send().unwrap();
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = r.text().unwrap();
+        let what = format!(
+            "{method} {path} (auth {:?}, {content_type:?}, {} bytes)",
+            auth.map(|a| a.len()),
+            body.len()
+        );
+        assert_eq!(status, expected, "{what}: {text}");
+        if status >= 400 {
+            let v: Value =
+                serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: {status} {text:?}"));
+            assert!(
+                v["schemas"] == json!([ERROR_URN]) && v["status"] == json!(status.to_string()),
+                "{what}: {status} {text}"
+            );
+            assert!(
+                ct.starts_with("application/scim+json"),
+                "{what}: {status} {ct}"
+            );
+            assert!(
+                !text.contains(&s.token) && !text.contains(&long_token),
+                "{what}: {text}"
+            );
+        }
+    }
+}
