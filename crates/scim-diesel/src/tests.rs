@@ -204,21 +204,19 @@ fn crud_and_versions() {
     }
 }
 
+/// Creates the user "Alice" with id `u1`.
+fn create_alice(s: &DieselStore, reg: &SchemaRegistry) {
+    s.create(T, "User", "u1", NOW, user(reg, "Alice"), Include::default())
+        .unwrap();
+}
+
 #[test]
 fn a_key_holding_nul_names_nothing_on_either_database() {
     // PostgreSQL refuses U+0000 in text; such an id must be "not found", not a failure.
     let reg = registry();
     for db in databases() {
         let s = &db.store;
-        s.create(
-            T,
-            "User",
-            "u1",
-            NOW,
-            user(&reg, "Alice"),
-            Include::default(),
-        )
-        .unwrap();
+        create_alice(s, &reg);
         let bad = "u1\0";
         assert!(
             matches!(
@@ -1935,15 +1933,7 @@ fn a_corrupt_stored_document_is_a_backend_error_not_an_empty_resource() {
     let reg = registry();
     for db in databases() {
         let s = &db.store;
-        s.create(
-            T,
-            "User",
-            "u1",
-            NOW,
-            user(&reg, "Alice"),
-            Include::default(),
-        )
-        .unwrap();
+        create_alice(s, &reg);
         for broken in ["{\"userName\": ", "[\"not an object\"]"] {
             diesel::sql_query("UPDATE resources SET data = $1 WHERE id = 'u1'")
                 .bind::<diesel::sql_types::Text, _>(broken)

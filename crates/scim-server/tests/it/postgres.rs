@@ -200,20 +200,26 @@ fn via(url: &str, port: u16) -> (String, String) {
     )
 }
 
-#[test]
-fn database_outage_gives_503_and_the_server_recovers_by_itself() {
-    let Some(base) = pg() else { return };
-    let schema_url = scim_diesel::testing::fresh_postgres_schema(&base).unwrap();
+/// A server whose PostgreSQL connections go through a [`Relay`], with one user created.
+fn relayed(base: &str, pool_size: u32, user_name: &str) -> (Relay, TestServer) {
+    let schema_url = scim_diesel::testing::fresh_postgres_schema(base).unwrap();
     let (_, upstream) = via(&schema_url, 0);
     let relay = Relay::start(upstream);
     let (proxied, _) = via(&schema_url, relay.port);
     let s = TestServer::start_with(&Db::Exact(proxied), |c| {
         c.connect_timeout = Duration::from_millis(800);
-        c.pool_size = 2;
+        c.pool_size = pool_size;
     });
     let user =
-        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "before"});
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": user_name});
     assert_eq!(send(&s, reqwest::Method::POST, "/Users", Some(user)).0, 201);
+    (relay, s)
+}
+
+#[test]
+fn database_outage_gives_503_and_the_server_recovers_by_itself() {
+    let Some(base) = pg() else { return };
+    let (relay, s) = relayed(&base, 2, "before");
 
     relay.down();
     for path in ["/Users", "/Users?filter=userName%20eq%20%22before%22"] {
@@ -273,17 +279,7 @@ fn database_outage_gives_503_and_the_server_recovers_by_itself() {
 #[test]
 fn after_the_database_restarts_a_point_read_is_read_again_and_at_most_one_list_fails() {
     let Some(base) = pg() else { return };
-    let schema_url = scim_diesel::testing::fresh_postgres_schema(&base).unwrap();
-    let (_, upstream) = via(&schema_url, 0);
-    let relay = Relay::start(upstream);
-    let (proxied, _) = via(&schema_url, relay.port);
-    let s = TestServer::start_with(&Db::Exact(proxied), |c| {
-        c.connect_timeout = Duration::from_millis(800);
-        c.pool_size = 6;
-    });
-    let user =
-        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "idle"});
-    assert_eq!(send(&s, reqwest::Method::POST, "/Users", Some(user)).0, 201);
+    let (relay, s) = relayed(&base, 6, "idle");
     let open = || relay.conns.lock().unwrap().len() / 2;
     let fill = || {
         // Concurrent lists each hold a connection.
