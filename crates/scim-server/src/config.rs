@@ -106,6 +106,20 @@ fn num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
     }
 }
 
+/// One of `choices` (case-insensitive); the first is the default.
+fn choice<T: Copy>(name: &str, choices: &[(&str, T)]) -> Result<T> {
+    let Some(v) = var(name) else {
+        return Ok(choices[0].1);
+    };
+    match choices.iter().find(|(c, _)| c.eq_ignore_ascii_case(&v)) {
+        Some((_, t)) => Ok(*t),
+        None => {
+            let names: Vec<&str> = choices.iter().map(|(c, _)| *c).collect();
+            bail!("{name} must be {}, got {v:?}", names.join(" or "))
+        }
+    }
+}
+
 fn flag(name: &str, default: bool) -> Result<bool> {
     match var(name).map(|v| v.to_ascii_lowercase()) {
         None => Ok(default),
@@ -181,16 +195,13 @@ impl Config {
             },
             workers: num("SCIM_WORKERS", 0)?,
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
-            user_delete: match var("SCIM_USER_DELETE")
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("delete") => UserDelete::Delete,
-                Some("deactivate") => UserDelete::Deactivate,
-                Some(other) => {
-                    bail!("SCIM_USER_DELETE must be delete or deactivate, got {other:?}")
-                }
-            },
+            user_delete: choice(
+                "SCIM_USER_DELETE",
+                &[
+                    ("delete", UserDelete::Delete),
+                    ("deactivate", UserDelete::Deactivate),
+                ],
+            )?,
             bulk_max_operations: num("SCIM_BULK_MAX_OPERATIONS", 1000)?,
             patch_max_operations: num("SCIM_PATCH_MAX_OPERATIONS", 1000)?,
             max_values: num("SCIM_MAX_VALUES", scim_core::resource::DEFAULT_MAX_VALUES)?,
@@ -198,24 +209,14 @@ impl Config {
             strict: flag("SCIM_STRICT", false)?,
             jwt: jwt_from_env()?,
             schema_extensions: schema_extensions(var("SCIM_SCHEMA_EXTENSIONS").as_deref())?,
-            hash_passwords: match var("SCIM_PASSWORDS")
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("hash") => true,
-                Some("ignore") => false,
-                Some(other) => bail!("SCIM_PASSWORDS must be hash or ignore, got {other:?}"),
-            },
-            unknown_members: match var("SCIM_UNKNOWN_MEMBERS")
-                .map(|v| v.to_ascii_lowercase())
-                .as_deref()
-            {
-                None | Some("ignore") => UnknownMembers::Ignore,
-                Some("reject") => UnknownMembers::Reject,
-                Some(other) => {
-                    bail!("SCIM_UNKNOWN_MEMBERS must be ignore or reject, got {other:?}")
-                }
-            },
+            hash_passwords: choice("SCIM_PASSWORDS", &[("hash", true), ("ignore", false)])?,
+            unknown_members: choice(
+                "SCIM_UNKNOWN_MEMBERS",
+                &[
+                    ("ignore", UnknownMembers::Ignore),
+                    ("reject", UnknownMembers::Reject),
+                ],
+            )?,
         })
     }
 }
