@@ -561,7 +561,7 @@ fn run(db: &Db, strict: bool, seed: u64, rounds: usize) {
         ),
     );
     assert_eq!(status, 201, "{g}");
-    let group = g["id"].as_str().unwrap().to_string();
+    let mut group = g["id"].as_str().unwrap().to_string();
 
     // Answers by kind and status class, so that the run shows it reached the write paths.
     let mut seen: std::collections::BTreeMap<(&str, u16), usize> = Default::default();
@@ -740,6 +740,22 @@ fn run(db: &Db, strict: bool, seed: u64, rounds: usize) {
             }
             // Users deleted by the bulk request are no longer picked.
             users.retain(|id| r.send(Method::GET, &format!("/Users/{id}"), &[], None).0 == 200);
+            if r.send(Method::GET, &format!("/Groups/{group}"), &[], None)
+                .0
+                == 404
+            {
+                let (status, g, _) = r.send(
+                    Method::POST,
+                    "/Groups",
+                    &[],
+                    Some(
+                        &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                        "displayName": format!("hostile {round}")}),
+                    ),
+                );
+                assert_eq!(status, 201, "{g}");
+                group = g["id"].as_str().unwrap().to_string();
+            }
             if users.is_empty() {
                 let (_, u, _) = r.send(
                     Method::POST,
@@ -768,6 +784,45 @@ fn run(db: &Db, strict: bool, seed: u64, rounds: usize) {
             *seen.entry(("search", status / 100)).or_default() += 1;
         }
 
+        // A generated PUT of the group: members mixing real ids, unknown ids and junk.
+        if round % 5 == 4 {
+            let path = format!("/Groups/{group}");
+            let (_, before, _) = r.send(Method::GET, &path, &[], None);
+            let members: Vec<Value> = (0..rng.below(6))
+                .map(|_| match rng.below(5) {
+                    0 | 1 => json!({"value": rng.pick(&users)}),
+                    2 => json!({"value": string(&mut rng)}),
+                    3 => json!({"value": rng.pick(&users), "display": string(&mut rng), "type": "User"}),
+                    _ => value(&mut rng, 2),
+                })
+                .collect();
+            let mut body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": string(&mut rng), "members": members});
+            if rng.chance(20) {
+                body[*rng.pick(ATTRS)] = value(&mut rng, 2);
+            }
+            let (status, put, _) = r.send(Method::PUT, &path, &[], Some(&body));
+            *seen.entry(("group put", status / 100)).or_default() += 1;
+            let (_, now, _) = r.send(Method::GET, &path, &[], None);
+            if status == 200 {
+                assert_eq!(put, now, "{}: {body}: answer differs from a read", r.ctx());
+                for m in now["members"].as_array().into_iter().flatten() {
+                    assert!(
+                        users.contains(&m["value"].as_str().unwrap().to_string()),
+                        "{}: {now}",
+                        r.ctx()
+                    );
+                }
+            } else {
+                assert_eq!(
+                    now,
+                    before,
+                    "{}: refused group PUT {body} changed it",
+                    r.ctx()
+                );
+            }
+        }
+
         // A generated create; what is created is checked the same way.
         if round % 3 == 0 {
             let body = create_body(&mut rng, 100 + round);
@@ -787,7 +842,15 @@ fn run(db: &Db, strict: bool, seed: u64, rounds: usize) {
         }
     }
     eprintln!("{}: {seen:?}", r.ctx());
-    for kind in ["list", "patch", "create", "put", "bulk", "search"] {
+    for kind in [
+        "list",
+        "patch",
+        "create",
+        "put",
+        "bulk",
+        "search",
+        "group put",
+    ] {
         let (ok, refused) = (seen.get(&(kind, 2)), seen.get(&(kind, 4)));
         assert!(
             ok.is_some_and(|n| *n * 20 >= rounds / 5) && refused.is_some(),
