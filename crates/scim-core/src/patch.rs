@@ -717,7 +717,7 @@ fn canonical(v: &Value) -> String {
                     if i > 0 {
                         out.push(',');
                     }
-                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push_str(&serde_json::to_string(k).unwrap_or_default());
                     out.push(':');
                     write(&o[k], out);
                 }

@@ -447,10 +447,15 @@ pub(crate) fn member_ids(value: &Value) -> Result<Vec<String>, ScimError> {
                     .map(|(_, v)| v)
             })
             .and_then(Value::as_str)
-            .filter(|id| !id.contains('\0'))
             .ok_or_else(|| {
                 ScimError::invalid_value("Each member must be an object with a string 'value'")
             })?;
+        // No resource id holds U+0000; PostgreSQL would refuse it as a parameter.
+        if id.contains('\0') {
+            return Err(ScimError::invalid_value(
+                "A member 'value' cannot contain the character U+0000",
+            ));
+        }
         ids.push(id.to_string());
     }
     Ok(ids)
