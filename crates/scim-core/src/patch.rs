@@ -135,6 +135,28 @@ pub fn prepare_patch(
     Ok(write)
 }
 
+/// Refuses a PatchOp body with more than `max` operations (413, as `/Bulk` refuses more than
+/// `maxOperations`), before anything is read: each operation on a multi-valued attribute
+/// visits its values, so the count bounds the work of one PATCH. A body without an
+/// `Operations` array passes; [`prepare_patch`] refuses it.
+pub fn check_operation_count(body: &Value, max: usize) -> Result<(), ScimError> {
+    let ops = body
+        .as_object()
+        .and_then(|o| get_ci(o, "Operations"))
+        .and_then(Value::as_array);
+    match ops {
+        Some(ops) if ops.len() > max => Err(ScimError::new(
+            413,
+            None,
+            format!(
+                "A PATCH may carry at most {max} operations; this one has {}",
+                ops.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))

@@ -865,3 +865,18 @@ fn a_multi_valued_attribute_holds_at_most_max_values() {
         "displayName": "g", "members": (0..10).map(|i| json!({"value": format!("u{i}")})).collect::<Vec<_>>()});
     assert!(prepare_create(&gctx, &group).is_ok());
 }
+
+#[test]
+fn a_patch_with_more_operations_than_allowed_is_413() {
+    use crate::patch::check_operation_count;
+    let ops = |n: usize| {
+        json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "operations": (0..n).map(|_| json!({"op": "remove", "path": "title"})).collect::<Vec<_>>()})
+    };
+    assert!(check_operation_count(&ops(2), 2).is_ok());
+    let err = check_operation_count(&ops(3), 2).unwrap_err();
+    assert_eq!(err.status, 413);
+    assert!(err.detail.contains("at most 2"), "{}", err.detail);
+    // Not a PatchOp body: left to prepare_patch to refuse.
+    assert!(check_operation_count(&json!([1, 2, 3]), 2).is_ok());
+}

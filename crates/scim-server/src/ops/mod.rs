@@ -757,25 +757,15 @@ pub struct UpdateRequest<'a> {
 /// `SCIM_PATCH_MAX_OPERATIONS`: a PATCH with more operations is refused before any work (413,
 /// as `/Bulk` answers more than `maxOperations`).
 fn check_operations(st: &AppState, req: &UpdateRequest<'_>) -> Result<(), ScimError> {
-    if req.change != Change::Patch {
-        return Ok(());
-    }
-    let ops = req.body.as_object().and_then(|o| {
-        o.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("Operations"))
-            .and_then(|(_, v)| v.as_array())
-    });
-    let max = st.config.patch_max_operations;
-    match ops {
-        Some(ops) if ops.len() > max => Err(ScimError::new(
-            413,
-            None,
-            format!(
-                "A PATCH may carry at most {max} operations (SCIM_PATCH_MAX_OPERATIONS); this one has {}",
-                ops.len()
-            ),
-        )),
-        _ => Ok(()),
+    match req.change {
+        Change::Patch => {
+            scim_core::patch::check_operation_count(req.body, st.config.patch_max_operations)
+                .map_err(|mut e| {
+                    e.detail.push_str(" (SCIM_PATCH_MAX_OPERATIONS)");
+                    e
+                })
+        }
+        Change::Replace => Ok(()),
     }
 }
 

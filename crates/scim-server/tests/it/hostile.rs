@@ -431,19 +431,8 @@ impl Run<'_> {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut rb = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.s.base))
-            .query(query)
-            .bearer_auth(&self.s.token);
-        for (k, v) in headers {
-            rb = rb.header(*k, *v);
-        }
-        if let Some(b) = body {
-            rb = rb
-                .header("content-type", "application/scim+json")
-                .body(b.to_string());
-        }
+        let rb = crate::server::request(&self.client, self.s, method.clone(), path, body, headers)
+            .query(query);
         let r = rb.send().unwrap_or_else(|e| {
             panic!(
                 "{}: {method} {path} {query:?} {body:?}: no answer: {e}",

@@ -212,14 +212,16 @@ impl Drop for TestServer {
 }
 
 /// Sends one request to `s` with its token; returns status, JSON body (or null) and headers.
-pub fn call(
+/// A request to `s` with its bearer token, these headers and, if given, a SCIM JSON body.
+pub fn request(
+    client: &Client,
     s: &TestServer,
     method: reqwest::Method,
     path: &str,
-    body: Option<Value>,
+    body: Option<&Value>,
     headers: &[(&str, &str)],
-) -> (u16, Value, reqwest::header::HeaderMap) {
-    let mut rb = Client::new()
+) -> reqwest::blocking::RequestBuilder {
+    let mut rb = client
         .request(method, format!("{}{path}", s.base))
         .bearer_auth(&s.token);
     for (k, v) in headers {
@@ -230,7 +232,19 @@ pub fn call(
             .header("content-type", "application/scim+json")
             .body(b.to_string());
     }
-    let r = rb.send().unwrap();
+    rb
+}
+
+pub fn call(
+    s: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = request(&Client::new(), s, method, path, body.as_ref(), headers)
+        .send()
+        .unwrap();
     let (status, headers) = (r.status().as_u16(), r.headers().clone());
     (status, r.json().unwrap_or(Value::Null), headers)
 }
