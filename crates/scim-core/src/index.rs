@@ -11,7 +11,59 @@
 use serde_json::{Map, Value};
 
 use crate::resource::{fold, is_members, Ctx};
-use crate::schema::{AttrType, Attribute, Mutability, Schema};
+use crate::schema::{AttrType, Attribute, Mutability, Schema, SchemaRegistry};
+
+/// The version of the rules in this module that turn a document into rows. Raise it whenever
+/// a change to them would derive other rows from the same document and schemas: stores keep
+/// the [`fingerprint`] the rows were built with and rebuild them when it differs.
+pub const INDEX_FORMAT: u32 = 1;
+
+/// What the index rows of every document depend on, as a short text: [`INDEX_FORMAT`] and,
+/// per resource type, each indexed attribute's name, type, plurality, `caseExact` and
+/// sub-attributes, in the core schema and every extension. Two registries with the same
+/// fingerprint derive the same rows from the same document.
+///
+/// A store keeps the fingerprint its rows were built with. While it matches, a write may
+/// compute the rows of the document it replaces instead of reading them (see
+/// [`crate::store::ResourceWrite::previous_values`]); when the schemas change (an extension
+/// added, removed or edited, an attribute's `caseExact` flipped), the rows are rebuilt from
+/// the stored documents, since filters would otherwise search rows built by other rules.
+pub fn fingerprint(registry: &SchemaRegistry) -> String {
+    fn attr(sig: &mut String, a: &Attribute) {
+        use std::fmt::Write;
+        let _ = write!(
+            sig,
+            "({}:{:?}:{}:{}:{}",
+            a.name,
+            a.attr_type,
+            a.multi_valued,
+            a.is_case_exact(),
+            a.mutability == Mutability::WriteOnly
+        );
+        for s in a.subs() {
+            attr(sig, s);
+        }
+        sig.push(')');
+    }
+    let mut sig = format!("format {INDEX_FORMAT}");
+    for rt in registry.resource_types() {
+        sig.push_str("\nresource type ");
+        sig.push_str(&rt.id);
+        let schemas = registry.core_schema(rt).into_iter();
+        for (n, schema) in schemas.chain(registry.extensions(rt)).enumerate() {
+            sig.push_str(if n == 0 { "\ncore " } else { "\nextension " });
+            sig.push_str(&schema.id);
+            for a in &schema.attributes {
+                attr(&mut sig, a);
+            }
+        }
+    }
+    // FNV-1a, 64 bits: stable across builds and platforms (std's hashers promise neither).
+    let hash = sig.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{INDEX_FORMAT}:{hash:016x}")
+}
 
 /// One indexed value.
 #[derive(Debug, Clone, PartialEq)]

@@ -78,6 +78,8 @@ pub fn prepare_patch(
         ));
     }
     let mut doc = current.data.clone().into_map();
+    // From the copy: reading `current.data` would parse the stored text a second time.
+    let previous_values = crate::index::index_rows(ctx, &doc);
     // Extension attributes are edited in their own maps and folded back at the end.
     let mut exts = std::collections::BTreeMap::new();
     for ext in ctx.registry.extensions(ctx.rt) {
@@ -132,6 +134,7 @@ pub fn prepare_patch(
     let mut write = into_write(ctx, n, false);
     write.member_ops = p.member_ops;
     write.password = password;
+    write.previous_values = Some(previous_values);
     Ok(write)
 }
 

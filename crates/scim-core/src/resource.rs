@@ -589,7 +589,9 @@ pub fn prepare_replace(
     }
     let n = normalize(ctx, obj)?;
     validate(ctx, &n, Some(current))?;
-    Ok(into_write(ctx, n, true))
+    let mut write = into_write(ctx, n, true);
+    write.previous_values = Some(crate::index::index_rows(ctx, &current.data));
+    Ok(write)
 }
 
 pub(crate) fn into_write(ctx: &Ctx<'_>, n: Normalized, replace_members: bool) -> ResourceWrite {
@@ -614,6 +616,7 @@ pub(crate) fn into_write(ctx: &Ctx<'_>, n: Normalized, replace_members: bool) ->
         unknown_members: Default::default(),
         password: n.password.map_or(SecretChange::Keep, SecretChange::Set),
         values,
+        previous_values: None,
     }
 }
 

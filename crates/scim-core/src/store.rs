@@ -234,6 +234,12 @@ pub struct ResourceWrite {
     pub password: SecretChange,
     /// the attribute-value index of `data` (replaces the resource's previous rows)
     pub values: Vec<crate::index::IndexRow>,
+    /// for an update: the index rows of the document it was computed from, derived by the
+    /// same schemas as `values`. A store whose rows were built with the same
+    /// [`crate::index::fingerprint`] may write the difference between the two instead of
+    /// reading the stored rows; `None` (a create, or a caller that did not derive them) makes
+    /// it read them.
+    pub previous_values: Option<Vec<crate::index::IndexRow>>,
 }
 
 /// Which derived parts to read.

@@ -880,3 +880,59 @@ fn a_patch_with_more_operations_than_allowed_is_413() {
     // Not a PatchOp body: left to prepare_patch to refuse.
     assert!(check_operation_count(&json!([1, 2, 3]), 2).is_ok());
 }
+
+#[test]
+fn the_index_fingerprint_changes_with_what_index_rows_depend_on() {
+    use crate::index::fingerprint;
+    use crate::schema::Schema;
+    let ext = |case_exact: bool, ty: &str, description: &str| -> Schema {
+        serde_json::from_value(json!({"id": "urn:example:ext:1.0:User", "name": "X",
+            "description": description, "attributes": [{"name": "badge", "type": ty,
+            "multiValued": false, "mutability": "readWrite", "returned": "default",
+            "caseExact": case_exact}]}))
+        .unwrap()
+    };
+    let with = |s: Schema| fingerprint(&registry().with_extension("User", s, false).unwrap());
+    let base = with(ext(false, "string", "one"));
+    // the same schemas give the same fingerprint; a description does not change rows
+    assert_eq!(base, with(ext(false, "string", "another")));
+    assert_eq!(fingerprint(&registry()), fingerprint(&registry()));
+    // an extension added, an attribute's caseExact or type changed: other rows
+    assert_ne!(base, fingerprint(&registry()));
+    assert_ne!(base, with(ext(true, "string", "one")));
+    assert_ne!(base, with(ext(false, "integer", "one")));
+    assert!(
+        base.starts_with(&format!("{}:", crate::index::INDEX_FORMAT)),
+        "{base}"
+    );
+}
+
+#[test]
+fn a_patch_carries_the_index_rows_of_the_document_it_replaces() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let cur = record(
+        &ctx,
+        prepare_create(
+            &ctx,
+            &user(json!({"emails": [{"value": "A@x.org", "type": "work"}]})),
+        )
+        .unwrap(),
+    );
+    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "b@x.org"}]});
+    let w = prepare_patch(&ctx, &body, &cur, &scim_filter::Limits::default()).unwrap();
+    assert_eq!(
+        w.previous_values,
+        Some(crate::index::index_rows(&ctx, &cur.data))
+    );
+    assert_ne!(w.previous_values.as_ref(), Some(&w.values));
+    let put = crate::resource::prepare_replace(&ctx, &user(json!({})), &cur).unwrap();
+    assert_eq!(put.previous_values, w.previous_values);
+    assert_eq!(
+        prepare_create(&ctx, &user(json!({})))
+            .unwrap()
+            .previous_values,
+        None
+    );
+}

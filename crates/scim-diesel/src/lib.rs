@@ -23,7 +23,7 @@ pub mod testing;
 mod turns;
 
 pub use conn::{AnyConnection, Backend};
-pub use store::{DieselStore, StoreConfig};
+pub use store::{DeriveRows, DieselStore, IndexState, StoreConfig};
 
 #[cfg(test)]
 mod tests;

@@ -107,11 +107,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// facts about the stored data as a whole (`index_fingerprint`)
+    store_state (name) {
+        /// what the fact is
+        name -> Text,
+        /// its value
+        value -> Text,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     tokens,
     resources,
     group_members,
     resource_values,
-    resource_counts
+    resource_counts,
+    store_state
 );

@@ -8,6 +8,7 @@ use diesel::connection::SimpleConnection;
 use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use scim_core::index::IndexRow;
 use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, Detached, Document, ElementFilter, Include,
     IndexedField, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey, PointKeyBuf, ReadPart,
@@ -81,7 +82,48 @@ pub struct DieselStore {
     update_turns: Arc<Turns>,
     /// a pooled connection was found unusable: test the idle ones (see `conn::checkout`)
     lost: Arc<std::sync::atomic::AtomicBool>,
+    /// the attribute-value index was built with the fingerprint of the schemas that derive
+    /// the writes' rows (see [`DieselStore::open_index`]): an update may take the rows of the
+    /// document it replaces from [`ResourceWrite::previous_values`] instead of reading them
+    index_trusted: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// What [`DieselStore::open_index`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexState {
+    /// the index was built with this fingerprint
+    Current,
+    /// a database without resources: the fingerprint is recorded
+    Recorded,
+    /// the index was built with another fingerprint (`built_with`, `None` by a version that
+    /// did not record it) and has been rebuilt for this one
+    Rebuilt {
+        /// the fingerprint it was built with
+        built_with: Option<String>,
+        /// resources whose rows were rebuilt
+        resources: u64,
+    },
+    /// the index was built with another fingerprint and was left alone (`rebuild` was
+    /// false): filters would search rows derived by other schemas until it is rebuilt
+    Stale {
+        /// the fingerprint it was built with
+        built_with: Option<String>,
+    },
+}
+
+/// The index rows of a stored document of a resource type (none for an unknown type).
+pub type DeriveRows = Arc<
+    dyn Fn(&str, &serde_json::Map<String, serde_json::Value>) -> Vec<scim_core::index::IndexRow>
+        + Send
+        + Sync,
+>;
+
+/// Resources whose index rows one transaction of [`DieselStore::open_index`] rebuilds (a
+/// few in tests, so that they cross batches).
+const REBUILD_BATCH: i64 = if cfg!(test) { 2 } else { 500 };
+
+/// The `store_state` entry holding the index fingerprint.
+const INDEX_FINGERPRINT: &str = "index_fingerprint";
 
 /// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
 /// import: without statistics the planner can walk the order index instead of probing the
@@ -817,6 +859,7 @@ impl DieselStore {
             reads,
             update_turns: Arc::default(),
             lost,
+            index_trusted: Arc::default(),
         })
     }
 
@@ -845,6 +888,106 @@ impl DieselStore {
             write_planner_stats(&mut conn);
         }
         ran
+    }
+
+    /// Checks that the attribute-value index was built with `fingerprint`
+    /// ([`scim_core::index::fingerprint`] of the schemas the caller derives rows with), and
+    /// rebuilds it from the stored documents with `derive` when it was not and `rebuild` is
+    /// set. Filters search these rows, so rows built by other schemas (an extension added,
+    /// removed or edited, an attribute's `caseExact` flipped) or by an older version of the
+    /// derivation would miss or find the wrong resources.
+    ///
+    /// The rebuild runs in transactions of [`REBUILD_BATCH`] resources in id order, each
+    /// replacing the rows of the resources it reads (locked on PostgreSQL, so a write by
+    /// another instance waits or comes after); the fingerprint is recorded after the last
+    /// one, so an interrupted rebuild starts again. Other instances writing meanwhile with
+    /// other schemas write rows by those: every instance on one database must run with the
+    /// same schemas.
+    ///
+    /// Once the index matches (`Current`, `Recorded`, `Rebuilt`), updates take the rows of
+    /// the document they replace from [`ResourceWrite::previous_values`] when the caller
+    /// derived them, instead of reading them.
+    pub fn open_index(
+        &self,
+        fingerprint: &str,
+        rebuild: bool,
+        derive: DeriveRows,
+    ) -> Result<IndexState, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let built_with = self.index_fingerprint()?;
+        let state = if built_with.as_deref() == Some(fingerprint) {
+            IndexState::Current
+        } else if built_with.is_none() && !self.has_resources()? {
+            self.record_fingerprint(fingerprint)?;
+            IndexState::Recorded
+        } else if rebuild {
+            let resources = self.rebuild_index(derive)?;
+            self.record_fingerprint(fingerprint)?;
+            IndexState::Rebuilt {
+                built_with,
+                resources,
+            }
+        } else {
+            return Ok(IndexState::Stale { built_with });
+        };
+        self.index_trusted.store(true, Relaxed);
+        Ok(state)
+    }
+
+    /// The fingerprint the attribute-value index was built with (`None`: not recorded).
+    pub fn index_fingerprint(&self) -> Result<Option<String>, StoreError> {
+        use crate::schema::store_state as st;
+        let mut conn = self.conn()?;
+        let query = st::table
+            .filter(st::name.eq(INDEX_FINGERPRINT))
+            .select(st::value);
+        native!(&mut *conn, |c| query.get_result(c))
+            .optional()
+            .map_err(map_err)
+    }
+
+    fn record_fingerprint(&self, fingerprint: &str) -> Result<(), StoreError> {
+        use crate::schema::store_state as st;
+        let value = fingerprint.to_string();
+        self.write(move |c| {
+            let row = (st::name.eq(INDEX_FINGERPRINT), st::value.eq(&value));
+            native!(c, |c| diesel::insert_into(st::table)
+                .values(row)
+                .on_conflict(st::name)
+                .do_update()
+                .set(st::value.eq(&value))
+                .execute(c))?;
+            Ok(())
+        })
+        .map_err(StoreError::from)
+    }
+
+    fn has_resources(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let query = resources::table.select(resources::id).limit(1);
+        let any: Vec<String> = native!(&mut *conn, |c| query.load(c)).map_err(map_err)?;
+        Ok(!any.is_empty())
+    }
+
+    /// Replaces the index rows of every resource by the rows `derive` makes of its document;
+    /// returns how many resources it read.
+    fn rebuild_index(&self, derive: DeriveRows) -> Result<u64, StoreError> {
+        let mut after = String::new();
+        let mut done = 0u64;
+        loop {
+            let (from, derive) = (after.clone(), derive.clone());
+            let batch = self
+                .write(move |c| rebuild_batch(c, &from, &derive))
+                .map_err(StoreError::from)?;
+            let Some((last, n)) = batch else {
+                return Ok(done);
+            };
+            done += n;
+            after = last;
+            if done % 50_000 < n {
+                log::info!("rebuilding the attribute index: {done} resources so far");
+            }
+        }
     }
 
     /// Counts row changes and, on PostgreSQL, starts a background `ANALYZE` when enough
@@ -905,10 +1048,12 @@ impl DieselStore {
     /// again here. Errors are the update's own (no such row, an `If-Match` that differs,
     /// `update` refused) or no reader connection within the pool's timeout.
     ///
-    /// The resource's attribute-index rows are read here too, after the row, so that the writer
-    /// only writes the ones that changed. They belong to the version read: every change to them
-    /// bumps the version in the same transaction, so if the writer still finds that version,
-    /// nothing was committed to them since (rows read later than the row are never older).
+    /// The resource's attribute-index rows are known here too, so that the writer only writes
+    /// the ones that changed: derived by the caller from the document read when the index
+    /// matches its schemas (see [`DieselStore::open_index`]), else read after the row. They
+    /// belong to the version read: every change to them bumps the version in the same
+    /// transaction, so if the writer still finds that version, nothing was committed to them
+    /// since (rows read later than the row are never older).
     fn prepare_outside_writer(
         &self,
         tenant: &str,
@@ -918,10 +1063,15 @@ impl DieselStore {
         update: &mut UpdateFn<'_>,
     ) -> Result<UpdatePlan, TxError> {
         let mut conn = self.conn()?;
-        let (current, write) = prepare_update(&mut conn, tenant, rt, id, if_match, update)?;
-        let stored = stored_values(&mut conn, id)?;
+        let (current, mut write) = prepare_update(&mut conn, tenant, rt, id, if_match, update)?;
+        let stored = old_values(&mut conn, id, &mut write, self.trusts_index())?;
         drop(conn);
         Ok(UpdatePlan::new(current, write, stored)?)
+    }
+
+    fn trusts_index(&self) -> bool {
+        self.index_trusted
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
@@ -1418,7 +1568,7 @@ fn unreachable_backend() -> Result<(), TxError> {
 type StoredValue = (String, i64, Option<String>, Option<f64>, Option<bool>);
 
 /// The attribute-value index rows stored for one resource.
-fn stored_values(conn: &mut AnyConnection, id: &str) -> QueryResult<Vec<StoredValue>> {
+pub(crate) fn stored_values(conn: &mut AnyConnection, id: &str) -> QueryResult<Vec<IndexRow>> {
     let query = resource_values::table
         .filter(resource_values::resource_id.eq(id))
         .select((
@@ -1428,7 +1578,76 @@ fn stored_values(conn: &mut AnyConnection, id: &str) -> QueryResult<Vec<StoredVa
             resource_values::num_value,
             resource_values::bool_value,
         ));
-    native!(&mut *conn, |c| query.load(c))
+    let rows: Vec<StoredValue> = native!(&mut *conn, |c| query.load(c))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(path, ordinal, str_value, num_value, bool_value)| IndexRow {
+                path,
+                ordinal,
+                str_value,
+                num_value,
+                bool_value,
+            },
+        )
+        .collect())
+}
+
+/// The rows of the document an update replaces: derived by the caller when the index was
+/// built by the same schemas (see [`DieselStore::open_index`]), else read.
+fn old_values(
+    conn: &mut AnyConnection,
+    id: &str,
+    write: &mut ResourceWrite,
+    trusted: bool,
+) -> QueryResult<Vec<IndexRow>> {
+    match write.previous_values.take() {
+        Some(rows) if trusted => Ok(rows),
+        _ => stored_values(conn, id),
+    }
+}
+
+/// One transaction of [`DieselStore::open_index`]'s rebuild: the index rows of the first
+/// [`REBUILD_BATCH`] resources after `after` in id order (locked on PostgreSQL), replaced by
+/// the rows `derive` makes of their documents. `None` when no resource is left.
+fn rebuild_batch(
+    conn: &mut AnyConnection,
+    after: &str,
+    derive: &DeriveRows,
+) -> Result<Option<(String, u64)>, TxError> {
+    let query = resources::table
+        .filter(resources::id.gt(after))
+        .order(resources::id)
+        .limit(REBUILD_BATCH)
+        .select((
+            resources::id,
+            resources::tenant_id,
+            resources::resource_type,
+            resources::data,
+        ));
+    let batch: Vec<(String, String, String, String)> = match conn {
+        AnyConnection::Sqlite(c) => query.load(c)?,
+        AnyConnection::Postgres(c) => query.for_update().load(c)?,
+    };
+    let Some(last) = batch.last().map(|r| r.0.clone()) else {
+        return Ok(None);
+    };
+    let ids: Vec<&str> = batch.iter().map(|r| r.0.as_str()).collect();
+    native!(&mut *conn, |c| diesel::delete(
+        resource_values::table.filter(resource_values::resource_id.eq_any(&ids))
+    )
+    .execute(c))?;
+    for (id, tenant, rt, data) in &batch {
+        let rows = match serde_json::from_str(data) {
+            Ok(doc) => derive(rt, &doc),
+            Err(e) => {
+                log::error!("resource {id} holds a document that is not JSON ({e}); it is left out of the attribute index");
+                continue;
+            }
+        };
+        backend::insert_values(conn, &value_rows(tenant, rt, id, &rows))?;
+    }
+    Ok(Some((last, batch.len() as u64)))
 }
 
 /// Which of a resource's attribute-value index rows a write changes, as positions: stored
@@ -1441,7 +1660,7 @@ struct ValueDiff {
 }
 
 impl ValueDiff {
-    fn new(values: &[scim_core::index::IndexRow], old: &[StoredValue]) -> Self {
+    fn new(values: &[IndexRow], old: &[IndexRow]) -> Self {
         let mut keep = vec![false; values.len()];
         let position: HashMap<(&str, i64), usize> = values
             .iter()
@@ -1449,12 +1668,12 @@ impl ValueDiff {
             .map(|(i, v)| ((v.path.as_str(), v.ordinal), i))
             .collect();
         let mut stale = Vec::new();
-        for (at, (path, ordinal, str_value, num_value, bool_value)) in old.iter().enumerate() {
-            let same = position.get(&(path.as_str(), *ordinal)).filter(|&&i| {
+        for (at, o) in old.iter().enumerate() {
+            let same = position.get(&(o.path.as_str(), o.ordinal)).filter(|&&i| {
                 let v = &values[i];
-                v.str_value == *str_value
-                    && v.num_value == *num_value
-                    && v.bool_value == *bool_value
+                v.str_value == o.str_value
+                    && v.num_value == o.num_value
+                    && v.bool_value == o.bool_value
             });
             match same {
                 Some(&i) => keep[i] = true,
@@ -1472,13 +1691,13 @@ impl ValueDiff {
         tenant: &str,
         rt: &str,
         id: &str,
-        values: &[scim_core::index::IndexRow],
-        old: &[StoredValue],
+        values: &[IndexRow],
+        old: &[IndexRow],
     ) -> QueryResult<()> {
         let stale: Vec<(&str, i64)> = self
             .stale
             .iter()
-            .map(|&i| (old[i].0.as_str(), old[i].1))
+            .map(|&i| (old[i].path.as_str(), old[i].ordinal))
             .collect();
         backend::delete_values(conn, id, &stale)?;
         let rows = value_rows(tenant, rt, id, self.insert.iter().map(|&i| &values[i]));
@@ -1501,7 +1720,7 @@ struct UpdatePlan {
     /// index entries) are left alone
     keys_unchanged: bool,
     /// the resource's index rows as stored for `current`
-    old_values: Vec<StoredValue>,
+    old_values: Vec<IndexRow>,
     diff: ValueDiff,
 }
 
@@ -1509,7 +1728,7 @@ impl UpdatePlan {
     fn new(
         current: ResourceRecord,
         write: ResourceWrite,
-        old_values: Vec<StoredValue>,
+        old_values: Vec<IndexRow>,
     ) -> Result<Self, StoreError> {
         let unchanged = write.member_ops.is_empty()
             && write.data == *current.data
@@ -1761,8 +1980,8 @@ impl DieselStore {
             let mut conn = self.conn()?;
             let result = (*conn).transaction(|c| {
                 backend::lock_resource(c, id)?;
-                let (current, write) = prepare_update(c, tenant, rt, id, if_match, update)?;
-                let stored = stored_values(c, id)?;
+                let (current, mut write) = prepare_update(c, tenant, rt, id, if_match, update)?;
+                let stored = old_values(c, id, &mut write, self.trusts_index())?;
                 let plan = UpdatePlan::new(current, write, stored)?;
                 let Some(touched) = plan.run(c, tenant, rt, id, now)? else {
                     return Ok::<_, TxError>(None); // lost a race: retry

@@ -103,6 +103,7 @@ fn set_members(store: &DieselStore, id: &str, ops: Vec<MemberOp>) -> Result<(), 
                 unknown_members: UnknownMembers::Reject,
                 password: Default::default(),
                 values: Vec::new(),
+                previous_values: None,
             })
         })
         .map(|_| ())
@@ -544,6 +545,7 @@ fn membership_is_set_operations_and_atomic() {
                 unknown_members: UnknownMembers::Ignore,
                 password: Default::default(),
                 values: Vec::new(),
+                previous_values: None,
             })
         })
         .unwrap();
@@ -901,8 +903,8 @@ fn unfiltered_totals_follow_every_write() {
             0
         );
         // The migration that adds the counts fills them from the rows already there, and the
-        // ones after it (which rebuild the attribute-value index on SQLite, and change the
-        // collation of every text column on PostgreSQL) keep every row.
+        // ones after it (which rebuild the attribute-value index on SQLite, change the
+        // collation of every text column on PostgreSQL, and add `store_state`) keep every row.
         {
             let mut conn = s.connection().unwrap();
             let c: &mut AnyConnection = &mut conn;
@@ -912,10 +914,10 @@ fn unfiltered_totals_follow_every_write() {
             };
             let before = index_rows(c);
             assert!(before > 0, "{}", db.name);
-            for _ in 0..3 {
+            for _ in 0..4 {
                 crate::conn::revert_last_migration(c).unwrap();
             }
-            assert_eq!(run_migrations(c).unwrap(), 3, "{}", db.name);
+            assert_eq!(run_migrations(c).unwrap(), 4, "{}", db.name);
             assert_eq!(index_rows(c), before, "{}", db.name);
         }
         assert_eq!((total("User"), total("Group")), (4, 1), "{}", db.name);
@@ -928,7 +930,7 @@ fn migrations_go_down_and_up_again() {
         let mut conn = db.store.connection().unwrap();
         let c: &mut AnyConnection = &mut conn;
         revert_all_migrations(c).unwrap();
-        assert_eq!(run_migrations(c).unwrap(), 6, "{}", db.name);
+        assert_eq!(run_migrations(c).unwrap(), 7, "{}", db.name);
     }
 }
 
@@ -977,6 +979,7 @@ fn schema_rs_matches_migrated_columns_on_both_databases() {
         bool_value
     );
     cols!(resource_counts, tenant_id, resource_type, slot, n);
+    cols!(store_state, name, value);
     expected.sort();
     for db in databases() {
         let mut conn = db.store.connection().unwrap();
@@ -2244,5 +2247,173 @@ fn a_detached_create_is_inserted_by_the_writer() {
         assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
         let err = s.get(T, "User", "d2", Include::default()).unwrap_err();
         assert!(matches!(err, StoreError::NotFound), "{err:?}");
+    }
+}
+
+/// What the server derives index rows with: `reg`'s schemas.
+fn derive_with(reg: &SchemaRegistry) -> crate::DeriveRows {
+    let reg = reg.clone();
+    Arc::new(move |rt, doc| {
+        Ctx::new(&reg, rt)
+            .map(|ctx| scim_core::index::index_rows(&ctx, doc))
+            .unwrap_or_default()
+    })
+}
+
+/// The index rows stored for `id`, in a stable order.
+fn stored_rows(s: &DieselStore, id: &str) -> Vec<scim_core::index::IndexRow> {
+    let mut conn = s.connection().unwrap();
+    let mut rows = crate::store::stored_values(&mut conn, id).unwrap();
+    rows.sort_by(|a, b| (&a.path, a.ordinal).cmp(&(&b.path, b.ordinal)));
+    rows
+}
+
+/// The index rows `reg` derives from `id`'s stored document, in the same order.
+fn derived_rows(
+    s: &DieselStore,
+    reg: &SchemaRegistry,
+    id: &str,
+) -> Vec<scim_core::index::IndexRow> {
+    let rec = s.get(T, "User", id, Include::default()).unwrap();
+    let mut rows = derive_with(reg)("User", &rec.data);
+    rows.sort_by(|a, b| (&a.path, a.ordinal).cmp(&(&b.path, b.ordinal)));
+    rows
+}
+
+#[test]
+fn the_attribute_index_is_rebuilt_when_its_fingerprint_differs() {
+    use crate::IndexState;
+    use scim_core::store::{CompareOp, ValueTest};
+    let reg = registry();
+    let fp = scim_core::index::fingerprint(&reg);
+    for db in databases() {
+        let s = &db.store;
+        let open = |fp: &str, rebuild: bool| s.open_index(fp, rebuild, derive_with(&reg)).unwrap();
+        // A database without resources records the fingerprint; then it matches.
+        assert_eq!(open(&fp, false), IndexState::Recorded, "{}", db.name);
+        assert_eq!(open(&fp, false), IndexState::Current, "{}", db.name);
+        let ctx = Ctx::new(&reg, "User").unwrap();
+        for (id, name) in [
+            ("u1", "Ann"),
+            ("u2", "Bob"),
+            ("u3", "Cy"),
+            ("u4", "Di"),
+            ("u5", "Ed"),
+        ] {
+            let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": name, "emails": [{"value": format!("{name}@Example.com"), "type": "work"}],
+                "name": {"givenName": name}});
+            let write = prepare_create(&ctx, &body).unwrap();
+            s.create(T, "User", id, NOW, write, Include::default())
+                .unwrap();
+        }
+        // Updates now take the replaced rows from the write (the index matches): the stored
+        // rows still are exactly the rows of the stored document.
+        for (attr, value) in [
+            ("emails[type eq \"work\"].value", "ann@other.org"),
+            ("title", "Boss"),
+            ("name.givenName", "Annie"),
+        ] {
+            let cur = s.get(T, "User", "u1", Include::default()).unwrap();
+            let write = patched(&reg, &cur, attr, value);
+            assert!(write.previous_values.is_some());
+            s.update(T, "User", "u1", NOW, None, Include::default(), &mut |_| {
+                Ok(write.clone())
+            })
+            .unwrap();
+            assert_eq!(
+                stored_rows(s, "u1"),
+                derived_rows(s, &reg, "u1"),
+                "{} {attr}",
+                db.name
+            );
+        }
+        // Rows built by other rules: u2's are gone and u3 has one its document does not hold.
+        {
+            use crate::schema::resource_values::dsl as v;
+            let mut conn = s.connection().unwrap();
+            let c: &mut AnyConnection = &mut conn;
+            diesel::delete(v::resource_values.filter(v::resource_id.eq("u2")))
+                .execute(c)
+                .unwrap();
+            diesel::insert_into(v::resource_values)
+                .values((
+                    v::resource_id.eq("u3"),
+                    v::tenant_id.eq(T),
+                    v::resource_type.eq("User"),
+                    v::path.eq("title"),
+                    v::ordinal.eq(0i64),
+                    v::str_value.eq(Some("stale")),
+                ))
+                .execute(c)
+                .unwrap();
+        }
+        // Another fingerprint: left alone unless asked, then rebuilt across batches.
+        assert_eq!(
+            open("other", false),
+            IndexState::Stale {
+                built_with: Some(fp.clone())
+            },
+            "{}",
+            db.name
+        );
+        assert_eq!(s.index_fingerprint().unwrap().as_deref(), Some(fp.as_str()));
+        assert_eq!(
+            open("other", true),
+            IndexState::Rebuilt {
+                built_with: Some(fp.clone()),
+                resources: 5
+            },
+            "{}",
+            db.name
+        );
+        assert_eq!(s.index_fingerprint().unwrap().as_deref(), Some("other"));
+        for id in ["u1", "u2", "u3", "u4", "u5"] {
+            assert!(!stored_rows(s, id).is_empty(), "{} {id}", db.name);
+            assert_eq!(
+                stored_rows(s, id),
+                derived_rows(s, &reg, id),
+                "{} {id}",
+                db.name
+            );
+        }
+        // The rebuilt rows answer filters: u2 is found again, u3 no longer by the stale row.
+        let find = |path: &str, v: &str| {
+            let q = ListQuery {
+                filter: StoreFilter::Value {
+                    path: path.into(),
+                    test: ValueTest::Str(CompareOp::Eq, v.into()),
+                },
+                start_index: 1,
+                count: 10,
+                include: Include::default(),
+                sort: None,
+                after: None,
+            };
+            let page = s.list(T, "User", &q).unwrap();
+            page.resources.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            find("emails.value", "bob@example.com"),
+            ["u2"],
+            "{}",
+            db.name
+        );
+        assert!(find("title", "stale").is_empty(), "{}", db.name);
+        // A database whose fingerprint was never recorded (an earlier version) is rebuilt too.
+        {
+            use crate::schema::store_state::dsl as st;
+            let mut conn = s.connection().unwrap();
+            diesel::delete(st::store_state).execute(&mut *conn).unwrap();
+        }
+        assert_eq!(
+            open(&fp, true),
+            IndexState::Rebuilt {
+                built_with: None,
+                resources: 5
+            },
+            "{}",
+            db.name
+        );
     }
 }

@@ -65,6 +65,53 @@ pub fn registry_with(extensions: &[(String, std::path::PathBuf)]) -> Result<Sche
     Ok(registry)
 }
 
+/// Makes sure the store's attribute-value index was built by `registry`'s schemas, which
+/// filters and writes derive rows with: rebuilt when `rebuild` (migrations on start, or
+/// `scim-server migrate`), else a start with other schemas than the index's stops here.
+fn open_index(store: &DieselStore, registry: &SchemaRegistry, rebuild: bool) -> Result<()> {
+    use scim_diesel::IndexState;
+    let fingerprint = scim_core::index::fingerprint(registry);
+    let schemas = registry.clone();
+    let derive: scim_diesel::DeriveRows = Arc::new(move |rt, doc| {
+        scim_core::Ctx::new(&schemas, rt)
+            .map(|ctx| scim_core::index::index_rows(&ctx, doc))
+            .unwrap_or_default()
+    });
+    let state = store
+        .open_index(&fingerprint, rebuild, derive)
+        .with_context(|| "checking the attribute index (has `scim-server migrate` run?)")?;
+    match state {
+        IndexState::Current | IndexState::Recorded => {}
+        IndexState::Rebuilt {
+            built_with: None,
+            resources,
+        } => {
+            log::info!("built the attribute index of {resources} resource(s) (index {fingerprint})")
+        }
+        IndexState::Rebuilt {
+            built_with: Some(old),
+            resources,
+        } => log::warn!(
+            "the schemas differ from the ones the attribute index was built with \
+             (index {old}, now {fingerprint}): rebuilt it for {resources} resource(s); \
+             every instance on this database must run with the same schemas"
+        ),
+        IndexState::Stale { built_with } => anyhow::bail!(
+            "the attribute index of this database was built {} (index {}), not with the \
+             schemas this server has (index {fingerprint}): run `scim-server migrate` with \
+             the same SCIM_SCHEMA_EXTENSIONS to rebuild it, or start with \
+             SCIM_MIGRATE_ON_START=true",
+            if built_with.is_some() {
+                "with other schemas"
+            } else {
+                "by an earlier version"
+            },
+            built_with.as_deref().unwrap_or("not recorded"),
+        ),
+    }
+    Ok(())
+}
+
 impl AppState {
     /// Opens the store (and migrates, when configured).
     pub fn open(config: Config) -> Result<Self> {
@@ -81,6 +128,7 @@ impl AppState {
                 log::info!("applied {n} migration(s)");
             }
         }
+        open_index(&store, &registry, config.migrate_on_start)?;
         let capabilities = ServerCapabilities {
             query: config.query,
             max_body_bytes: config.max_body_bytes,

@@ -860,6 +860,73 @@ fn a_configured_extension_schema_is_stored_filtered_validated_and_published() {
     assert!(created.get(SPACE).is_none());
 }
 
+/// Filters search rows derived from the schemas, so editing a configured extension (here an
+/// attribute's `caseExact` flipped) would leave them searching rows built by the old one: a
+/// restart with the edited schema rebuilds the attribute index from the stored documents, and
+/// a server told not to migrate on start refuses the edited schema instead of serving.
+#[test]
+fn a_changed_extension_schema_rebuilds_the_attribute_index_on_start() {
+    const BADGE: &str = "urn:example:badge:1.0:User";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("badge.json");
+    let write_schema = |case_exact: bool| {
+        let schema = json!({"id": BADGE, "name": "Badge", "attributes": [{"name": "code",
+            "type": "string", "multiValued": false, "mutability": "readWrite",
+            "returned": "default", "caseExact": case_exact}]});
+        std::fs::write(&file, schema.to_string()).unwrap();
+    };
+    for db in databases() {
+        let url = match &db {
+            Db::Postgres(base) => scim_diesel::testing::fresh_postgres_schema(base).unwrap(),
+            _ => dir.path().join("scim.db").to_string_lossy().into_owned(),
+        };
+        let with_schema =
+            |c: &mut scim_server::Config| c.schema_extensions = vec![("User".into(), file.clone())];
+        let count = |s: &TestServer, filter: &str| {
+            let path = format!("/Users?attributes=id&filter={}", url_escape(filter));
+            let (status, body, _) = call(s, reqwest::Method::GET, &path, None, &[]);
+            assert_eq!(status, 200, "{filter}: {body}");
+            body["totalResults"].as_u64().unwrap()
+        };
+        write_schema(false);
+        let id = {
+            let s = TestServer::start_with(&Db::Exact(url.clone()), with_schema);
+            let body = user(
+                "badge.user@example.com",
+                json!({BADGE: {"code": "MiXeD-1"}}),
+            );
+            let (status, created, _) = call(&s, reqwest::Method::POST, "/Users", Some(body), &[]);
+            assert_eq!(status, 201, "{} {created}", db.name());
+            assert_eq!(count(&s, "code eq \"mixed-1\""), 1, "{}", db.name());
+            created["id"].as_str().unwrap().to_string()
+        };
+        write_schema(true);
+        // Not allowed to migrate: the edited schema stops the server, saying what to run.
+        let mut config = scim_server::Config::with_database(url.clone());
+        config.migrate_on_start = false;
+        with_schema(&mut config);
+        let err = format!("{:#}", scim_server::AppState::open(config).err().unwrap());
+        assert!(err.contains("scim-server migrate"), "{}: {err}", db.name());
+        // Allowed (the default): rebuilt, and case now matters in filters on `code`.
+        let s = TestServer::start_with(&Db::Exact(url.clone()), with_schema);
+        assert_eq!(count(&s, "code eq \"MiXeD-1\""), 1, "{}", db.name());
+        assert_eq!(count(&s, "code eq \"mixed-1\""), 0, "{}", db.name());
+        // Updates after the rebuild keep the rows in step with the documents.
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "replace", "path": format!("{BADGE}:code"), "value": "Other-2"}]});
+        let (status, _, _) = call(
+            &s,
+            reqwest::Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(patch),
+            &[],
+        );
+        assert_eq!(status, 200, "{}", db.name());
+        assert_eq!(count(&s, "code eq \"Other-2\""), 1, "{}", db.name());
+        assert_eq!(count(&s, "code eq \"MiXeD-1\""), 0, "{}", db.name());
+    }
+}
+
 fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

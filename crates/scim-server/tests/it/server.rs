@@ -103,10 +103,16 @@ impl TestServer {
         config.bootstrap_token = Some(scim_auth::generate_token().unwrap());
         adjust(&mut config);
         let state = AppState::open(config).unwrap();
-        let token = state
-            .bootstrap()
-            .unwrap()
-            .expect("fresh database gets a token");
+        // A database a server used before has its tokens: this one gets one of its own.
+        let token = match state.bootstrap().unwrap() {
+            Some(token) => token,
+            None => {
+                let tenant = state.creds.default_tenant().unwrap().unwrap();
+                let token = scim_auth::generate_token().unwrap();
+                state.create_token(&tenant, "test", &token).unwrap();
+                token
+            }
+        };
         let base = state.config.public_url.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
