@@ -751,12 +751,19 @@ fn ops_rows(ops: &[MemberOp]) -> u64 {
         .sum()
 }
 
-/// Settings of the one SQLite writer connection: a page cache that holds the hot part of the
-/// indexes (the readers keep SQLite's small default), statement journals in
-/// memory instead of a file, and checkpoints of its own only when the background
-/// [`Checkpointer`] has fallen 64 MiB of WAL behind.
+/// Settings of the one SQLite writer connection: a page cache of 8 MiB (the readers keep
+/// SQLite's small default), statement journals in memory instead of a file, and checkpoints
+/// of its own only when the background [`Checkpointer`] has fallen 64 MiB of WAL behind.
+///
+/// The cache is no larger because a commit can cost a walk over all of it: when a B-tree
+/// page splits, SQLite swaps page numbers through the number of the page that holds the lock
+/// byte (page 262,145 at 4 KiB pages), far above the file's end, and the commit that follows
+/// trims the cache above the file's end by visiting every cached page. With 32 MiB (8,192
+/// pages) that walk was 18 % of the writer's time under PATCH load; with 8 MiB, PATCHes went
+/// from 7,153 to 8,412/s and creates from 2,919 to 3,128/s at 20,000 users, with no loss at
+/// 100,000 (docs/BENCHMARKS.md, a fourteenth machine).
 const WRITER_PRAGMAS: &str =
-    "PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 16000; PRAGMA temp_store = MEMORY;";
+    "PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 16000; PRAGMA temp_store = MEMORY;";
 
 /// SQLite's planner statistics, written by the store instead of measured by `ANALYZE`.
 ///
