@@ -1574,30 +1574,38 @@ fn unreachable_backend() -> Result<(), TxError> {
 /// An attribute-value index row as stored: path, ordinal and the typed value.
 type StoredValue = (String, i64, Option<String>, Option<f64>, Option<bool>);
 
+/// The columns of a [`StoredValue`].
+const STORED_VALUE: (
+    resource_values::path,
+    resource_values::ordinal,
+    resource_values::str_value,
+    resource_values::num_value,
+    resource_values::bool_value,
+) = (
+    resource_values::path,
+    resource_values::ordinal,
+    resource_values::str_value,
+    resource_values::num_value,
+    resource_values::bool_value,
+);
+
+fn index_row((path, ordinal, str_value, num_value, bool_value): StoredValue) -> IndexRow {
+    IndexRow {
+        path,
+        ordinal,
+        str_value,
+        num_value,
+        bool_value,
+    }
+}
+
 /// The attribute-value index rows stored for one resource.
 pub(crate) fn stored_values(conn: &mut AnyConnection, id: &str) -> QueryResult<Vec<IndexRow>> {
     let query = resource_values::table
         .filter(resource_values::resource_id.eq(id))
-        .select((
-            resource_values::path,
-            resource_values::ordinal,
-            resource_values::str_value,
-            resource_values::num_value,
-            resource_values::bool_value,
-        ));
+        .select(STORED_VALUE);
     let rows: Vec<StoredValue> = native!(&mut *conn, |c| query.load(c))?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(path, ordinal, str_value, num_value, bool_value)| IndexRow {
-                path,
-                ordinal,
-                str_value,
-                num_value,
-                bool_value,
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(index_row).collect())
 }
 
 /// The rows of the document an update replaces: derived by the caller when the index was
@@ -1644,31 +1652,11 @@ fn rebuild_batch(
     let ids: Vec<&str> = batch.iter().map(|r| r.0.as_str()).collect();
     let query = resource_values::table
         .filter(resource_values::resource_id.eq_any(&ids))
-        .select((
-            resource_values::resource_id,
-            resource_values::path,
-            resource_values::ordinal,
-            resource_values::str_value,
-            resource_values::num_value,
-            resource_values::bool_value,
-        ));
-    let stored: Vec<(
-        String,
-        String,
-        i64,
-        Option<String>,
-        Option<f64>,
-        Option<bool>,
-    )> = native!(&mut *conn, |c| query.load(c))?;
+        .select((resource_values::resource_id, STORED_VALUE));
+    let stored: Vec<(String, StoredValue)> = native!(&mut *conn, |c| query.load(c))?;
     let mut old: HashMap<String, Vec<IndexRow>> = HashMap::new();
-    for (id, path, ordinal, str_value, num_value, bool_value) in stored {
-        old.entry(id).or_default().push(IndexRow {
-            path,
-            ordinal,
-            str_value,
-            num_value,
-            bool_value,
-        });
+    for (id, value) in stored {
+        old.entry(id).or_default().push(index_row(value));
     }
     for (id, tenant, rt, data) in &batch {
         let rows = match serde_json::from_str(data) {
