@@ -85,8 +85,28 @@ pub struct DieselStore {
     /// the attribute-value index was built with the fingerprint of the schemas that derive
     /// the writes' rows (see [`DieselStore::open_index`]): an update may take the rows of the
     /// document it replaces from [`ResourceWrite::previous_values`] instead of reading them
-    index_trusted: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) index_trusted: Arc<std::sync::atomic::AtomicBool>,
+    /// the fingerprint `open_index` matched, and when it was last compared with the
+    /// database's (see `trusts_index`)
+    index_watch: Arc<IndexWatch>,
 }
+
+/// What a store checks, now and then, to notice another instance rebuilding the index with
+/// other schemas (see `DieselStore::trusts_index`).
+#[derive(Debug, Default)]
+struct IndexWatch {
+    fingerprint: std::sync::OnceLock<String>,
+    /// milliseconds after `since` of the last comparison
+    checked: std::sync::atomic::AtomicU64,
+    since: std::sync::OnceLock<std::time::Instant>,
+}
+
+/// How often a store compares its index fingerprint with the database's (never in tests).
+const INDEX_WATCH_INTERVAL: Duration = if cfg!(test) {
+    Duration::ZERO
+} else {
+    Duration::from_secs(10)
+};
 
 /// What [`DieselStore::open_index`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -867,6 +887,7 @@ impl DieselStore {
             update_turns: Arc::default(),
             lost,
             index_trusted: Arc::default(),
+            index_watch: Arc::default(),
         })
     }
 
@@ -937,6 +958,8 @@ impl DieselStore {
         } else {
             return Ok(IndexState::Stale { built_with });
         };
+        let _ = self.index_watch.fingerprint.set(fingerprint.to_string());
+        let _ = self.index_watch.since.set(std::time::Instant::now());
         self.index_trusted.store(true, Relaxed);
         Ok(state)
     }
@@ -1071,14 +1094,57 @@ impl DieselStore {
     ) -> Result<UpdatePlan, TxError> {
         let mut conn = self.conn()?;
         let (current, mut write) = prepare_update(&mut conn, tenant, rt, id, if_match, update)?;
-        let stored = old_values(&mut conn, id, &mut write, self.trusts_index())?;
+        let trusted = self.trusts_index(&mut conn);
+        let stored = old_values(&mut conn, id, &mut write, trusted)?;
         drop(conn);
         Ok(UpdatePlan::new(current, write, stored)?)
     }
 
-    fn trusts_index(&self) -> bool {
-        self.index_trusted
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// Whether updates may take the replaced document's rows from the write. Every
+    /// [`INDEX_WATCH_INTERVAL`] one caller compares the fingerprint `open_index` matched with
+    /// the database's, on its own connection: when another instance has rebuilt the index
+    /// for other schemas since, this one reads the stored rows from then on (its diffs stay
+    /// right) and says, once, that its schemas differ.
+    fn trusts_index(&self, conn: &mut AnyConnection) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.index_trusted.load(Relaxed) {
+            return false;
+        }
+        let watch = &self.index_watch;
+        let (Some(expected), Some(since)) = (watch.fingerprint.get(), watch.since.get()) else {
+            return true;
+        };
+        let now = since.elapsed().as_millis() as u64;
+        let last = watch.checked.load(Relaxed);
+        let due = now.saturating_sub(last) >= INDEX_WATCH_INTERVAL.as_millis() as u64;
+        if !due
+            || watch
+                .checked
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_err()
+        {
+            return true;
+        }
+        use crate::schema::store_state as st;
+        let query = st::table
+            .filter(st::name.eq(INDEX_FINGERPRINT))
+            .select(st::value);
+        let recorded: QueryResult<String> = native!(&mut *conn, |c| query.get_result(c));
+        match recorded {
+            Ok(found) if found == *expected => true,
+            Ok(found) => {
+                if self.index_trusted.swap(false, Relaxed) {
+                    log::error!(
+                        "another instance rebuilt the attribute index for other schemas \
+                         (index {found}, this instance {expected}): restart this instance \
+                         with the same SCIM_SCHEMA_EXTENSIONS as the others"
+                    );
+                }
+                false
+            }
+            // not readable now (the statement failed): the next caller tries again
+            Err(_) => true,
+        }
     }
 
     fn conn(&self) -> Result<Conn, StoreError> {
@@ -2003,7 +2069,8 @@ impl DieselStore {
             let result = (*conn).transaction(|c| {
                 backend::lock_resource(c, id)?;
                 let (current, mut write) = prepare_update(c, tenant, rt, id, if_match, update)?;
-                let stored = old_values(c, id, &mut write, self.trusts_index())?;
+                let trusted = self.trusts_index(c);
+                let stored = old_values(c, id, &mut write, trusted)?;
                 let plan = UpdatePlan::new(current, write, stored)?;
                 let Some(touched) = plan.run(c, tenant, rt, id, now)? else {
                     return Ok::<_, TxError>(None); // lost a race: retry

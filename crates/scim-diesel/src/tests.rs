@@ -2417,3 +2417,71 @@ fn the_attribute_index_is_rebuilt_when_its_fingerprint_differs() {
         );
     }
 }
+
+#[test]
+fn an_instance_notices_another_rebuilding_the_index_for_other_schemas() {
+    let reg = registry();
+    let fp = scim_core::index::fingerprint(&reg);
+    for db in databases() {
+        let a = &db.store;
+        a.open_index(&fp, true, derive_with(&reg)).unwrap();
+        let ctx = Ctx::new(&reg, "User").unwrap();
+        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "ann", "emails": [{"value": "ann@example.com"}]});
+        a.create(
+            T,
+            "User",
+            "u1",
+            NOW,
+            prepare_create(&ctx, &body).unwrap(),
+            Include::default(),
+        )
+        .unwrap();
+        // Another instance, with other schemas, rebuilds the index for them.
+        let b = DieselStore::open(&StoreConfig::new(db.url.clone())).unwrap();
+        let rebuilt = b
+            .open_index("other schemas", true, derive_with(&reg))
+            .unwrap();
+        assert!(
+            matches!(rebuilt, crate::IndexState::Rebuilt { .. }),
+            "{}",
+            db.name
+        );
+        // A rows of its own that the rebuild did not make: A's next update must not trust
+        // its derivation of the replaced rows.
+        {
+            use crate::schema::resource_values::dsl as v;
+            let mut conn = a.connection().unwrap();
+            diesel::insert_into(v::resource_values)
+                .values((
+                    v::resource_id.eq("u1"),
+                    v::tenant_id.eq(T),
+                    v::resource_type.eq("User"),
+                    v::path.eq("title"),
+                    v::ordinal.eq(0i64),
+                    v::str_value.eq(Some("by b")),
+                ))
+                .execute(&mut *conn)
+                .unwrap();
+        }
+        let cur = a.get(T, "User", "u1", Include::default()).unwrap();
+        let write = patched(&reg, &cur, "title", "Boss");
+        // Trusting the write, the update would insert a second `title` row: refused by the
+        // primary key. Having noticed, it reads the stored rows and replaces that one.
+        a.update(T, "User", "u1", NOW, None, Include::default(), &mut |_| {
+            Ok(write.clone())
+        })
+        .unwrap();
+        assert!(
+            !a.index_trusted.load(std::sync::atomic::Ordering::Relaxed),
+            "{}",
+            db.name
+        );
+        assert_eq!(
+            stored_rows(a, "u1"),
+            derived_rows(a, &reg, "u1"),
+            "{}",
+            db.name
+        );
+    }
+}
