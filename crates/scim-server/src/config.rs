@@ -63,6 +63,12 @@ pub struct Config {
     /// separated by commas (`User=/etc/scim/okta.json,Group=/etc/scim/groups.json`); each file
     /// holds one schema in the form `/Schemas` returns (RFC 7643 section 7)
     pub schema_extensions: Vec<(String, std::path::PathBuf)>,
+    /// `SCIM_RATE_LIMIT`: requests per second per credential (0 = no limit); more is 429
+    /// with `Retry-After`
+    pub rate_limit: u32,
+    /// `SCIM_RATE_LIMIT_BURST`: requests a credential may send at once on top of the rate
+    /// (at least one; defaults to the rate)
+    pub rate_limit_burst: u32,
 }
 
 /// What `DELETE /Users/{id}` does (`SCIM_USER_DELETE`).
@@ -156,6 +162,8 @@ impl Config {
             strict: false,
             jwt: None,
             schema_extensions: Vec::new(),
+            rate_limit: 0,
+            rate_limit_burst: 0,
         }
     }
 
@@ -179,7 +187,10 @@ impl Config {
                 "SCIM_DEFAULT_PAGE_SIZE must be at most SCIM_MAX_PAGE_SIZE, which must be positive"
             );
         }
+        let rate_limit = num("SCIM_RATE_LIMIT", 0u32)?;
         Ok(Config {
+            rate_limit,
+            rate_limit_burst: num("SCIM_RATE_LIMIT_BURST", rate_limit)?,
             database_url: var("SCIM_DATABASE_URL").unwrap_or_else(|| "scim.db".into()),
             listen,
             public_url: public_url.trim_end_matches('/').to_string(),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod limit;
 pub mod ops;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub capabilities: ServerCapabilities,
     /// JWT bearer verification, when configured
     pub jwt: Option<scim_auth::jwt::JwtVerifier>,
+    /// `SCIM_RATE_LIMIT`, when set
+    pub limiter: Option<limit::RateLimiter>,
 }
 
 /// Route data: which resource type a route serves.
@@ -148,7 +151,10 @@ impl AppState {
             None => None,
         };
         let store = Arc::new(store);
+        let limiter = (config.rate_limit > 0)
+            .then(|| limit::RateLimiter::new(config.rate_limit, config.rate_limit_burst));
         Ok(AppState {
+            limiter,
             jwt,
             store: store.clone(),
             creds: store,
@@ -282,7 +288,12 @@ pub fn app(
     // The access log (at `info`) is formatted per request even when nothing would print
     // it, so it is only installed when its level is enabled (`RUST_LOG`).
     let access_log = log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
+    let limited = state.limiter.is_some();
     App::new()
+        .wrap(actix_web::middleware::Condition::new(
+            limited,
+            actix_web::middleware::from_fn(limit::middleware),
+        ))
         .wrap(actix_web::middleware::Condition::new(
             access_log,
             actix_web::middleware::Logger::new("%s %Dms \"%{request}xi\"").custom_request_replace(

@@ -927,6 +927,50 @@ fn a_changed_extension_schema_rebuilds_the_attribute_index_on_start() {
     }
 }
 
+/// `SCIM_RATE_LIMIT`: a credential that sends more than its burst at once gets 429 with
+/// `Retry-After` and a SCIM error before any work; another credential is not held back, and
+/// once the bucket has refilled the first one is served again.
+#[test]
+fn a_rate_limit_answers_429_with_retry_after_per_credential() {
+    let db = databases().remove(0);
+    let s = TestServer::start_with(&db, |c| {
+        c.rate_limit = 1;
+        c.rate_limit_burst = 3;
+    });
+    let client = Client::new();
+    let get = |token: &str| {
+        client
+            .get(format!("{}/Users?count=1", s.base))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(get(&s.token).status(), 200);
+    }
+    let refused = get(&s.token);
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(refused.headers()["content-type"], "application/scim+json");
+    let body: Value = refused.json().unwrap();
+    assert_eq!(body["status"], "429", "{body}");
+    assert_eq!(
+        body["schemas"],
+        json!(["urn:ietf:params:scim:api:messages:2.0:Error"])
+    );
+    // another credential has its own bucket (this one is refused for what it is)
+    assert_eq!(get("scim_not-a-token").status(), 401);
+    // a second later the bucket holds a request again
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(get(&s.token).status(), 200);
+    assert_eq!(get(&s.token).status(), 429);
+}
+
 fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
