@@ -2260,6 +2260,24 @@ fn derive_with(reg: &SchemaRegistry) -> crate::DeriveRows {
     })
 }
 
+/// Stores a `title` index row for `id` that its document does not hold (rows built by
+/// other rules).
+fn insert_title_row(s: &DieselStore, id: &str, value: &str) {
+    use crate::schema::resource_values::dsl as v;
+    let mut conn = s.connection().unwrap();
+    diesel::insert_into(v::resource_values)
+        .values((
+            v::resource_id.eq(id),
+            v::tenant_id.eq(T),
+            v::resource_type.eq("User"),
+            v::path.eq("title"),
+            v::ordinal.eq(0i64),
+            v::str_value.eq(Some(value)),
+        ))
+        .execute(&mut *conn)
+        .unwrap();
+}
+
 /// The index rows stored for `id`, in a stable order.
 fn stored_rows(s: &DieselStore, id: &str) -> Vec<scim_core::index::IndexRow> {
     let mut conn = s.connection().unwrap();
@@ -2336,18 +2354,8 @@ fn the_attribute_index_is_rebuilt_when_its_fingerprint_differs() {
             diesel::delete(v::resource_values.filter(v::resource_id.eq("u2")))
                 .execute(c)
                 .unwrap();
-            diesel::insert_into(v::resource_values)
-                .values((
-                    v::resource_id.eq("u3"),
-                    v::tenant_id.eq(T),
-                    v::resource_type.eq("User"),
-                    v::path.eq("title"),
-                    v::ordinal.eq(0i64),
-                    v::str_value.eq(Some("stale")),
-                ))
-                .execute(c)
-                .unwrap();
         }
+        insert_title_row(s, "u3", "stale");
         // Another fingerprint: left alone unless asked, then rebuilt across batches.
         assert_eq!(
             open("other", false),
@@ -2447,23 +2455,9 @@ fn an_instance_notices_another_rebuilding_the_index_for_other_schemas() {
             "{}",
             db.name
         );
-        // A rows of its own that the rebuild did not make: A's next update must not trust
-        // its derivation of the replaced rows.
-        {
-            use crate::schema::resource_values::dsl as v;
-            let mut conn = a.connection().unwrap();
-            diesel::insert_into(v::resource_values)
-                .values((
-                    v::resource_id.eq("u1"),
-                    v::tenant_id.eq(T),
-                    v::resource_type.eq("User"),
-                    v::path.eq("title"),
-                    v::ordinal.eq(0i64),
-                    v::str_value.eq(Some("by b")),
-                ))
-                .execute(&mut *conn)
-                .unwrap();
-        }
+        // The index now holds a row that A's schemas would not derive (as B's rebuild could
+        // leave): A's next update must not trust its own derivation of the replaced rows.
+        insert_title_row(a, "u1", "by b");
         let cur = a.get(T, "User", "u1", Include::default()).unwrap();
         let write = patched(&reg, &cur, "title", "Boss");
         // Trusting the write, the update would insert a second `title` row: refused by the
