@@ -1,6 +1,8 @@
 //! Request plumbing shared by the handlers: bounded body reading, query parameters,
 //! conditional headers, and SCIM JSON responses.
 
+use std::collections::HashMap;
+
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -74,13 +76,45 @@ pub struct Params(Vec<(String, String)>);
 impl Params {
     /// Parses the query string (`+` is a space, as in forms).
     pub fn from_request(req: &HttpRequest) -> ApiResult<Self> {
-        web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .map(|q| Params(q.into_inner()))
-            .map_err(|e| {
+        let pairs =
+            web::Query::<Vec<(String, String)>>::from_query(req.query_string()).map_err(|e| {
                 ApiError(ScimError::invalid_syntax(format!(
                     "Malformed query string: {e}"
                 )))
-            })
+            })?;
+        Params::merged(pairs.into_inner())
+    }
+
+    /// One value per parameter name (case-insensitive). A list parameter given more than
+    /// once (`attributes`, `excludedAttributes`) holds all the values, comma-separated, as RFC
+    /// 7644 writes them; another one given twice with the same value counts once, and with
+    /// different values (`filter=a&filter=b`) is ambiguous: 400 `invalidSyntax`, instead of
+    /// silently answering one of them.
+    fn merged(pairs: Vec<(String, String)>) -> ApiResult<Self> {
+        let mut at: HashMap<String, usize> = HashMap::with_capacity(pairs.len());
+        let mut out: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            let key = name.to_ascii_lowercase();
+            let Some(&i) = at.get(&key) else {
+                at.insert(key, out.len());
+                out.push((name, value));
+                continue;
+            };
+            let held = &mut out[i].1;
+            if *held == value {
+                continue;
+            }
+            if key == "attributes" || key == "excludedattributes" {
+                held.push(',');
+                held.push_str(&value);
+                continue;
+            }
+            let shown: String = name.chars().take(64).collect();
+            return Err(ApiError(ScimError::invalid_syntax(format!(
+                "The parameter '{shown}' is given more than once, with different values"
+            ))));
+        }
+        Ok(Params(out))
     }
 
     /// From a JSON object (a `.search` body).
@@ -109,7 +143,7 @@ impl Params {
             };
             out.push((k.clone(), s));
         }
-        Ok(Params(out))
+        Params::merged(out)
     }
 
     /// A parameter's value.

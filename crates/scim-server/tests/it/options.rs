@@ -971,6 +971,84 @@ fn a_rate_limit_answers_429_with_retry_after_per_credential() {
     assert_eq!(get(&s.token).status(), 429);
 }
 
+/// A list parameter given twice holds both values; another one given twice with different
+/// values is refused as ambiguous (400 `invalidSyntax`) rather than answered with one of them,
+/// and given twice with the same value counts once. The same holds for `.search` bodies.
+#[test]
+fn a_repeated_parameter_is_merged_or_refused() {
+    let db = databases().remove(0);
+    let s = TestServer::start(&db);
+    let (status, _, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/Users",
+        Some(user(
+            "rep@example.com",
+            json!({"title": "T", "displayName": "Rep"}),
+        )),
+        &[],
+    );
+    assert_eq!(status, 201);
+    let get = |query: &str| {
+        call(
+            &s,
+            reqwest::Method::GET,
+            &format!("/Users?{query}"),
+            None,
+            &[],
+        )
+    };
+    let (status, body, _) = get("attributes=title&Attributes=displayName");
+    assert_eq!(status, 200, "{body}");
+    let found = &body["Resources"][0];
+    assert_eq!(
+        (&found["title"], &found["displayName"]),
+        (&json!("T"), &json!("Rep")),
+        "{body}"
+    );
+    assert!(found.get("id").is_some()); // always returned
+    assert!(
+        found.get("emails").is_none() && found.get("name").is_none(),
+        "{body}"
+    );
+    let (status, body, _) = get("count=1&COUNT=1");
+    assert_eq!(
+        (status, body["itemsPerPage"].clone()),
+        (200, json!(1)),
+        "{body}"
+    );
+    for query in [
+        "filter=userName%20eq%20%22rep@example.com%22&filter=userName%20eq%20%22x%22",
+        "count=1&count=2",
+        "startIndex=1&startindex=2",
+    ] {
+        let (status, body, _) = get(query);
+        assert_eq!(
+            (status, body["scimType"].clone()),
+            (400, json!("invalidSyntax")),
+            "{query}: {body}"
+        );
+        assert!(
+            body["detail"].as_str().unwrap().contains("more than once"),
+            "{body}"
+        );
+    }
+    let search = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+        "filter": "userName eq \"rep@example.com\"", "Filter": "userName eq \"x\""});
+    let (status, body, _) = call(
+        &s,
+        reqwest::Method::POST,
+        "/Users/.search",
+        Some(search),
+        &[],
+    );
+    assert_eq!(
+        (status, body["scimType"].clone()),
+        (400, json!("invalidSyntax")),
+        "{body}"
+    );
+}
+
 fn url_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
