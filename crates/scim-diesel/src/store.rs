@@ -966,14 +966,7 @@ impl DieselStore {
 
     /// The fingerprint the attribute-value index was built with (`None`: not recorded).
     pub fn index_fingerprint(&self) -> Result<Option<String>, StoreError> {
-        use crate::schema::store_state as st;
-        let mut conn = self.conn()?;
-        let query = st::table
-            .filter(st::name.eq(INDEX_FINGERPRINT))
-            .select(st::value);
-        native!(&mut *conn, |c| query.get_result(c))
-            .optional()
-            .map_err(map_err)
+        recorded_fingerprint(&mut *self.conn()?).map_err(map_err)
     }
 
     fn record_fingerprint(&self, fingerprint: &str) -> Result<(), StoreError> {
@@ -1125,14 +1118,10 @@ impl DieselStore {
         {
             return true;
         }
-        use crate::schema::store_state as st;
-        let query = st::table
-            .filter(st::name.eq(INDEX_FINGERPRINT))
-            .select(st::value);
-        let recorded: QueryResult<String> = native!(&mut *conn, |c| query.get_result(c));
-        match recorded {
-            Ok(found) if found == *expected => true,
+        match recorded_fingerprint(conn) {
+            Ok(Some(found)) if found == *expected => true,
             Ok(found) => {
+                let found = found.as_deref().unwrap_or("not recorded");
                 if self.index_trusted.swap(false, Relaxed) {
                     log::error!(
                         "another instance rebuilt the attribute index for other schemas \
@@ -1639,6 +1628,15 @@ fn unreachable_backend() -> Result<(), TxError> {
 
 /// An attribute-value index row as stored: path, ordinal and the typed value.
 type StoredValue = (String, i64, Option<String>, Option<f64>, Option<bool>);
+
+/// The fingerprint recorded for the attribute-value index (see [`DieselStore::open_index`]).
+fn recorded_fingerprint(conn: &mut AnyConnection) -> QueryResult<Option<String>> {
+    use crate::schema::store_state as st;
+    let query = st::table
+        .filter(st::name.eq(INDEX_FINGERPRINT))
+        .select(st::value);
+    native!(conn, |c| query.get_result(c)).optional()
+}
 
 /// The columns of a [`StoredValue`].
 const STORED_VALUE: (
