@@ -133,6 +133,8 @@ fn an_invalid_setting_stops_the_server_naming_the_variable() {
         ("SCIM_PASSWORDS", "plain"),
         ("SCIM_USER_DELETE", "archive"),
         ("SCIM_JWT_HS256_SECRET", "short"),
+        ("SCIM_RATE_LIMIT", "-5"),
+        ("SCIM_RATE_LIMIT_BURST", "many"),
     ] {
         let out = Command::new(BIN)
             .arg("migrate")
