@@ -77,9 +77,11 @@ pub fn prepare_patch(
             "'Operations' must contain at least one operation",
         ));
     }
-    let mut doc = current.data.clone().into_map();
-    // From the copy: reading `current.data` would parse the stored text a second time.
-    let previous_values = crate::index::index_rows(ctx, &doc);
+    // Parsed in place and then copied, not copied as text and parsed: validation and the
+    // store read `current.data` again (immutable attributes, whether anything changed), and
+    // this way the stored text is parsed once per PATCH instead of twice.
+    let previous_values = crate::index::index_rows(ctx, &current.data);
+    let mut doc = (*current.data).clone();
     // Extension attributes are edited in their own maps and folded back at the end.
     let mut exts = std::collections::BTreeMap::new();
     for ext in ctx.registry.extensions(ctx.rt) {
