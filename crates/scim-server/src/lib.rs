@@ -116,8 +116,21 @@ fn open_index(store: &DieselStore, registry: &SchemaRegistry, rebuild: bool) -> 
 }
 
 impl AppState {
-    /// Opens the store (and migrates, when configured).
+    /// Opens the store to serve: migrates when configured, and checks (or rebuilds) the
+    /// attribute index against the configured schemas (see `open_index`).
     pub fn open(config: Config) -> Result<Self> {
+        Self::open_with(config, true)
+    }
+
+    /// Opens the store for the token commands, which read and write nothing that filters
+    /// search: the attribute index is neither checked nor rebuilt, so a `scim-server token
+    /// create` run without the service's `SCIM_SCHEMA_EXTENSIONS` cannot rebuild the index
+    /// for other schemas under the running servers.
+    pub fn open_for_tokens(config: Config) -> Result<Self> {
+        Self::open_with(config, false)
+    }
+
+    fn open_with(config: Config, serving: bool) -> Result<Self> {
         // Before the database is touched: a schema the server cannot honour stops it first.
         let registry = registry_with(&config.schema_extensions)?;
         let mut sc = StoreConfig::new(config.database_url.clone());
@@ -131,7 +144,9 @@ impl AppState {
                 log::info!("applied {n} migration(s)");
             }
         }
-        open_index(&store, &registry, config.migrate_on_start)?;
+        if serving {
+            open_index(&store, &registry, config.migrate_on_start)?;
+        }
         let capabilities = ServerCapabilities {
             query: config.query,
             max_body_bytes: config.max_body_bytes,

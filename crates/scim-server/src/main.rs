@@ -69,7 +69,7 @@ fn main() -> Result<()> {
         }
         ["token", "create", rest @ ..] => {
             let name = rest.first().copied().unwrap_or("cli");
-            let state = AppState::open(config)?;
+            let state = AppState::open_for_tokens(config)?;
             if let Some(token) = state.bootstrap()? {
                 println!("{token}");
                 return Ok(());
@@ -82,7 +82,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         ["token", "list"] => {
-            let state = AppState::open(config)?;
+            let state = AppState::open_for_tokens(config)?;
             for t in state.creds.list_tokens()? {
                 println!(
                     "{}\t{}\t{}\ttenant {}",
@@ -92,7 +92,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         ["token", "revoke", id] => {
-            let state = AppState::open(config)?;
+            let state = AppState::open_for_tokens(config)?;
             if !state.creds.revoke_token(id, &scim_server::now())? {
                 bail!("no live token with id {id}");
             }

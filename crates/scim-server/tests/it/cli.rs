@@ -124,6 +124,51 @@ fn migrate_and_token_commands_work_and_never_show_tokens_again() {
     assert!(!ok && err.contains("usage:"), "{err}");
 }
 
+/// The token commands leave the attribute index alone: run from a shell without the
+/// service's `SCIM_SCHEMA_EXTENSIONS`, they must not rebuild it for other schemas under the
+/// running servers. `migrate` makes the database match the schemas it is given.
+#[test]
+fn token_commands_leave_the_attribute_index_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scim.db").to_string_lossy().into_owned();
+    let ext = dir.path().join("badge.json");
+    std::fs::write(
+        &ext,
+        r#"{"id": "urn:example:badge:1.0:User", "name": "Badge", "attributes": [{"name": "code",
+            "type": "string", "multiValued": false, "mutability": "readWrite", "returned": "default"}]}"#,
+    )
+    .unwrap();
+    let with_ext = format!("User={}", ext.display());
+    let migrate = |extensions: &str| {
+        let out = Command::new(BIN)
+            .arg("migrate")
+            .env("SCIM_DATABASE_URL", &db)
+            .env("SCIM_SCHEMA_EXTENSIONS", extensions)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let recorded = || {
+        let store = scim_diesel::DieselStore::open(&scim_diesel::StoreConfig::new(db.clone()));
+        store.unwrap().index_fingerprint().unwrap()
+    };
+    migrate(&with_ext);
+    let served = recorded();
+    assert!(served.is_some());
+    for args in [&["token", "create", "okta"][..], &["token", "list"][..]] {
+        let (ok, _, err) = cli(&db, args);
+        assert!(ok, "{args:?}: {err}");
+        assert_eq!(recorded(), served, "{args:?}");
+    }
+    migrate("");
+    assert_ne!(recorded(), served);
+}
+
 #[test]
 fn an_invalid_setting_stops_the_server_naming_the_variable() {
     let dir = tempfile::tempdir().unwrap();
