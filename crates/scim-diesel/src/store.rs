@@ -1056,8 +1056,8 @@ impl DieselStore {
             Some(w) => w.run(body),
             None => {
                 let mut conn = self.conn()?;
-                // Rows are locked as they are read (`lock_resource`); versions are checked by
-                // conditional updates.
+                // Rows are locked as they are read (`load_row_for_update`, `lock_resource`);
+                // versions are checked by conditional updates.
                 (*conn).transaction(body)
             }
         }
@@ -1171,6 +1171,29 @@ fn load_row(
     native!(conn, |c| query.select(Row::as_select()).get_result(c)).optional()
 }
 
+/// [`load_row`] for an update, in its transaction. On PostgreSQL the row is locked by the
+/// statement that reads it (`FOR UPDATE`): the read-modify-write holds the row from the moment
+/// it has read it, and reads the newest committed version once a concurrent writer lets go,
+/// in one statement instead of a lock and a read. SQLite's one writer serialises updates.
+fn load_row_for_update(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    rt: &str,
+    id: &str,
+) -> QueryResult<Option<Row>> {
+    match conn {
+        AnyConnection::Sqlite(_) => load_row(conn, tenant, rt, id),
+        AnyConnection::Postgres(c) => resources::table
+            .filter(resources::tenant_id.eq(tenant))
+            .filter(resources::resource_type.eq(rt))
+            .filter(resources::id.eq(id))
+            .select(Row::as_select())
+            .for_update()
+            .get_result(c)
+            .optional(),
+    }
+}
+
 /// An update's write computed from the resource as `conn` sees it now, with `If-Match` checked.
 fn prepare_update(
     conn: &mut AnyConnection,
@@ -1180,7 +1203,7 @@ fn prepare_update(
     if_match: Option<i64>,
     update: &mut UpdateFn<'_>,
 ) -> Result<(ResourceRecord, ResourceWrite), TxError> {
-    let row = load_row(conn, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+    let row = load_row_for_update(conn, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
     if if_match.is_some_and(|v| v != row.version) {
         return Err(StoreError::VersionMismatch.into());
     }
@@ -2065,7 +2088,7 @@ impl DieselStore {
         for _attempt in 0..8 {
             let mut conn = self.conn()?;
             let result = (*conn).transaction(|c| {
-                backend::lock_resource(c, id)?;
+                // The row is locked as it is read (`FOR UPDATE`).
                 let (current, mut write) = prepare_update(c, tenant, rt, id, if_match, update)?;
                 let trusted = self.trusts_index(c);
                 let stored = old_values(c, id, &mut write, trusted)?;
