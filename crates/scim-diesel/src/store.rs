@@ -1921,6 +1921,25 @@ impl UpdatePlan {
         Ok(Some(ops_rows(&write.member_ops)))
     }
 
+    /// On SQLite's writer: runs the plan while the stored version is still the one it was
+    /// made from, and reads what the answer shows in the same transaction. `Ok(None)`:
+    /// another write landed since the row was read (nothing was written); plan again.
+    fn run_if_current(
+        self,
+        c: &mut AnyConnection,
+        (tenant, rt, id, now): (&str, &str, &str, &str),
+        include: Include,
+    ) -> Result<Option<(Self, u64, Links)>, TxError> {
+        if version_of(c, tenant, rt, id)? != Some(self.current.version) {
+            return Ok(None);
+        }
+        let Some(touched) = self.run(c, tenant, rt, id, now)? else {
+            return Ok(None);
+        };
+        let links = links_of(c, id, rt, include)?;
+        Ok(Some((self, touched, links)))
+    }
+
     /// The resource as the update left it.
     fn into_record(self, now: &str) -> ResourceRecord {
         if self.data.is_none() {
@@ -2447,16 +2466,11 @@ impl ResourceStore for DieselStore {
                 now.to_string(),
             );
             let result = self.write(move |c| {
-                let (tenant, rt, id) =
-                    (tenant_owned.as_str(), rt_owned.as_str(), id_owned.as_str());
-                if version_of(c, tenant, rt, id)? != Some(plan.current.version) {
-                    return Ok(None);
-                }
-                let Some(touched) = plan.run(c, tenant, rt, id, &now_owned)? else {
-                    return Ok(None);
-                };
-                let links = links_of(c, id, rt, include)?;
-                Ok(Some((plan, touched, links)))
+                plan.run_if_current(
+                    c,
+                    (&tenant_owned, &rt_owned, &id_owned, &now_owned),
+                    include,
+                )
             });
             match result.map_err(StoreError::from)? {
                 Some((plan, touched, links)) => {
@@ -2512,17 +2526,7 @@ impl ResourceStore for DieselStore {
         );
         let finish_now = now.clone();
         writer.submit(
-            move |c| {
-                let (tenant, rt, id) = (tenant.as_str(), rt.as_str(), id.as_str());
-                if version_of(c, tenant, rt, id)? != Some(plan.current.version) {
-                    return Ok(None);
-                }
-                let Some(touched) = plan.run(c, tenant, rt, id, &now)? else {
-                    return Ok(None);
-                };
-                let links = links_of(c, id, rt, include)?;
-                Ok::<_, TxError>(Some((plan, touched, links)))
-            },
+            move |c| plan.run_if_current(c, (&tenant, &rt, &id, &now), include),
             move |result| {
                 // The record is built on the caller's thread, not on the writer's.
                 done(Detached::new(move || match result {
