@@ -26,7 +26,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::ScimError;
-use crate::schema::{AttrType, Attribute, Mutability, ResourceType, SchemaRegistry};
+use crate::schema::{AttrType, Attribute, Mutability, ResourceType, SchemaRegistry, Uniqueness};
 use crate::store::{IndexKeys, MemberOp, ResourceRecord, ResourceWrite, SecretChange};
 use crate::urns;
 
@@ -530,7 +530,9 @@ pub(crate) fn validate(
 /// The attributes [`index_keys`] reads: the user name and the display name.
 const KEY_ATTRIBUTES: [&str; 2] = ["userName", "displayName"];
 
-/// Computes the index keys of a document (from [`KEY_ATTRIBUTES`] only).
+/// Computes the index keys of a document (from [`KEY_ATTRIBUTES`] only). The unique name is
+/// the first key attribute whose core-schema definition has a `uniqueness` other than
+/// `none` (a user's `userName`; a group's `displayName` only when the registry says so).
 pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
     let [user_name_attr, display_name_attr] = KEY_ATTRIBUTES;
     let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
@@ -540,8 +542,19 @@ pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
         None
     };
     let display_name = s(display_name_attr);
+    let unique = ctx.registry.core_schema(ctx.rt).and_then(|core| {
+        KEY_ATTRIBUTES.into_iter().find(|k| {
+            core.attribute(k)
+                .is_some_and(|a| a.uniqueness.is_some_and(|u| u != Uniqueness::None))
+        })
+    });
+    let unique_name = match unique {
+        Some(k) if k == user_name_attr => user_name.as_deref().map(fold),
+        Some(_) => display_name.as_deref().map(fold),
+        None => None,
+    };
     IndexKeys {
-        user_name: user_name.as_deref().map(fold),
+        unique_name,
         display_name: display_name.as_deref().map(fold),
         display: display_name.or(user_name),
     }

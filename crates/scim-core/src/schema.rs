@@ -312,6 +312,43 @@ impl SchemaRegistry {
         Ok(self)
     }
 
+    /// Declares the `displayName` of `resource_type`'s resources unique within a tenant,
+    /// case-insensitively (`uniqueness: server` in `/Schemas`): a create, replace or PATCH
+    /// that would give two of them the same name is then refused with 409 `uniqueness` by
+    /// the store's unique index, which also makes a retried create of a group safe. RFC 7643
+    /// leaves a Group's `displayName` without a constraint; a deployment whose application
+    /// identifies groups by name turns this on.
+    ///
+    /// Refused for a resource type whose core schema has no `displayName`, or already has a
+    /// unique name (a User's `userName`).
+    pub fn with_unique_display_names(mut self, resource_type: &str) -> Result<Self, ScimError> {
+        let bad = |why: &str| {
+            ScimError::invalid_value(format!("unique display names for {resource_type:?}: {why}"))
+        };
+        let rt = self
+            .resource_type(resource_type)
+            .ok_or_else(|| bad("no such resource type"))?;
+        let index = *self
+            .by_id
+            .get(&rt.schema.to_ascii_lowercase())
+            .ok_or_else(|| bad("no core schema"))?;
+        let core = &mut self.schemas[index];
+        let has_unique = core
+            .attributes
+            .iter()
+            .any(|a| a.uniqueness.is_some_and(|u| u != Uniqueness::None));
+        if has_unique {
+            return Err(bad("its resources have a unique name already"));
+        }
+        let attr = core
+            .attributes
+            .iter_mut()
+            .find(|a| a.name == "displayName" && !a.multi_valued && a.attr_type == AttrType::String)
+            .ok_or_else(|| bad("its schema has no displayName"))?;
+        attr.uniqueness = Some(Uniqueness::Server);
+        Ok(self)
+    }
+
     /// All schemas.
     pub fn schemas(&self) -> &[Schema] {
         &self.schemas

@@ -176,8 +176,11 @@ pub enum MemberOp {
 /// Values the store indexes, computed by core from the document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexKeys {
-    /// case-folded `userName` (users); unique per tenant
-    pub user_name: Option<String>,
+    /// the case-folded name that is unique per tenant and resource type: a user's
+    /// `userName`, and the `displayName` of a type whose schema declares it unique (see
+    /// [`SchemaRegistry::with_unique_display_names`](crate::schema::SchemaRegistry::with_unique_display_names));
+    /// `None` for types without such a name
+    pub unique_name: Option<String>,
     /// case-folded `displayName`
     pub display_name: Option<String>,
     /// what other resources show for this one (`members.display`, `groups.display`)

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use crate::patch::prepare_patch;
 use crate::render::{render, Projection};
 use crate::resource::{prepare_create, Ctx};
+use crate::schema::Uniqueness;
 use crate::store::{MemberOp, ResourceRecord, ResourceWrite};
 use crate::{SchemaRegistry, ScimType};
 
@@ -73,7 +74,7 @@ fn create_normalizes_names_types_and_ignores_unknown_and_read_only() {
             "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"manager": {"value": "271"}, "department": "Sales"}
         })
     );
-    assert_eq!(w.keys.user_name.as_deref(), Some("bjensen"));
+    assert_eq!(w.keys.unique_name.as_deref(), Some("bjensen"));
 }
 
 #[test]
@@ -935,4 +936,39 @@ fn a_patch_carries_the_index_rows_of_the_document_it_replaces() {
             .previous_values,
         None
     );
+}
+
+#[test]
+fn unique_display_names_make_a_groups_name_its_unique_key() {
+    let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+        "displayName": "Sales EMEA"});
+    // RFC 7643: a Group's displayName is not unique, so it is no unique key by default.
+    let reg = registry();
+    let w = prepare_create(&Ctx::new(&reg, "Group").unwrap(), &group).unwrap();
+    assert_eq!(w.keys.unique_name, None);
+    assert_eq!(w.keys.display_name.as_deref(), Some("sales emea"));
+
+    let reg = registry().with_unique_display_names("Group").unwrap();
+    let ctx = Ctx::new(&reg, "Group").unwrap();
+    let w = prepare_create(&ctx, &group).unwrap();
+    assert_eq!(w.keys.unique_name.as_deref(), Some("sales emea"));
+    let core = reg.core_schema(ctx.rt).unwrap();
+    assert_eq!(
+        core.attribute("displayname").unwrap().uniqueness,
+        Some(Uniqueness::Server),
+        "published in /Schemas"
+    );
+    // Users keep their userName as the unique key.
+    let u = prepare_create(&Ctx::new(&reg, "User").unwrap(), &user(json!({}))).unwrap();
+    assert_eq!(u.keys.unique_name.as_deref(), Some("bjensen"));
+
+    let refused = |rt: &str| registry().with_unique_display_names(rt).unwrap_err().detail;
+    assert!(
+        refused("User").contains("unique name already"),
+        "{}",
+        refused("User")
+    );
+    assert!(refused("Device").contains("no such resource type"));
+    let twice = reg.with_unique_display_names("Group").unwrap_err().detail;
+    assert!(twice.contains("unique name already"), "{twice}");
 }

@@ -145,6 +145,10 @@ const REBUILD_BATCH: i64 = if cfg!(test) { 2 } else { 500 };
 /// The `store_state` entry holding the index fingerprint.
 const INDEX_FINGERPRINT: &str = "index_fingerprint";
 
+/// The `store_state` entry naming (comma-separated) the resource types whose display names
+/// are their unique names (see [`DieselStore::open_unique_display_names`]).
+const UNIQUE_DISPLAY_NAMES: &str = "unique_display_names";
+
 /// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
 /// import: without statistics the planner can walk the order index instead of probing the
 /// `userName` index, and a lookup becomes a scan. Mirrors autovacuum's rule (analyze after
@@ -231,7 +235,7 @@ fn map_err(e: DieselError) -> StoreError {
             let what = if info.message().contains("user_name")
                 || info.constraint_name() == Some("resources_user_name")
             {
-                "A User with this userName already exists".to_string()
+                NAME_TAKEN.to_string()
             } else {
                 "A resource with this value already exists".to_string()
             };
@@ -247,6 +251,28 @@ fn map_err(e: DieselError) -> StoreError {
             StoreError::Unavailable("the database connection was lost".into())
         }
         other => StoreError::Backend(other.to_string()),
+    }
+}
+
+/// What the unique index on the unique name refuses, before [`name_taken`] says whose name.
+const NAME_TAKEN: &str = "Another resource of this type already has this name";
+
+/// Names the attribute a refused unique name came from: the column holds a user's folded
+/// `userName` and, for other types, the folded `displayName` (the only other key attribute
+/// core makes unique, see `scim_core::resource::index_keys`).
+fn name_taken(rt: &str, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict(m) if m == NAME_TAKEN => {
+            let attr = if rt == "User" {
+                "userName"
+            } else {
+                "displayName"
+            };
+            StoreError::Conflict(format!(
+                "A {rt} with this {attr} already exists (names are compared case-insensitively)"
+            ))
+        }
+        other => other,
     }
 }
 
@@ -981,6 +1007,115 @@ impl DieselStore {
                 .set(st::value.eq(&value))
                 .execute(c))?;
             Ok(())
+        })
+        .map_err(StoreError::from)
+    }
+
+    /// Makes the stored unique names match `resource_types`, the types whose schema declares
+    /// `displayName` unique (`SchemaRegistry::with_unique_display_names`): the unique name of
+    /// a resource is kept in the column that holds a user's folded `userName`, under the
+    /// same unique index, so that the database refuses a second resource of one name
+    /// whichever instance writes it. A type newly named gets its resources' folded display
+    /// names as their unique names, in one transaction, refused (with
+    /// [`StoreError::Conflict`] naming a few) when resources of one tenant already share
+    /// one; a type no longer named loses them. What was done is recorded in `store_state`,
+    /// so a start with the same types changes nothing. Returns how many resources changed.
+    ///
+    /// Without `apply` nothing is written: `Ok(None)` when the recorded types differ (the
+    /// caller stops, as a start without migrations does for a stale attribute index).
+    ///
+    /// Instances that write with other settings write names by theirs: every instance on one
+    /// database must run with the same types.
+    pub fn open_unique_display_names(
+        &self,
+        resource_types: &[String],
+        apply: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        use crate::schema::store_state as st;
+        let wanted: BTreeSet<String> = resource_types.iter().cloned().collect();
+        self.write(move |c| {
+            let query = st::table
+                .filter(st::name.eq(UNIQUE_DISPLAY_NAMES))
+                .select(st::value);
+            let recorded: Option<String> = native!(&mut *c, |c| query.get_result(c)).optional()?;
+            let recorded: BTreeSet<String> = recorded
+                .iter()
+                .flat_map(|v| v.split(','))
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect();
+            if recorded == wanted {
+                return Ok(Some(0));
+            }
+            if !apply {
+                return Ok(None);
+            }
+            let added: Vec<&String> = wanted.difference(&recorded).collect();
+            let dropped: Vec<&String> = recorded.difference(&wanted).collect();
+            // Every refusal comes before the first write (see `GroupWriter`).
+            if !added.is_empty() {
+                let query = resources::table
+                    .filter(resources::resource_type.eq_any(&added))
+                    .filter(resources::display_name_ci.is_not_null())
+                    .group_by((
+                        resources::tenant_id,
+                        resources::resource_type,
+                        resources::display_name_ci,
+                    ))
+                    .having(count_star().gt(1))
+                    .select((
+                        resources::resource_type,
+                        resources::display_name_ci,
+                        count_star(),
+                    ))
+                    .limit(5);
+                let shared: Vec<(String, Option<String>, i64)> =
+                    native!(&mut *c, |c| query.load(c))?;
+                if !shared.is_empty() {
+                    let names: Vec<String> = shared
+                        .iter()
+                        .map(|(rt, name, n)| {
+                            format!(
+                                "{n} {rt} resources named {:?}",
+                                name.as_deref().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    return Err(StoreError::Conflict(format!(
+                        "display names are not unique yet (case-insensitively, in one tenant): \
+                         {}{}",
+                        names.join(", "),
+                        if shared.len() == 5 { ", …" } else { "" }
+                    ))
+                    .into());
+                }
+            }
+            let mut changed = 0;
+            if !dropped.is_empty() {
+                let rows = resources::table
+                    .filter(resources::resource_type.eq_any(&dropped))
+                    .filter(resources::user_name_ci.is_not_null());
+                let update = diesel::update(rows).set(resources::user_name_ci.eq(None::<String>));
+                changed += native!(&mut *c, |c| update.execute(c))?;
+            }
+            if !added.is_empty() {
+                let rows = resources::table
+                    .filter(resources::resource_type.eq_any(&added))
+                    .filter(resources::user_name_ci.is_null())
+                    .filter(resources::display_name_ci.is_not_null());
+                let update = diesel::update(rows)
+                    .set(resources::user_name_ci.eq(resources::display_name_ci));
+                changed += native!(&mut *c, |c| update.execute(c))?;
+            }
+            let value = wanted.iter().cloned().collect::<Vec<_>>().join(",");
+            let row = (st::name.eq(UNIQUE_DISPLAY_NAMES), st::value.eq(&value));
+            native!(c, |c| diesel::insert_into(st::table)
+                .values(row)
+                .on_conflict(st::name)
+                .do_update()
+                .set(st::value.eq(&value))
+                .execute(c))?;
+            Ok(Some(changed as u64))
         })
         .map_err(StoreError::from)
     }
@@ -1895,7 +2030,7 @@ impl UpdatePlan {
                 doc,
                 keys: backend::KeyColumns {
                     external_id: write.external_id.as_deref(),
-                    user_name_ci: write.keys.user_name.as_deref(),
+                    user_name_ci: write.keys.unique_name.as_deref(),
                     display_name_ci: write.keys.display_name.as_deref(),
                     display: write.keys.display.as_deref(),
                 },
@@ -2125,7 +2260,7 @@ impl DieselStore {
                 }
                 Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
                 Ok(None) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(name_taken(rt, e.into())),
             }
         }
         Err(StoreError::Unavailable(
@@ -2213,7 +2348,7 @@ impl CreateJob {
             resource_type: &self.rt,
             created: &self.now,
             external_id: self.external_id.as_deref(),
-            user_name_ci: self.keys.user_name.as_deref(),
+            user_name_ci: self.keys.unique_name.as_deref(),
             display_name_ci: self.keys.display_name.as_deref(),
             display: self.keys.display.as_deref(),
             data: &self.data,
@@ -2287,7 +2422,7 @@ impl ResourceStore for DieselStore {
             self.write(move |c| job.run(c).map(|links| (links, job)))
                 .map(|(links, _job)| links)
         };
-        let (members, _) = result?;
+        let (members, _) = result.map_err(|e| name_taken(rt, e.into()))?;
         self.note_writes(touched);
         Ok(created_record((id, rt, now), write, include, members))
     }
@@ -2319,7 +2454,7 @@ impl ResourceStore for DieselStore {
             move |c| job.run(c).map(|links| (links, job)),
             move |result: Result<(Links, CreateJob), TxError>| {
                 done(Detached::new(move || {
-                    let ((members, _), _job) = result?;
+                    let ((members, _), _job) = result.map_err(|e| name_taken(&rt, e.into()))?;
                     let rec = created_record((&id, &rt, &now), write, include, members);
                     Ok(Some(rec))
                 }))
@@ -2472,7 +2607,7 @@ impl ResourceStore for DieselStore {
                     include,
                 )
             });
-            match result.map_err(StoreError::from)? {
+            match result.map_err(|e| name_taken(rt, e.into()))? {
                 Some((plan, touched, links)) => {
                     self.note_writes(1 + touched);
                     return Ok(finish_update(plan, now, include, links));
@@ -2524,7 +2659,7 @@ impl ResourceStore for DieselStore {
             id.to_string(),
             now.to_string(),
         );
-        let finish_now = now.clone();
+        let (finish_now, finish_rt) = (now.clone(), rt.clone());
         writer.submit(
             move |c| plan.run_if_current(c, (&tenant, &rt, &id, &now), include),
             move |result| {
@@ -2534,7 +2669,7 @@ impl ResourceStore for DieselStore {
                         Ok(Some(finish_update(plan, &finish_now, include, links)))
                     }
                     Ok(None) => Ok(None),
-                    Err(e) => Err(e.into()),
+                    Err(e) => Err(name_taken(&finish_rt, e.into())),
                 }))
             },
         );

@@ -40,6 +40,10 @@ pub struct Config {
     pub reactivate_on_conflict: bool,
     /// `SCIM_USER_DELETE`: what `DELETE /Users/{id}` does
     pub user_delete: UserDelete,
+    /// `SCIM_UNIQUE_GROUP_NAMES`: a Group's `displayName` is unique within a tenant
+    /// (case-insensitively): a create, PUT or PATCH that would repeat one is 409 `uniqueness`,
+    /// so a retried `POST /Groups` cannot make a second group
+    pub unique_group_names: bool,
     /// `SCIM_BULK_MAX_OPERATIONS`: operations per `/Bulk` request (0 disables `/Bulk`)
     pub bulk_max_operations: usize,
     /// `SCIM_PATCH_MAX_OPERATIONS`: operations per PATCH request (more is 413), so that the
@@ -154,6 +158,7 @@ impl Config {
             unknown_members: UnknownMembers::Ignore,
             reactivate_on_conflict: false,
             user_delete: UserDelete::Delete,
+            unique_group_names: false,
             bulk_max_operations: 1000,
             patch_max_operations: 1000,
             max_values: scim_core::resource::DEFAULT_MAX_VALUES,
@@ -206,6 +211,7 @@ impl Config {
             },
             workers: num("SCIM_WORKERS", 0)?,
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
+            unique_group_names: flag("SCIM_UNIQUE_GROUP_NAMES", false)?,
             user_delete: choice(
                 "SCIM_USER_DELETE",
                 &[

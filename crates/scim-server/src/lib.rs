@@ -115,6 +115,33 @@ fn open_index(store: &DieselStore, registry: &SchemaRegistry, rebuild: bool) -> 
     Ok(())
 }
 
+/// Makes the names the store keeps unique match `SCIM_UNIQUE_GROUP_NAMES` (see
+/// `DieselStore::open_unique_display_names`): applied when `apply` (migrations on start, or
+/// `scim-server migrate`), else a start with another setting than the database's stops here.
+fn open_unique_names(store: &DieselStore, types: &[String], apply: bool) -> Result<()> {
+    let opened = store
+        .open_unique_display_names(types, apply)
+        .with_context(|| "SCIM_UNIQUE_GROUP_NAMES")?;
+    match opened {
+        Some(0) => {}
+        Some(n) => log::info!(
+            "unique display names now apply to {}: {n} resource(s) updated; every instance \
+             on this database must run with the same SCIM_UNIQUE_GROUP_NAMES",
+            if types.is_empty() {
+                "no resource type".to_string()
+            } else {
+                types.join(", ")
+            }
+        ),
+        None => anyhow::bail!(
+            "SCIM_UNIQUE_GROUP_NAMES differs from the setting this database was opened with: \
+             run `scim-server migrate` with the new setting, or start with \
+             SCIM_MIGRATE_ON_START=true"
+        ),
+    }
+    Ok(())
+}
+
 impl AppState {
     /// Opens the store to serve: migrates when configured, and checks (or rebuilds) the
     /// attribute index against the configured schemas (see `open_index`).
@@ -132,7 +159,14 @@ impl AppState {
 
     fn open_with(config: Config, serving: bool) -> Result<Self> {
         // Before the database is touched: a schema the server cannot honour stops it first.
-        let registry = registry_with(&config.schema_extensions)?;
+        let mut registry = registry_with(&config.schema_extensions)?;
+        let mut unique_display_names = Vec::new();
+        if config.unique_group_names {
+            registry = registry
+                .with_unique_display_names("Group")
+                .map_err(|e| anyhow::anyhow!("SCIM_UNIQUE_GROUP_NAMES: {}", e.detail))?;
+            unique_display_names.push("Group".to_string());
+        }
         let mut sc = StoreConfig::new(config.database_url.clone());
         sc.pool_size = config.pool_size;
         sc.connection_timeout = config.connect_timeout;
@@ -146,6 +180,7 @@ impl AppState {
         }
         if serving {
             open_index(&store, &registry, config.migrate_on_start)?;
+            open_unique_names(&store, &unique_display_names, config.migrate_on_start)?;
         }
         let capabilities = ServerCapabilities {
             query: config.query,

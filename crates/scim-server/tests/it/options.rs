@@ -1059,3 +1059,175 @@ fn url_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// `SCIM_UNIQUE_GROUP_NAMES`: off by default (RFC 7643 puts no constraint on a Group's
+/// `displayName`); turned on over a database that already has groups, it refuses to start
+/// while two of them share a name, then makes every create, PUT, PATCH and `/Bulk` write
+/// that would repeat a name (case-insensitively, per resource type) a 409 `uniqueness`,
+/// also when clients race; turned off again, names may repeat.
+#[test]
+fn unique_group_names_refuse_a_second_group_of_one_name() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let group = |name: &str| json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name});
+    let post =
+        |s: &TestServer, name: &str| call(s, Method::POST, "/Groups", Some(group(name)), &[]);
+    let unique = |c: &mut scim_server::Config| c.unique_group_names = true;
+    for db in databases() {
+        let url = match &db {
+            Db::Postgres(base) => scim_diesel::testing::fresh_postgres_schema(base).unwrap(),
+            _ => dir.path().join("unique.db").to_string_lossy().into_owned(),
+        };
+        let name = db.name();
+        let names = |s: &TestServer| -> Vec<String> {
+            let (_, list, _) = call(s, Method::GET, "/Groups?attributes=displayName", None, &[]);
+            let mut v: Vec<String> = list["Resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["displayName"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        // Off: a retried create makes a second group.
+        let second_sales = {
+            let s = TestServer::start(&Db::Exact(url.clone()));
+            assert_eq!(post(&s, "Sales").0, 201, "{name}");
+            assert_eq!(post(&s, "Ops").0, 201, "{name}");
+            let (status, again, _) = post(&s, "SALES");
+            assert_eq!(status, 201, "{name}");
+            again["id"].as_str().unwrap().to_string()
+        };
+        // Not allowed to migrate: the new setting stops the server, saying what to run.
+        let mut config = scim_server::Config::with_database(url.clone());
+        config.migrate_on_start = false;
+        unique(&mut config);
+        let err = format!("{:#}", scim_server::AppState::open(config).err().unwrap());
+        assert!(err.contains("scim-server migrate"), "{name}: {err}");
+        // Allowed, but two groups share a name: refused, naming it.
+        let mut config = scim_server::Config::with_database(url.clone());
+        unique(&mut config);
+        let err = format!("{:#}", scim_server::AppState::open(config).err().unwrap());
+        assert!(err.contains("\"sales\""), "{name}: {err}");
+        {
+            let s = TestServer::start(&Db::Exact(url.clone()));
+            let path = format!("/Groups/{second_sales}");
+            assert_eq!(call(&s, Method::DELETE, &path, None, &[]).0, 204);
+        }
+
+        let s = TestServer::start_with(&Db::Exact(url.clone()), unique);
+        let (status, body, _) = post(&s, "sales");
+        assert_eq!(
+            (status, body["scimType"].clone()),
+            (409, json!("uniqueness")),
+            "{name}"
+        );
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("Group with this displayName"),
+            "{name}: {detail}"
+        );
+        // Published: /Schemas says the name is unique.
+        let (_, schema, _) = call(
+            &s,
+            Method::GET,
+            "/Schemas/urn:ietf:params:scim:schemas:core:2.0:Group",
+            None,
+            &[],
+        );
+        let display_name = schema["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "displayName")
+            .unwrap();
+        assert_eq!(display_name["uniqueness"], json!("server"), "{name}");
+        // A user may carry the same name: uniqueness is per resource type.
+        assert_eq!(
+            call(
+                &s,
+                Method::POST,
+                "/Users",
+                Some(user("Sales", json!({}))),
+                &[]
+            )
+            .0,
+            201,
+            "{name}"
+        );
+        // Renames into a taken name are refused and change nothing; out of one, free it.
+        let (_, ops, _) = call(
+            &s,
+            Method::GET,
+            "/Groups?filter=displayName%20eq%20%22Ops%22",
+            None,
+            &[],
+        );
+        let ops_id = ops["Resources"][0]["id"].as_str().unwrap().to_string();
+        let ops_path = format!("/Groups/{ops_id}");
+        let rename = |to: &str| {
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "value": {"id": ops_id, "displayName": to}}]})
+        };
+        let (status, body, _) = call(&s, Method::PATCH, &ops_path, Some(rename("SALES")), &[]);
+        assert_eq!(
+            (status, body["scimType"].clone()),
+            (409, json!("uniqueness")),
+            "{name}"
+        );
+        let (status, _, _) = call(&s, Method::PUT, &ops_path, Some(group("Sales")), &[]);
+        assert_eq!(status, 409, "{name}");
+        assert_eq!(names(&s), ["Ops", "Sales"], "{name}");
+        let (status, _, _) = call(&s, Method::PATCH, &ops_path, Some(rename("Marketing")), &[]);
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(post(&s, "ops").0, 201, "{name}: the old name is free again");
+        // /Bulk: the second create of one name fails on its own.
+        let bulk = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+            "Operations": [
+                {"method": "POST", "path": "/Groups", "bulkId": "a", "data": group("Finance")},
+                {"method": "POST", "path": "/Groups", "bulkId": "b", "data": group("finance")}]});
+        let (status, body, _) = call(&s, Method::POST, "/Bulk", Some(bulk), &[]);
+        assert_eq!(status, 200, "{name}: {body}");
+        let statuses: Vec<&str> = body["Operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, ["201", "409"], "{name}: {body}");
+        // Racing creates of one name: exactly one wins.
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = &s;
+                    scope.spawn(move || post(s, if i % 2 == 0 { "Race" } else { "RACE" }).0)
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(
+            statuses.iter().filter(|&&c| c == 201).count(),
+            1,
+            "{name}: {statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|&&c| c == 409).count(),
+            7,
+            "{name}: {statuses:?}"
+        );
+        // (either spelling may have won the race)
+        let mut now: Vec<String> = names(&s).iter().map(|n| n.to_lowercase()).collect();
+        now.sort();
+        assert_eq!(
+            now,
+            ["finance", "marketing", "ops", "race", "sales"],
+            "{name}"
+        );
+        drop(s);
+
+        // Off again: names may repeat.
+        let s = TestServer::start(&Db::Exact(url.clone()));
+        assert_eq!(post(&s, "Sales").0, 201, "{name}");
+    }
+}
