@@ -996,19 +996,9 @@ impl DieselStore {
     }
 
     fn record_fingerprint(&self, fingerprint: &str) -> Result<(), StoreError> {
-        use crate::schema::store_state as st;
         let value = fingerprint.to_string();
-        self.write(move |c| {
-            let row = (st::name.eq(INDEX_FINGERPRINT), st::value.eq(&value));
-            native!(c, |c| diesel::insert_into(st::table)
-                .values(row)
-                .on_conflict(st::name)
-                .do_update()
-                .set(st::value.eq(&value))
-                .execute(c))?;
-            Ok(())
-        })
-        .map_err(StoreError::from)
+        self.write(move |c| Ok(set_state(c, INDEX_FINGERPRINT, &value)?))
+            .map_err(StoreError::from)
     }
 
     /// Makes the stored unique names match `resource_types`, the types whose schema declares
@@ -1031,14 +1021,9 @@ impl DieselStore {
         resource_types: &[String],
         apply: bool,
     ) -> Result<Option<u64>, StoreError> {
-        use crate::schema::store_state as st;
         let wanted: BTreeSet<String> = resource_types.iter().cloned().collect();
         self.write(move |c| {
-            let query = st::table
-                .filter(st::name.eq(UNIQUE_DISPLAY_NAMES))
-                .select(st::value);
-            let recorded: Option<String> = native!(&mut *c, |c| query.get_result(c)).optional()?;
-            let recorded: BTreeSet<String> = recorded
+            let recorded: BTreeSet<String> = state(c, UNIQUE_DISPLAY_NAMES)?
                 .iter()
                 .flat_map(|v| v.split(','))
                 .filter(|t| !t.is_empty())
@@ -1108,13 +1093,7 @@ impl DieselStore {
                 changed += native!(&mut *c, |c| update.execute(c))?;
             }
             let value = wanted.iter().cloned().collect::<Vec<_>>().join(",");
-            let row = (st::name.eq(UNIQUE_DISPLAY_NAMES), st::value.eq(&value));
-            native!(c, |c| diesel::insert_into(st::table)
-                .values(row)
-                .on_conflict(st::name)
-                .do_update()
-                .set(st::value.eq(&value))
-                .execute(c))?;
+            set_state(c, UNIQUE_DISPLAY_NAMES, &value)?;
             Ok(Some(changed as u64))
         })
         .map_err(StoreError::from)
@@ -1789,11 +1768,27 @@ type StoredValue = (String, i64, Option<String>, Option<f64>, Option<bool>);
 
 /// The fingerprint recorded for the attribute-value index (see [`DieselStore::open_index`]).
 fn recorded_fingerprint(conn: &mut AnyConnection) -> QueryResult<Option<String>> {
+    state(conn, INDEX_FINGERPRINT)
+}
+
+/// The `store_state` entry `name`.
+fn state(conn: &mut AnyConnection, name: &str) -> QueryResult<Option<String>> {
     use crate::schema::store_state as st;
-    let query = st::table
-        .filter(st::name.eq(INDEX_FINGERPRINT))
-        .select(st::value);
+    let query = st::table.filter(st::name.eq(name)).select(st::value);
     native!(conn, |c| query.get_result(c)).optional()
+}
+
+/// Sets the `store_state` entry `name` to `value`.
+fn set_state(conn: &mut AnyConnection, name: &str, value: &str) -> QueryResult<()> {
+    use crate::schema::store_state as st;
+    let row = (st::name.eq(name), st::value.eq(value));
+    native!(conn, |c| diesel::insert_into(st::table)
+        .values(row)
+        .on_conflict(st::name)
+        .do_update()
+        .set(st::value.eq(value))
+        .execute(c))?;
+    Ok(())
 }
 
 /// The columns of a [`StoredValue`].
