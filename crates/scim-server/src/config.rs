@@ -21,6 +21,8 @@ pub struct Config {
     pub migrate_on_start: bool,
     /// `SCIM_MAX_BODY_BYTES`
     pub max_body_bytes: usize,
+    /// `SCIM_BODY_TIMEOUT_MS`: how long a request body may take to arrive (more is 408)
+    pub body_timeout: Duration,
     /// `SCIM_DEFAULT_PAGE_SIZE`, `SCIM_MAX_PAGE_SIZE`, `SCIM_FILTER_MAX_LENGTH`, `SCIM_FILTER_MAX_DEPTH`,
     /// `SCIM_FILTER_MAX_SCANS`
     pub query: QueryLimits,
@@ -150,6 +152,7 @@ impl Config {
             bootstrap_token: None,
             migrate_on_start: true,
             max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
             query: QueryLimits::default(),
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
@@ -202,6 +205,10 @@ impl Config {
             bootstrap_token: var("SCIM_BOOTSTRAP_TOKEN"),
             migrate_on_start: flag("SCIM_MIGRATE_ON_START", true)?,
             max_body_bytes: num("SCIM_MAX_BODY_BYTES", 1024 * 1024)?,
+            body_timeout: match num("SCIM_BODY_TIMEOUT_MS", 30_000u64)? {
+                0 => bail!("SCIM_BODY_TIMEOUT_MS must be positive"),
+                ms => Duration::from_millis(ms),
+            },
             query,
             pool_size: num("SCIM_DB_POOL_SIZE", 8)?,
             connect_timeout: Duration::from_millis(num("SCIM_DB_CONNECT_TIMEOUT_MS", 5000)?),

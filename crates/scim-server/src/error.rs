@@ -60,6 +60,10 @@ impl ResponseError for ApiError {
         if err.status == 503 {
             resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
         }
+        if err.status == 408 {
+            // The rest of the body may still come: the connection cannot be reused.
+            resp.force_close();
+        }
         resp.body(error_body(&err).to_string())
     }
 }

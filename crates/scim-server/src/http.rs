@@ -15,7 +15,29 @@ use crate::error::{ApiError, ApiResult, SCIM_JSON};
 use crate::ops::Reply;
 
 /// Reads a JSON request body of at most `limit` bytes. Over the limit: 413, never buffered.
+/// A body that has not fully arrived `timeout` after its first byte was awaited is 408 (the
+/// connection is then closed), so that a client that stalls or trickles its body cannot hold
+/// a request open for longer.
 pub async fn json_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> ApiResult<Value> {
+    match actix_web::rt::time::timeout(timeout, read_json_body(req, payload, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError(ScimError::new(
+            408,
+            None,
+            format!(
+                "The request body did not arrive within {} ms (SCIM_BODY_TIMEOUT_MS)",
+                timeout.as_millis()
+            ),
+        ))),
+    }
+}
+
+async fn read_json_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

@@ -160,7 +160,13 @@ pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let body = json_body(&req, payload, state.config.max_body_bytes).await;
+    let body = json_body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        state.config.body_timeout,
+    )
+    .await;
     let input = body.and_then(|b| Ok((b, Params::from_request(&req)?)));
     let rt = rt.0.clone();
     let detached = match &input {
@@ -266,7 +272,13 @@ async fn search_request(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<Params> {
-    let body = json_body(req, payload, state.config.max_body_bytes).await?;
+    let body = json_body(
+        req,
+        payload,
+        state.config.max_body_bytes,
+        state.config.body_timeout,
+    )
+    .await?;
     let schemas = body.get("schemas").and_then(Value::as_array);
     if !schemas.is_some_and(|s| {
         s.iter()
@@ -336,7 +348,13 @@ async fn update(
     payload: web::Payload,
     change: Change,
 ) -> ApiResult<HttpResponse> {
-    let body = json_body(&req, payload, state.config.max_body_bytes).await;
+    let body = json_body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        state.config.body_timeout,
+    )
+    .await;
     let input = body.and_then(|b| Ok((b, Params::from_request(&req)?, if_match(req.headers())?)));
     let rt = rt.0.clone();
     let id = id.into_inner();
@@ -533,7 +551,13 @@ pub async fn bulk(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     // maxPayloadSize: the body limit applies, and an oversized bulk request is a 413.
-    let body = json_body(&req, payload, state.config.max_body_bytes).await;
+    let body = json_body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        state.config.body_timeout,
+    )
+    .await;
     let max = state.config.bulk_max_operations;
     let request = body.and_then(|b| scim_core::bulk::parse_bulk(&b, max).map_err(ApiError));
     let out = for_caller(

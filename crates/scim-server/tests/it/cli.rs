@@ -180,6 +180,8 @@ fn an_invalid_setting_stops_the_server_naming_the_variable() {
         ("SCIM_JWT_HS256_SECRET", "short"),
         ("SCIM_RATE_LIMIT", "-5"),
         ("SCIM_RATE_LIMIT_BURST", "many"),
+        ("SCIM_BODY_TIMEOUT_MS", "0"),
+        ("SCIM_UNIQUE_GROUP_NAMES", "sometimes"),
     ] {
         let out = Command::new(BIN)
             .arg("migrate")

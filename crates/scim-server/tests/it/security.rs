@@ -304,3 +304,70 @@ fn strict_unknown_members_policy_names_the_ids() {
         "the failed create left nothing behind"
     );
 }
+
+/// `SCIM_BODY_TIMEOUT_MS`: a client that stops sending its body, or trickles it, gets 408
+/// with a SCIM error and a closed connection instead of holding the request open; a body
+/// that arrives in pieces within the time is read as usual.
+#[test]
+fn a_stalled_or_trickled_body_is_408_and_the_connection_closed() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let s = TestServer::start_with(&Db::Sqlite, |c| c.body_timeout = Duration::from_millis(400));
+    let addr = s
+        .base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "slow@example.com"})
+    .to_string();
+    let head = format!(
+        "POST /scim/v2/Users HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/scim+json\r\nContent-Length: {}\r\n\r\n",
+        s.token,
+        body.len()
+    );
+    // Sends the head, then the body's pieces with `pause` between them; returns everything
+    // the server sent until it closed the connection (or 10 s passed).
+    let send = |pieces: &[&str], pause: Duration| -> String {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(head.as_bytes()).unwrap();
+        for piece in pieces {
+            // The server may have answered and closed already: later writes can fail.
+            let _ = conn.write_all(piece.as_bytes());
+            std::thread::sleep(pause);
+        }
+        if pieces.concat() == body {
+            // A complete request: read one answer, leaving the connection open.
+            let mut buf = vec![0; 8192];
+            let n = conn.read(&mut buf).unwrap();
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+        let mut out = Vec::new();
+        let _ = conn.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let (first, rest) = body.split_at(10);
+    let stalled = send(&[first], Duration::ZERO);
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert!(stalled.contains("application/scim+json"), "{stalled}");
+    assert!(stalled.contains("SCIM_BODY_TIMEOUT_MS"), "{stalled}");
+    assert!(
+        stalled.to_ascii_lowercase().contains("connection: close"),
+        "{stalled}"
+    );
+    let bytes: Vec<String> = body.chars().map(String::from).collect();
+    let pieces: Vec<&str> = bytes.iter().map(String::as_str).take(20).collect();
+    let trickled = send(&pieces, Duration::from_millis(50));
+    assert!(trickled.starts_with("HTTP/1.1 408"), "{trickled}");
+    // Nothing was created by either.
+    let (_, list, _) = call(&s, reqwest::Method::GET, "/Users", None, &[]);
+    assert_eq!(list["totalResults"], json!(0));
+    // In two pieces within the time: created.
+    let ok = send(&[first, rest], Duration::from_millis(50));
+    assert!(ok.starts_with("HTTP/1.1 201"), "{ok}");
+}
