@@ -182,6 +182,9 @@ fn is_transient(message: &str) -> bool {
         "the database system is starting up",
         "could not receive data",
         "could not send data",
+        // the same over TLS (libpq's OpenSSL layer)
+        "SSL SYSCALL error",
+        "SSL connection has been closed unexpectedly",
     ];
     MARKERS.iter().any(|m| message.contains(m))
 }

@@ -55,6 +55,22 @@ fn drop_stale_schemas(conn: &mut diesel::PgConnection, now_nanos: u128) {
     }
 }
 
+/// Whether the PostgreSQL at `base_url` accepts TLS connections (`SHOW ssl`).
+pub fn postgres_offers_tls(base_url: &str) -> Result<bool, StoreError> {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        ssl: String,
+    }
+    let mut conn = diesel::PgConnection::establish(base_url)
+        .map_err(|e| StoreError::Unavailable(format!("cannot reach PostgreSQL: {e}")))?;
+    let shown = diesel::sql_query("SHOW ssl")
+        .get_result::<Setting>(&mut conn)
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(shown.ssl == "on")
+}
+
 /// The PostgreSQL URL for tests from `SCIM_TEST_POSTGRES_URL`. `None` when unset, except
 /// under CI (`CI` set), where a missing URL panics: PostgreSQL tests must not be skipped there.
 #[allow(clippy::panic)]

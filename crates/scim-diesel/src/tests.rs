@@ -1621,6 +1621,49 @@ fn postgresql_connections_keep_generic_plans_for_prepared_statements() {
     assert_eq!(shown.plan_cache_mode, "force_generic_plan");
 }
 
+/// With the `postgres-tls` feature libpq is built with OpenSSL: `sslmode=require` in the URL
+/// gives an encrypted connection when the server offers TLS (this machine's PostgreSQL does,
+/// as Debian's packages set it up), and a refusal naming the server otherwise; never libpq's
+/// "SSL is not supported by this build".
+#[cfg(feature = "postgres-tls")]
+#[test]
+fn postgresql_connections_use_tls_when_the_url_asks_for_it() {
+    let Some(base) = crate::testing::postgres_test_url() else {
+        return; // a PostgreSQL connection setting; `postgres_test_url` fails under CI without PG
+    };
+    #[derive(diesel::QueryableByName)]
+    struct Encrypted {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ssl: bool,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        version: Option<String>,
+    }
+    let offered = crate::testing::postgres_offers_tls(&base).unwrap();
+    let url = crate::testing::fresh_postgres_schema(&base).unwrap() + "&sslmode=require";
+    match DieselStore::open(&StoreConfig::new(url)) {
+        Ok(store) => {
+            assert!(offered, "an encrypted connection to a server without TLS?");
+            store.migrate().unwrap();
+            let mut conn = store.connection().unwrap();
+            let row = diesel::sql_query(
+                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            )
+            .get_result::<Encrypted>(&mut *conn)
+            .unwrap();
+            assert!(row.ssl, "sslmode=require gave a plain connection");
+            assert!(row.version.is_some_and(|v| v.starts_with("TLS")));
+        }
+        Err(e) => {
+            let e = e.to_string();
+            assert!(!offered, "the server offers TLS, yet: {e}");
+            assert!(
+                !e.contains("not supported") && !e.contains("not compiled"),
+                "{e}"
+            );
+        }
+    }
+}
+
 #[derive(diesel::QueryableByName)]
 struct PlanCacheMode {
     #[diesel(sql_type = diesel::sql_types::Text)]

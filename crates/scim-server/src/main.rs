@@ -106,16 +106,76 @@ fn main() -> Result<()> {
     }
 }
 
-/// Hides a password in a database URL before printing it.
+/// Hides the secrets of a database URL before printing it: the password of its user part
+/// and the values of the `password` and `sslpassword` parameters libpq also accepts.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
+    let Some(scheme_end) = url.find("://").map(|s| s + 3) else {
+        return url.to_string(); // a SQLite path
+    };
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    // The user part ends at the last '@' before the path.
+    let authority_end = head[scheme_end..]
+        .find('/')
+        .map_or(head.len(), |i| scheme_end + i);
+    let mut out = match head[scheme_end..authority_end].rfind('@') {
+        Some(at) => {
+            let creds = &head[scheme_end..scheme_end + at];
             match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!(
+                    "{}{user}:***{}",
+                    &head[..scheme_end],
+                    &head[scheme_end + at..]
+                ),
+                None => head.to_string(),
             }
         }
-        _ => url.to_string(),
+        None => head.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password")
+                        || k.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_string(),
+            })
+            .collect();
+        out = format!("{out}?{}", params.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn database_urls_are_printed_without_their_secrets() {
+        for (url, shown) in [
+            ("scim.db", "scim.db"),
+            ("/var/lib/scim/a@b.db", "/var/lib/scim/a@b.db"),
+            (
+                "postgres://scim:s3cr%40t@db:5432/scim",
+                "postgres://scim:***@db:5432/scim",
+            ),
+            ("postgres://scim@db/scim", "postgres://scim@db/scim"),
+            (
+                "postgres://scim:pw@db/scim?sslmode=verify-full&sslrootcert=/etc/ca@x.pem",
+                "postgres://scim:***@db/scim?sslmode=verify-full&sslrootcert=/etc/ca@x.pem",
+            ),
+            (
+                "postgres://db/scim?user=scim&password=pw&sslpassword=key",
+                "postgres://db/scim?user=scim&password=***&sslpassword=***",
+            ),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
     }
 }

@@ -200,9 +200,22 @@ fn via(url: &str, port: u16) -> (String, String) {
     )
 }
 
-/// A server whose PostgreSQL connections go through a [`Relay`], with one user created.
-fn relayed(base: &str, pool_size: u32, user_name: &str) -> (Relay, TestServer) {
+/// How the outage tests reach PostgreSQL: plain TCP, and TLS when this PostgreSQL offers it
+/// (a lost TLS connection fails with libpq's `SSL ...` messages instead of the plain ones).
+fn ssl_modes(base: &str) -> Vec<&'static str> {
+    if scim_diesel::testing::postgres_offers_tls(base).unwrap() {
+        vec!["disable", "require"]
+    } else {
+        eprintln!("this PostgreSQL has no TLS: the outage tests run over plain TCP only");
+        vec!["disable"]
+    }
+}
+
+/// A server whose PostgreSQL connections go through a [`Relay`] with `sslmode`, with one user
+/// created.
+fn relayed(base: &str, sslmode: &str, pool_size: u32, user_name: &str) -> (Relay, TestServer) {
     let schema_url = scim_diesel::testing::fresh_postgres_schema(base).unwrap();
+    let schema_url = format!("{schema_url}&sslmode={sslmode}");
     let (_, upstream) = via(&schema_url, 0);
     let relay = Relay::start(upstream);
     let (proxied, _) = via(&schema_url, relay.port);
@@ -219,13 +232,19 @@ fn relayed(base: &str, pool_size: u32, user_name: &str) -> (Relay, TestServer) {
 #[test]
 fn database_outage_gives_503_and_the_server_recovers_by_itself() {
     let Some(base) = pg() else { return };
-    let (relay, s) = relayed(&base, 2, "before");
+    for sslmode in ssl_modes(&base) {
+        outage_gives_503_and_recovers(&base, sslmode);
+    }
+}
+
+fn outage_gives_503_and_recovers(base: &str, sslmode: &str) {
+    let (relay, s) = relayed(base, sslmode, 2, "before");
 
     relay.down();
     for path in ["/Users", "/Users?filter=userName%20eq%20%22before%22"] {
         let t = Instant::now();
         let (status, body, headers) = send(&s, reqwest::Method::GET, path, None);
-        assert_eq!(status, 503, "{body}");
+        assert_eq!(status, 503, "{sslmode}: {body}");
         assert_eq!(body["status"], json!("503"));
         assert!(headers.contains_key("retry-after"));
         assert!(
@@ -279,7 +298,13 @@ fn database_outage_gives_503_and_the_server_recovers_by_itself() {
 #[test]
 fn after_the_database_restarts_a_point_read_is_read_again_and_at_most_one_list_fails() {
     let Some(base) = pg() else { return };
-    let (relay, s) = relayed(&base, 6, "idle");
+    for sslmode in ssl_modes(&base) {
+        after_a_restart_reads_recover(&base, sslmode);
+    }
+}
+
+fn after_a_restart_reads_recover(base: &str, sslmode: &str) {
+    let (relay, s) = relayed(base, sslmode, 6, "idle");
     let open = || relay.conns.lock().unwrap().len() / 2;
     let fill = || {
         // Concurrent lists each hold a connection.
@@ -317,14 +342,14 @@ fn after_the_database_restarts_a_point_read_is_read_again_and_at_most_one_list_f
             match status {
                 200 => assert_eq!(body["totalResults"], json!(1)),
                 503 => failed += 1,
-                other => panic!("{other}: {body}"),
+                other => panic!("{sslmode}: {other}: {body}"),
             }
         }
         // A point read that finds its connection lost is read again on a tested one; a list
         // answers 503 (the pool then tests the idle connections before the next request).
         assert!(
             failed <= allowed,
-            "{first} first: {failed} of 24 requests failed after the database came back ({pooled} connections were pooled)"
+            "{sslmode}, {first} first: {failed} of 24 requests failed after the database came back ({pooled} connections were pooled)"
         );
         relay.conns.lock().unwrap().clear();
     }
