@@ -692,6 +692,13 @@ pub trait ResourceStore: Send + Sync {
         if_match: Option<i64>,
     ) -> Result<(), StoreError>;
 
+    /// Whether the store can serve now: its database answers a trivial statement within the
+    /// store's connection timeout. For health checks (a load balancer taking an instance out
+    /// of rotation); the default, for stores without a database, is `Ok(())`.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Offers to run bounded reads (a resource by id, a filter that pins one row) on the
     /// calling thread, for a caller that would otherwise hand them to a thread pool: `Some`
     /// only when this store answers such reads in microseconds without waiting (an embedded

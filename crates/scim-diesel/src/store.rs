@@ -2390,6 +2390,12 @@ fn names_nothing(key: &str) -> bool {
 }
 
 impl ResourceStore for DieselStore {
+    /// `SELECT 1` on a pooled connection (a reader, on SQLite).
+    fn check(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        (*conn).batch_execute("SELECT 1").map_err(map_err)
+    }
+
     fn create(
         &self,
         tenant: &str,

@@ -319,7 +319,13 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                         .default_service(web::to(d::method_not_allowed)),
                 );
         }
-        cfg.app_data(state).service(scope);
+        cfg.app_data(state)
+            .service(
+                web::resource("/healthz")
+                    .route(web::get().to(d::health))
+                    .default_service(web::to(d::method_not_allowed)),
+            )
+            .service(scope);
     }
 }
 

@@ -12,6 +12,33 @@ use crate::error::{ApiError, ApiResult};
 use crate::http::scim_json;
 use crate::AppState;
 
+/// `GET /healthz` (outside the SCIM base, without a token): 200 when the database answers,
+/// 503 with `Retry-After` when it does not, for load balancers and orchestrators. The body
+/// says only that; never why (the reason goes to the log).
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let store = state.store.clone();
+    let checked = web::block(move || store.check()).await;
+    match checked {
+        Ok(Ok(())) => HttpResponse::Ok()
+            .insert_header(("cache-control", "no-store"))
+            .json(serde_json::json!({"status": "ok"})),
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => "the check could not run".to_string(),
+            };
+            log::warn!(
+                "health check: the database does not answer: {}",
+                why.escape_debug()
+            );
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("cache-control", "no-store"))
+                .insert_header(("retry-after", "5"))
+                .json(serde_json::json!({"status": "unavailable"}))
+        }
+    }
+}
+
 /// `GET /ServiceProviderConfig`
 pub async fn service_provider(state: web::Data<AppState>) -> HttpResponse {
     scim_json(

@@ -240,7 +240,16 @@ fn database_outage_gives_503_and_the_server_recovers_by_itself() {
 fn outage_gives_503_and_recovers(base: &str, sslmode: &str) {
     let (relay, s) = relayed(base, sslmode, 2, "before");
 
+    assert_eq!(crate::server::health(&s).0, 200);
     relay.down();
+    // The health check says so, for a load balancer, and says nothing more.
+    let (status, body, headers) = crate::server::health(&s);
+    assert_eq!(
+        (status, body),
+        (503, json!({"status": "unavailable"})),
+        "{sslmode}"
+    );
+    assert!(headers.contains_key("retry-after"));
     for path in ["/Users", "/Users?filter=userName%20eq%20%22before%22"] {
         let t = Instant::now();
         let (status, body, headers) = send(&s, reqwest::Method::GET, path, None);
@@ -274,6 +283,7 @@ fn outage_gives_503_and_recovers(base: &str, sslmode: &str) {
         status, 200,
         "the server did not recover after the database came back"
     );
+    assert_eq!(crate::server::health(&s).0, 200, "{sslmode}");
     let (_, list, _) = send(&s, reqwest::Method::GET, "/Users", None);
     assert_eq!(
         list["totalResults"],

@@ -371,3 +371,27 @@ fn a_stalled_or_trickled_body_is_408_and_the_connection_closed() {
     let ok = send(&[first, rest], Duration::from_millis(50));
     assert!(ok.starts_with("HTTP/1.1 201"), "{ok}");
 }
+
+/// `GET /healthz` answers without a token (a load balancer has none) and tells nothing but
+/// that the database answers; other methods are 405. The PostgreSQL outage test checks the
+/// 503 when the database is away.
+#[test]
+fn the_health_check_needs_no_token_and_tells_only_the_state() {
+    for db in databases() {
+        let s = TestServer::start(&db);
+        let (status, body, headers) = crate::server::health(&s);
+        assert_eq!(
+            (status, body),
+            (200, json!({"status": "ok"})),
+            "{}",
+            db.name()
+        );
+        assert_eq!(headers["cache-control"], "no-store");
+        let root = s.base.trim_end_matches("/scim/v2");
+        let r = Client::new()
+            .post(format!("{root}/healthz"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 405);
+    }
+}

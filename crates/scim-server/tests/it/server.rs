@@ -254,3 +254,11 @@ pub fn call(
     let (status, headers) = (r.status().as_u16(), r.headers().clone());
     (status, r.json().unwrap_or(Value::Null), headers)
 }
+
+/// `GET /healthz` on `s` (outside the SCIM base, without a token): status, JSON body, headers.
+pub fn health(s: &TestServer) -> (u16, Value, reqwest::header::HeaderMap) {
+    let root = s.base.trim_end_matches("/scim/v2");
+    let r = Client::new().get(format!("{root}/healthz")).send().unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, r.json().unwrap_or(Value::Null), headers)
+}
