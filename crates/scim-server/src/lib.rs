@@ -281,6 +281,9 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .route(web::get().to(d::resource_type))
                     .default_service(web::to(d::method_not_allowed)),
             );
+        scope = scope
+            .service(web::resource("/Me").to(d::me_not_implemented))
+            .service(web::resource("/Me/{rest:.*}").to(d::me_not_implemented));
         scope = scope.service(
             web::resource("/.search")
                 .route(web::post().to(r::search_all))
@@ -323,6 +326,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             .service(
                 web::resource("/healthz")
                     .route(web::get().to(d::health))
+                    .route(web::head().to(d::health))
                     .default_service(web::to(d::method_not_allowed)),
             )
             .service(scope);
@@ -365,6 +369,9 @@ pub fn app(
         ))
         .configure(configure(state))
         .default_service(web::to(handlers::discovery::not_found))
+        // A base URL configured with a trailing slash gives `/scim/v2//Users` (and some
+        // clients send `/Users/`): both reach `/scim/v2/Users`.
+        .wrap(actix_web::middleware::NormalizePath::trim())
 }
 
 /// Builds the HTTP server on an already bound listener (tests bind port 0 first).

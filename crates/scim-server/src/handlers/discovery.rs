@@ -100,6 +100,16 @@ pub async fn method_not_allowed() -> ApiResult<HttpResponse> {
     )))
 }
 
+/// `/Me` (RFC 7644 section 3.11): a bearer token here names a client (an identity provider),
+/// not a user, so there is no "me"; the RFC asks such a server for 501.
+pub async fn me_not_implemented() -> ApiResult<HttpResponse> {
+    Err(ApiError(ScimError::new(
+        501,
+        None,
+        "/Me is not supported: this server's tokens belong to provisioning clients, not to users",
+    )))
+}
+
 /// Any unknown path.
 pub async fn not_found() -> ApiResult<HttpResponse> {
     Err(ApiError(ScimError::not_found("No such endpoint")))

@@ -896,7 +896,7 @@ fn malformed_requests_get_scim_errors() {
         (Method::GET, "/Users?filter=%ZZ", Some(&bearer), None, b""),
         (Method::GET, "/Users?count=1&count=2&startIndex=0", Some(&bearer), None, b""),
         (Method::GET, "/Users?filter=userName%20eq%20%22a%22&filter=x", Some(&bearer), None, b""),
-        (Method::GET, "/Users/", Some(&bearer), None, b""),
+        (Method::GET, "/Users/a/b", Some(&bearer), None, b""),
         (Method::GET, "/Nothing", Some(&bearer), None, b""),
         (Method::PATCH, "/Users", Some(&bearer), Some("application/scim+json"), b"{}"),
         (Method::DELETE, "/Users", Some(&bearer), None, b""),

@@ -393,5 +393,11 @@ fn the_health_check_needs_no_token_and_tells_only_the_state() {
             .send()
             .unwrap();
         assert_eq!(r.status(), 405);
+        // Some load balancers probe with HEAD.
+        let r = Client::new()
+            .head(format!("{root}/healthz"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
     }
 }
