@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod http;
 pub mod limit;
 pub mod ops;
+pub mod slashes;
 
 use std::sync::Arc;
 
@@ -281,9 +282,6 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .route(web::get().to(d::resource_type))
                     .default_service(web::to(d::method_not_allowed)),
             );
-        scope = scope
-            .service(web::resource("/Me").to(d::me_not_implemented))
-            .service(web::resource("/Me/{rest:.*}").to(d::me_not_implemented));
         scope = scope.service(
             web::resource("/.search")
                 .route(web::post().to(r::search_all))
@@ -322,6 +320,10 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                         .default_service(web::to(d::method_not_allowed)),
                 );
         }
+        // Last: the hot routes above are matched first.
+        scope = scope
+            .service(web::resource("/Me").to(d::me_not_implemented))
+            .service(web::resource("/Me/{rest:.*}").to(d::me_not_implemented));
         cfg.app_data(state)
             .service(
                 web::resource("/healthz")
@@ -371,7 +373,7 @@ pub fn app(
         .default_service(web::to(handlers::discovery::not_found))
         // A base URL configured with a trailing slash gives `/scim/v2//Users` (and some
         // clients send `/Users/`): both reach `/scim/v2/Users`.
-        .wrap(actix_web::middleware::NormalizePath::trim())
+        .wrap(slashes::FoldSlashes)
 }
 
 /// Builds the HTTP server on an already bound listener (tests bind port 0 first).
