@@ -14,16 +14,16 @@ use serde_json::Value;
 use crate::error::{ApiError, ApiResult, SCIM_JSON};
 use crate::ops::Reply;
 
-/// Reads a JSON request body of at most `limit` bytes. Over the limit: 413, never buffered.
-/// A body that has not fully arrived `timeout` after its first byte was awaited is 408 (the
-/// connection is then closed), so that a client that stalls or trickles its body cannot hold
-/// a request open for longer.
+/// Reads a JSON request body of at most `SCIM_MAX_BODY_BYTES`. Over the limit: 413, never
+/// buffered. A body that has not fully arrived `SCIM_BODY_TIMEOUT_MS` after its first byte was
+/// awaited is 408 (the connection is then closed), so that a client that stalls or trickles
+/// its body cannot hold a request open for longer.
 pub async fn json_body(
     req: &HttpRequest,
     payload: web::Payload,
-    limit: usize,
-    timeout: std::time::Duration,
+    config: &crate::Config,
 ) -> ApiResult<Value> {
+    let (limit, timeout) = (config.max_body_bytes, config.body_timeout);
     match actix_web::rt::time::timeout(timeout, read_json_body(req, payload, limit)).await {
         Ok(read) => read,
         Err(_) => Err(ApiError(ScimError::new(

@@ -160,13 +160,7 @@ pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let body = json_body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        state.config.body_timeout,
-    )
-    .await;
+    let body = json_body(&req, payload, &state.config).await;
     let input = body.and_then(|b| Ok((b, Params::from_request(&req)?)));
     let rt = rt.0.clone();
     let detached = match &input {
@@ -272,13 +266,7 @@ async fn search_request(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<Params> {
-    let body = json_body(
-        req,
-        payload,
-        state.config.max_body_bytes,
-        state.config.body_timeout,
-    )
-    .await?;
+    let body = json_body(req, payload, &state.config).await?;
     let schemas = body.get("schemas").and_then(Value::as_array);
     if !schemas.is_some_and(|s| {
         s.iter()
@@ -348,13 +336,7 @@ async fn update(
     payload: web::Payload,
     change: Change,
 ) -> ApiResult<HttpResponse> {
-    let body = json_body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        state.config.body_timeout,
-    )
-    .await;
+    let body = json_body(&req, payload, &state.config).await;
     let input = body.and_then(|b| Ok((b, Params::from_request(&req)?, if_match(req.headers())?)));
     let rt = rt.0.clone();
     let id = id.into_inner();
@@ -551,13 +533,7 @@ pub async fn bulk(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     // maxPayloadSize: the body limit applies, and an oversized bulk request is a 413.
-    let body = json_body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        state.config.body_timeout,
-    )
-    .await;
+    let body = json_body(&req, payload, &state.config).await;
     let max = state.config.bulk_max_operations;
     let request = body.and_then(|b| scim_core::bulk::parse_bulk(&b, max).map_err(ApiError));
     let out = for_caller(
