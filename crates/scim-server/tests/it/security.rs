@@ -401,3 +401,128 @@ fn the_health_check_needs_no_token_and_tells_only_the_state() {
         assert_eq!(r.status(), 200);
     }
 }
+
+/// What the server acknowledged survives a crash of its process: the binary is killed
+/// (SIGKILL, no shutdown) while clients create users and add them to a group, and a server
+/// started again on the same database finds every user answered 201 and every member whose
+/// PATCH was answered 200 or 204. On SQLite this holds the group commit to its promise (no
+/// writer is answered before the `COMMIT` of its batch has succeeded, with `synchronous =
+/// NORMAL` in WAL mode); on PostgreSQL, to the commit of each write.
+#[test]
+fn acknowledged_writes_survive_a_kill_of_the_server_process() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    let bin = env!("CARGO_BIN_EXE_scim-server");
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases() {
+        let url = match &db {
+            Db::Postgres(base) => scim_diesel::testing::fresh_postgres_schema(base).unwrap(),
+            _ => dir.path().join("crash.db").to_string_lossy().into_owned(),
+        };
+        let name = db.name();
+        let s = TestServer::spawn_binary(bin, &Db::Exact(url.clone()));
+        let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": "crash"});
+        let (status, g, _) = call(&s, reqwest::Method::POST, "/Groups", Some(group), &[]);
+        assert_eq!(status, 201, "{name}: {g}");
+        let gid = g["id"].as_str().unwrap().to_string();
+        let users: Mutex<Vec<String>> = Mutex::default();
+        let members: Mutex<Vec<String>> = Mutex::default();
+        let killed = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let (s, gid, users, members, killed) = (&s, &gid, &users, &members, &killed);
+                scope.spawn(move || {
+                    let client = Client::new();
+                    for i in 0..2_000 {
+                        if killed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                            "userName": format!("crash-{t}-{i}@example.com")});
+                        let Ok(r) = crate::server::request(&client, s, reqwest::Method::POST, "/Users", Some(&body), &[]).send() else {
+                            break; // the server is gone
+                        };
+                        if r.status() != 201 {
+                            break;
+                        }
+                        let Ok(u) = r.json::<Value>() else { break };
+                        let id = u["id"].as_str().unwrap().to_string();
+                        users.lock().unwrap().push(id.clone());
+                        let add = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                            "Operations": [{"op": "add", "path": "members", "value": [{"value": id}]}]});
+                        let path = format!("/Groups/{gid}");
+                        let Ok(r) = crate::server::request(&client, s, reqwest::Method::PATCH, &path, Some(&add), &[]).send() else {
+                            break;
+                        };
+                        if matches!(r.status().as_u16(), 200 | 204) {
+                            members.lock().unwrap().push(id);
+                        }
+                    }
+                });
+            }
+            // Kill it in the middle of the load: once some writes were answered.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while members.lock().unwrap().len() < 150 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let pid = s.pid().unwrap().to_string();
+            let status = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            killed.store(true, Ordering::Relaxed);
+        });
+        drop(s);
+        let users = users.into_inner().unwrap();
+        let members = members.into_inner().unwrap();
+        assert!(
+            members.len() >= 150,
+            "{name}: only {} members were added",
+            members.len()
+        );
+
+        let again = TestServer::start(&Db::Exact(url.clone()));
+        for id in &users {
+            let (status, _, _) = call(
+                &again,
+                reqwest::Method::GET,
+                &format!("/Users/{id}"),
+                None,
+                &[],
+            );
+            assert_eq!(
+                status, 200,
+                "{name}: user {id} was answered 201 and is gone"
+            );
+        }
+        let (_, g, _) = call(
+            &again,
+            reqwest::Method::GET,
+            &format!("/Groups/{gid}"),
+            None,
+            &[],
+        );
+        let stored: std::collections::HashSet<&str> = g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap())
+            .collect();
+        for id in &members {
+            assert!(
+                stored.contains(id.as_str()),
+                "{name}: member {id} was acknowledged and is gone"
+            );
+        }
+        // Nothing more than was asked: every stored member is a user the clients created.
+        let (_, list, _) = call(&again, reqwest::Method::GET, "/Users?count=0", None, &[]);
+        let total = list["totalResults"].as_u64().unwrap() as usize;
+        assert!(
+            total >= users.len() && total <= users.len() + 8,
+            "{name}: {total} users for {} answered",
+            users.len()
+        );
+    }
+}
