@@ -1621,6 +1621,30 @@ fn postgresql_connections_keep_generic_plans_for_prepared_statements() {
     assert_eq!(shown.plan_cache_mode, "force_generic_plan");
 }
 
+/// The bundled SQLite is built the way the workspace's `.cargo/config.toml` asks
+/// (`LIBSQLITE3_FLAGS`): multi-thread mode (no mutex around every call on a connection, which
+/// the store never shares between threads at once), no process-wide page-cache mutex, no
+/// allocation statistics. Without them the store is as correct, only slower.
+#[test]
+fn the_bundled_sqlite_is_built_for_one_thread_per_connection() {
+    #[derive(diesel::QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+    let db = sqlite();
+    let mut conn = db.store.connection().unwrap();
+    let options: Vec<String> = diesel::sql_query("PRAGMA compile_options")
+        .load::<CompileOption>(&mut *conn)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.compile_options)
+        .collect();
+    assert!(options.iter().any(|o| o == "THREADSAFE=2"), "{options:?}");
+    assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+    assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+}
+
 /// With the `postgres-tls` feature libpq is built with OpenSSL: `sslmode=require` in the URL
 /// gives an encrypted connection when the server offers TLS (this machine's PostgreSQL does,
 /// as Debian's packages set it up), and a refusal naming the server otherwise; never libpq's
