@@ -1641,8 +1641,14 @@ fn the_bundled_sqlite_is_built_for_one_thread_per_connection() {
         .map(|o| o.compile_options)
         .collect();
     assert!(options.iter().any(|o| o == "THREADSAFE=2"), "{options:?}");
-    assert!(options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"), "{options:?}");
-    assert!(!options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+    assert!(
+        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+        "{options:?}"
+    );
+    assert!(
+        !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "{options:?}"
+    );
 }
 
 /// With the `postgres-tls` feature libpq is built with OpenSSL: `sslmode=require` in the URL
