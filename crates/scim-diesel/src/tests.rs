@@ -2552,3 +2552,77 @@ fn an_instance_notices_another_rebuilding_the_index_for_other_schemas() {
         );
     }
 }
+
+/// `open_unique_display_names`, as a crate user calls it: without `apply` it only reports a
+/// change; applied over groups that share a name it refuses and changes nothing; applied
+/// over distinct names it makes their display names unique (a later create of a taken name is
+/// a conflict, also in another case); named again with the same types it does nothing; and
+/// named with no types it lets names repeat again.
+#[test]
+fn unique_display_names_are_opened_and_closed_by_the_store() {
+    let plain = registry();
+    let unique = registry().with_unique_display_names("Group").unwrap();
+    let groups = vec!["Group".to_string()];
+    for db in databases() {
+        let s = &db.store;
+        let name = db.name;
+        let create = |reg: &SchemaRegistry, id: &str, display: &str| {
+            s.create(
+                T,
+                "Group",
+                id,
+                NOW,
+                group(reg, display, &[]),
+                Include::default(),
+            )
+        };
+        create(&plain, "g1", "Sales").unwrap();
+        create(&plain, "g2", "SALES").unwrap();
+        assert_eq!(
+            s.open_unique_display_names(&[], false).unwrap(),
+            Some(0),
+            "{name}"
+        );
+        assert_eq!(
+            s.open_unique_display_names(&groups, false).unwrap(),
+            None,
+            "{name}"
+        );
+        let refused = s.open_unique_display_names(&groups, true);
+        assert!(
+            matches!(&refused, Err(StoreError::Conflict(m)) if m.contains("\"sales\"")),
+            "{name}: {refused:?}"
+        );
+        // Nothing was recorded: the store still reports the change.
+        assert_eq!(
+            s.open_unique_display_names(&groups, false).unwrap(),
+            None,
+            "{name}"
+        );
+        s.delete(T, "Group", "g2", None).unwrap();
+        create(&plain, "g3", "Ops").unwrap();
+        assert_eq!(
+            s.open_unique_display_names(&groups, true).unwrap(),
+            Some(2),
+            "{name}"
+        );
+        assert_eq!(
+            s.open_unique_display_names(&groups, true).unwrap(),
+            Some(0),
+            "{name}"
+        );
+        let taken = create(&unique, "g4", "sAlEs");
+        assert!(
+            matches!(&taken, Err(StoreError::Conflict(m)) if m.contains("Group with this displayName")),
+            "{name}: {taken:?}"
+        );
+        create(&unique, "g5", "Finance").unwrap();
+        // Closed again: names may repeat, and the stored unique names are cleared.
+        assert_eq!(
+            s.open_unique_display_names(&[], true).unwrap(),
+            Some(3),
+            "{name}"
+        );
+        create(&plain, "g6", "Sales").unwrap();
+    }
+}
