@@ -530,9 +530,8 @@ pub(crate) fn validate(
 /// The attributes [`index_keys`] reads: the user name and the display name.
 const KEY_ATTRIBUTES: [&str; 2] = ["userName", "displayName"];
 
-/// Computes the index keys of a document (from [`KEY_ATTRIBUTES`] only). The unique name is
-/// the first key attribute whose core-schema definition has a `uniqueness` other than
-/// `none` (a user's `userName`; a group's `displayName` only when the registry says so).
+/// Computes the index keys of a document (from [`KEY_ATTRIBUTES`] only); the unique name is
+/// the value of [`unique_attribute`].
 pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
     let [user_name_attr, display_name_attr] = KEY_ATTRIBUTES;
     let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
@@ -542,22 +541,30 @@ pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
         None
     };
     let display_name = s(display_name_attr);
-    let unique = ctx.registry.core_schema(ctx.rt).and_then(|core| {
-        KEY_ATTRIBUTES.into_iter().find(|k| {
-            core.attribute(k)
-                .is_some_and(|a| a.uniqueness.is_some_and(|u| u != Uniqueness::None))
-        })
-    });
+    let unique = unique_attribute(ctx.registry, ctx.rt);
     let unique_name = match unique {
         Some(k) if k == user_name_attr => user_name.as_deref().map(fold),
         Some(_) => display_name.as_deref().map(fold),
         None => None,
     };
     IndexKeys {
+        unique_attribute: unique_name.is_some().then_some(unique).flatten(),
         unique_name,
         display_name: display_name.as_deref().map(fold),
         display: display_name.or(user_name),
     }
+}
+
+/// The attribute whose value is the unique name of `rt`'s resources ([`IndexKeys::unique_name`]):
+/// the first key attribute whose core-schema definition has a `uniqueness` other than `none`
+/// (`userName` for Users; `displayName` for a type declared with
+/// [`SchemaRegistry::with_unique_display_names`]), or none.
+pub fn unique_attribute(registry: &SchemaRegistry, rt: &ResourceType) -> Option<&'static str> {
+    let core = registry.core_schema(rt)?;
+    KEY_ATTRIBUTES.into_iter().find(|k| {
+        core.attribute(k)
+            .is_some_and(|a| a.uniqueness.is_some_and(|u| u != Uniqueness::None))
+    })
 }
 
 /// Whether two documents of one resource have the same [`index_keys`], without computing

@@ -181,6 +181,9 @@ pub struct IndexKeys {
     /// [`SchemaRegistry::with_unique_display_names`](crate::schema::SchemaRegistry::with_unique_display_names));
     /// `None` for types without such a name
     pub unique_name: Option<String>,
+    /// the attribute `unique_name` was read from (`userName`, `displayName`), so that a store
+    /// refusing a taken name can say which one
+    pub unique_attribute: Option<&'static str>,
     /// case-folded `displayName`
     pub display_name: Option<String>,
     /// what other resources show for this one (`members.display`, `groups.display`)

@@ -945,13 +945,14 @@ fn unique_display_names_make_a_groups_name_its_unique_key() {
     // RFC 7643: a Group's displayName is not unique, so it is no unique key by default.
     let reg = registry();
     let w = prepare_create(&Ctx::new(&reg, "Group").unwrap(), &group).unwrap();
-    assert_eq!(w.keys.unique_name, None);
+    assert_eq!((w.keys.unique_name, w.keys.unique_attribute), (None, None));
     assert_eq!(w.keys.display_name.as_deref(), Some("sales emea"));
 
     let reg = registry().with_unique_display_names("Group").unwrap();
     let ctx = Ctx::new(&reg, "Group").unwrap();
     let w = prepare_create(&ctx, &group).unwrap();
     assert_eq!(w.keys.unique_name.as_deref(), Some("sales emea"));
+    assert_eq!(w.keys.unique_attribute, Some("displayName"));
     let core = reg.core_schema(ctx.rt).unwrap();
     assert_eq!(
         core.attribute("displayname").unwrap().uniqueness,
@@ -961,6 +962,7 @@ fn unique_display_names_make_a_groups_name_its_unique_key() {
     // Users keep their userName as the unique key.
     let u = prepare_create(&Ctx::new(&reg, "User").unwrap(), &user(json!({}))).unwrap();
     assert_eq!(u.keys.unique_name.as_deref(), Some("bjensen"));
+    assert_eq!(u.keys.unique_attribute, Some("userName"));
 
     let refused = |rt: &str| registry().with_unique_display_names(rt).unwrap_err().detail;
     assert!(

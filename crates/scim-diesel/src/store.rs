@@ -11,9 +11,10 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::index::IndexRow;
 use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, Detached, Document, ElementFilter, Include,
-    IndexedField, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey, PointKeyBuf, ReadPart,
-    ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey, SortTarget, StoreFilter,
-    TokenRead, TokenRecord, UnknownMembers, UpdateFn, ValueKind, ValueTest, Visit, WriteDone,
+    IndexKeys, IndexedField, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey,
+    PointKeyBuf, ReadPart, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey,
+    SortTarget, StoreFilter, TokenRead, TokenRecord, UnknownMembers, UpdateFn, ValueKind,
+    ValueTest, Visit, WriteDone,
 };
 use scim_core::{ScimError, StoreError};
 
@@ -235,9 +236,7 @@ fn map_err(e: DieselError) -> StoreError {
     }
     match e {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-            let what = if info.message().contains("user_name")
-                || info.constraint_name() == Some("resources_user_name")
-            {
+            let what = if is_unique_name(info.as_ref()) {
                 NAME_TAKEN.to_string()
             } else {
                 "A resource with this value already exists".to_string()
@@ -257,25 +256,32 @@ fn map_err(e: DieselError) -> StoreError {
     }
 }
 
-/// What the unique index on the unique name refuses, before [`name_taken`] says whose name.
+/// A refusal of the unique-name index by a statement that did not say whose name it wrote
+/// (the writes that do say: [`unique_name_refused`]).
 const NAME_TAKEN: &str = "Another resource of this type already has this name";
 
-/// Names the attribute a refused unique name came from: the column holds a user's folded
-/// `userName` and, for other types, the folded `displayName` (the only other key attribute
-/// core makes unique, see `scim_core::resource::index_keys`).
-fn name_taken(rt: &str, e: StoreError) -> StoreError {
-    match e {
-        StoreError::Conflict(m) if m == NAME_TAKEN => {
-            let attr = if rt == "User" {
-                "userName"
-            } else {
-                "displayName"
-            };
-            StoreError::Conflict(format!(
-                "A {rt} with this {attr} already exists (names are compared case-insensitively)"
-            ))
+/// Whether a unique violation is the unique-name index's (`resources_user_name`: SQLite names
+/// its columns, PostgreSQL the constraint).
+fn is_unique_name(info: &dyn diesel::result::DatabaseErrorInformation) -> bool {
+    info.message().contains("user_name") || info.constraint_name() == Some("resources_user_name")
+}
+
+/// For the statement that writes a resource's key columns: the unique-name index refusing
+/// `keys.unique_name` becomes a conflict naming the attribute it came from.
+fn unique_name_refused<'a>(
+    rt: &'a str,
+    keys: &'a IndexKeys,
+) -> impl Fn(DieselError) -> TxError + 'a {
+    move |e| match &e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if is_unique_name(info.as_ref()) =>
+        {
+            TxError::Store(StoreError::Conflict(format!(
+                "A {rt} with this {} already exists (names are compared case-insensitively)",
+                keys.unique_attribute.unwrap_or("name")
+            )))
         }
-        other => other,
+        _ => TxError::Db(e),
     }
 }
 
@@ -2033,7 +2039,8 @@ impl UpdatePlan {
                     display: write.keys.display.as_deref(),
                 },
             };
-            native!(&mut *conn, |c| update.execute(c))?
+            native!(&mut *conn, |c| update.execute(c))
+                .map_err(unique_name_refused(rt, &write.keys))?
         };
         if n == 0 {
             return Ok(None);
@@ -2258,7 +2265,7 @@ impl DieselStore {
                 }
                 Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
                 Ok(None) => continue,
-                Err(e) => return Err(name_taken(rt, e.into())),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(StoreError::Unavailable(
@@ -2294,7 +2301,7 @@ struct CreateJob {
     rt: String,
     now: String,
     external_id: Option<String>,
-    keys: scim_core::store::IndexKeys,
+    keys: IndexKeys,
     /// the document as stored text
     data: String,
     password_hash: Option<String>,
@@ -2375,7 +2382,8 @@ impl CreateJob {
                 resources::data.eq(new.data),
                 resources::password_hash.eq(new.password_hash),
             ))
-            .execute(c))?;
+            .execute(c))
+        .map_err(unique_name_refused(rt, &self.keys))?;
         apply_member_ops(c, id, &member_ops)?;
         backend::insert_values(c, &value_rows(tenant, rt, id, &self.values))?;
         Ok(links_of(c, id, rt, self.read)?)
@@ -2414,7 +2422,8 @@ impl ResourceStore for DieselStore {
                 match &mut *conn {
                     AnyConnection::Postgres(c) => {
                         let rows = value_rows(tenant, rt, id, &job.values);
-                        backend::pg_insert_resource_with_values(c, &job.new_resource(), &rows)?;
+                        backend::pg_insert_resource_with_values(c, &job.new_resource(), &rows)
+                            .map_err(unique_name_refused(rt, &job.keys))?;
                     }
                     AnyConnection::Sqlite(_) => unreachable_backend()?,
                 }
@@ -2426,7 +2435,7 @@ impl ResourceStore for DieselStore {
             self.write(move |c| job.run(c).map(|links| (links, job)))
                 .map(|(links, _job)| links)
         };
-        let (members, _) = result.map_err(|e| name_taken(rt, e.into()))?;
+        let (members, _) = result?;
         self.note_writes(touched);
         Ok(created_record((id, rt, now), write, include, members))
     }
@@ -2458,7 +2467,7 @@ impl ResourceStore for DieselStore {
             move |c| job.run(c).map(|links| (links, job)),
             move |result: Result<(Links, CreateJob), TxError>| {
                 done(Detached::new(move || {
-                    let ((members, _), _job) = result.map_err(|e| name_taken(&rt, e.into()))?;
+                    let ((members, _), _job) = result?;
                     let rec = created_record((&id, &rt, &now), write, include, members);
                     Ok(Some(rec))
                 }))
@@ -2611,7 +2620,7 @@ impl ResourceStore for DieselStore {
                     include,
                 )
             });
-            match result.map_err(|e| name_taken(rt, e.into()))? {
+            match result.map_err(StoreError::from)? {
                 Some((plan, touched, links)) => {
                     self.note_writes(1 + touched);
                     return Ok(finish_update(plan, now, include, links));
@@ -2663,7 +2672,7 @@ impl ResourceStore for DieselStore {
             id.to_string(),
             now.to_string(),
         );
-        let (finish_now, finish_rt) = (now.clone(), rt.clone());
+        let finish_now = now.clone();
         writer.submit(
             move |c| plan.run_if_current(c, (&tenant, &rt, &id, &now), include),
             move |result| {
@@ -2673,7 +2682,7 @@ impl ResourceStore for DieselStore {
                         Ok(Some(finish_update(plan, &finish_now, include, links)))
                     }
                     Ok(None) => Ok(None),
-                    Err(e) => Err(name_taken(&finish_rt, e.into())),
+                    Err(e) => Err(e.into()),
                 }))
             },
         );

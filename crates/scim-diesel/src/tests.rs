@@ -2617,6 +2617,28 @@ fn unique_display_names_are_opened_and_closed_by_the_store() {
             "{name}: {taken:?}"
         );
         create(&unique, "g5", "Finance").unwrap();
+        // A user's unique name is its userName, and the refusal says so.
+        s.create(
+            T,
+            "User",
+            "u1",
+            NOW,
+            user(&unique, "Sales"),
+            Include::default(),
+        )
+        .unwrap();
+        let taken = s.create(
+            T,
+            "User",
+            "u2",
+            NOW,
+            user(&unique, "SALES"),
+            Include::default(),
+        );
+        assert!(
+            matches!(&taken, Err(StoreError::Conflict(m)) if m.contains("User with this userName")),
+            "{name}: {taken:?}"
+        );
         // Closed again: names may repeat, and the stored unique names are cleared.
         assert_eq!(
             s.open_unique_display_names(&[], true).unwrap(),

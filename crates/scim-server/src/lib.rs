@@ -116,12 +116,19 @@ fn open_index(store: &DieselStore, registry: &SchemaRegistry, rebuild: bool) -> 
     Ok(())
 }
 
-/// Makes the names the store keeps unique match `SCIM_UNIQUE_GROUP_NAMES` (see
+/// Makes the names the store keeps unique match the resource types whose `displayName` the
+/// registry declares unique (`SCIM_UNIQUE_GROUP_NAMES`; see
 /// `DieselStore::open_unique_display_names`): applied when `apply` (migrations on start, or
 /// `scim-server migrate`), else a start with another setting than the database's stops here.
-fn open_unique_names(store: &DieselStore, types: &[String], apply: bool) -> Result<()> {
+fn open_unique_names(store: &DieselStore, registry: &SchemaRegistry, apply: bool) -> Result<()> {
+    let types: Vec<String> = registry
+        .resource_types()
+        .iter()
+        .filter(|rt| scim_core::resource::unique_attribute(registry, rt) == Some("displayName"))
+        .map(|rt| rt.id.clone())
+        .collect();
     let opened = store
-        .open_unique_display_names(types, apply)
+        .open_unique_display_names(&types, apply)
         .with_context(|| "SCIM_UNIQUE_GROUP_NAMES")?;
     match opened {
         Some(0) => {}
@@ -161,12 +168,10 @@ impl AppState {
     fn open_with(config: Config, serving: bool) -> Result<Self> {
         // Before the database is touched: a schema the server cannot honour stops it first.
         let mut registry = registry_with(&config.schema_extensions)?;
-        let mut unique_display_names = Vec::new();
         if config.unique_group_names {
             registry = registry
                 .with_unique_display_names("Group")
                 .map_err(|e| anyhow::anyhow!("SCIM_UNIQUE_GROUP_NAMES: {}", e.detail))?;
-            unique_display_names.push("Group".to_string());
         }
         let mut sc = StoreConfig::new(config.database_url.clone());
         sc.pool_size = config.pool_size;
@@ -181,7 +186,7 @@ impl AppState {
         }
         if serving {
             open_index(&store, &registry, config.migrate_on_start)?;
-            open_unique_names(&store, &unique_display_names, config.migrate_on_start)?;
+            open_unique_names(&store, &registry, config.migrate_on_start)?;
         }
         let capabilities = ServerCapabilities {
             query: config.query,
