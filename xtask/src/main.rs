@@ -9,9 +9,11 @@
 //!   third-party checkers too.
 //! * `bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C]
 //!   [--members M] [--lookups L] [--patches P] [--page-size S] [--instances K] [--workers W]
-//!   [--pool-size P]` runs the load client.
+//!   [--pool-size P] [--instance-cpus F]` runs the load client; `--instance-cpus` limits each
+//!   server instance to `F` of a core (see `cpu_limit`).
 
 mod codegen;
+mod cpu_limit;
 mod external;
 mod run;
 

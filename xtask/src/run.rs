@@ -245,7 +245,8 @@ pub fn conformance(root: &Path, flags: &Flags) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C] ...`
+/// `cargo xtask bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C]
+/// [--instances K] [--instance-cpus F] ...`
 pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
     crate::cargo(
         root,
@@ -295,6 +296,20 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
             (servers.iter().map(|s| s.base.clone()).collect(), token)
         }
     };
+    // Dropped after `servers` (declared later, dropped first): a group is removed once its
+    // process has exited.
+    let mut limits = Vec::new();
+    if let Some(cores) = flags.value("--instance-cpus") {
+        if servers.is_empty() {
+            bail!("--instance-cpus applies to servers this command starts, not to --url");
+        }
+        let cores: f64 = cores.parse().context("--instance-cpus")?;
+        for s in &servers {
+            let name = format!("scim-bench-{}", s.pid());
+            limits.push(crate::cpu_limit::CpuLimit::apply(&name, s.pid(), cores)?);
+        }
+    }
+    let servers = servers;
     let mut args = Vec::new();
     for b in bases {
         args.push("--url".to_string());
@@ -321,9 +336,13 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
     );
     for s in &servers {
         println!(
-            "server: release build, pid {}, idle RSS {:.1} MiB",
+            "server: release build, pid {}, idle RSS {:.1} MiB{}",
             s.pid(),
-            s.rss_mib().unwrap_or(0.0)
+            s.rss_mib().unwrap_or(0.0),
+            match flags.value("--instance-cpus") {
+                Some(c) => format!(", limited to {c} of a core"),
+                None => String::new(),
+            }
         );
     }
     let status = Command::new(release.join("scim-bench"))
