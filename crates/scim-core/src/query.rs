@@ -155,7 +155,9 @@ pub fn plan_sort(
         if !r.is_extension && (r.attr.name == "members" || r.attr.name == "groups") {
             return Err(unsortable());
         }
-        // A complex attribute sorts by its `value` (`emails` by `emails.value`).
+        // A complex attribute sorts by its `value` (`emails` by `emails.value`); a
+        // multi-valued one by the value of its primary element, if one is flagged, else its
+        // first (RFC 7644 section 3.4.2.3).
         let sub = match (r.attr.attr_type, r.sub) {
             (AttrType::Complex, None) => Some(r.attr.sub("value").ok_or_else(unsortable)?),
             (_, s) => s,
@@ -170,9 +172,16 @@ pub fn plan_sort(
             AttrType::Complex => return Err(unsortable()),
             _ => ValueKind::Str,
         };
+        let primary = match (r.attr.multi_valued, r.attr.sub("primary")) {
+            (true, Some(flag)) if flag.attr_type == AttrType::Boolean => {
+                Some(path_key(r.schema, r.is_extension, r.attr, Some(flag)))
+            }
+            _ => None,
+        };
         SortTarget::Value {
             path: path_key(r.schema, r.is_extension, r.attr, sub),
             kind,
+            primary,
         }
     };
     Ok(Some(SortKey { target, descending }))

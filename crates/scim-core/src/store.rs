@@ -369,12 +369,17 @@ pub enum StoreFilter {
 pub enum SortTarget {
     /// a column of the resource row
     Column(Column),
-    /// the first value at an index path, from the typed column that holds it
+    /// the value at an index path, from the typed column that holds it: the value of the
+    /// element flagged `primary` when `primary` names that flag's path and an element is
+    /// flagged, else the first value (RFC 7644 section 3.4.2.3)
     Value {
         /// index path
         path: String,
         /// which typed column holds the values
         kind: ValueKind,
+        /// index path of the `primary` flag of the multi-valued complex attribute the path is
+        /// in (`emails.primary` for `emails.value`); `None` for other attributes
+        primary: Option<String>,
     },
 }
 

@@ -974,3 +974,58 @@ fn unique_display_names_make_a_groups_name_its_unique_key() {
     let twice = reg.with_unique_display_names("Group").unwrap_err().detail;
     assert!(twice.contains("unique name already"), "{twice}");
 }
+
+/// `sortBy` on a multi-valued complex attribute names the path of its `primary` flag, so the
+/// store sorts by the primary element's value (RFC 7644 section 3.4.2.3); other attributes
+/// name none.
+#[test]
+fn sorting_a_multi_valued_attribute_prefers_its_primary_element() {
+    use crate::query::plan_sort;
+    use crate::store::{SortTarget, ValueKind};
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let target = |sort_by: &str| {
+        plan_sort(&ctx, Some(sort_by), None)
+            .unwrap()
+            .unwrap()
+            .target
+    };
+    let value = |path: &str, kind, primary: Option<&str>| SortTarget::Value {
+        path: path.into(),
+        kind,
+        primary: primary.map(String::from),
+    };
+    for sort_by in [
+        "emails",
+        "EMAILS.value",
+        "urn:ietf:params:scim:schemas:core:2.0:User:emails",
+    ] {
+        assert_eq!(
+            target(sort_by),
+            value("emails.value", ValueKind::Str, Some("emails.primary")),
+            "{sort_by}"
+        );
+    }
+    assert_eq!(
+        target("addresses.locality"),
+        value(
+            "addresses.locality",
+            ValueKind::Str,
+            Some("addresses.primary")
+        )
+    );
+    assert_eq!(target("title"), value("title", ValueKind::Str, None));
+    assert_eq!(
+        target("name.familyName"),
+        value("name.familyname", ValueKind::Str, None)
+    );
+    let manager = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager";
+    assert_eq!(
+        target(manager),
+        value(
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user:manager.value",
+            ValueKind::Str,
+            None
+        )
+    );
+}

@@ -1559,17 +1559,30 @@ fn list_on(
             // Missing values sort last in both directions; ties keep the creation order.
             let key = match &sort.target {
                 SortTarget::Column(c) => RawCond::sql(column_sql(*c)),
-                SortTarget::Value { path, kind } => {
+                SortTarget::Value {
+                    path,
+                    kind,
+                    primary,
+                } => {
                     let col = match kind {
                         ValueKind::Str => "str_value",
                         ValueKind::Num => "num_value",
                         ValueKind::Bool => "bool_value",
                     };
-                    RawCond::sql(&format!(
+                    let key = RawCond::sql(&format!(
                         "(SELECT v.{col} FROM resource_values v WHERE v.resource_id = resources.id AND v.path = "
                     ))
                     .text(path)
-                    .push(&format!(" AND v.{col} IS NOT NULL ORDER BY v.ordinal LIMIT 1)"))
+                    .push(&format!(" AND v.{col} IS NOT NULL ORDER BY "));
+                    // The primary element's value first (`NOT EXISTS` is false for it).
+                    let key = match primary {
+                        Some(flag) => key
+                            .push("NOT EXISTS (SELECT 1 FROM resource_values p WHERE p.resource_id = v.resource_id AND p.path = ")
+                            .text(flag)
+                            .push(" AND p.ordinal = v.ordinal AND p.bool_value), "),
+                        None => key,
+                    };
+                    key.push("v.ordinal LIMIT 1)")
                 }
             };
             // Columns that always hold a value need no "missing last" term, which keeps

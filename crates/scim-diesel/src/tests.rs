@@ -281,6 +281,7 @@ fn pages_near_the_end_are_the_same_when_read_from_the_end() {
                 SortTarget::Value {
                     path: "title".into(),
                     kind: ValueKind::Str,
+                    primary: None,
                 },
                 false,
             )),
@@ -288,6 +289,7 @@ fn pages_near_the_end_are_the_same_when_read_from_the_end() {
                 SortTarget::Value {
                     path: "title".into(),
                     kind: ValueKind::Str,
+                    primary: None,
                 },
                 true,
             )),
