@@ -227,23 +227,28 @@ impl Serialize for Rendered<'_> {
                 continue;
             }
             let links = match attr.name.as_str() {
-                "members" if ctx.rt.schema == crate::urns::GROUP => Some(rec.members.as_deref()),
-                "groups" if ctx.rt.schema == crate::urns::USER => Some(rec.groups.as_deref()),
+                "members" if ctx.rt.schema == crate::urns::GROUP => {
+                    Some((rec.members.as_deref(), RefType::ResourceType))
+                }
+                "groups" if ctx.rt.schema == crate::urns::USER => {
+                    Some((rec.groups.as_deref(), RefType::Direct))
+                }
                 _ => None,
             };
             match links {
-                Some(Some(list)) => {
+                Some((Some(list), ref_type)) => {
                     let refs = Refs {
                         base_url: self.base_url,
                         registry,
                         list,
                         keep: Keep::new(projection, core, attr),
+                        ref_type,
                     };
                     if refs.shows_anything() {
                         out.serialize_entry(&attr.name, &refs)?;
                     }
                 }
-                Some(None) => {}
+                Some((None, _)) => {}
                 None => {
                     if let Some(v) = attrs.get(&attr.name) {
                         let keep = Keep::new(projection, core, attr);
@@ -565,6 +570,17 @@ struct Refs<'a> {
     registry: &'a crate::schema::SchemaRegistry,
     list: &'a [MemberRef],
     keep: Keep<'a>,
+    ref_type: RefType,
+}
+
+/// What a reference's `type` says.
+#[derive(Clone, Copy)]
+enum RefType {
+    /// a group's `members`: the member's resource type (`User`, `Group`)
+    ResourceType,
+    /// a user's `groups`: how the membership comes about, of the canonical values `direct`
+    /// and `indirect` (RFC 7643 section 4.1.2); the store lists direct memberships only
+    Direct,
 }
 
 impl Refs<'_> {
@@ -590,7 +606,8 @@ impl Serialize for Refs<'_> {
         let keys = self.keys();
         let mut seq = serializer.serialize_seq(None)?;
         for m in self.list.iter().filter(|m| Self::item_shows(keys, m)) {
-            seq.serialize_element(&RefItem::new(self.base_url, self.registry, keys, m))?;
+            let item = RefItem::new(self.base_url, self.registry, keys, m, self.ref_type);
+            seq.serialize_element(&item)?;
         }
         seq.end()
     }
@@ -648,7 +665,13 @@ impl<'a> MemberPages<'a> {
                 true => b",",
             });
             self.open = true;
-            let item = RefItem::new(self.base_url, self.registry, self.keys, m);
+            let item = RefItem::new(
+                self.base_url,
+                self.registry,
+                self.keys,
+                m,
+                RefType::ResourceType,
+            );
             let _ = serde_json::to_writer(&mut *out, &item);
         }
     }
@@ -667,7 +690,7 @@ struct RefItem<'a> {
     reference: Option<String>,
     value: bool,
     display: bool,
-    kind: bool,
+    kind: Option<RefType>,
 }
 
 impl<'a> RefItem<'a> {
@@ -676,6 +699,7 @@ impl<'a> RefItem<'a> {
         registry: &crate::schema::SchemaRegistry,
         keys: [bool; 4],
         m: &'a MemberRef,
+        ref_type: RefType,
     ) -> Self {
         let [value, reference, display, kind] = keys;
         let reference = reference.then(|| {
@@ -690,7 +714,7 @@ impl<'a> RefItem<'a> {
             reference,
             value,
             display,
-            kind,
+            kind: kind.then_some(ref_type),
         }
     }
 }
@@ -707,8 +731,10 @@ impl Serialize for RefItem<'_> {
         if let (true, Some(d)) = (self.display, &self.m.display) {
             o.serialize_entry("display", d)?;
         }
-        if self.kind {
-            o.serialize_entry("type", &self.m.resource_type)?;
+        match self.kind {
+            Some(RefType::ResourceType) => o.serialize_entry("type", &self.m.resource_type)?,
+            Some(RefType::Direct) => o.serialize_entry("type", "direct")?,
+            None => {}
         }
         o.end()
     }
