@@ -42,6 +42,11 @@ impl CpuLimit {
         })?;
         let limit = CpuLimit { dir };
         if v2 {
+            if !limit.dir.join("cpu.max").exists() {
+                // The cpu controller is not yet enabled for the root's children.
+                std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu")
+                    .context("enabling the cpu controller in /sys/fs/cgroup")?;
+            }
             limit.write("cpu.max", &format!("{quota} {PERIOD_US}"))?;
         } else {
             limit.write("cpu.cfs_period_us", &PERIOD_US.to_string())?;
