@@ -38,6 +38,8 @@ pub struct Server {
     pub base: String,
     pub token: String,
     _dir: Option<TempDir>,
+    /// its control group, removed after the process is killed (fields drop after `drop`)
+    cpu_limit: Option<crate::cpu_limit::CpuLimit>,
 }
 
 /// A directory removed on drop.
@@ -114,6 +116,7 @@ impl Server {
             base,
             token,
             _dir: dir,
+            cpu_limit: None,
         };
         server.wait_ready()?;
         Ok(server)
@@ -142,6 +145,13 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Holds the process to `cores` of one core from now on (see `cpu_limit`).
+    pub fn limit_cpu(&mut self, cores: f64) -> Result<()> {
+        let name = format!("scim-bench-{}", self.pid());
+        self.cpu_limit = Some(crate::cpu_limit::CpuLimit::apply(&name, self.pid(), cores)?);
+        Ok(())
     }
 
     /// Peak resident memory (VmHWM) in MiB, from /proc.
@@ -296,20 +306,15 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
             (servers.iter().map(|s| s.base.clone()).collect(), token)
         }
     };
-    // Dropped after `servers` (declared later, dropped first): a group is removed once its
-    // process has exited.
-    let mut limits = Vec::new();
     if let Some(cores) = flags.value("--instance-cpus") {
         if servers.is_empty() {
             bail!("--instance-cpus applies to servers this command starts, not to --url");
         }
         let cores: f64 = cores.parse().context("--instance-cpus")?;
-        for s in &servers {
-            let name = format!("scim-bench-{}", s.pid());
-            limits.push(crate::cpu_limit::CpuLimit::apply(&name, s.pid(), cores)?);
+        for s in &mut servers {
+            s.limit_cpu(cores)?;
         }
     }
-    let servers = servers;
     let mut args = Vec::new();
     for b in bases {
         args.push("--url".to_string());

@@ -548,7 +548,7 @@ pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
         None => None,
     };
     IndexKeys {
-        unique_attribute: unique_name.is_some().then_some(unique).flatten(),
+        unique_attribute: unique.filter(|_| unique_name.is_some()),
         unique_name,
         display_name: display_name.as_deref().map(fold),
         display: display_name.or(user_name),

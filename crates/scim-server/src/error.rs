@@ -9,6 +9,10 @@ use scim_core::{ScimError, StoreError};
 /// Media type of every SCIM body we send.
 pub const SCIM_JSON: &str = "application/scim+json";
 
+/// `Retry-After` (seconds) of every 503: the database is away or every connection is busy,
+/// which a few seconds usually mend.
+pub const UNAVAILABLE_RETRY_AFTER: &str = "5";
+
 /// A SCIM error on its way out.
 #[derive(Debug)]
 pub struct ApiError(pub ScimError);
@@ -58,7 +62,10 @@ impl ResponseError for ApiError {
             ));
         }
         if err.status == 503 {
-            resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            resp.insert_header((
+                header::RETRY_AFTER,
+                HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER),
+            ));
         }
         if err.status == 408 {
             // The rest of the body may still come: the connection cannot be reused.

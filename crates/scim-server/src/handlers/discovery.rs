@@ -1,14 +1,14 @@
 //! `/ServiceProviderConfig`, `/Schemas`, `/ResourceTypes` (RFC 7644 section 4), plus the
 //! 404 and 405 fallbacks.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
 use scim_core::messages::{
     list_response, resource_type_document, schema_document, service_provider_config,
 };
 use scim_core::ScimError;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, UNAVAILABLE_RETRY_AFTER};
 use crate::http::scim_json;
 use crate::AppState;
 
@@ -33,7 +33,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             );
             HttpResponse::ServiceUnavailable()
                 .insert_header(("cache-control", "no-store"))
-                .insert_header(("retry-after", "5"))
+                .insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER))
                 .json(serde_json::json!({"status": "unavailable"}))
         }
     }
