@@ -25,6 +25,7 @@ fixed_shape_statements!(
     PgMembers: diesel::PgConnection;
     PgValues: diesel::PgConnection;
     PgCreate: diesel::PgConnection;
+    PgCreateMany: diesel::PgConnection;
     PgDeleteValues: diesel::PgConnection;
     SqliteValue: diesel::SqliteConnection;
     UpdateResource: diesel::PgConnection, diesel::SqliteConnection;
@@ -258,8 +259,15 @@ impl<'a> PgArrays<'a> {
 
     /// `unnest($p, $o, $s, $n, $b) AS v (p, o, s, n, b)`
     fn push_unnest<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        use diesel::sql_types::{Array, BigInt, Bool, Double, Nullable, Text};
         out.push_sql(" unnest(");
+        self.push_columns(out)?;
+        out.push_sql(") AS v (p, o, s, n, b)");
+        Ok(())
+    }
+
+    /// `$p, $o, $s, $n, $b`
+    fn push_columns<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Bool, Double, Nullable, Text};
         out.push_bind_param::<Array<Text>, _>(&self.paths)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<BigInt>, _>(&self.ordinals)?;
@@ -269,7 +277,6 @@ impl<'a> PgArrays<'a> {
         out.push_bind_param::<Array<Nullable<Double>>, _>(&self.nums)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Nullable<Bool>>, _>(&self.bools)?;
-        out.push_sql(") AS v (p, o, s, n, b)");
         Ok(())
     }
 }
@@ -339,6 +346,97 @@ pub fn pg_insert_resource_with_values(
         arrays: PgArrays::new(rows),
     }
     .execute(c)
+}
+
+/// PostgreSQL: inserts the resources of several creates, and their index rows, in one
+/// statement; returns the ids of the resources it inserted. A resource that collides with a
+/// stored one on a unique key (`userName`, a unique group name) is left out with its rows
+/// (`ON CONFLICT DO NOTHING`), for its caller to create on its own and get its error. The
+/// resources are inserted in the order of the counting trigger's slots (`resources_count`),
+/// so concurrent batches take those rows' locks in one order and cannot deadlock on them.
+pub fn pg_insert_many(
+    c: &mut diesel::PgConnection,
+    resources: &[NewResource<'_>],
+    rows: &[ValueRow<'_>],
+) -> QueryResult<Vec<String>> {
+    PgCreateMany {
+        ids: resources.iter().map(|r| r.id).collect(),
+        tenants: resources.iter().map(|r| r.tenant_id).collect(),
+        types: resources.iter().map(|r| r.resource_type).collect(),
+        created: resources.iter().map(|r| r.created).collect(),
+        external_ids: resources.iter().map(|r| r.external_id).collect(),
+        user_names: resources.iter().map(|r| r.user_name_ci).collect(),
+        display_names: resources.iter().map(|r| r.display_name_ci).collect(),
+        displays: resources.iter().map(|r| r.display).collect(),
+        data: resources.iter().map(|r| r.data).collect(),
+        password_hashes: resources.iter().map(|r| r.password_hash).collect(),
+        row_ids: rows.iter().map(|r| r.resource_id).collect(),
+        arrays: PgArrays::new(rows),
+    }
+    .load(c)
+}
+
+struct PgCreateMany<'a> {
+    ids: Vec<&'a str>,
+    tenants: Vec<&'a str>,
+    types: Vec<&'a str>,
+    created: Vec<&'a str>,
+    external_ids: Vec<Option<&'a str>>,
+    user_names: Vec<Option<&'a str>>,
+    display_names: Vec<Option<&'a str>>,
+    displays: Vec<Option<&'a str>>,
+    data: Vec<&'a str>,
+    password_hashes: Vec<Option<&'a str>>,
+    row_ids: Vec<&'a str>,
+    arrays: PgArrays<'a>,
+}
+
+impl diesel::query_builder::Query for PgCreateMany<'_> {
+    type SqlType = diesel::sql_types::Text;
+}
+
+impl QueryFragment<Pg> for PgCreateMany<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, Nullable, Text};
+        out.push_sql("WITH n AS (SELECT * FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.tenants)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.types)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.created)?;
+        for v in [
+            &self.external_ids,
+            &self.user_names,
+            &self.display_names,
+            &self.displays,
+        ] {
+            out.push_sql(", ");
+            out.push_bind_param::<Array<Nullable<Text>>, _>(v)?;
+        }
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.data)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.password_hashes)?;
+        out.push_sql(
+            ") AS n (id, t, rt, c, e, u, d, s, data, pw)), \
+             r AS (INSERT INTO resources (id, tenant_id, resource_type, version, created, \
+             last_modified, external_id, user_name_ci, display_name_ci, display, data, \
+             password_hash) SELECT id, t, rt, 1, c, c, e, u, d, s, data, pw FROM n \
+             ORDER BY hashtext(id) & 15 ON CONFLICT DO NOTHING \
+             RETURNING id, tenant_id, resource_type), w AS (",
+        );
+        out.push_sql(VALUE_COLUMNS);
+        out.push_sql(
+            "r.id, r.tenant_id, r.resource_type, v.p, v.o, v.s, v.n, v.b FROM r JOIN unnest(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.row_ids)?;
+        out.push_sql(", ");
+        self.arrays.push_columns(&mut out)?;
+        out.push_sql(") AS v (id, p, o, s, n, b) ON v.id = r.id COLLATE \"C\") SELECT id FROM r");
+        Ok(())
+    }
 }
 
 struct PgCreate<'a> {

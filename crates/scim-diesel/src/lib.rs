@@ -13,6 +13,7 @@
 
 mod backend;
 mod batch;
+mod combine;
 pub mod conn;
 mod group;
 mod inline;

@@ -1,6 +1,6 @@
 //! `impl ResourceStore` and `impl CredentialStore` over the pooled connections.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use scim_core::{ScimError, StoreError};
 
 use crate::backend;
 use crate::batch::{self, ReadBatcher};
+use crate::combine;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
 use crate::group::{Checkpointer, GroupWriter};
 use crate::inline::{self, Conn};
@@ -79,6 +80,8 @@ pub struct DieselStore {
     query_timeout: Option<Duration>,
     /// PostgreSQL only: point reads of concurrent requests, read together (see `batch.rs`)
     reads: Option<Arc<ReadBatcher>>,
+    /// PostgreSQL only: creates of concurrent requests, inserted together (see `combine.rs`)
+    creates: Option<Arc<combine::Combiner<CreateJob, TxError>>>,
     /// SQLite only: updates of one resource take turns (see `turns.rs`)
     update_turns: Arc<Turns>,
     /// a pooled connection was found unusable: test the idle ones (see `conn::checkout`)
@@ -919,6 +922,7 @@ impl DieselStore {
             id: inline::next_store_id(),
             query_timeout: config.query_timeout,
             reads,
+            creates: (backend == Backend::Postgres).then(Arc::default),
             update_turns: Arc::default(),
             lost,
             index_trusted: Arc::default(),
@@ -2410,6 +2414,74 @@ fn names_nothing(key: &str) -> bool {
     key.contains('\0')
 }
 
+impl DieselStore {
+    /// PostgreSQL: a create without membership changes, as one statement of its own.
+    fn pg_create_alone(&self, job: &CreateJob) -> Result<Links, TxError> {
+        let (tenant, rt, id) = (job.tenant.as_str(), job.rt.as_str(), job.id.as_str());
+        let mut conn = self.conn()?;
+        match &mut *conn {
+            AnyConnection::Postgres(c) => {
+                let rows = value_rows(tenant, rt, id, &job.values);
+                backend::pg_insert_resource_with_values(c, &job.new_resource(), &rows)
+                    .map_err(unique_name_refused(rt, &job.keys))?;
+            }
+            AnyConnection::Sqlite(_) => unreachable_backend()?,
+        }
+        Ok(links_of(&mut conn, id, rt, job.read)?)
+    }
+
+    /// PostgreSQL: the creates of one batch (see `combine.rs`). One job runs as it would
+    /// alone; several are inserted by one statement, and any it leaves out (a unique key
+    /// taken) or that it could not write (the statement failed) run alone afterwards, each
+    /// for its own answer.
+    fn pg_create_batch(&self, jobs: &[CreateJob]) -> Vec<combine::Outcome<TxError>> {
+        if let [job] = jobs {
+            return vec![match self.pg_create_alone(job) {
+                Ok(_) => combine::Outcome::Done,
+                Err(e) => combine::Outcome::Failed(e),
+            }];
+        }
+        let inserted = (|| -> Result<HashSet<String>, TxError> {
+            let mut conn = self.conn()?;
+            let AnyConnection::Postgres(c) = &mut *conn else {
+                unreachable_backend()?;
+                return Ok(HashSet::new());
+            };
+            let resources: Vec<backend::NewResource<'_>> =
+                jobs.iter().map(CreateJob::new_resource).collect();
+            let rows: Vec<backend::ValueRow<'_>> = jobs
+                .iter()
+                .flat_map(|j| value_rows(&j.tenant, &j.rt, &j.id, &j.values))
+                .collect();
+            Ok(backend::pg_insert_many(c, &resources, &rows)?
+                .into_iter()
+                .collect())
+        })();
+        match inserted {
+            Ok(ids) => jobs
+                .iter()
+                .map(|j| match ids.contains(&j.id) {
+                    true => combine::Outcome::Done,
+                    false => combine::Outcome::Alone,
+                })
+                .collect(),
+            Err(e) => {
+                log::debug!(
+                    "a batch of {} creates failed ({e:?}); each runs alone",
+                    jobs.len()
+                );
+                jobs.iter().map(|_| combine::Outcome::Alone).collect()
+            }
+        }
+    }
+}
+
+/// The links of a resource just created without membership changes: a group with no
+/// members, in no group (what `links_of` reads for it).
+fn new_links(read: Include) -> Links {
+    (read.members.then(Vec::new), read.groups.then(Vec::new))
+}
+
 impl ResourceStore for DieselStore {
     /// `SELECT 1` on a pooled connection (a reader, on SQLite).
     fn check(&self) -> Result<(), StoreError> {
@@ -2430,18 +2502,17 @@ impl ResourceStore for DieselStore {
         let touched = 1 + ops_rows(&job.member_ops);
         let single_statement = self.backend == Backend::Postgres && job.member_ops.is_empty();
         let result: Result<Links, TxError> = if single_statement {
-            (|| {
-                let mut conn = self.conn()?;
-                match &mut *conn {
-                    AnyConnection::Postgres(c) => {
-                        let rows = value_rows(tenant, rt, id, &job.values);
-                        backend::pg_insert_resource_with_values(c, &job.new_resource(), &rows)
-                            .map_err(unique_name_refused(rt, &job.keys))?;
+            match &self.creates {
+                Some(creates) => {
+                    let (job, outcome) = creates.run(job, &|jobs| self.pg_create_batch(jobs));
+                    match outcome {
+                        combine::Outcome::Done => Ok(new_links(job.read)),
+                        combine::Outcome::Failed(e) => Err(e),
+                        combine::Outcome::Alone => self.pg_create_alone(&job),
                     }
-                    AnyConnection::Sqlite(_) => unreachable_backend()?,
                 }
-                Ok(links_of(&mut conn, id, rt, job.read)?)
-            })()
+                None => self.pg_create_alone(&job),
+            }
         } else {
             // The job goes back with the answer, so that its index rows are freed here, not
             // on the writer thread every write waits for.

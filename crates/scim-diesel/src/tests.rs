@@ -830,6 +830,109 @@ fn refused_writes_in_a_shared_commit_leave_nothing_and_cost_the_others_nothing()
     }
 }
 
+/// Concurrent creates (on PostgreSQL inserted by one statement when they meet, see
+/// `combine.rs`): each request gets its own answer, each resource its own index rows, and a
+/// `userName` raced for by every thread has exactly one winner.
+#[test]
+fn concurrent_creates_each_get_their_own_answer_and_index_rows() {
+    const THREADS: usize = 12;
+    const ROUNDS: usize = 15;
+    for db in databases() {
+        let s = Arc::new(db.store.clone());
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    let reg = registry();
+                    let ctx = Ctx::new(&reg, "User").unwrap();
+                    let mut won = Vec::new();
+                    for r in 0..ROUNDS {
+                        let name = format!("t{t}-r{r}");
+                        let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name, "emails": [{"value": format!("{name}@example.com")}]});
+                        let rec = s
+                            .create(T, "User", &name, NOW, prepare_create(&ctx, &body).unwrap(), Include::default())
+                            .unwrap();
+                        assert_eq!(rec.id, name);
+                        let raced = s.create(
+                            T,
+                            "User",
+                            &format!("race{r}-t{t}"),
+                            NOW,
+                            user(&reg, &format!("Race-{r}")),
+                            Include::default(),
+                        );
+                        match raced {
+                            Ok(rec) => won.push(rec.id),
+                            Err(StoreError::Conflict(_)) => {}
+                            Err(e) => panic!("race {r}: {e:?}"),
+                        }
+                    }
+                    won
+                })
+            })
+            .collect();
+        let mut winners: Vec<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        winners.sort();
+        let rounds: Vec<String> = winners
+            .iter()
+            .map(|w| w.split('-').next().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = {
+            let mut w: Vec<String> = (0..ROUNDS).map(|r| format!("race{r}")).collect();
+            w.sort();
+            w
+        };
+        assert_eq!(rounds, want, "{}: one winner per raced userName", db.name);
+        let reg = registry();
+        let ctx = Ctx::new(&reg, "User").unwrap();
+        let find = |filter: &str| -> Vec<String> {
+            let limits = scim_core::query::QueryLimits::default();
+            let q = ListQuery {
+                filter: scim_core::query::plan_filter(&ctx, Some(filter), &limits).unwrap(),
+                start_index: 1,
+                count: 10,
+                include: Include::default(),
+                sort: None,
+                after: None,
+            };
+            s.list(T, "User", &q)
+                .unwrap()
+                .resources
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        for t in 0..THREADS {
+            for r in 0..ROUNDS {
+                let name = format!("t{t}-r{r}");
+                assert_eq!(
+                    find(&format!("emails.value eq \"{name}@example.com\"")),
+                    vec![name.clone()],
+                    "{}: the index rows of {name}",
+                    db.name
+                );
+            }
+        }
+        let all = ListQuery {
+            filter: StoreFilter::All,
+            start_index: 1,
+            count: 0,
+            include: Include::default(),
+            sort: None,
+            after: None,
+        };
+        assert_eq!(
+            s.list(T, "User", &all).unwrap().total as usize,
+            THREADS * ROUNDS + ROUNDS,
+            "{}: the kept count",
+            db.name
+        );
+    }
+}
+
 #[test]
 fn unfiltered_totals_follow_every_write() {
     let reg = registry();
