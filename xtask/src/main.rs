@@ -12,6 +12,19 @@
 //!   [--pool-size P] [--instance-cpus F]` runs the load client; `--instance-cpus` limits each
 //!   server instance to `F` of a core (see `cpu_limit`).
 
+/// What `cargo xtask --help` prints.
+const USAGE: &str = "usage: cargo xtask <command>
+  codegen [--check]     regenerate code from crates/scim-core/schemas (--check: fail if stale)
+  lint                  cargo fmt --check, codegen --check, cargo clippy -D warnings
+  ci                    lint, then cargo test --workspace
+  conformance [--url URL --token T] [--backend sqlite|postgres|all] [--external]
+                        the black-box corpus against the server binary (or a URL);
+                        --external adds the third-party checkers
+  bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C]
+        [--members M] [--lookups L] [--patches P] [--page-size S] [--max-seconds S]
+        [--instances K] [--workers W] [--pool-size P] [--instance-cpus F]
+                        release build, fresh database, the load client (docs/BENCHMARKS.md)";
+
 mod codegen;
 mod cpu_limit;
 mod external;
@@ -25,17 +38,25 @@ use anyhow::{bail, Context, Result};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = project_root();
+    if args.first().is_some_and(|a| a == "help")
+        || args.iter().any(|a| matches!(a.as_str(), "--help" | "-h"))
+    {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match args.first().map(String::as_str) {
         Some("codegen") => codegen::run(&root, args.iter().any(|a| a == "--check")),
         Some("lint") => lint(&root),
-        Some("conformance") => run::conformance(&root, &run::Flags::new(&args[1..])),
-        Some("bench") => run::bench(&root, &run::Flags::new(&args[1..])),
+        Some("conformance") => {
+            run::conformance(&root, &run::Flags::new(&args[1..], run::CONFORMANCE_FLAGS)?)
+        }
+        Some("bench") => run::bench(&root, &run::Flags::new(&args[1..], run::BENCH_FLAGS)?),
         Some("ci") => {
             lint(&root)?;
             cargo(&root, &["test", "--workspace"])
         }
         _ => {
-            eprintln!("usage: cargo xtask <codegen [--check] | lint | ci | conformance [..] | bench [..]>");
+            eprintln!("{USAGE}");
             bail!("unknown or missing command")
         }
     }

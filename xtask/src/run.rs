@@ -10,9 +10,59 @@ use anyhow::{bail, Context, Result};
 /// Simple `--flag value` / `--switch` parsing.
 pub struct Flags(Vec<String>);
 
+/// The flags `conformance` takes: with a value, and switches.
+pub const CONFORMANCE_FLAGS: (&[&str], &[&str]) =
+    (&["--url", "--token", "--backend"], &["--external"]);
+
+/// The flags `bench` takes (all with a value).
+pub const BENCH_FLAGS: (&[&str], &[&str]) = (
+    &[
+        "--url",
+        "--token",
+        "--database-url",
+        "--users",
+        "--concurrency",
+        "--members",
+        "--lookups",
+        "--patches",
+        "--page-size",
+        "--max-seconds",
+        "--instances",
+        "--workers",
+        "--pool-size",
+        "--instance-cpus",
+    ],
+    &[],
+);
+
 impl Flags {
-    pub fn new(args: &[String]) -> Self {
-        Flags(args.to_vec())
+    /// `args` checked against the flags a command takes, `(with a value, switches)`: an
+    /// unknown flag, a stray word or a flag without its value is an error, so that a typo is
+    /// not silently a run with the defaults.
+    pub fn new(args: &[String], (valued, switches): (&[&str], &[&str])) -> Result<Self> {
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            if valued.contains(&a) {
+                if args.get(i + 1).is_none_or(|v| v.starts_with("--")) {
+                    bail!("{a} needs a value");
+                }
+                i += 2;
+            } else if switches.contains(&a) {
+                i += 1;
+            } else {
+                bail!(
+                    "unknown argument {a:?}; this command takes {}",
+                    valued
+                        .iter()
+                        .map(|f| format!("{f} VALUE"))
+                        .chain(switches.iter().map(|f| f.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        Ok(Flags(args.to_vec()))
     }
     pub fn value(&self, name: &str) -> Option<String> {
         self.0

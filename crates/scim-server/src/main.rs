@@ -9,6 +9,7 @@ const USAGE: &str = "usage:
   scim-server token create [NAME]   create a bearer token for the default tenant (printed once)
   scim-server token list            list live tokens (ids and names, never the tokens)
   scim-server token revoke ID       revoke a token
+  scim-server help                  print this help
 
 Settings come from environment variables; see docs/CONFIGURATION.md.";
 
@@ -39,6 +40,11 @@ fn limit_malloc_arenas() {}
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if matches!(args.as_slice(), ["help" | "--help" | "-h"]) {
+        // Before the settings are read: help works whatever the environment holds.
+        println!("{USAGE}");
+        return Ok(());
+    }
     if matches!(args.as_slice(), [] | ["serve"]) {
         limit_malloc_arenas();
     }
@@ -101,7 +107,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!("{USAGE}");
-            bail!("unknown command")
+            bail!("unknown command: {}", args.join(" ").escape_debug())
         }
     }
 }

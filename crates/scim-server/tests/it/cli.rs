@@ -170,6 +170,28 @@ fn token_commands_leave_the_attribute_index_alone() {
 }
 
 #[test]
+fn help_prints_the_usage_and_an_unknown_command_fails_naming_it() {
+    for arg in ["--help", "-h", "help"] {
+        // An invalid setting does not stand in the way of help.
+        let out = Command::new(BIN)
+            .arg(arg)
+            .env("SCIM_MAX_PAGE_SIZE", "lots")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{arg}: {out:?}");
+        assert!(text.contains("scim-server migrate"), "{arg}: {text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scim.db").to_string_lossy().into_owned();
+    let (ok, _, err) = cli(&db, &["frobnicate"]);
+    assert!(
+        !ok && err.contains("unknown command: frobnicate") && err.contains("usage:"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_invalid_setting_stops_the_server_naming_the_variable() {
     let dir = tempfile::tempdir().unwrap();
     for (var, value) in [
