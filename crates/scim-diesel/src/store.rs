@@ -2433,7 +2433,7 @@ impl DieselStore {
     /// PostgreSQL: the creates of one batch (see `combine.rs`). One job runs as it would
     /// alone; several are inserted by one statement, and any it leaves out (a unique key
     /// taken) or that it could not write (the statement failed) run alone afterwards, each
-    /// for its own answer.
+    /// for its own answer; when the database cannot be reached, each gets that 503 at once.
     fn pg_create_batch(&self, jobs: &[CreateJob]) -> Vec<combine::Outcome<TxError>> {
         if let [job] = jobs {
             return vec![match self.pg_create_alone(job) {
@@ -2465,13 +2465,24 @@ impl DieselStore {
                     false => combine::Outcome::Alone,
                 })
                 .collect(),
-            Err(e) => {
-                log::debug!(
-                    "a batch of {} creates failed ({e:?}); each runs alone",
-                    jobs.len()
-                );
-                jobs.iter().map(|_| combine::Outcome::Alone).collect()
-            }
+            Err(e) => match StoreError::from(e) {
+                // No database to write to: every job would wait for a connection again.
+                StoreError::Unavailable(why) => jobs
+                    .iter()
+                    .map(|_| {
+                        combine::Outcome::Failed(TxError::Store(StoreError::Unavailable(
+                            why.clone(),
+                        )))
+                    })
+                    .collect(),
+                e => {
+                    log::debug!(
+                        "a batch of {} creates failed ({e}); each runs alone",
+                        jobs.len()
+                    );
+                    jobs.iter().map(|_| combine::Outcome::Alone).collect()
+                }
+            },
         }
     }
 }
