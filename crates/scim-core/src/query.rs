@@ -7,8 +7,8 @@ use crate::index::{normalize_datetime, path_key};
 use crate::resource::{fold, Ctx};
 use crate::schema::{AttrType, Attribute, ResolvedAttr, Returned};
 use crate::store::{
-    Column, CursorKey, ElementFilter, IndexedField, SortKey, SortTarget, StoreFilter, ValueKind,
-    ValueTest,
+    Column, CursorKey, ElementFilter, IndexedField, LinkSide, SortKey, SortTarget, StoreFilter,
+    ValueKind, ValueTest,
 };
 
 /// Paging and filter limits, advertised in `/ServiceProviderConfig`.
@@ -325,15 +325,8 @@ fn plan_attr(
                     StoreFilter::HasMember(text_of(ctx, path, v)?),
                 ))
             }
-            ("members", None | Some("value"), None) if ctx.is_group() => {
-                return Err(ScimError::invalid_filter(
-                    "'members pr' is not supported; use 'members eq \"id\"'",
-                ))
-            }
             ("members", _, _) if ctx.is_group() => {
-                return Err(ScimError::invalid_filter(
-                    "Only 'members eq \"id\"' filters select on membership",
-                ))
+                return plan_linked(ctx, path, LinkSide::Members, sub, cmp)
             }
             ("groups", None | Some("value"), Some((op @ (CompareOp::Eq | CompareOp::Ne), v)))
                 if ctx.is_user() =>
@@ -341,9 +334,7 @@ fn plan_attr(
                 return Ok(negate_ne(op, StoreFilter::InGroup(text_of(ctx, path, v)?)))
             }
             ("groups", _, _) if ctx.is_user() => {
-                return Err(ScimError::invalid_filter(
-                    "Only 'groups eq \"id\"' filters select on membership",
-                ))
+                return plan_linked(ctx, path, LinkSide::Groups, sub, cmp)
             }
             _ => {}
         }
@@ -545,13 +536,19 @@ fn plan_value_path(
         )));
     }
     if !r.is_extension && (r.attr.name == "members" || r.attr.name == "groups") {
-        // members[value eq "x"] is membership; anything else on members is not indexed.
-        let ids = member_filter_ids(inner).ok_or_else(|| {
-            ScimError::invalid_filter(format!(
-                "Only '{}[value eq \"id\"]' selects on membership",
-                r.attr.name
-            ))
-        })?;
+        // members[value eq "x"] is membership by id; anything else tests the linked rows.
+        let Some(ids) = member_filter_ids(inner) else {
+            let side = if r.attr.name == "members" {
+                LinkSide::Members
+            } else {
+                LinkSide::Groups
+            };
+            return Ok(StoreFilter::Linked {
+                side,
+                linked_type: linked_type(ctx, side),
+                filter: Box::new(plan_linked_element(ctx, path, side, inner)?),
+            });
+        };
         let one = |id: String| {
             if r.attr.name == "members" {
                 StoreFilter::HasMember(id)
@@ -565,6 +562,140 @@ fn plan_value_path(
     Ok(StoreFilter::Element {
         path: path_key(r.schema, r.is_extension, r.attr, None),
         filter,
+    })
+}
+
+/// A filter on a membership attribute (`members`, `groups`) other than by id: what the
+/// linked resource must pass. `x ne v` is "no link with `x eq v`", as for other attributes.
+fn plan_linked(
+    ctx: &Ctx<'_>,
+    path: &AttrPath,
+    side: LinkSide,
+    sub: Option<&str>,
+    cmp: Option<(CompareOp, &CompValue)>,
+) -> Result<StoreFilter, ScimError> {
+    let op = cmp.map(|(op, _)| op);
+    let cmp = cmp.map(|(op, v)| (positive(op), v));
+    let filter = Box::new(linked_test(ctx, path, side, sub, cmp)?);
+    let linked = StoreFilter::Linked {
+        side,
+        linked_type: linked_type(ctx, side),
+        filter,
+    };
+    Ok(match op {
+        Some(op) => negate_ne(op, linked),
+        None => linked,
+    })
+}
+
+/// The type of the resources on the `side` of a membership, when it is one type: groups.
+fn linked_type(ctx: &Ctx<'_>, side: LinkSide) -> Option<String> {
+    match side {
+        LinkSide::Groups => ctx
+            .registry
+            .resource_types()
+            .iter()
+            .find(|t| t.schema == crate::urns::GROUP)
+            .map(|t| t.name.clone()),
+        LinkSide::Members => None,
+    }
+}
+
+/// The element filter of `groups[...]` / `members[...]` as a filter on the linked resource:
+/// each element is one link, so every test in it applies to the same linked resource.
+fn plan_linked_element(
+    ctx: &Ctx<'_>,
+    outer: &AttrPath,
+    side: LinkSide,
+    f: &Filter,
+) -> Result<StoreFilter, ScimError> {
+    let each = |terms: &[Filter]| -> Result<Vec<StoreFilter>, ScimError> {
+        terms
+            .iter()
+            .map(|t| plan_linked_element(ctx, outer, side, t))
+            .collect()
+    };
+    let sub_of = |p: &AttrPath| -> Result<String, ScimError> {
+        if p.urn.is_some() || p.sub.is_some() {
+            return Err(ScimError::invalid_filter(format!(
+                "'{p}' is not a sub-attribute of '{outer}'"
+            )));
+        }
+        Ok(p.name.to_ascii_lowercase())
+    };
+    Ok(match f {
+        Filter::And(t) => StoreFilter::And(each(t)?),
+        Filter::Or(t) => StoreFilter::Or(each(t)?),
+        Filter::Not(inner) => {
+            StoreFilter::Not(Box::new(plan_linked_element(ctx, outer, side, inner)?))
+        }
+        Filter::Present(p) => linked_test(ctx, p, side, Some(&sub_of(p)?), None)?,
+        Filter::Compare { path, op, value } => {
+            let test = linked_test(
+                ctx,
+                path,
+                side,
+                Some(&sub_of(path)?),
+                Some((positive(*op), value)),
+            )?;
+            negate_ne(*op, test)
+        }
+        Filter::ValuePath { path, .. } => {
+            return Err(ScimError::invalid_filter(format!(
+                "'{path}' cannot be nested in '{outer}[...]'"
+            )))
+        }
+    })
+}
+
+/// What a linked resource must pass for `sub` (`value`, `display`, `type`; `None`: the
+/// attribute itself) to test true. `op` is never `ne` here. `value` is the linked resource's
+/// id; a group's `display` is its `displayName`; every link is `direct`. A member's `display`
+/// and `type` are not kept in a form a filter can use.
+fn linked_test(
+    ctx: &Ctx<'_>,
+    path: &AttrPath,
+    side: LinkSide,
+    sub: Option<&str>,
+    cmp: Option<(CompareOp, &CompValue)>,
+) -> Result<StoreFilter, ScimError> {
+    let sub = sub.map(str::to_ascii_lowercase);
+    let column = |column: Column, text: String, op: CompareOp| match (op, column) {
+        (CompareOp::Eq, Column::Id) => StoreFilter::Eq(IndexedField::Id, text),
+        (CompareOp::Eq, Column::DisplayName) => StoreFilter::Eq(IndexedField::DisplayName, text),
+        _ => StoreFilter::Column(column, op, text),
+    };
+    Ok(match (sub.as_deref(), side, cmp) {
+        // `groups pr`, `members.value pr`: any link at all
+        (None | Some("value"), _, None) => StoreFilter::All,
+        (None | Some("value"), _, Some((op, v))) => column(Column::Id, text_of(ctx, path, v)?, op),
+        (Some("display"), LinkSide::Groups, None) => StoreFilter::All,
+        (Some("display"), LinkSide::Groups, Some((op, v))) => {
+            column(Column::DisplayName, fold(&text_of(ctx, path, v)?), op)
+        }
+        (Some("type"), LinkSide::Groups, None) => StoreFilter::All,
+        (Some("type"), LinkSide::Groups, Some((CompareOp::Eq, v))) => {
+            if text_of(ctx, path, v)?.eq_ignore_ascii_case("direct") {
+                StoreFilter::All
+            } else {
+                StoreFilter::Nothing
+            }
+        }
+        (Some("type"), LinkSide::Groups, Some(_)) => {
+            return Err(ScimError::invalid_filter(format!(
+                "'{path}' supports eq, ne and pr"
+            )))
+        }
+        _ => {
+            return Err(ScimError::invalid_filter(format!(
+                "'{path}' cannot be filtered; filter on its value (the id){}",
+                if side == LinkSide::Groups {
+                    ", display or type"
+                } else {
+                    ""
+                }
+            )))
+        }
     })
 }
 

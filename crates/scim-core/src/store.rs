@@ -356,12 +356,33 @@ pub enum StoreFilter {
     HasMember(String),
     /// resources that are direct members of this group
     InGroup(String),
+    /// resources linked by a direct membership to some resource that passes `filter`, a
+    /// filter on the linked resource's own row (`Eq`, `Column`, `All` and their `And`, `Or`,
+    /// `Not`): `groups.display eq "x"` is the members of a group whose name is `x`,
+    /// `members pr` the groups with a member
+    Linked {
+        /// which side of the membership the linked resource is
+        side: LinkSide,
+        /// the linked resource's type when it has one (a User's groups are Groups)
+        linked_type: Option<String>,
+        /// the test on the linked resource
+        filter: Box<StoreFilter>,
+    },
     /// all of
     And(Vec<StoreFilter>),
     /// any of
     Or(Vec<StoreFilter>),
     /// not
     Not(Box<StoreFilter>),
+}
+
+/// A side of a membership, seen from the resource a [`StoreFilter::Linked`] selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkSide {
+    /// the resource's groups (a User's `groups`)
+    Groups,
+    /// the resource's members (a Group's `members`)
+    Members,
 }
 
 /// What a sort key reads.
@@ -497,6 +518,7 @@ impl StoreFilter {
                 terms.iter().map(StoreFilter::scans).sum()
             }
             StoreFilter::Not(inner) => 1 + inner.scans(),
+            StoreFilter::Linked { filter, .. } => filter.scans(),
             _ => 0,
         }
     }

@@ -11,7 +11,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use scim_core::index::IndexRow;
 use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, Detached, Document, ElementFilter, Include,
-    IndexKeys, IndexedField, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey,
+    IndexKeys, IndexedField, LinkSide, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey,
     PointKeyBuf, ReadPart, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey,
     SortTarget, StoreFilter, TokenRead, TokenRecord, UnknownMembers, UpdateFn, ValueKind,
     ValueTest, Visit, WriteDone,
@@ -445,6 +445,31 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
                     .filter(group_members::group_id.eq(g.as_str())),
             ),
         ),
+        StoreFilter::Linked {
+            side,
+            linked_type,
+            filter,
+        } => {
+            // `l` is the linked resource: a group (the resource's groups) or a member.
+            let (this_col, other_col) = match side {
+                LinkSide::Groups => ("gm.member_id", "gm.group_id"),
+                LinkSide::Members => ("gm.group_id", "gm.member_id"),
+            };
+            let mut cond = RawCond::sql(&format!(
+                "resources.id IN (SELECT {this_col} FROM group_members gm JOIN resources l ON l.id = {other_col} WHERE "
+            ))
+            .alive("l.version")
+            .push("l.tenant_id = ")
+            .text(tenant);
+            if let Some(t) = linked_type {
+                cond = cond.push(" AND l.resource_type = ").text(t);
+            }
+            Box::new(
+                cond.push(" AND ")
+                    .append(linked_condition(filter))
+                    .push(")"),
+            )
+        }
         StoreFilter::And(terms) => terms
             .iter()
             .map(|t| condition(t, tenant, rt))
@@ -456,6 +481,47 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             .reduce(|a, b| Box::new(a.or(b)))
             .unwrap_or_else(|| condition(&StoreFilter::Nothing, tenant, rt)),
         StoreFilter::Not(inner) => Box::new(diesel::dsl::not(condition(inner, tenant, rt))),
+    }
+}
+
+/// A filter on the linked resource `l` of a [`StoreFilter::Linked`]: the planner builds it
+/// from `Eq`/`Column` tests on `id` and `displayName`, `All`, `Nothing`, `And`, `Or`, `Not`.
+fn linked_condition(f: &StoreFilter) -> RawCond {
+    let join = |terms: &[StoreFilter], sep: &str, empty: &str| {
+        if terms.is_empty() {
+            return RawCond::sql(empty);
+        }
+        let mut out = RawCond::sql("(");
+        for (i, t) in terms.iter().enumerate() {
+            if i > 0 {
+                out = out.push(sep);
+            }
+            out = out.append(linked_condition(t));
+        }
+        out.push(")")
+    };
+    let column = |c: Column| match c {
+        Column::Id => Some("l.id"),
+        Column::DisplayName => Some("l.display_name_ci"),
+        _ => None,
+    };
+    match f {
+        StoreFilter::All => RawCond::sql("1 = 1"),
+        StoreFilter::Eq(IndexedField::Id, v) => RawCond::sql("l.id = ").text(v),
+        StoreFilter::Eq(IndexedField::DisplayName, v) => {
+            RawCond::sql("l.display_name_ci = ").text(v)
+        }
+        StoreFilter::Column(c, op, v) => match column(*c) {
+            Some(col) => str_test(RawCond::sql("(").push(col), *op, v).push(")"),
+            None => RawCond::sql("1 = 0"),
+        },
+        StoreFilter::And(t) => join(t, " AND ", "1 = 1"),
+        StoreFilter::Or(t) => join(t, " OR ", "1 = 0"),
+        StoreFilter::Not(inner) => RawCond::sql("NOT (")
+            .append(linked_condition(inner))
+            .push(")"),
+        // Nothing else comes from the planner.
+        _ => RawCond::sql("1 = 0"),
     }
 }
 
