@@ -10,36 +10,46 @@ use anyhow::{bail, Context, Result};
 /// Simple `--flag value` / `--switch` parsing.
 pub struct Flags(Vec<String>);
 
-/// The flags `conformance` takes: with a value, and switches.
-pub const CONFORMANCE_FLAGS: (&[&str], &[&str]) =
-    (&["--url", "--token", "--backend"], &["--external"]);
+/// The flags a command takes: lists of flags with a value, and switches.
+pub type FlagSet = (&'static [&'static [&'static str]], &'static [&'static str]);
 
-/// The flags `bench` takes (all with a value).
-pub const BENCH_FLAGS: (&[&str], &[&str]) = (
+/// The flags `conformance` takes.
+pub const CONFORMANCE_FLAGS: FlagSet = (&[&["--url", "--token", "--backend"]], &["--external"]);
+
+/// The flags of `bench` that go to the load client as they are.
+const LOAD_CLIENT_FLAGS: [&str; 7] = [
+    "--users",
+    "--concurrency",
+    "--members",
+    "--lookups",
+    "--patches",
+    "--page-size",
+    "--max-seconds",
+];
+
+/// The flags `bench` takes (all with a value): these and the load client's.
+pub const BENCH_FLAGS: FlagSet = (
     &[
-        "--url",
-        "--token",
-        "--database-url",
-        "--users",
-        "--concurrency",
-        "--members",
-        "--lookups",
-        "--patches",
-        "--page-size",
-        "--max-seconds",
-        "--instances",
-        "--workers",
-        "--pool-size",
-        "--instance-cpus",
+        &[
+            "--url",
+            "--token",
+            "--database-url",
+            "--instances",
+            "--workers",
+            "--pool-size",
+            "--instance-cpus",
+        ],
+        &LOAD_CLIENT_FLAGS,
     ],
     &[],
 );
 
 impl Flags {
-    /// `args` checked against the flags a command takes, `(with a value, switches)`: an
-    /// unknown flag, a stray word or a flag without its value is an error, so that a typo is
-    /// not silently a run with the defaults.
-    pub fn new(args: &[String], (valued, switches): (&[&str], &[&str])) -> Result<Self> {
+    /// `args` checked against the flags a command takes: an unknown flag, a stray word or a
+    /// flag without its value is an error, so that a typo is not silently a run with the
+    /// defaults.
+    pub fn new(args: &[String], (valued, switches): FlagSet) -> Result<Self> {
+        let valued: Vec<&str> = valued.concat();
         let mut i = 0;
         while i < args.len() {
             let a = args[i].as_str();
@@ -370,15 +380,7 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
         args.push("--url".to_string());
         args.push(b);
     }
-    for f in [
-        "--users",
-        "--concurrency",
-        "--members",
-        "--lookups",
-        "--patches",
-        "--page-size",
-        "--max-seconds",
-    ] {
+    for f in LOAD_CLIENT_FLAGS {
         if let Some(v) = flags.value(f) {
             args.push(f.into());
             args.push(v);

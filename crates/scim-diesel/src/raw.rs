@@ -63,6 +63,21 @@ impl RawCond {
         self.parts.push(Part::Alive(column));
         self
     }
+    /// `(a SEP b SEP …)` of the conditions `each` makes of `terms`; `empty` when there are
+    /// none (the neutral element of `SEP`).
+    pub fn joined<T>(terms: &[T], sep: &str, empty: &str, each: impl Fn(&T) -> RawCond) -> Self {
+        if terms.is_empty() {
+            return RawCond::sql(empty);
+        }
+        let mut out = RawCond::sql("(");
+        for (i, t) in terms.iter().enumerate() {
+            if i > 0 {
+                out = out.push(sep);
+            }
+            out = out.append(each(t));
+        }
+        out.push(")")
+    }
     /// Appends another condition.
     pub fn append(mut self, other: RawCond) -> Self {
         self.parts.extend(other.parts);

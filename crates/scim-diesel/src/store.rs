@@ -488,17 +488,7 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
 /// from `Eq`/`Column` tests on `id` and `displayName`, `All`, `Nothing`, `And`, `Or`, `Not`.
 fn linked_condition(f: &StoreFilter) -> RawCond {
     let join = |terms: &[StoreFilter], sep: &str, empty: &str| {
-        if terms.is_empty() {
-            return RawCond::sql(empty);
-        }
-        let mut out = RawCond::sql("(");
-        for (i, t) in terms.iter().enumerate() {
-            if i > 0 {
-                out = out.push(sep);
-            }
-            out = out.append(linked_condition(t));
-        }
-        out.push(")")
+        RawCond::joined(terms, sep, empty, linked_condition)
     };
     let column = |c: Column| match c {
         Column::Id => Some("l.id"),
@@ -601,17 +591,7 @@ fn value_test(alias: &str, test: &ValueTest) -> RawCond {
 /// resource and ordinal.
 fn element_test(f: &ElementFilter) -> RawCond {
     let join = |terms: &[ElementFilter], sep: &str, empty: &str| {
-        if terms.is_empty() {
-            return RawCond::sql(empty);
-        }
-        let mut out = RawCond::sql("(");
-        for (i, t) in terms.iter().enumerate() {
-            if i > 0 {
-                out = out.push(sep);
-            }
-            out = out.append(element_test(t));
-        }
-        out.push(")")
+        RawCond::joined(terms, sep, empty, element_test)
     };
     match f {
         ElementFilter::Test { path, test } => {

@@ -74,6 +74,18 @@ fn group(reg: &SchemaRegistry, name: &str, members: &[&str]) -> ResourceWrite {
     prepare_create(&ctx, &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name, "members": members})).unwrap()
 }
 
+/// The first page of `count` resources that pass `filter`, in creation order.
+fn first_page(filter: StoreFilter, count: u64) -> ListQuery {
+    ListQuery {
+        filter,
+        start_index: 1,
+        count,
+        include: Include::default(),
+        sort: None,
+        after: None,
+    }
+}
+
 fn member_ids(store: &DieselStore, id: &str) -> Vec<String> {
     let g = store
         .get(
@@ -890,14 +902,8 @@ fn concurrent_creates_each_get_their_own_answer_and_index_rows() {
         let ctx = Ctx::new(&reg, "User").unwrap();
         let find = |filter: &str| -> Vec<String> {
             let limits = scim_core::query::QueryLimits::default();
-            let q = ListQuery {
-                filter: scim_core::query::plan_filter(&ctx, Some(filter), &limits).unwrap(),
-                start_index: 1,
-                count: 10,
-                include: Include::default(),
-                sort: None,
-                after: None,
-            };
+            let planned = scim_core::query::plan_filter(&ctx, Some(filter), &limits).unwrap();
+            let q = first_page(planned, 10);
             s.list(T, "User", &q)
                 .unwrap()
                 .resources
@@ -916,14 +922,7 @@ fn concurrent_creates_each_get_their_own_answer_and_index_rows() {
                 );
             }
         }
-        let all = ListQuery {
-            filter: StoreFilter::All,
-            start_index: 1,
-            count: 0,
-            include: Include::default(),
-            sort: None,
-            after: None,
-        };
+        let all = first_page(StoreFilter::All, 0);
         assert_eq!(
             s.list(T, "User", &all).unwrap().total as usize,
             THREADS * ROUNDS + ROUNDS,
