@@ -8,9 +8,10 @@
 //!   black-box corpus against the server binary (or a URL), and with `--external` the
 //!   third-party checkers too.
 //! * `bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C]
-//!   [--members M] [--lookups L] [--patches P] [--page-size S] [--instances K] [--workers W]
-//!   [--pool-size P] [--instance-cpus F]` runs the load client; `--instance-cpus` limits each
-//!   server instance to `F` of a core (see `cpu_limit`).
+//!   [--members M] [--lookups L] [--patches P] [--page-size S] [--member-reads R]
+//!   [--max-seconds S] [--instances K] [--workers W] [--pool-size P] [--instance-cpus F]` runs
+//!   the load client; `--instance-cpus` limits each server instance to `F` of a core (see
+//!   `cpu_limit`).
 
 /// What `cargo xtask --help` prints.
 const USAGE: &str = "usage: cargo xtask <command>
@@ -21,7 +22,8 @@ const USAGE: &str = "usage: cargo xtask <command>
                         the black-box corpus against the server binary (or a URL);
                         --external adds the third-party checkers
   bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C]
-        [--members M] [--lookups L] [--patches P] [--page-size S] [--max-seconds S]
+        [--members M] [--lookups L] [--patches P] [--page-size S] [--member-reads R]
+        [--max-seconds S]
         [--instances K] [--workers W] [--pool-size P] [--instance-cpus F]
                         release build, fresh database, the load client (docs/BENCHMARKS.md)";
 

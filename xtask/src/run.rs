@@ -17,13 +17,14 @@ pub type FlagSet = (&'static [&'static [&'static str]], &'static [&'static str])
 pub const CONFORMANCE_FLAGS: FlagSet = (&[&["--url", "--token", "--backend"]], &["--external"]);
 
 /// The flags of `bench` that go to the load client as they are.
-const LOAD_CLIENT_FLAGS: [&str; 7] = [
+const LOAD_CLIENT_FLAGS: [&str; 8] = [
     "--users",
     "--concurrency",
     "--members",
     "--lookups",
     "--patches",
     "--page-size",
+    "--member-reads",
     "--max-seconds",
 ];
 
