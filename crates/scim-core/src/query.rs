@@ -650,8 +650,8 @@ fn plan_linked_element(
 
 /// What a linked resource must pass for `sub` (`value`, `display`, `type`; `None`: the
 /// attribute itself) to test true. `op` is never `ne` here. `value` is the linked resource's
-/// id; a group's `display` is its `displayName`; every link is `direct`. A member's `display`
-/// and `type` are not kept in a form a filter can use.
+/// id; a group's `display` is its `displayName`; every group link is `direct`; a member's
+/// `type` is its resource type. A member's `display` is not kept in a form a filter can use.
 fn linked_test(
     ctx: &Ctx<'_>,
     path: &AttrPath,
@@ -681,7 +681,23 @@ fn linked_test(
                 StoreFilter::Nothing
             }
         }
-        (Some("type"), LinkSide::Groups, Some(_)) => {
+        // A member's type is its resource type's name, compared case-insensitively.
+        (Some("type"), LinkSide::Members, None) => StoreFilter::All,
+        (Some("type"), LinkSide::Members, Some((CompareOp::Eq, v))) => {
+            let t = text_of(ctx, path, v)?;
+            match ctx
+                .registry
+                .resource_types()
+                .iter()
+                .find(|rt| rt.name.eq_ignore_ascii_case(&t))
+            {
+                Some(rt) => {
+                    StoreFilter::Column(Column::ResourceType, CompareOp::Eq, rt.name.clone())
+                }
+                None => StoreFilter::Nothing,
+            }
+        }
+        (Some("type"), _, Some(_)) => {
             return Err(ScimError::invalid_filter(format!(
                 "'{path}' supports eq, ne and pr"
             )))
@@ -692,7 +708,7 @@ fn linked_test(
                 if side == LinkSide::Groups {
                     ", display or type"
                 } else {
-                    ""
+                    " or type"
                 }
             )))
         }

@@ -325,6 +325,8 @@ pub enum Column {
     Created,
     /// `meta.lastModified` (normalized text)
     LastModified,
+    /// the resource type's name (`User`, `Group`): a member's `type`
+    ResourceType,
 }
 
 /// A filter in terms the store understands; built by [`crate::query::plan_filter`].

@@ -485,7 +485,8 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
 }
 
 /// A filter on the linked resource `l` of a [`StoreFilter::Linked`]: the planner builds it
-/// from `Eq`/`Column` tests on `id` and `displayName`, `All`, `Nothing`, `And`, `Or`, `Not`.
+/// from `Eq`/`Column` tests on `id`, `displayName` and the resource type, `All`, `Nothing`,
+/// `And`, `Or`, `Not`.
 fn linked_condition(f: &StoreFilter) -> RawCond {
     let join = |terms: &[StoreFilter], sep: &str, empty: &str| {
         RawCond::joined(terms, sep, empty, linked_condition)
@@ -493,6 +494,7 @@ fn linked_condition(f: &StoreFilter) -> RawCond {
     let column = |c: Column| match c {
         Column::Id => Some("l.id"),
         Column::DisplayName => Some("l.display_name_ci"),
+        Column::ResourceType => Some("l.resource_type"),
         _ => None,
     };
     match f {
@@ -524,6 +526,7 @@ fn column_sql(c: Column) -> &'static str {
         Column::DisplayName => "resources.display_name_ci",
         Column::Created => "resources.created",
         Column::LastModified => "resources.last_modified",
+        Column::ResourceType => "resources.resource_type",
     }
 }
 
