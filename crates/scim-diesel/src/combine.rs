@@ -3,15 +3,15 @@
 //! A create on PostgreSQL is one statement (the resource and its index rows) and one commit.
 //! Most of what that costs the database is per statement and per commit, not per row:
 //! executor start-up, the commit record and the wait for its flush. Measured with `pgbench`
-//! on the benchmark machine, eight creates per statement gave 45 % more creates per second
-//! than one (docs/BENCHMARKS.md).
+//! on the benchmark machine, eight creates per transaction gave 45 % more creates per second
+//! than one (docs/BENCHMARKS.md); in the server, batching gave 18-23 % more.
 //!
-//! So callers queue their job and the first of them finding no batch running (or fewer than
-//! [`LEADERS`]) becomes the leader: it takes everything queued at that moment, its own job
-//! included, runs the batch, posts each job's outcome and wakes the others. A caller whose
-//! outcome is posted returns; one still queued may lead the next batch. No thread of its
-//! own: the callers are the blocking-pool threads that would have run their creates one by
-//! one. With one request at a time, each batch holds one job.
+//! So callers queue their job, and a caller that finds fewer than [`LEADERS`] batches running
+//! becomes a leader: it takes everything queued at that moment (up to [`MAX_TAKE`]), its own
+//! job included, runs the batch, tells the first caller still queued to lead the next batch
+//! (or, with nothing queued, stops counting as a leader), and posts each job's outcome to its
+//! caller. No thread of its own: the callers are the blocking-pool threads that would have
+//! run their creates one by one. With one request at a time, each batch holds one job.
 //!
 //! Each job is taken from the queue after it was queued, so its statement starts after its
 //! request arrived; every caller returns only after the commit that holds its row (or with
