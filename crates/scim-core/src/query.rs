@@ -651,7 +651,7 @@ fn plan_linked_element(
 /// What a linked resource must pass for `sub` (`value`, `display`, `type`; `None`: the
 /// attribute itself) to test true. `op` is never `ne` here. `value` is the linked resource's
 /// id; a group's `display` is its `displayName`; every group link is `direct`; a member's
-/// `type` is its resource type. A member's `display` is not kept in a form a filter can use.
+/// `display` is its `displayName`, else its `userName`, and its `type` its resource type.
 fn linked_test(
     ctx: &Ctx<'_>,
     path: &AttrPath,
@@ -669,6 +669,13 @@ fn linked_test(
         // `groups pr`, `members.value pr`: any link at all
         (None | Some("value"), _, None) => StoreFilter::All,
         (None | Some("value"), _, Some((op, v))) => column(Column::Id, text_of(ctx, path, v)?, op),
+        // A member shows its displayName, else its userName (`index_keys`).
+        (Some("display"), LinkSide::Members, None) => {
+            StoreFilter::Column(Column::Display, CompareOp::Gt, String::new())
+        }
+        (Some("display"), LinkSide::Members, Some((op, v))) => {
+            StoreFilter::Column(Column::Display, op, fold(&text_of(ctx, path, v)?))
+        }
         (Some("display"), LinkSide::Groups, None) => StoreFilter::All,
         (Some("display"), LinkSide::Groups, Some((op, v))) => {
             column(Column::DisplayName, fold(&text_of(ctx, path, v)?), op)
@@ -704,12 +711,7 @@ fn linked_test(
         }
         _ => {
             return Err(ScimError::invalid_filter(format!(
-                "'{path}' cannot be filtered; filter on its value (the id){}",
-                if side == LinkSide::Groups {
-                    ", display or type"
-                } else {
-                    " or type"
-                }
+                "'{path}' cannot be filtered; filter on its value (the id), display or type"
             )))
         }
     })

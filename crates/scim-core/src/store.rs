@@ -327,6 +327,9 @@ pub enum Column {
     LastModified,
     /// the resource type's name (`User`, `Group`): a member's `type`
     ResourceType,
+    /// folded, what other resources show for this one (`displayName`, else `userName`): a
+    /// member's `display`; no index orders it
+    Display,
 }
 
 /// A filter in terms the store understands; built by [`crate::query::plan_filter`].
@@ -511,6 +514,7 @@ impl StoreFilter {
     pub fn scans(&self) -> usize {
         match self {
             StoreFilter::Column(_, CompareOp::Co | CompareOp::Ew, _) => 1,
+            StoreFilter::Column(Column::Display, _, _) => 1,
             StoreFilter::Value {
                 test: ValueTest::Str(CompareOp::Co | CompareOp::Ew, _),
                 ..

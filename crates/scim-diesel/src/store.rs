@@ -485,8 +485,8 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
 }
 
 /// A filter on the linked resource `l` of a [`StoreFilter::Linked`]: the planner builds it
-/// from `Eq`/`Column` tests on `id`, `displayName` and the resource type, `All`, `Nothing`,
-/// `And`, `Or`, `Not`.
+/// from `Eq`/`Column` tests on `id`, `displayName`, the display and the resource type, `All`,
+/// `Nothing`, `And`, `Or`, `Not`.
 fn linked_condition(f: &StoreFilter) -> RawCond {
     let join = |terms: &[StoreFilter], sep: &str, empty: &str| {
         RawCond::joined(terms, sep, empty, linked_condition)
@@ -495,6 +495,8 @@ fn linked_condition(f: &StoreFilter) -> RawCond {
         Column::Id => Some("l.id"),
         Column::DisplayName => Some("l.display_name_ci"),
         Column::ResourceType => Some("l.resource_type"),
+        // `display` is `displayName`, else `userName` (`index_keys`), both kept folded.
+        Column::Display => Some("COALESCE(l.display_name_ci, l.user_name_ci)"),
         _ => None,
     };
     match f {
@@ -527,6 +529,7 @@ fn column_sql(c: Column) -> &'static str {
         Column::Created => "resources.created",
         Column::LastModified => "resources.last_modified",
         Column::ResourceType => "resources.resource_type",
+        Column::Display => "COALESCE(resources.display_name_ci, resources.user_name_ci)",
     }
 }
 
