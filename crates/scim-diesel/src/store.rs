@@ -646,6 +646,25 @@ macro_rules! lookup {
                 let rows: Vec<Row> =
                     native!(&mut *$conn, |c| filtered.select(Row::as_select()).load(c))?;
                 Ok((rows.len() as u64, rows))
+            } else if skip == 0 && limit > 0 {
+                // The first page first: one that is not full holds every match, so the
+                // common lookup (`externalId eq`, a group's `displayName eq`) is one
+                // statement; a full page is counted after (never below what it shows).
+                let rows: Vec<Row> = filtered
+                    .select(Row::as_select())
+                    .order((resources::created.asc(), resources::id.asc()))
+                    .limit(limit)
+                    .offset(skip)
+                    .load($conn)?;
+                let shown = rows.len() as i64;
+                let total: i64 = match shown < limit {
+                    true => shown,
+                    false => filtered
+                        .select(count_star())
+                        .get_result::<i64>($conn)?
+                        .max(shown),
+                };
+                Ok((total as u64, rows))
             } else {
                 let total: i64 = filtered.select(count_star()).get_result($conn)?;
                 let rows: Vec<Row> = if limit > 0 && skip < total {
@@ -1730,7 +1749,19 @@ fn list_on(
                     Ok((total, load_page(c, start0, query.count, false)?))
                 }
             };
-            if start0 > 0 && query.after.is_none() && !in_snapshot {
+            if start0 == 0 && query.count > 0 && query.after.is_none() {
+                // The first page: read it first. A page that is not full holds every match,
+                // so its length is the total and no count is needed: the lookups identity
+                // providers send (`externalId eq`, a group's `displayName eq`) are one
+                // statement. A full page is counted after; the total is never less than
+                // what the page shows, whatever was deleted in between.
+                let rows = load_page(conn, 0, query.count, false).map_err(map_err)?;
+                let total = match rows.len() as u64 {
+                    n if n < query.count => n,
+                    n => count_all(conn).map_err(map_err)?.max(n),
+                };
+                (total, rows)
+            } else if start0 > 0 && query.after.is_none() && !in_snapshot {
                 // A page past the first may be read from the end, where its position
                 // depends on the count: both come from one snapshot.
                 conn.transaction(|c| {
