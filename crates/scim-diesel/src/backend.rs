@@ -26,6 +26,8 @@ fixed_shape_statements!(
     PgValues: diesel::PgConnection;
     PgCreate: diesel::PgConnection;
     PgCreateMany: diesel::PgConnection;
+    PgUpdateDocumentValues: diesel::PgConnection;
+    PgUpdateResourceValues: diesel::PgConnection;
     PgDeleteValues: diesel::PgConnection;
     SqliteValue: diesel::SqliteConnection;
     UpdateResource: diesel::PgConnection, diesel::SqliteConnection;
@@ -563,3 +565,109 @@ macro_rules! update_sql {
 }
 
 update_sql!(Sqlite, Pg);
+
+/// PostgreSQL: an update's statements in one (one round trip instead of three): the
+/// resource row, conditional on the version read (`UPDATE … RETURNING`), the index rows of
+/// `stale` keys deleted, and `rows` inserted, replacing the stored row of the same key
+/// (`ON CONFLICT … DO UPDATE`). The keys deleted must not be among those inserted, so the
+/// two never meet whatever order PostgreSQL runs them in. Returns how many resource rows were
+/// updated (0: the version was no longer the one read, and nothing was written).
+pub fn pg_update_with_values(
+    c: &mut diesel::PgConnection,
+    doc: UpdateDocument<'_>,
+    keys: Option<KeyColumns<'_>>,
+    (tenant_id, resource_type): (&str, &str),
+    stale: &[(&str, i64)],
+    rows: &[ValueRow<'_>],
+) -> QueryResult<i64> {
+    let values = PgUpdateValues {
+        tenant_id,
+        resource_type,
+        stale_paths: stale.iter().map(|k| k.0).collect(),
+        stale_ordinals: stale.iter().map(|k| k.1).collect(),
+        arrays: PgArrays::new(rows),
+    };
+    match keys {
+        None => PgUpdateDocumentValues { doc, values }.get_result(c),
+        Some(keys) => PgUpdateResourceValues {
+            update: UpdateResource { doc, keys },
+            values,
+        }
+        .get_result(c),
+    }
+}
+
+/// The index-row part of [`pg_update_with_values`].
+struct PgUpdateValues<'a> {
+    tenant_id: &'a str,
+    resource_type: &'a str,
+    stale_paths: Vec<&'a str>,
+    stale_ordinals: Vec<i64>,
+    arrays: PgArrays<'a>,
+}
+
+impl PgUpdateValues<'_> {
+    /// `WITH u AS (<update> RETURNING id), d AS (DELETE …), i AS (INSERT …) SELECT count(*)`
+    fn walk<'b>(
+        &'b self,
+        mut out: AstPass<'_, 'b, Pg>,
+        update: &'b dyn QueryFragment<Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Text};
+        out.push_sql("WITH u AS (");
+        update.walk_ast(out.reborrow())?;
+        out.push_sql(
+            " RETURNING id), d AS (DELETE FROM resource_values WHERE resource_id IN \
+             (SELECT id FROM u) AND (path, ordinal) IN (SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.stale_paths)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.stale_ordinals)?;
+        out.push_sql("))), i AS (");
+        out.push_sql(VALUE_COLUMNS);
+        out.push_sql("u.id, ");
+        out.push_bind_param::<Text, _>(&self.tenant_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.resource_type)?;
+        out.push_sql(", v.p, v.o, v.s, v.n, v.b FROM u,");
+        self.arrays.push_unnest(&mut out)?;
+        out.push_sql(
+            " ON CONFLICT (resource_id, path, ordinal) DO UPDATE SET \
+             str_value = EXCLUDED.str_value, num_value = EXCLUDED.num_value, \
+             bool_value = EXCLUDED.bool_value) SELECT count(*) FROM u",
+        );
+        Ok(())
+    }
+}
+
+/// [`pg_update_with_values`] when the key columns stay as they are.
+struct PgUpdateDocumentValues<'a> {
+    doc: UpdateDocument<'a>,
+    values: PgUpdateValues<'a>,
+}
+
+/// [`pg_update_with_values`] with the key columns.
+struct PgUpdateResourceValues<'a> {
+    update: UpdateResource<'a>,
+    values: PgUpdateValues<'a>,
+}
+
+impl diesel::query_builder::Query for PgUpdateDocumentValues<'_> {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl diesel::query_builder::Query for PgUpdateResourceValues<'_> {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl QueryFragment<Pg> for PgUpdateDocumentValues<'_> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.values.walk(out, &self.doc)
+    }
+}
+
+impl QueryFragment<Pg> for PgUpdateResourceValues<'_> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.values.walk(out, &self.update)
+    }
+}

@@ -2032,6 +2032,32 @@ impl ValueDiff {
         ValueDiff { stale, insert }
     }
 
+    /// The diff as an upsert (PostgreSQL, see `backend::pg_update_with_values`): the keys of
+    /// stale rows that no new row takes the place of, and the new rows, each replacing any
+    /// stored row of its key.
+    fn as_upsert<'a>(
+        &self,
+        tenant: &'a str,
+        rt: &'a str,
+        id: &'a str,
+        values: &'a [IndexRow],
+        old: &'a [IndexRow],
+    ) -> (Vec<(&'a str, i64)>, Vec<backend::ValueRow<'a>>) {
+        let replaced: std::collections::HashSet<(&str, i64)> = self
+            .insert
+            .iter()
+            .map(|&i| (values[i].path.as_str(), values[i].ordinal))
+            .collect();
+        let stale = self
+            .stale
+            .iter()
+            .map(|&i| (old[i].path.as_str(), old[i].ordinal))
+            .filter(|key| !replaced.contains(key))
+            .collect();
+        let rows = value_rows(tenant, rt, id, self.insert.iter().map(|&i| &values[i]));
+        (stale, rows)
+    }
+
     /// Deletes the stale rows and inserts the new ones.
     fn write(
         &self,
@@ -2127,27 +2153,42 @@ impl UpdatePlan {
             last_modified: now,
             data,
         };
-        let n = if self.keys_unchanged {
-            native!(&mut *conn, |c| doc.execute(c))?
-        } else {
-            let update = backend::UpdateResource {
-                doc,
-                keys: backend::KeyColumns {
-                    external_id: write.external_id.as_deref(),
-                    user_name_ci: write.keys.unique_name.as_deref(),
-                    display_name_ci: write.keys.display_name.as_deref(),
-                    display: write.keys.display.as_deref(),
-                },
-            };
-            native!(&mut *conn, |c| update.execute(c))
-                .map_err(unique_name_refused(rt, &write.keys))?
+        let keys = (!self.keys_unchanged).then_some(backend::KeyColumns {
+            external_id: write.external_id.as_deref(),
+            user_name_ci: write.keys.unique_name.as_deref(),
+            display_name_ci: write.keys.display_name.as_deref(),
+            display: write.keys.display.as_deref(),
+        });
+        let values_written;
+        let n = match (&mut *conn, keys) {
+            (AnyConnection::Postgres(c), keys) => {
+                // The row, and its index rows, in one statement (one round trip).
+                values_written = true;
+                let (stale, rows) =
+                    self.diff
+                        .as_upsert(tenant, rt, id, &write.values, &self.old_values);
+                backend::pg_update_with_values(c, doc, keys, (tenant, rt), &stale, &rows)
+                    .map_err(unique_name_refused(rt, &write.keys))? as usize
+            }
+            (_, None) => {
+                values_written = false;
+                native!(&mut *conn, |c| doc.execute(c))?
+            }
+            (_, Some(keys)) => {
+                values_written = false;
+                let update = backend::UpdateResource { doc, keys };
+                native!(&mut *conn, |c| update.execute(c))
+                    .map_err(unique_name_refused(rt, &write.keys))?
+            }
         };
         if n == 0 {
             return Ok(None);
         }
         apply_member_ops(conn, id, &member_ops)?;
-        self.diff
-            .write(conn, tenant, rt, id, &write.values, &self.old_values)?;
+        if !values_written {
+            self.diff
+                .write(conn, tenant, rt, id, &write.values, &self.old_values)?;
+        }
         let hash = match &write.password {
             SecretChange::Keep => None,
             SecretChange::Set(h) => Some(Some(h.as_str())),
