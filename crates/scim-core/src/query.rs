@@ -326,7 +326,7 @@ fn plan_attr(
                 ))
             }
             ("members", _, _) if ctx.is_group() => {
-                return plan_linked(ctx, path, LinkSide::Members, sub, cmp)
+                return plan_linked(ctx, Link::new(path, LinkSide::Members, sub), cmp)
             }
             ("groups", None | Some("value"), Some((op @ (CompareOp::Eq | CompareOp::Ne), v)))
                 if ctx.is_user() =>
@@ -334,7 +334,7 @@ fn plan_attr(
                 return Ok(negate_ne(op, StoreFilter::InGroup(text_of(ctx, path, v)?)))
             }
             ("groups", _, _) if ctx.is_user() => {
-                return plan_linked(ctx, path, LinkSide::Groups, sub, cmp)
+                return plan_linked(ctx, Link::new(path, LinkSide::Groups, sub), cmp)
             }
             _ => {}
         }
@@ -565,18 +565,32 @@ fn plan_value_path(
     })
 }
 
+/// A sub-attribute (`None`: the attribute itself) of a membership attribute, as a filter
+/// names it.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    path: &'a AttrPath,
+    side: LinkSide,
+    sub: Option<&'a str>,
+}
+
+impl<'a> Link<'a> {
+    fn new(path: &'a AttrPath, side: LinkSide, sub: Option<&'a str>) -> Self {
+        Link { path, side, sub }
+    }
+}
+
 /// A filter on a membership attribute (`members`, `groups`) other than by id: what the
 /// linked resource must pass. `x ne v` is "no link with `x eq v`", as for other attributes.
 fn plan_linked(
     ctx: &Ctx<'_>,
-    path: &AttrPath,
-    side: LinkSide,
-    sub: Option<&str>,
+    link: Link<'_>,
     cmp: Option<(CompareOp, &CompValue)>,
 ) -> Result<StoreFilter, ScimError> {
     let op = cmp.map(|(op, _)| op);
     let cmp = cmp.map(|(op, v)| (positive(op), v));
-    let filter = Box::new(linked_test(ctx, path, side, sub, cmp)?);
+    let filter = Box::new(linked_test(ctx, link, cmp)?);
+    let side = link.side;
     let linked = StoreFilter::Linked {
         side,
         linked_type: linked_type(ctx, side),
@@ -629,15 +643,11 @@ fn plan_linked_element(
         Filter::Not(inner) => {
             StoreFilter::Not(Box::new(plan_linked_element(ctx, outer, side, inner)?))
         }
-        Filter::Present(p) => linked_test(ctx, p, side, Some(&sub_of(p)?), None)?,
+        Filter::Present(p) => linked_test(ctx, Link::new(p, side, Some(&sub_of(p)?)), None)?,
         Filter::Compare { path, op, value } => {
-            let test = linked_test(
-                ctx,
-                path,
-                side,
-                Some(&sub_of(path)?),
-                Some((positive(*op), value)),
-            )?;
+            let sub = sub_of(path)?;
+            let link = Link::new(path, side, Some(&sub));
+            let test = linked_test(ctx, link, Some((positive(*op), value)))?;
             negate_ne(*op, test)
         }
         Filter::ValuePath { path, .. } => {
@@ -654,9 +664,7 @@ fn plan_linked_element(
 /// `display` is its `displayName`, else its `userName`, and its `type` its resource type.
 fn linked_test(
     ctx: &Ctx<'_>,
-    path: &AttrPath,
-    side: LinkSide,
-    sub: Option<&str>,
+    Link { path, side, sub }: Link<'_>,
     cmp: Option<(CompareOp, &CompValue)>,
 ) -> Result<StoreFilter, ScimError> {
     let sub = sub.map(str::to_ascii_lowercase);
