@@ -1,17 +1,6 @@
-//! Project automation: `cargo xtask <command>`.
-//!
-//! * `codegen [--check]` regenerates code from `crates/scim-core/schemas/*.json`; with
-//!   `--check` it fails when a generated file is stale.
-//! * `lint` runs `cargo fmt --check`, `codegen --check` and `cargo clippy -D warnings`.
-//! * `ci` runs `lint` and then the test suite, as `.ci/run` does.
-//! * `conformance [--url URL --token T] [--backend sqlite|postgres|all] [--external]` runs the
-//!   black-box corpus against the server binary (or a URL), and with `--external` the
-//!   third-party checkers too.
-//! * `bench [--url URL --token T] [--database-url URL] [--users N] [--concurrency C]
-//!   [--members M] [--lookups L] [--patches P] [--page-size S] [--member-reads R]
-//!   [--max-seconds S] [--instances K] [--workers W] [--pool-size P] [--instance-cpus F]` runs
-//!   the load client; `--instance-cpus` limits each server instance to `F` of a core (see
-//!   `cpu_limit`).
+//! Project automation: `cargo xtask <command>`; [`USAGE`] lists the commands and their flags
+//! (`cargo xtask --help` prints it). `bench --instance-cpus F` limits each server instance
+//! to `F` of a core (see `cpu_limit`).
 
 /// What `cargo xtask --help` prints.
 const USAGE: &str = "usage: cargo xtask <command>

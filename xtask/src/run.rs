@@ -452,3 +452,37 @@ fn machine_line(_root: &Path) -> String {
         .unwrap_or_default();
     format!("machine: {cores} cores ({cpu}), {mem:.0} GiB; date: {date}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_are_checked_against_the_command() {
+        let ok = Flags::new(&args(&["--users", "5", "--instances", "2"]), BENCH_FLAGS).unwrap();
+        assert_eq!(ok.value("--users").as_deref(), Some("5"));
+        assert_eq!(ok.value("--instances").as_deref(), Some("2"));
+        let ok = Flags::new(
+            &args(&["--external", "--backend", "sqlite"]),
+            CONFORMANCE_FLAGS,
+        );
+        assert!(ok.unwrap().has("--external"));
+        for (bad, why) in [
+            (&["--userz", "5"][..], "unknown argument \"--userz\""),
+            (&["--users"][..], "--users needs a value"),
+            (&["--users", "--lookups", "5"][..], "--users needs a value"),
+            (&["5"][..], "unknown argument \"5\""),
+            (&["--external"][..], "unknown argument \"--external\""),
+        ] {
+            let err = Flags::new(&args(bad), BENCH_FLAGS)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+}

@@ -317,21 +317,8 @@ fn plan_attr(
                     fold(&text_of(ctx, path, v)?),
                 ))
             }
-            ("members", None | Some("value"), Some((op @ (CompareOp::Eq | CompareOp::Ne), v)))
-                if ctx.is_group() =>
-            {
-                return Ok(negate_ne(
-                    op,
-                    StoreFilter::HasMember(text_of(ctx, path, v)?),
-                ))
-            }
             ("members", _, _) if ctx.is_group() => {
                 return plan_linked(ctx, Link::new(path, LinkSide::Members, sub), cmp)
-            }
-            ("groups", None | Some("value"), Some((op @ (CompareOp::Eq | CompareOp::Ne), v)))
-                if ctx.is_user() =>
-            {
-                return Ok(negate_ne(op, StoreFilter::InGroup(text_of(ctx, path, v)?)))
             }
             ("groups", _, _) if ctx.is_user() => {
                 return plan_linked(ctx, Link::new(path, LinkSide::Groups, sub), cmp)
@@ -536,27 +523,17 @@ fn plan_value_path(
         )));
     }
     if !r.is_extension && (r.attr.name == "members" || r.attr.name == "groups") {
-        // members[value eq "x"] is membership by id; anything else tests the linked rows.
-        let Some(ids) = member_filter_ids(inner) else {
-            let side = if r.attr.name == "members" {
-                LinkSide::Members
-            } else {
-                LinkSide::Groups
-            };
-            return Ok(StoreFilter::Linked {
-                side,
-                linked_type: linked_type(ctx, side),
-                filter: Box::new(plan_linked_element(ctx, path, side, inner)?),
-            });
+        // Each element is one link: every test in the brackets is on the same linked resource.
+        let side = if r.attr.name == "members" {
+            LinkSide::Members
+        } else {
+            LinkSide::Groups
         };
-        let one = |id: String| {
-            if r.attr.name == "members" {
-                StoreFilter::HasMember(id)
-            } else {
-                StoreFilter::InGroup(id)
-            }
-        };
-        return Ok(StoreFilter::Or(ids.into_iter().map(one).collect()));
+        return Ok(linked(
+            ctx,
+            side,
+            plan_linked_element(ctx, path, side, inner)?,
+        ));
     }
     let filter = plan_element(ctx, &r, inner)?;
     Ok(StoreFilter::Element {
@@ -580,31 +557,26 @@ impl<'a> Link<'a> {
     }
 }
 
-/// A filter on a membership attribute (`members`, `groups`) other than by id: what the
-/// linked resource must pass. `x ne v` is "no link with `x eq v`", as for other attributes.
+/// A filter on a membership attribute (`members`, `groups`): what the linked resource must
+/// pass (`members eq "id"` is a link to the resource `id`). `x ne v` is "no link with
+/// `x eq v`", as for other attributes.
 fn plan_linked(
     ctx: &Ctx<'_>,
     link: Link<'_>,
     cmp: Option<(CompareOp, &CompValue)>,
 ) -> Result<StoreFilter, ScimError> {
-    let op = cmp.map(|(op, _)| op);
-    let cmp = cmp.map(|(op, v)| (positive(op), v));
-    let filter = Box::new(linked_test(ctx, link, cmp)?);
-    let side = link.side;
-    let linked = StoreFilter::Linked {
-        side,
-        linked_type: linked_type(ctx, side),
-        filter,
-    };
-    Ok(match op {
-        Some(op) => negate_ne(op, linked),
-        None => linked,
+    let positive_cmp = cmp.map(|(op, v)| (positive(op), v));
+    let found = linked(ctx, link.side, linked_test(ctx, link, positive_cmp)?);
+    Ok(match cmp {
+        Some((op, _)) => negate_ne(op, found),
+        None => found,
     })
 }
 
-/// The type of the resources on the `side` of a membership, when it is one type: groups.
-fn linked_type(ctx: &Ctx<'_>, side: LinkSide) -> Option<String> {
-    match side {
+/// Resources linked on `side` to one that passes `filter`; the linked resources' type is
+/// named when it is one type (a user's groups are groups).
+fn linked(ctx: &Ctx<'_>, side: LinkSide, filter: StoreFilter) -> StoreFilter {
+    let linked_type = match side {
         LinkSide::Groups => ctx
             .registry
             .resource_types()
@@ -612,6 +584,11 @@ fn linked_type(ctx: &Ctx<'_>, side: LinkSide) -> Option<String> {
             .find(|t| t.schema == crate::urns::GROUP)
             .map(|t| t.name.clone()),
         LinkSide::Members => None,
+    };
+    StoreFilter::Linked {
+        side,
+        linked_type,
+        filter: Box::new(filter),
     }
 }
 
@@ -668,15 +645,12 @@ fn linked_test(
     cmp: Option<(CompareOp, &CompValue)>,
 ) -> Result<StoreFilter, ScimError> {
     let sub = sub.map(str::to_ascii_lowercase);
-    let column = |column: Column, text: String, op: CompareOp| match (op, column) {
-        (CompareOp::Eq, Column::Id) => StoreFilter::Eq(IndexedField::Id, text),
-        (CompareOp::Eq, Column::DisplayName) => StoreFilter::Eq(IndexedField::DisplayName, text),
-        _ => StoreFilter::Column(column, op, text),
-    };
     Ok(match (sub.as_deref(), side, cmp) {
         // `groups pr`, `members.value pr`: any link at all
         (None | Some("value"), _, None) => StoreFilter::All,
-        (None | Some("value"), _, Some((op, v))) => column(Column::Id, text_of(ctx, path, v)?, op),
+        (None | Some("value"), _, Some((op, v))) => {
+            StoreFilter::Column(Column::Id, op, text_of(ctx, path, v)?)
+        }
         // A member shows its displayName, else its userName (`index_keys`).
         (Some("display"), LinkSide::Members, None) => {
             StoreFilter::Column(Column::Display, CompareOp::Gt, String::new())
@@ -686,7 +660,7 @@ fn linked_test(
         }
         (Some("display"), LinkSide::Groups, None) => StoreFilter::All,
         (Some("display"), LinkSide::Groups, Some((op, v))) => {
-            column(Column::DisplayName, fold(&text_of(ctx, path, v)?), op)
+            StoreFilter::Column(Column::DisplayName, op, fold(&text_of(ctx, path, v)?))
         }
         (Some("type"), LinkSide::Groups, None) => StoreFilter::All,
         (Some("type"), LinkSide::Groups, Some((CompareOp::Eq, v))) => {

@@ -357,14 +357,11 @@ pub enum StoreFilter {
         /// tests on one element
         filter: ElementFilter,
     },
-    /// groups that have this direct member
-    HasMember(String),
-    /// resources that are direct members of this group
-    InGroup(String),
     /// resources linked by a direct membership to some resource that passes `filter`, a
-    /// filter on the linked resource's own row (`Eq`, `Column`, `All` and their `And`, `Or`,
-    /// `Not`): `groups.display eq "x"` is the members of a group whose name is `x`,
-    /// `members pr` the groups with a member
+    /// filter on the linked resource's own row (`Column`, `All`, `Nothing` and their `And`,
+    /// `Or`, `Not`): `members eq "x"` is the groups with the member `x` (`Column(Id, Eq, x)`),
+    /// `groups.display eq "x"` the members of a group named `x`, `members pr` the groups with
+    /// a member
     Linked {
         /// which side of the membership the linked resource is
         side: LinkSide,

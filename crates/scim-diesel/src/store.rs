@@ -80,8 +80,9 @@ pub struct DieselStore {
     query_timeout: Option<Duration>,
     /// PostgreSQL only: point reads of concurrent requests, read together (see `batch.rs`)
     reads: Option<Arc<ReadBatcher>>,
-    /// PostgreSQL only: creates of concurrent requests, inserted together (see `combine.rs`)
-    creates: Option<Arc<combine::Combiner<CreateJob, TxError>>>,
+    /// PostgreSQL: creates of concurrent requests, inserted together (see `combine.rs`;
+    /// unused on SQLite, whose writer thread shares commits instead)
+    creates: Arc<combine::Combiner<CreateJob, TxError>>,
     /// SQLite only: updates of one resource take turns (see `turns.rs`)
     update_turns: Arc<Turns>,
     /// a pooled connection was found unusable: test the idle ones (see `conn::checkout`)
@@ -431,25 +432,32 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
                     .push(")"),
             )
         }
-        StoreFilter::HasMember(m) => Box::new(
-            resources::id.eq_any(
-                group_members::table
-                    .select(group_members::group_id)
-                    .filter(group_members::member_id.eq(m.as_str())),
-            ),
-        ),
-        StoreFilter::InGroup(g) => Box::new(
-            resources::id.eq_any(
-                group_members::table
-                    .select(group_members::member_id)
-                    .filter(group_members::group_id.eq(g.as_str())),
-            ),
-        ),
         StoreFilter::Linked {
             side,
             linked_type,
             filter,
         } => {
+            // By id (`members eq "x"`, `groups eq "x"`, the IdPs' queries): the membership
+            // table's own index answers, without the linked resource's row.
+            if let StoreFilter::Column(Column::Id, CompareOp::Eq, v) = filter.as_ref() {
+                let v = v.as_str();
+                return match side {
+                    LinkSide::Members => Box::new(
+                        resources::id.eq_any(
+                            group_members::table
+                                .select(group_members::group_id)
+                                .filter(group_members::member_id.eq(v)),
+                        ),
+                    ),
+                    LinkSide::Groups => Box::new(
+                        resources::id.eq_any(
+                            group_members::table
+                                .select(group_members::member_id)
+                                .filter(group_members::group_id.eq(v)),
+                        ),
+                    ),
+                };
+            }
             // `l` is the linked resource: a group (the resource's groups) or a member.
             let (this_col, other_col) = match side {
                 LinkSide::Groups => ("gm.member_id", "gm.group_id"),
@@ -485,7 +493,7 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
 }
 
 /// A filter on the linked resource `l` of a [`StoreFilter::Linked`]: the planner builds it
-/// from `Eq`/`Column` tests on `id`, `displayName`, the display and the resource type, `All`,
+/// from `Column` tests on `id`, `displayName`, the display and the resource type, `All`,
 /// `Nothing`, `And`, `Or`, `Not`.
 fn linked_condition(f: &StoreFilter) -> RawCond {
     let join = |terms: &[StoreFilter], sep: &str, empty: &str| {
@@ -501,10 +509,7 @@ fn linked_condition(f: &StoreFilter) -> RawCond {
     };
     match f {
         StoreFilter::All => RawCond::sql("1 = 1"),
-        StoreFilter::Eq(IndexedField::Id, v) => RawCond::sql("l.id = ").text(v),
-        StoreFilter::Eq(IndexedField::DisplayName, v) => {
-            RawCond::sql("l.display_name_ci = ").text(v)
-        }
+        StoreFilter::Nothing => RawCond::sql("1 = 0"),
         StoreFilter::Column(c, op, v) => match column(*c) {
             Some(col) => str_test(RawCond::sql("(").push(col), *op, v).push(")"),
             None => RawCond::sql("1 = 0"),
@@ -647,24 +652,19 @@ macro_rules! lookup {
                     native!(&mut *$conn, |c| filtered.select(Row::as_select()).load(c))?;
                 Ok((rows.len() as u64, rows))
             } else if skip == 0 && limit > 0 {
-                // The first page first: one that is not full holds every match, so the
-                // common lookup (`externalId eq`, a group's `displayName eq`) is one
-                // statement; a full page is counted after (never below what it shows).
+                // The first page first (see `first_page_total`): the common lookup
+                // (`externalId eq`, a group's `displayName eq`) is one statement.
                 let rows: Vec<Row> = filtered
                     .select(Row::as_select())
                     .order((resources::created.asc(), resources::id.asc()))
                     .limit(limit)
                     .offset(skip)
                     .load($conn)?;
-                let shown = rows.len() as i64;
-                let total: i64 = match shown < limit {
-                    true => shown,
-                    false => filtered
-                        .select(count_star())
-                        .get_result::<i64>($conn)?
-                        .max(shown),
-                };
-                Ok((total as u64, rows))
+                let total = first_page_total(rows.len(), $query.count, || {
+                    let n: i64 = filtered.select(count_star()).get_result($conn)?;
+                    Ok(n.max(0) as u64)
+                })?;
+                Ok((total, rows))
             } else {
                 let total: i64 = filtered.select(count_star()).get_result($conn)?;
                 let rows: Vec<Row> = if limit > 0 && skip < total {
@@ -681,6 +681,22 @@ macro_rules! lookup {
             }
         })()
     }};
+}
+
+/// `totalResults` of a list whose first page (of at most `count` resources) holds `shown`:
+/// a page that is not full holds every match, so its length is the total and `count_all` is
+/// not run; a full one is counted after it, and the total is never less than what the page
+/// shows, whatever was deleted in between.
+fn first_page_total(
+    shown: usize,
+    count: u64,
+    count_all: impl FnOnce() -> QueryResult<u64>,
+) -> QueryResult<u64> {
+    let shown = shown as u64;
+    if shown < count {
+        return Ok(shown);
+    }
+    Ok(count_all()?.max(shown))
 }
 
 diesel::alias!(resources as linked: Linked);
@@ -993,7 +1009,7 @@ impl DieselStore {
             id: inline::next_store_id(),
             query_timeout: config.query_timeout,
             reads,
-            creates: (backend == Backend::Postgres).then(Arc::default),
+            creates: Arc::default(),
             update_turns: Arc::default(),
             lost,
             index_trusted: Arc::default(),
@@ -1750,16 +1766,10 @@ fn list_on(
                 }
             };
             if start0 == 0 && query.count > 0 && query.after.is_none() {
-                // The first page: read it first. A page that is not full holds every match,
-                // so its length is the total and no count is needed: the lookups identity
-                // providers send (`externalId eq`, a group's `displayName eq`) are one
-                // statement. A full page is counted after; the total is never less than
-                // what the page shows, whatever was deleted in between.
+                // The first page: read it first (see `first_page_total`).
                 let rows = load_page(conn, 0, query.count, false).map_err(map_err)?;
-                let total = match rows.len() as u64 {
-                    n if n < query.count => n,
-                    n => count_all(conn).map_err(map_err)?.max(n),
-                };
+                let total = first_page_total(rows.len(), query.count, || count_all(conn))
+                    .map_err(map_err)?;
                 (total, rows)
             } else if start0 > 0 && query.after.is_none() && !in_snapshot {
                 // A page past the first may be read from the end, where its position
@@ -2043,7 +2053,7 @@ impl ValueDiff {
         values: &'a [IndexRow],
         old: &'a [IndexRow],
     ) -> (Vec<(&'a str, i64)>, Vec<backend::ValueRow<'a>>) {
-        let replaced: std::collections::HashSet<(&str, i64)> = self
+        let replaced: HashSet<(&str, i64)> = self
             .insert
             .iter()
             .map(|&i| (values[i].path.as_str(), values[i].ordinal))
@@ -2159,26 +2169,21 @@ impl UpdatePlan {
             display_name_ci: write.keys.display_name.as_deref(),
             display: write.keys.display.as_deref(),
         });
-        let values_written;
-        let n = match (&mut *conn, keys) {
+        let refused = unique_name_refused(rt, &write.keys);
+        let (n, values_written) = match (&mut *conn, keys) {
+            // PostgreSQL: the row and its index rows in one statement (one round trip).
             (AnyConnection::Postgres(c), keys) => {
-                // The row, and its index rows, in one statement (one round trip).
-                values_written = true;
                 let (stale, rows) =
                     self.diff
                         .as_upsert(tenant, rt, id, &write.values, &self.old_values);
-                backend::pg_update_with_values(c, doc, keys, (tenant, rt), &stale, &rows)
-                    .map_err(unique_name_refused(rt, &write.keys))? as usize
+                let n = backend::pg_update_with_values(c, doc, keys, (tenant, rt), &stale, &rows)
+                    .map_err(refused)?;
+                (n as usize, true)
             }
-            (_, None) => {
-                values_written = false;
-                native!(&mut *conn, |c| doc.execute(c))?
-            }
-            (_, Some(keys)) => {
-                values_written = false;
+            (c, None) => (native!(c, |c| doc.execute(c))?, false),
+            (c, Some(keys)) => {
                 let update = backend::UpdateResource { doc, keys };
-                native!(&mut *conn, |c| update.execute(c))
-                    .map_err(unique_name_refused(rt, &write.keys))?
+                (native!(c, |c| update.execute(c)).map_err(refused)?, false)
             }
         };
         if n == 0 {
@@ -2639,16 +2644,11 @@ impl ResourceStore for DieselStore {
         let touched = 1 + ops_rows(&job.member_ops);
         let single_statement = self.backend == Backend::Postgres && job.member_ops.is_empty();
         let result: Result<Links, TxError> = if single_statement {
-            match &self.creates {
-                Some(creates) => {
-                    let (job, outcome) = creates.run(job, &|jobs| self.pg_create_batch(jobs));
-                    match outcome {
-                        combine::Outcome::Done => Ok(new_links(job.read)),
-                        combine::Outcome::Failed(e) => Err(e),
-                        combine::Outcome::Alone => self.pg_create_alone(&job),
-                    }
-                }
-                None => self.pg_create_alone(&job),
+            let (job, outcome) = self.creates.run(job, &|jobs| self.pg_create_batch(jobs));
+            match outcome {
+                combine::Outcome::Done => Ok(new_links(job.read)),
+                combine::Outcome::Failed(e) => Err(e),
+                combine::Outcome::Alone => self.pg_create_alone(&job),
             }
         } else {
             // The job goes back with the answer, so that its index rows are freed here, not

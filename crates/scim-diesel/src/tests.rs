@@ -7,8 +7,9 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use scim_core::resource::prepare_create;
 use scim_core::store::{
-    Column, Include, IndexedField, ListQuery, MemberOp, PointKey, ResourceRecord, ResourceStore,
-    ResourceWrite, SortKey, SortTarget, StoreFilter, TokenRead, UnknownMembers, ValueKind,
+    Column, CompareOp, Include, IndexedField, LinkSide, ListQuery, MemberOp, PointKey,
+    ResourceRecord, ResourceStore, ResourceWrite, SortKey, SortTarget, StoreFilter, TokenRead,
+    UnknownMembers, ValueKind,
 };
 use scim_core::{Ctx, SchemaRegistry, StoreError};
 use serde_json::json;
@@ -591,14 +592,18 @@ fn membership_is_set_operations_and_atomic() {
             .list(
                 T,
                 "Group",
-                &ListQuery {
-                    filter: StoreFilter::HasMember("c".into()),
-                    start_index: 1,
-                    count: 10,
-                    include: Include::default(),
-                    sort: None,
-                    after: None,
-                },
+                &first_page(
+                    StoreFilter::Linked {
+                        side: LinkSide::Members,
+                        linked_type: None,
+                        filter: Box::new(StoreFilter::Column(
+                            Column::Id,
+                            CompareOp::Eq,
+                            "c".into(),
+                        )),
+                    },
+                    10,
+                ),
             )
             .unwrap();
         assert_eq!(page.total, 1);
