@@ -327,13 +327,22 @@ fn plan_attr(
         }
     }
     // `emails co "x"` means `emails.value co "x"`; `manager eq "x"` means `manager.value eq "x"`
-    // (RFC 7644 section 3.4.2.2). `emails pr` asks whether any element exists.
+    // (RFC 7644 section 3.4.2.2). `emails pr` asks whether any element exists: an element is
+    // its sub-attributes' rows, so some sub-attribute has a row (each test an index range).
     let (leaf, sub_attr) = match (r.attr.attr_type, r.sub) {
         (AttrType::Complex, None) if cmp.is_none() => {
-            let key = path_key(r.schema, r.is_extension, r.attr, None);
-            return Ok(StoreFilter::Value {
-                path: key,
-                test: ValueTest::Exists,
+            let mut any: Vec<StoreFilter> = r
+                .attr
+                .subs()
+                .iter()
+                .map(|s| StoreFilter::Value {
+                    path: path_key(r.schema, r.is_extension, r.attr, Some(s)),
+                    test: ValueTest::Exists(kind_of(s)),
+                })
+                .collect();
+            return Ok(match any.len() {
+                1 => any.remove(0),
+                _ => StoreFilter::Or(any),
             });
         }
         (AttrType::Complex, None) => {
@@ -537,7 +546,12 @@ fn plan_value_path(
     }
     let filter = plan_element(ctx, &r, inner)?;
     Ok(StoreFilter::Element {
-        path: path_key(r.schema, r.is_extension, r.attr, None),
+        paths: r
+            .attr
+            .subs()
+            .iter()
+            .map(|s| path_key(r.schema, r.is_extension, r.attr, Some(s)))
+            .collect(),
         filter,
     })
 }

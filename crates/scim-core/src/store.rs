@@ -287,8 +287,9 @@ pub enum ValueTest {
     Bool(bool),
     /// a non-empty value, held in the column of this kind
     Present(ValueKind),
-    /// an element exists (the marker rows of complex elements)
-    Exists,
+    /// a value is stored in the column of this kind, empty or not (`emails pr` is this test
+    /// on each sub-attribute of `emails`: an element exists when one of them has a row)
+    Exists(ValueKind),
 }
 
 /// A filter on the elements of one multi-valued (or complex) attribute: all its tests
@@ -352,8 +353,9 @@ pub enum StoreFilter {
     },
     /// some element of an attribute passes an element filter
     Element {
-        /// index path of the attribute (its marker rows)
-        path: String,
+        /// index paths of the attribute's sub-attributes: an element is the rows of one
+        /// ordinal at these paths (an element filter without an indexable test visits them)
+        paths: Vec<String>,
         /// tests on one element
         filter: ElementFilter,
     },

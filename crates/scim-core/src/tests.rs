@@ -906,6 +906,39 @@ fn the_index_fingerprint_changes_with_what_index_rows_depend_on() {
         base.starts_with(&format!("{}:", crate::index::INDEX_FORMAT)),
         "{base}"
     );
+    // the rules' version is read back from a fingerprint (an upgrade, not other schemas)
+    assert_eq!(
+        crate::index::fingerprint_format(&base),
+        Some(crate::index::INDEX_FORMAT)
+    );
+    assert_eq!(
+        crate::index::fingerprint_format("1:4745fbe5a70fc23a"),
+        Some(1)
+    );
+    assert_eq!(crate::index::fingerprint_format("not one"), None);
+}
+
+/// An element of a complex attribute is its sub-attributes' rows: the attribute itself has
+/// no row, whatever its elements hold (`emails pr` tests the sub-attributes' rows).
+#[test]
+fn complex_attributes_have_rows_only_for_their_sub_attributes() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let doc = json!({"userName": "a", "name": {"formatted": ""},
+        "emails": [{"type": "other"}, {"value": "x@example.com", "primary": true}]});
+    let rows = crate::index::index_rows(&ctx, doc.as_object().unwrap());
+    let mut paths: Vec<(&str, i64)> = rows.iter().map(|r| (r.path.as_str(), r.ordinal)).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            ("emails.primary", 1),
+            ("emails.type", 0),
+            ("emails.value", 1),
+            ("name.formatted", 0),
+            ("username", 0)
+        ]
+    );
 }
 
 #[test]

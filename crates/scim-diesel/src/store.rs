@@ -408,16 +408,12 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
                 .append(value_test("v", test))
                 .push(")"),
         ),
-        StoreFilter::Element { path, filter } => {
-            // The elements are found from the index rows of an anchor test when the filter has
-            // one (an index probe), else from the attribute's marker rows (a scan of every
-            // element); either way `e` is a row of the element, and the whole filter is then
-            // checked on that element.
-            let (row_path, row_test) = match filter.anchor() {
-                Some((p, t)) => (p, value_test("e", t).push(" AND ")),
-                None => (path.as_str(), RawCond::default()),
-            };
-            Box::new(
+        StoreFilter::Element { paths, filter } => {
+            // `e` is a row of the element, and the whole filter is checked on that element.
+            // With an anchor test the elements are found from the index rows that pass it (an
+            // index probe); without one, every resource's own rows at the attribute's paths
+            // are visited (its primary key; a scan of the tenant's resources).
+            let anchored = filter.anchor().map(|(p, t)| {
                 RawCond::sql("resources.id IN (SELECT e.resource_id FROM resource_values e WHERE ")
                     .alive("e.ordinal")
                     .push("e.tenant_id = ")
@@ -425,12 +421,20 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
                     .push(" AND e.resource_type = ")
                     .text(rt)
                     .push(" AND e.path = ")
-                    .text(row_path)
+                    .text(p)
                     .push(" AND ")
-                    .append(row_test)
-                    .append(element_test(filter))
-                    .push(")"),
-            )
+                    .append(value_test("e", t))
+            });
+            let cond = anchored.unwrap_or_else(|| {
+                let mut c = RawCond::sql("EXISTS (SELECT 1 FROM resource_values e WHERE ")
+                    .alive("e.ordinal")
+                    .push("e.resource_id = resources.id AND e.path IN (NULL");
+                for p in paths {
+                    c = c.push(", ").text(p);
+                }
+                c.push(")")
+            });
+            Box::new(cond.push(" AND ").append(element_test(filter)).push(")"))
         }
         StoreFilter::Linked {
             side,
@@ -594,7 +598,10 @@ fn value_test(alias: &str, test: &ValueTest) -> RawCond {
         ValueTest::Present(ValueKind::Str) => col("str_value").push(" > ''"),
         ValueTest::Present(ValueKind::Num) => col("num_value").push(" IS NOT NULL"),
         ValueTest::Present(ValueKind::Bool) => col("bool_value").push(" IS NOT NULL"),
-        ValueTest::Exists => col("str_value").push(" = ''"),
+        // `>= ''` rather than `IS NOT NULL`: a comparison lets the partial index apply.
+        ValueTest::Exists(ValueKind::Str) => col("str_value").push(" >= ''"),
+        ValueTest::Exists(ValueKind::Num) => col("num_value").push(" IS NOT NULL"),
+        ValueTest::Exists(ValueKind::Bool) => col("bool_value").push(" IS NOT NULL"),
     }
 }
 

@@ -1156,11 +1156,21 @@ fn random_user(rng: &mut Rng, i: usize) -> serde_json::Value {
             "name".into(),
             json!({"givenName": rng.pick(WORDS), "familyName": rng.pick(WORDS)}),
         );
+    } else if rng.chance(20) {
+        // A complex value whose only sub-attribute is empty still exists (`name pr`).
+        o.insert("name".into(), json!({"formatted": ""}));
     }
     let n = rng.next() % 4;
     let emails: Vec<_> = (0..n)
         .map(|k| {
-            let mut e = json!({"value": format!("{}@{}.example", rng.pick(WORDS), rng.pick(&["work", "home"])), "type": rng.pick(&["work", "home", "other"])});
+            // Some elements lack a value or hold only a flag or an empty string: an element
+            // is its sub-attributes' rows, whichever they are.
+            let mut e = match rng.next() % 8 {
+                0 => json!({"type": rng.pick(&["work", "home", "other"])}),
+                1 => json!({"primary": false}),
+                2 => json!({"value": "", "display": rng.pick(WORDS)}),
+                _ => json!({"value": format!("{}@{}.example", rng.pick(WORDS), rng.pick(&["work", "home"])), "type": rng.pick(&["work", "home", "other"])}),
+            };
             if k == 0 && rng.chance(50) {
                 e["primary"] = json!(true);
             }
@@ -1242,6 +1252,11 @@ fn random_filter(rng: &mut Rng, depth: u32) -> String {
             ),
             3 => format!(
                 "emails[value pr and type ne \"{}\"]",
+                rng.pick(&["work", "home"])
+            ),
+            // Without an indexable test: every element is visited.
+            4 if rng.chance(50) => format!(
+                "emails[not (type eq \"{}\") or display pr]",
                 rng.pick(&["work", "home"])
             ),
             _ => format!(

@@ -72,6 +72,12 @@ pub fn registry_with(extensions: &[(String, std::path::PathBuf)]) -> Result<Sche
 /// Makes sure the store's attribute-value index was built by `registry`'s schemas, which
 /// filters and writes derive rows with: rebuilt when `rebuild` (migrations on start, or
 /// `scim-server migrate`), else a start with other schemas than the index's stops here.
+/// Whether an index built with fingerprint `old` was derived by other rules than this
+/// version's (an upgrade), rather than from other schemas.
+fn rules_changed(old: &str) -> bool {
+    scim_core::index::fingerprint_format(old) != Some(scim_core::index::INDEX_FORMAT)
+}
+
 fn open_index(store: &DieselStore, registry: &SchemaRegistry, rebuild: bool) -> Result<()> {
     use scim_diesel::IndexState;
     let fingerprint = scim_core::index::fingerprint(registry);
@@ -95,6 +101,13 @@ fn open_index(store: &DieselStore, registry: &SchemaRegistry, rebuild: bool) -> 
         IndexState::Rebuilt {
             built_with: Some(old),
             resources,
+        } if rules_changed(&old) => log::info!(
+            "this version derives the attribute index by other rules (index {old}, now \
+             {fingerprint}): rebuilt it for {resources} resource(s)"
+        ),
+        IndexState::Rebuilt {
+            built_with: Some(old),
+            resources,
         } => log::warn!(
             "the schemas differ from the ones the attribute index was built with \
              (index {old}, now {fingerprint}): rebuilt it for {resources} resource(s); \
@@ -105,10 +118,10 @@ fn open_index(store: &DieselStore, registry: &SchemaRegistry, rebuild: bool) -> 
              schemas this server has (index {fingerprint}): run `scim-server migrate` with \
              the same SCIM_SCHEMA_EXTENSIONS to rebuild it, or start with \
              SCIM_MIGRATE_ON_START=true",
-            if built_with.is_some() {
-                "with other schemas"
-            } else {
-                "by an earlier version"
+            match &built_with {
+                Some(old) if rules_changed(old) => "by the rules of an earlier version",
+                Some(_) => "with other schemas",
+                None => "by an earlier version",
             },
             built_with.as_deref().unwrap_or("not recorded"),
         ),
