@@ -327,22 +327,13 @@ fn plan_attr(
         }
     }
     // `emails co "x"` means `emails.value co "x"`; `manager eq "x"` means `manager.value eq "x"`
-    // (RFC 7644 section 3.4.2.2). `emails pr` asks whether any element exists: an element is
-    // its sub-attributes' rows, so some sub-attribute has a row (each test an index range).
+    // (RFC 7644 section 3.4.2.2). `emails pr` asks whether any element exists: some element
+    // passes the empty element filter.
     let (leaf, sub_attr) = match (r.attr.attr_type, r.sub) {
         (AttrType::Complex, None) if cmp.is_none() => {
-            let mut any: Vec<StoreFilter> = r
-                .attr
-                .subs()
-                .iter()
-                .map(|s| StoreFilter::Value {
-                    path: path_key(r.schema, r.is_extension, r.attr, Some(s)),
-                    test: ValueTest::Exists(kind_of(s)),
-                })
-                .collect();
-            return Ok(match any.len() {
-                1 => any.remove(0),
-                _ => StoreFilter::Or(any),
+            return Ok(StoreFilter::Element {
+                paths: sub_paths(&r),
+                filter: ElementFilter::And(Vec::new()),
             });
         }
         (AttrType::Complex, None) => {
@@ -520,6 +511,15 @@ fn plan_common(
     ))
 }
 
+/// The index paths of a complex attribute's sub-attributes: the rows its elements can have.
+fn sub_paths(r: &ResolvedAttr<'_>) -> Vec<String> {
+    r.attr
+        .subs()
+        .iter()
+        .map(|s| path_key(r.schema, r.is_extension, r.attr, Some(s)))
+        .collect()
+}
+
 fn plan_value_path(
     ctx: &Ctx<'_>,
     path: &AttrPath,
@@ -546,12 +546,7 @@ fn plan_value_path(
     }
     let filter = plan_element(ctx, &r, inner)?;
     Ok(StoreFilter::Element {
-        paths: r
-            .attr
-            .subs()
-            .iter()
-            .map(|s| path_key(r.schema, r.is_extension, r.attr, Some(s)))
-            .collect(),
+        paths: sub_paths(&r),
         filter,
     })
 }

@@ -287,9 +287,6 @@ pub enum ValueTest {
     Bool(bool),
     /// a non-empty value, held in the column of this kind
     Present(ValueKind),
-    /// a value is stored in the column of this kind, empty or not (`emails pr` is this test
-    /// on each sub-attribute of `emails`: an element exists when one of them has a row)
-    Exists(ValueKind),
 }
 
 /// A filter on the elements of one multi-valued (or complex) attribute: all its tests
@@ -351,7 +348,8 @@ pub enum StoreFilter {
         /// the test
         test: ValueTest,
     },
-    /// some element of an attribute passes an element filter
+    /// some element of an attribute passes an element filter (`emails pr`, some element
+    /// exists, is the empty `ElementFilter::And`)
     Element {
         /// index paths of the attribute's sub-attributes: an element is the rows of one
         /// ordinal at these paths (an element filter without an indexable test visits them)

@@ -598,10 +598,6 @@ fn value_test(alias: &str, test: &ValueTest) -> RawCond {
         ValueTest::Present(ValueKind::Str) => col("str_value").push(" > ''"),
         ValueTest::Present(ValueKind::Num) => col("num_value").push(" IS NOT NULL"),
         ValueTest::Present(ValueKind::Bool) => col("bool_value").push(" IS NOT NULL"),
-        // `>= ''` rather than `IS NOT NULL`: a comparison lets the partial index apply.
-        ValueTest::Exists(ValueKind::Str) => col("str_value").push(" >= ''"),
-        ValueTest::Exists(ValueKind::Num) => col("num_value").push(" IS NOT NULL"),
-        ValueTest::Exists(ValueKind::Bool) => col("bool_value").push(" IS NOT NULL"),
     }
 }
 
