@@ -368,6 +368,41 @@ type BoxedCond<'a> = Box<
         > + 'a,
 >;
 
+/// `NOT` in two-valued logic: `NOT COALESCE((c), FALSE)`. SQL compares a NULL column as
+/// unknown and `NOT` keeps it unknown, so `not (externalId eq "x")` would leave out the
+/// resources without an `externalId`; a filter compares as the in-memory evaluator does, where
+/// a missing value equals nothing (RFC 7644 section 3.4.2.2: `ne` and `not` match it).
+struct Negated<'a>(BoxedCond<'a>);
+
+impl Expression for Negated<'_> {
+    type SqlType = diesel::sql_types::Bool;
+}
+
+impl<QS> diesel::AppearsOnTable<QS> for Negated<'_> {}
+
+impl<QS> diesel::SelectableExpression<QS> for Negated<'_> {}
+
+impl<GB> diesel::expression::ValidGrouping<GB> for Negated<'_> {
+    type IsAggregate = diesel::expression::is_aggregate::Never;
+}
+
+impl diesel::query_builder::QueryId for Negated<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::QueryFragment<crate::conn::AnyBackend> for Negated<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, crate::conn::AnyBackend>,
+    ) -> QueryResult<()> {
+        out.push_sql("NOT COALESCE((");
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql("), FALSE)");
+        Ok(())
+    }
+}
+
 /// Compiles a filter to a condition on `resources`, scoped to one tenant and resource type
 /// (the index sub-queries name them so that they use the `(tenant, type, path, value)` index).
 fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<'a> {
@@ -492,7 +527,7 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             .map(|t| condition(t, tenant, rt))
             .reduce(|a, b| Box::new(a.or(b)))
             .unwrap_or_else(|| condition(&StoreFilter::Nothing, tenant, rt)),
-        StoreFilter::Not(inner) => Box::new(diesel::dsl::not(condition(inner, tenant, rt))),
+        StoreFilter::Not(inner) => Box::new(Negated(condition(inner, tenant, rt))),
     }
 }
 
@@ -520,9 +555,9 @@ fn linked_condition(f: &StoreFilter) -> RawCond {
         },
         StoreFilter::And(t) => join(t, " AND ", "1 = 1"),
         StoreFilter::Or(t) => join(t, " OR ", "1 = 0"),
-        StoreFilter::Not(inner) => RawCond::sql("NOT (")
+        StoreFilter::Not(inner) => RawCond::sql("NOT COALESCE((")
             .append(linked_condition(inner))
-            .push(")"),
+            .push("), FALSE)"),
         // Nothing else comes from the planner.
         _ => RawCond::sql("1 = 0"),
     }

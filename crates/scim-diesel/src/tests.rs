@@ -1276,6 +1276,12 @@ fn random_filter(rng: &mut Rng, depth: u32) -> String {
             random_filter(rng, depth - 1),
             random_filter(rng, depth - 1)
         ),
+        // `displayName eq` is a column test: under `not`, users without one must match.
+        8 if rng.chance(30) => format!(
+            "not ({} eq {})",
+            rng.pick(&["displayName", "userName", "title"]),
+            lit(rng)
+        ),
         8 => format!("not ({})", random_filter(rng, depth - 1)),
         _ => format!(
             "{} and {}",
