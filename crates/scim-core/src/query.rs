@@ -151,6 +151,9 @@ pub fn plan_sort(
     } else if !r.is_extension && ctx.is_user() && r.attr.name == "userName" && r.sub.is_none() {
         // Folded on its own indexed column, never missing: the index gives the order.
         SortTarget::Column(Column::UserName)
+    } else if !r.is_extension && r.attr.name == "displayName" && r.sub.is_none() {
+        // Folded on its own column (it has no attribute-index rows); may be missing.
+        SortTarget::Column(Column::DisplayName)
     } else {
         if !r.is_extension && (r.attr.name == "members" || r.attr.name == "groups") {
             return Err(unsortable());
@@ -305,17 +308,11 @@ fn plan_attr(
     }
     if !r.is_extension {
         match (name, sub, cmp) {
-            ("userName", None, Some((CompareOp::Eq, v))) if ctx.is_user() => {
-                return Ok(StoreFilter::Eq(
-                    IndexedField::UserName,
-                    fold(&text_of(ctx, path, v)?),
-                ))
+            ("userName", None, _) if ctx.is_user() => {
+                return plan_key_column(ctx, path, &r, IndexedField::UserName, cmp)
             }
-            ("displayName", None, Some((CompareOp::Eq, v))) => {
-                return Ok(StoreFilter::Eq(
-                    IndexedField::DisplayName,
-                    fold(&text_of(ctx, path, v)?),
-                ))
+            ("displayName", None, _) => {
+                return plan_key_column(ctx, path, &r, IndexedField::DisplayName, cmp)
             }
             ("members", _, _) if ctx.is_group() => {
                 return plan_linked(ctx, Link::new(path, LinkSide::Members, sub), cmp)
@@ -371,6 +368,47 @@ fn plan_attr(
     }
     let test = value_test(ctx, path, leaf, positive(op), value)?;
     Ok(negate_ne(op, StoreFilter::Value { path: key, test }))
+}
+
+/// A filter on `userName` (Users) or `displayName`: answered from the resource's own folded
+/// column, which has an index of its own (these two have no attribute-index rows). Equality
+/// is the fast path; a missing value compares as nothing (see the store's `NOT`).
+fn plan_key_column(
+    ctx: &Ctx<'_>,
+    path: &AttrPath,
+    r: &ResolvedAttr<'_>,
+    field: IndexedField,
+    cmp: Option<(CompareOp, &CompValue)>,
+) -> Result<StoreFilter, ScimError> {
+    let column = match field {
+        IndexedField::UserName => Column::UserName,
+        _ => Column::DisplayName,
+    };
+    // A stored empty string is not a value (`pr` is false for it, as in the evaluator).
+    let present = StoreFilter::Column(column, CompareOp::Gt, String::new());
+    let Some((op, value)) = cmp else {
+        return Ok(present);
+    };
+    if let CompValue::Null = value {
+        return match op {
+            CompareOp::Eq => Ok(StoreFilter::Not(Box::new(present))),
+            CompareOp::Ne => Ok(present),
+            _ => Err(ScimError::invalid_filter(format!(
+                "'{}' cannot be compared with null",
+                op.as_str()
+            ))),
+        };
+    }
+    let ValueTest::Str(op2, text) = value_test(ctx, path, r.attr, positive(op), value)? else {
+        return Err(ScimError::invalid_filter(format!(
+            "'{path}' is a string: compare it with a string"
+        )));
+    };
+    let test = match op2 {
+        CompareOp::Eq => StoreFilter::Eq(field, text),
+        _ => StoreFilter::Column(column, op2, text),
+    };
+    Ok(negate_ne(op, test))
 }
 
 /// Which typed index column holds values of an attribute.

@@ -420,6 +420,28 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             Box::new(resources::display_name_ci.eq(v.as_str()).assume_not_null())
         }
         StoreFilter::Eq(_, _) => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0")),
+        StoreFilter::Column(
+            column @ (Column::UserName | Column::DisplayName),
+            op @ (CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le),
+            v,
+        ) if !v.is_empty() => {
+            // A one-sided range on a key column, as the set of ids its index range holds: so
+            // written, both databases read the range and then the rows it names, as they do for
+            // the attribute-value index. Written as a plain condition, they walked the whole
+            // creation-order index instead (`userName gt "user99998"` at 100,000 users: 47 ms
+            // on SQLite and 79 ms on PostgreSQL, against 1-2 ms). `pr` (`> ''`) matches most
+            // resources and stays a plain condition.
+            let col = &column_sql(*column)["resources.".len()..];
+            Box::new(
+                RawCond::sql("resources.id IN (SELECT k.id FROM resources k WHERE k.tenant_id = ")
+                    .text(tenant)
+                    .push(" AND k.resource_type = ")
+                    .text(rt)
+                    .push(" AND ")
+                    .append(str_test(RawCond::sql(&format!("k.{col}")), *op, v))
+                    .push(")"),
+            )
+        }
         StoreFilter::Column(column, op, v) => Box::new(
             str_test(
                 RawCond::sql("(")

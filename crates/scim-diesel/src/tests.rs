@@ -66,7 +66,7 @@ fn registry() -> SchemaRegistry {
 
 fn user(reg: &SchemaRegistry, name: &str) -> ResourceWrite {
     let ctx = Ctx::new(reg, "User").unwrap();
-    prepare_create(&ctx, &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name, "externalId": format!("ext-{name}")})).unwrap()
+    prepare_create(&ctx, &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name, "externalId": format!("ext-{name}"), "title": "Engineer"})).unwrap()
 }
 
 fn group(reg: &SchemaRegistry, name: &str, members: &[&str]) -> ResourceWrite {
@@ -276,6 +276,9 @@ fn pages_near_the_end_are_the_same_when_read_from_the_end() {
             if i % 3 != 0 {
                 body["title"] = json!(format!("t{}", i % 4)); // ties, and some missing
             }
+            if i % 4 != 1 {
+                body["displayName"] = json!(format!("D{}", i % 5)); // a column that may be missing
+            }
             s.create(
                 T,
                 "User",
@@ -306,6 +309,8 @@ fn pages_near_the_end_are_the_same_when_read_from_the_end() {
                 },
                 true,
             )),
+            Some((SortTarget::Column(Column::DisplayName), false)),
+            Some((SortTarget::Column(Column::DisplayName), true)),
         ];
         for sort in sorts {
             let sort = sort.map(|(target, descending)| SortKey { target, descending });
@@ -1147,6 +1152,10 @@ fn random_user(rng: &mut Rng, i: usize) -> serde_json::Value {
         if rng.chance(70) {
             o.insert(attr.into(), json!(rng.pick(WORDS)));
         }
+    }
+    if !o.contains_key("displayName") && rng.chance(15) {
+        // Stored, but not a value: `displayName pr` is false for it.
+        o.insert("displayName".into(), json!(""));
     }
     if rng.chance(70) {
         o.insert("active".into(), json!(rng.chance(50)));
