@@ -352,22 +352,26 @@ fn plan_attr(
         });
     };
     if let CompValue::Null = value {
-        // `x eq null`: x has no value; `x ne null`: it has one.
         let present = StoreFilter::Value {
             path: key,
             test: ValueTest::Present(kind_of(leaf)),
         };
-        return match op {
-            CompareOp::Eq => Ok(StoreFilter::Not(Box::new(present))),
-            CompareOp::Ne => Ok(present),
-            _ => Err(ScimError::invalid_filter(format!(
-                "'{}' cannot be compared with null",
-                op.as_str()
-            ))),
-        };
+        return compared_with_null(op, present);
     }
     let test = value_test(ctx, path, leaf, positive(op), value)?;
     Ok(negate_ne(op, StoreFilter::Value { path: key, test }))
+}
+
+/// `x eq null`: x has no value; `x ne null`: it has one (`present` tests that it has).
+fn compared_with_null(op: CompareOp, present: StoreFilter) -> Result<StoreFilter, ScimError> {
+    match op {
+        CompareOp::Eq => Ok(StoreFilter::Not(Box::new(present))),
+        CompareOp::Ne => Ok(present),
+        _ => Err(ScimError::invalid_filter(format!(
+            "'{}' cannot be compared with null",
+            op.as_str()
+        ))),
+    }
 }
 
 /// A filter on `userName` (Users) or `displayName`: answered from the resource's own folded
@@ -390,14 +394,7 @@ fn plan_key_column(
         return Ok(present);
     };
     if let CompValue::Null = value {
-        return match op {
-            CompareOp::Eq => Ok(StoreFilter::Not(Box::new(present))),
-            CompareOp::Ne => Ok(present),
-            _ => Err(ScimError::invalid_filter(format!(
-                "'{}' cannot be compared with null",
-                op.as_str()
-            ))),
-        };
+        return compared_with_null(op, present);
     }
     let ValueTest::Str(op2, text) = value_test(ctx, path, r.attr, positive(op), value)? else {
         return Err(ScimError::invalid_filter(format!(
