@@ -2,11 +2,7 @@
 //! run against a SCIM server and prints, per phase, requests/s, latency percentiles and
 //! errors. Every response is checked; a wrong answer counts as an error, never as a success.
 //!
-//! ```text
-//! scim-bench --url http://127.0.0.1:8080/scim/v2 --token T [--users 10000] [--concurrency 16]
-//!            [--members 10000] [--lookups 20000] [--patches USERS] [--page-size 100]
-//!            [--member-reads 32] [--max-seconds 300]
-//! ```
+//! Usage: `scim-bench --help` (the `USAGE` text below).
 //!
 //! Only loopback URLs are accepted. Every loop is bounded by a request count and by
 //! `--max-seconds` per phase.
@@ -19,6 +15,14 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 mod http;
+
+const USAGE: &str =
+    "usage: scim-bench --url http://127.0.0.1:8080/scim/v2 --token T [--users 10000]
+       [--concurrency 16] [--members 10000] [--lookups 20000] [--patches USERS]
+       [--page-size 100] [--member-reads 32] [--max-seconds 300]
+
+--url may be given several times (the load is spread over the instances); loopback only.
+The token may come from SCIM_BENCH_TOKEN instead of --token.";
 
 struct Args {
     urls: Vec<String>,
@@ -61,7 +65,11 @@ fn parse_args() -> Result<Args> {
             "--page-size" => a.page_size = val()?.parse::<usize>()?.max(1),
             "--member-reads" => a.member_reads = val()?.parse()?,
             "--max-seconds" => a.max_seconds = val()?.parse()?,
-            other => bail!("unknown argument {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n\n{USAGE}"),
         }
     }
     if a.token.is_empty() {
