@@ -431,14 +431,17 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             // creation-order index instead (`userName gt "user99998"` at 100,000 users: 47 ms
             // on SQLite and 79 ms on PostgreSQL, against 1-2 ms). `pr` (`> ''`) matches most
             // resources and stays a plain condition.
-            let col = &column_sql(*column)["resources.".len()..];
+            let col = match column {
+                Column::UserName => "k.user_name_ci",
+                _ => "k.display_name_ci",
+            };
             Box::new(
                 RawCond::sql("resources.id IN (SELECT k.id FROM resources k WHERE k.tenant_id = ")
                     .text(tenant)
                     .push(" AND k.resource_type = ")
                     .text(rt)
                     .push(" AND ")
-                    .append(str_test(RawCond::sql(&format!("k.{col}")), *op, v))
+                    .append(str_test(RawCond::sql(col), *op, v))
                     .push(")"),
             )
         }
@@ -483,13 +486,12 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
                     .append(value_test("e", t))
             });
             let cond = anchored.unwrap_or_else(|| {
-                let mut c = RawCond::sql("EXISTS (SELECT 1 FROM resource_values e WHERE ")
+                RawCond::sql("EXISTS (SELECT 1 FROM resource_values e WHERE ")
                     .alive("e.ordinal")
-                    .push("e.resource_id = resources.id AND e.path IN (NULL");
-                for p in paths {
-                    c = c.push(", ").text(p);
-                }
-                c.push(")")
+                    .push("e.resource_id = resources.id AND e.path IN ")
+                    .append(RawCond::joined(paths, ", ", "(NULL)", |p| {
+                        RawCond::default().text(p)
+                    }))
             });
             Box::new(cond.push(" AND ").append(element_test(filter)).push(")"))
         }

@@ -69,15 +69,15 @@ pub fn registry_with(extensions: &[(String, std::path::PathBuf)]) -> Result<Sche
     Ok(registry)
 }
 
-/// Makes sure the store's attribute-value index was built by `registry`'s schemas, which
-/// filters and writes derive rows with: rebuilt when `rebuild` (migrations on start, or
-/// `scim-server migrate`), else a start with other schemas than the index's stops here.
 /// Whether an index built with fingerprint `old` was derived by other rules than this
 /// version's (an upgrade), rather than from other schemas.
 fn rules_changed(old: &str) -> bool {
     scim_core::index::fingerprint_format(old) != Some(scim_core::index::INDEX_FORMAT)
 }
 
+/// Makes sure the store's attribute-value index was built by `registry`'s schemas, which
+/// filters and writes derive rows with: rebuilt when `rebuild` (migrations on start, or
+/// `scim-server migrate`), else a start with other schemas than the index's stops here.
 fn open_index(store: &DieselStore, registry: &SchemaRegistry, rebuild: bool) -> Result<()> {
     use scim_diesel::IndexState;
     let fingerprint = scim_core::index::fingerprint(registry);

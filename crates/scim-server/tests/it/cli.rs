@@ -169,6 +169,57 @@ fn token_commands_leave_the_attribute_index_alone() {
     assert_ne!(recorded(), served);
 }
 
+/// An index built by the rules of an earlier version (an older `INDEX_FORMAT`) is an upgrade,
+/// not a change of schemas: a start without migrations refuses, saying so, and `migrate`
+/// rebuilds it, saying so.
+#[test]
+fn an_index_built_by_earlier_rules_is_rebuilt_as_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scim.db").to_string_lossy().into_owned();
+    let (ok, _, err) = cli(&db, &["migrate"]);
+    assert!(ok, "{err}");
+    let store = || scim_diesel::DieselStore::open(&scim_diesel::StoreConfig::new(db.clone()));
+    let earlier = "1:0000000000000000";
+    let derive: scim_diesel::DeriveRows = std::sync::Arc::new(|_, _| Vec::new());
+    store().unwrap().open_index(earlier, true, derive).unwrap();
+    assert_eq!(
+        store().unwrap().index_fingerprint().unwrap().as_deref(),
+        Some(earlier)
+    );
+
+    let out = Command::new(BIN)
+        .env("SCIM_DATABASE_URL", &db)
+        .env("SCIM_LISTEN", "127.0.0.1:0")
+        .env("SCIM_MIGRATE_ON_START", "false")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("by the rules of an earlier version")
+            && err.contains("scim-server migrate"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .arg("migrate")
+        .env("SCIM_DATABASE_URL", &db)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("derives the attribute index by other rules"),
+        "{err}"
+    );
+    let now = store().unwrap().index_fingerprint().unwrap().unwrap();
+    assert_eq!(
+        scim_core::index::fingerprint_format(&now),
+        Some(scim_core::index::INDEX_FORMAT)
+    );
+}
+
 #[test]
 fn help_prints_the_usage_and_an_unknown_command_fails_naming_it() {
     for arg in ["--help", "-h", "help"] {
