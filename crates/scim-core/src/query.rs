@@ -681,7 +681,9 @@ fn plan_linked_element(
 
 /// What a linked resource must pass for `sub` (`value`, `display`, `type`; `None`: the
 /// attribute itself) to test true. `op` is never `ne` here. `value` is the linked resource's
-/// id; a group's `display` is its `displayName`; every group link is `direct`; a member's
+/// id; a group's `display` is its `displayName`; a filter sees direct memberships only, so
+/// every group link it tests is `direct` (a user's `groups` also lists the groups it reaches
+/// through nested groups, as `indirect`, but filters do not follow nesting); a member's
 /// `display` is its `displayName`, else its `userName`, and its `type` its resource type.
 fn linked_test(
     ctx: &Ctx<'_>,

@@ -231,7 +231,7 @@ impl Serialize for Rendered<'_> {
                     Some((rec.members.as_deref(), RefType::ResourceType))
                 }
                 "groups" if ctx.rt.schema == crate::urns::USER => {
-                    Some((rec.groups.as_deref(), RefType::Direct))
+                    Some((rec.groups.as_deref(), RefType::Membership))
                 }
                 _ => None,
             };
@@ -579,8 +579,8 @@ enum RefType {
     /// a group's `members`: the member's resource type (`User`, `Group`)
     ResourceType,
     /// a user's `groups`: how the membership comes about, of the canonical values `direct`
-    /// and `indirect` (RFC 7643 section 4.1.2); the store lists direct memberships only
-    Direct,
+    /// and `indirect` (RFC 7643 section 4.1.2)
+    Membership,
 }
 
 impl Refs<'_> {
@@ -733,7 +733,14 @@ impl Serialize for RefItem<'_> {
         }
         match self.kind {
             Some(RefType::ResourceType) => o.serialize_entry("type", &self.m.resource_type)?,
-            Some(RefType::Direct) => o.serialize_entry("type", "direct")?,
+            Some(RefType::Membership) => o.serialize_entry(
+                "type",
+                if self.m.indirect {
+                    "indirect"
+                } else {
+                    "direct"
+                },
+            )?,
             None => {}
         }
         o.end()

@@ -160,6 +160,9 @@ pub struct MemberRef {
     pub resource_type: String,
     /// its display name (`displayName`, else `userName`)
     pub display: Option<String>,
+    /// in a resource's `groups` only: the resource belongs to this group through a nested
+    /// group, not as a direct member (`type` `indirect`, RFC 7643 section 4.1.2)
+    pub indirect: bool,
 }
 
 /// A change to a group's membership, applied as a set operation.

@@ -324,6 +324,7 @@ fn members_display_is_returned_only_on_request() {
         id: "u1".into(),
         resource_type: "User".into(),
         display: Some("Alice".into()),
+        indirect: false,
     }]);
     let r = |a: Option<&str>| {
         render(
@@ -363,6 +364,7 @@ fn members_written_page_by_page_are_the_members_rendered_at_once() {
             id: format!("u{i}"),
             resource_type: if i == 3 { "Group" } else { "User" }.into(),
             display: (i % 2 == 0).then(|| format!("Name {i}")),
+            indirect: false,
         })
         .collect();
     let base = "http://x/scim/v2";

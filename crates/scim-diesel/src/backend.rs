@@ -30,6 +30,9 @@ fixed_shape_statements!(
     PgUpdateResourceValues: diesel::PgConnection;
     PgDeleteValues: diesel::PgConnection;
     SqliteValue: diesel::SqliteConnection;
+    PgAncestors: diesel::PgConnection;
+    SqliteParents: diesel::SqliteConnection;
+    SqliteRows: diesel::SqliteConnection;
     UpdateResource: diesel::PgConnection, diesel::SqliteConnection;
     UpdateDocument: diesel::PgConnection, diesel::SqliteConnection;
 );
@@ -669,5 +672,168 @@ impl QueryFragment<Pg> for PgUpdateDocumentValues<'_> {
 impl QueryFragment<Pg> for PgUpdateResourceValues<'_> {
     fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         self.values.walk(out, &self.update)
+    }
+}
+
+/// A group nested in others (`origin`) and one group above it (`id`, its resource type and
+/// display name).
+pub type Ancestor = (String, String, String, Option<String>);
+
+/// Every group that holds, at any depth, one of the groups `origins`: one row per (origin,
+/// group above it), in no particular order. Each group is visited once, so a cycle of groups
+/// ends. PostgreSQL: one statement, a recursive walk up `group_members` (each statement is a
+/// round trip). SQLite: a statement per level of nesting, then one for the groups' rows, each
+/// of a fixed shape; a recursive statement cost more there, for the temporary tables it builds
+/// on every execution.
+pub fn ancestors(conn: &mut AnyConnection, origins: &[&str]) -> QueryResult<Vec<Ancestor>> {
+    if origins.is_empty() {
+        return Ok(Vec::new());
+    }
+    match conn {
+        AnyConnection::Sqlite(c) => sqlite_ancestors(c, origins),
+        AnyConnection::Postgres(c) => PgAncestors {
+            origins: origins.to_vec(),
+        }
+        .load(c),
+    }
+}
+
+/// The columns of an [`Ancestor`].
+type AncestorColumns = (
+    diesel::sql_types::Text,
+    diesel::sql_types::Text,
+    diesel::sql_types::Text,
+    diesel::sql_types::Nullable<diesel::sql_types::Text>,
+);
+
+fn sqlite_ancestors(
+    c: &mut diesel::SqliteConnection,
+    origins: &[&str],
+) -> QueryResult<Vec<Ancestor>> {
+    use std::collections::{HashMap, HashSet};
+    let json = |ids: &[&str]| serde_json::Value::from(ids).to_string();
+    // The groups each group reached is a direct member of, a level at a time.
+    let mut parents: HashMap<String, Vec<String>> = HashMap::new();
+    let mut seen: HashSet<String> = origins.iter().map(|o| o.to_string()).collect();
+    let mut level: Vec<String> = seen.iter().cloned().collect();
+    while !level.is_empty() {
+        let ids: Vec<&str> = level.iter().map(String::as_str).collect();
+        let rows: Vec<(String, String)> = SqliteParents { ids: &json(&ids) }.load(c)?;
+        level.clear();
+        for (member, group) in rows {
+            if seen.insert(group.clone()) {
+                level.push(group.clone());
+            }
+            parents.entry(member).or_default().push(group);
+        }
+    }
+    // Each origin's ancestors: a walk of `parents` from it.
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for origin in origins {
+        let mut reached: HashSet<&str> = HashSet::new();
+        let mut todo: Vec<&str> = vec![origin];
+        while let Some(g) = todo.pop() {
+            for p in parents.get(g).into_iter().flatten() {
+                if reached.insert(p) {
+                    pairs.push((origin, p));
+                    todo.push(p);
+                }
+            }
+        }
+    }
+    let above: HashSet<&str> = pairs.iter().map(|(_, g)| *g).collect();
+    if above.is_empty() {
+        return Ok(Vec::new());
+    }
+    let above: Vec<&str> = above.into_iter().collect();
+    let rows: Vec<(String, String, Option<String>)> = SqliteRows { ids: &json(&above) }.load(c)?;
+    let rows: HashMap<String, (String, Option<String>)> = rows
+        .into_iter()
+        .map(|(id, rt, display)| (id, (rt, display)))
+        .collect();
+    Ok(pairs
+        .into_iter()
+        .filter_map(|(origin, g)| {
+            let (rt, display) = rows.get(g)?;
+            Some((
+                origin.to_string(),
+                g.to_string(),
+                rt.clone(),
+                display.clone(),
+            ))
+        })
+        .collect())
+}
+
+/// SQLite: the `(member, group)` memberships of the resources whose ids are bound as one JSON
+/// array. `json_each` drives the join (`CROSS JOIN` keeps it the outer loop): an index probe
+/// per id, and no temporary table.
+struct SqliteParents<'a> {
+    ids: &'a str,
+}
+
+impl diesel::query_builder::Query for SqliteParents<'_> {
+    type SqlType = (diesel::sql_types::Text, diesel::sql_types::Text);
+}
+
+impl QueryFragment<Sqlite> for SqliteParents<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("SELECT gm.member_id, gm.group_id FROM json_each(");
+        out.push_bind_param::<diesel::sql_types::Text, _>(self.ids)?;
+        out.push_sql(") j CROSS JOIN group_members gm ON gm.member_id = j.value");
+        Ok(())
+    }
+}
+
+/// SQLite: `(id, resource type, display)` of the resources whose ids are bound as one JSON
+/// array, as [`SqliteParents`] reads.
+struct SqliteRows<'a> {
+    ids: &'a str,
+}
+
+impl diesel::query_builder::Query for SqliteRows<'_> {
+    type SqlType = (
+        diesel::sql_types::Text,
+        diesel::sql_types::Text,
+        diesel::sql_types::Nullable<diesel::sql_types::Text>,
+    );
+}
+
+impl QueryFragment<Sqlite> for SqliteRows<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("SELECT r.id, r.resource_type, r.display FROM json_each(");
+        out.push_bind_param::<diesel::sql_types::Text, _>(self.ids)?;
+        out.push_sql(") j CROSS JOIN resources r ON r.id = j.value");
+        Ok(())
+    }
+}
+
+/// PostgreSQL: the origins as an array. PostgreSQL guesses the size of the walk and would
+/// plan its step and the final join as hash joins over whole tables; `LATERAL (… OFFSET 0)`
+/// keeps each an index probe per row.
+struct PgAncestors<'a> {
+    origins: Vec<&'a str>,
+}
+
+impl diesel::query_builder::Query for PgAncestors<'_> {
+    type SqlType = AncestorColumns;
+}
+
+impl QueryFragment<Pg> for PgAncestors<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, Text};
+        out.push_sql(
+            "WITH RECURSIVE up (origin, id) AS (SELECT member_id, group_id FROM group_members \
+             WHERE member_id = ANY(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.origins)?;
+        out.push_sql(
+            ") UNION SELECT up.origin, p.group_id FROM up CROSS JOIN LATERAL \
+             (SELECT gm.group_id FROM group_members gm WHERE gm.member_id = up.id OFFSET 0) p) \
+             SELECT up.origin, r.id, r.resource_type, r.display FROM up CROSS JOIN LATERAL \
+             (SELECT r.id, r.resource_type, r.display FROM resources r \
+             WHERE r.id = up.id OFFSET 0) r",
+        );
+        Ok(())
     }
 }

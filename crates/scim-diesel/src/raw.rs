@@ -3,6 +3,7 @@
 //! `IN` forms that the typed DSL cannot express dynamically; values are always bound
 //! parameters, never spliced into the SQL text.
 
+use diesel::backend::Backend;
 use diesel::expression::{
     is_aggregate, AppearsOnTable, Expression, SelectableExpression, ValidGrouping,
 };
@@ -120,6 +121,58 @@ impl QueryFragment<AnyBackend> for RawCond {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// `EXISTS (SELECT 1 FROM group_members … WHERE member_id = <group>)`: whether the group whose
+/// id is the column `C` is itself a member of a group (a nested group). Fixed SQL text, so a
+/// statement selecting it stays prepared. Never `NULL`, also where `C` is (an outer join's
+/// missing side): it is selectable wherever `C` appears.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+pub struct IsNested<C>(pub C);
+
+impl<C> Expression for IsNested<C> {
+    type SqlType = Bool;
+}
+
+impl<QS, C: AppearsOnTable<QS>> AppearsOnTable<QS> for IsNested<C> {}
+
+impl<QS, C: AppearsOnTable<QS>> SelectableExpression<QS> for IsNested<C> {}
+
+impl<GB, C> ValidGrouping<GB> for IsNested<C> {
+    type IsAggregate = is_aggregate::Never;
+}
+
+impl<DB: Backend, C: QueryFragment<DB>> QueryFragment<DB> for IsNested<C> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("EXISTS (SELECT 1 FROM group_members nesting WHERE nesting.member_id = ");
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// The constant `false` as a [`IsNested`] stand-in, for reads whose linked resources are
+/// never asked about nesting (a group's members).
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+pub struct NeverNested;
+
+impl Expression for NeverNested {
+    type SqlType = Bool;
+}
+
+impl<QS> AppearsOnTable<QS> for NeverNested {}
+
+impl<QS> SelectableExpression<QS> for NeverNested {}
+
+impl<GB> ValidGrouping<GB> for NeverNested {
+    type IsAggregate = is_aggregate::Never;
+}
+
+impl<DB: Backend> QueryFragment<DB> for NeverNested {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("(1 = 0)");
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ use crate::combine;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
 use crate::group::{Checkpointer, GroupWriter};
 use crate::inline::{self, Conn};
-use crate::raw::RawCond;
+use crate::raw::{IsNested, NeverNested, RawCond};
 use crate::schema::{group_members, resource_counts, resource_values, resources, tenants, tokens};
 use crate::turns::Turns;
 
@@ -766,8 +766,9 @@ diesel::alias!(resources as linked: Linked);
 /// A resource pinned by a unique column, and with `$groups` the groups it is a direct member
 /// of, in one statement whatever the outcome: the owner's row (a tenant, or a live token; the
 /// one `$owner_filter` picks) left-joined to the resource in the owner's tenant
-/// (`$owner_tenant`), then to its groups, one row per group in id order. On PostgreSQL each
-/// statement is a round trip, and a User read returns its `groups` by default.
+/// (`$owner_tenant`), then to its groups, one row per group in id order, each saying whether
+/// it is nested in another group (see [`pinned_record`]). On PostgreSQL each statement is a
+/// round trip, and a User read returns its `groups` by default.
 /// `None`: no such owner; `Some(None)`: the owner exists and nothing matched.
 macro_rules! one_pinned {
     ($conn:expr, $owner:expr, $owner_tenant:expr, $owner_filter:expr,
@@ -788,7 +789,7 @@ macro_rules! one_pinned {
                     .select(row_columns().nullable())
                     .get_result(c))
                 .optional()?;
-                return Ok(row.map(|r| r.map(|r| (r, None))));
+                return Ok(row.map(|r| r.map(|r| (r, None, Vec::new()))));
             }
             let joined = owned
                 .left_join(group_members::table.on(group_members::member_id.eq(resources::id)))
@@ -800,27 +801,39 @@ macro_rules! one_pinned {
                 linked.field(resources::resource_type),
                 linked.field(resources::display),
             );
-            let rows: Vec<(Option<Row>, Option<(String, String, Option<String>)>)> =
+            let nested = IsNested(linked.field(resources::id));
+            let rows: Vec<(Option<Row>, Option<(String, String, Option<String>)>, bool)> =
                 native!(&mut *$conn, |c| joined
-                    .select((row_columns().nullable(), group.nullable()))
+                    .select((row_columns().nullable(), group.nullable(), nested))
                     .load(c))?;
             let mut rows = rows.into_iter();
-            let Some((row, first)) = rows.next() else {
+            let Some((row, first, first_nested)) = rows.next() else {
                 return Ok(None);
             };
             Ok(Some(row.map(|row| {
-                let rest = rows.filter_map(|(_, g)| g);
-                (row, Some(member_refs(first.into_iter().chain(rest))))
+                let mut nested = Vec::new();
+                let groups = std::iter::once((first, first_nested))
+                    .chain(rows.map(|(_, g, n)| (g, n)))
+                    .filter_map(|(g, n)| {
+                        let g = g?;
+                        if n {
+                            nested.push(g.0.clone());
+                        }
+                        Some(g)
+                    });
+                (row, Some(member_refs(groups)), nested)
             })))
         })()
     }};
 }
 
-/// Rows of [`many_by_token!`]: the key, the resource it matched, one of its groups.
+/// Rows of [`many_by_token!`]: the key, the resource it matched, one of its groups and
+/// whether that group is nested in another.
 type ManyRow = (
     Option<String>,
     Option<Row>,
     Option<(String, String, Option<String>)>,
+    bool,
 );
 
 /// PostgreSQL: the resources of one resource type whose `$col` is any of `$keys`, in the tenant
@@ -843,7 +856,7 @@ macro_rules! many_by_token {
                     .filter(live)
                     .select(($col.nullable(), columns))
                     .load($c)?;
-                return Ok(rows.into_iter().map(|(k, r)| (k, r, None)).collect());
+                return Ok(rows.into_iter().map(|(k, r)| (k, r, None, false)).collect());
             }
             let group = (
                 linked.field(resources::id),
@@ -855,7 +868,12 @@ macro_rules! many_by_token {
                 .left_join(linked.on(linked.field(resources::id).eq(group_members::group_id)))
                 .filter(live)
                 .order(($col.asc(), linked.field(resources::id).asc()))
-                .select(($col.nullable(), columns, group.nullable()))
+                .select((
+                    $col.nullable(),
+                    columns,
+                    group.nullable(),
+                    IsNested(linked.field(resources::id)),
+                ))
                 .load($c)
         })()
     }};
@@ -882,10 +900,14 @@ fn read_many(
         return Ok(None);
     }
     let mut found: HashMap<String, Box<ResourceRecord>> = HashMap::new();
-    for (key, row, group) in rows {
+    let mut nested: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, row, group, is_nested) in rows {
         let (Some(key), Some(row)) = (key, row) else {
             continue;
         };
+        if let (true, Some(g)) = (is_nested, &group) {
+            nested.entry(key.clone()).or_default().push(g.0.clone());
+        }
         let rec = match found.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -899,6 +921,12 @@ fn read_many(
         if let (Some(groups), Some(g)) = (rec.groups.as_mut(), group) {
             groups.extend(member_refs(std::iter::once(g)));
         }
+    }
+    if !nested.is_empty() {
+        let lists = found
+            .iter_mut()
+            .filter_map(|(key, rec)| Some((rec.groups.as_mut()?, nested.remove(key.as_str())?)));
+        add_indirect_groups(conn, lists.collect()).map_err(map_err)?;
     }
     Ok(Some(found))
 }
@@ -925,22 +953,70 @@ fn member_refs(rows: impl Iterator<Item = (String, String, Option<String>)>) -> 
         id,
         resource_type,
         display,
+        indirect: false,
     })
     .collect()
 }
 
-/// A row and, when they were asked for, its groups, read by [`one_pinned!`].
-type PinnedParts = (Row, Option<Vec<MemberRef>>);
+/// A row and, when they were asked for, its direct groups and which of those are nested in
+/// other groups, read by [`one_pinned!`].
+type PinnedParts = (Row, Option<Vec<MemberRef>>, Vec<String>);
 
-/// The record of what [`one_pinned!`] found.
-fn pinned_record(parts: Option<PinnedParts>) -> Result<Option<ResourceRecord>, StoreError> {
-    parts
-        .map(|(row, groups)| {
-            let mut rec = row.into_record()?;
-            rec.groups = groups;
-            Ok(rec)
-        })
-        .transpose()
+/// The record of what [`one_pinned!`] found; its groups completed with the ones it reaches
+/// through nested groups (a second statement, only when a group of it is nested).
+fn pinned_record(
+    conn: &mut AnyConnection,
+    parts: Option<PinnedParts>,
+) -> Result<Option<ResourceRecord>, StoreError> {
+    let Some((row, groups, nested)) = parts else {
+        return Ok(None);
+    };
+    let mut rec = row.into_record()?;
+    rec.groups = groups;
+    if let Some(groups) = rec.groups.as_mut() {
+        add_indirect_groups(conn, vec![(groups, nested)]).map_err(map_err)?;
+    }
+    Ok(Some(rec))
+}
+
+/// Adds to each list of a resource's groups, as `indirect`, the groups the resource belongs to
+/// only through nesting: every group that holds, at any depth, one of the list's `nested`
+/// groups (its direct groups that are members of a group themselves), unless the list has it
+/// already. One statement ([`backend::ancestors`]), none when no group is nested.
+fn add_indirect_groups(
+    conn: &mut AnyConnection,
+    lists: Vec<(&mut Vec<MemberRef>, Vec<String>)>,
+) -> QueryResult<()> {
+    let origins: BTreeSet<&str> = lists
+        .iter()
+        .flat_map(|(_, nested)| nested.iter().map(String::as_str))
+        .collect();
+    if origins.is_empty() {
+        return Ok(());
+    }
+    let origins: Vec<&str> = origins.into_iter().collect();
+    let mut above: HashMap<String, Vec<MemberRef>> = HashMap::new();
+    for (origin, id, resource_type, display) in backend::ancestors(conn, &origins)? {
+        above.entry(origin).or_default().push(MemberRef {
+            id,
+            resource_type,
+            display,
+            indirect: true,
+        });
+    }
+    for (list, nested) in lists {
+        let mut listed: HashSet<String> = list.iter().map(|m| m.id.clone()).collect();
+        let mut indirect: Vec<MemberRef> = nested
+            .iter()
+            .filter_map(|n| above.get(n))
+            .flatten()
+            .filter(|m| listed.insert(m.id.clone()))
+            .cloned()
+            .collect();
+        indirect.sort_by(|a, b| a.id.cmp(&b.id));
+        list.extend(indirect);
+    }
+    Ok(())
 }
 
 /// Whether a read wants exactly the groups of what it reads (a User by default).
@@ -1514,14 +1590,15 @@ enum Side {
 
 /// For each id, the resources at the other end of its memberships, with display names, in
 /// id order. One query per chunk of ids; a single id (a GET) uses a fixed-shape query that
-/// stays prepared.
+/// stays prepared. [`Side::Groups`]: then the groups reached through nested groups, as
+/// `indirect`, after the direct ones (see [`add_indirect_groups`]).
 fn read_links(
     conn: &mut AnyConnection,
     ids: &[&str],
     side: Side,
 ) -> QueryResult<HashMap<String, Vec<MemberRef>>> {
     macro_rules! links {
-        ($chunk:expr, $key:expr, $other:expr) => {{
+        ($chunk:expr, $key:expr, $other:expr, $nested:expr) => {{
             let joined =
                 group_members::table.inner_join(resources::table.on(resources::id.eq($other)));
             let columns = (
@@ -1529,6 +1606,7 @@ fn read_links(
                 resources::id,
                 resources::resource_type,
                 resources::display,
+                $nested,
             );
             let order = ($key, resources::id);
             match $chunk {
@@ -1545,18 +1623,39 @@ fn read_links(
         }};
     }
     let mut out: HashMap<String, Vec<MemberRef>> = HashMap::new();
+    let mut nested: HashMap<String, Vec<String>> = HashMap::new();
     for chunk in ids.chunks(CHUNK) {
-        let rows: Vec<(String, String, String, Option<String>)> = match side {
-            Side::Members => links!(chunk, group_members::group_id, group_members::member_id),
-            Side::Groups => links!(chunk, group_members::member_id, group_members::group_id),
+        let rows: Vec<(String, String, String, Option<String>, bool)> = match side {
+            Side::Members => links!(
+                chunk,
+                group_members::group_id,
+                group_members::member_id,
+                NeverNested
+            ),
+            Side::Groups => links!(
+                chunk,
+                group_members::member_id,
+                group_members::group_id,
+                IsNested(resources::id)
+            ),
         };
-        for (key, id, resource_type, display) in rows {
+        for (key, id, resource_type, display, is_nested) in rows {
+            if is_nested {
+                nested.entry(key.clone()).or_default().push(id.clone());
+            }
             out.entry(key).or_default().push(MemberRef {
                 id,
                 resource_type,
                 display,
+                indirect: false,
             });
         }
+    }
+    if !nested.is_empty() {
+        let lists = out
+            .iter_mut()
+            .filter_map(|(key, list)| Some((list, nested.remove(key.as_str())?)));
+        add_indirect_groups(conn, lists.collect())?;
     }
     Ok(out)
 }
@@ -1609,7 +1708,7 @@ fn list_on(
             _ => None,
         };
         if let Some(one) = one {
-            let found = pinned_record(one.map_err(map_err)?.flatten())?;
+            let found = pinned_record(c, one.map_err(map_err)?.flatten())?;
             let resources: Vec<ResourceRecord> = found.into_iter().collect();
             return Ok(Page {
                 total: resources.len() as u64,
@@ -2773,7 +2872,7 @@ impl ResourceStore for DieselStore {
         if groups_only(include) {
             let c: &mut AnyConnection = &mut conn;
             let found = one_in_tenant!(c, tenant, rt, resources::id, id, true).map_err(map_err)?;
-            return pinned_record(found.flatten())?.ok_or(StoreError::NotFound);
+            return pinned_record(c, found.flatten())?.ok_or(StoreError::NotFound);
         }
         let row = load_row(&mut conn, tenant, rt, id)
             .map_err(map_err)?
@@ -3065,7 +3164,7 @@ impl ResourceStore for DieselStore {
         };
         Ok(match read.map_err(map_err)? {
             None => TokenRead::NoToken,
-            Some(found) => TokenRead::Read(pinned_record(found)?.map(Box::new)),
+            Some(found) => TokenRead::Read(pinned_record(c, found)?.map(Box::new)),
         })
     }
 

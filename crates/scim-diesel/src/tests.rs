@@ -1386,8 +1386,9 @@ fn filters_in_sql_agree_with_the_in_memory_evaluator() {
 }
 
 /// A user read by id or `userName` comes with its groups from one joined statement; the
-/// groups must be exactly those the general read path gives: every group, in id order, with
-/// display names, and an empty list for a user in none.
+/// groups must be exactly those the general read path gives: every direct group, in id order,
+/// with display names, then the groups reached through nested groups (`indirect`), and an
+/// empty list for a user in none.
 #[test]
 fn point_reads_return_the_same_groups_as_the_general_path() {
     let reg = registry();
@@ -1402,13 +1403,20 @@ fn point_reads_return_the_same_groups_as_the_general_path() {
             s.create(T, "User", id, NOW, user(&reg, name), Include::default())
                 .unwrap();
         }
-        for (id, name) in [("g3", "Three"), ("g1", "One"), ("g2", "Two")] {
+        for (id, name, member) in [
+            ("g3", "Three", "ua"),
+            ("g1", "One", "ua"),
+            ("g2", "Two", "ua"),
+            // g3 is in g0, and g0 in g4: ua is in both through g3.
+            ("g0", "Zero", "g3"),
+            ("g4", "Four", "g0"),
+        ] {
             s.create(
                 T,
                 "Group",
                 id,
                 NOW,
-                group(&reg, name, &["ua"]),
+                group(&reg, name, &[member]),
                 Include::default(),
             )
             .unwrap();
@@ -1430,19 +1438,25 @@ fn point_reads_return_the_same_groups_as_the_general_path() {
         };
         let general = list(StoreFilter::All, 1);
         assert_eq!(general.total, 2, "{}", db.name);
-        let names = |r: &scim_core::store::ResourceRecord| -> Vec<(String, Option<String>)> {
+        type Listed = Vec<(String, Option<String>, bool)>;
+        let names = |r: &scim_core::store::ResourceRecord| -> Listed {
             r.groups
                 .as_ref()
                 .expect("groups were asked for")
                 .iter()
-                .map(|g| (g.id.clone(), g.display.clone()))
+                .map(|g| (g.id.clone(), g.display.clone(), g.indirect))
                 .collect()
         };
-        let expected: Vec<(String, Option<String>)> =
-            [("g1", "One"), ("g2", "Two"), ("g3", "Three")]
-                .iter()
-                .map(|(i, d)| (i.to_string(), Some(d.to_string())))
-                .collect();
+        let expected: Listed = [
+            ("g1", "One", false),
+            ("g2", "Two", false),
+            ("g3", "Three", false),
+            ("g0", "Zero", true),
+            ("g4", "Four", true),
+        ]
+        .iter()
+        .map(|(i, d, indirect)| (i.to_string(), Some(d.to_string()), *indirect))
+        .collect();
         assert_eq!(names(&general.resources[0]), expected, "{}", db.name);
         assert_eq!(names(&general.resources[1]), [], "{}", db.name);
         for (id, name) in [("ua", "anna"), ("ub", "bert")] {

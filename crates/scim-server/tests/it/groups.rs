@@ -357,3 +357,179 @@ fn the_answer_to_a_write_is_read_only_at_the_version_written() {
         assert_eq!(err.status, 404, "{}", db.name());
     }
 }
+
+/// A user's `groups` lists the groups it belongs to through nested groups too, as `indirect`
+/// (RFC 7643 section 4.1.2), after its direct ones; a group it is also a direct member of is
+/// listed once, as `direct`; a cycle of nested groups ends. Read every way a user is read.
+#[test]
+fn a_users_groups_include_those_reached_through_nested_groups() {
+    let client = Client::new();
+    for db in databases() {
+        let s = TestServer::start(&db);
+        let ids = users(&s, &client, 3);
+        let (u1, u2) = (&ids[0], &ids[1]);
+        let group = |name: &str, members: &[&String]| {
+            let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
+            let (status, g, _) = call(
+                &s,
+                reqwest::Method::POST,
+                "/Groups",
+                Some(
+                    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                            "displayName": name, "members": members}),
+                ),
+                &[],
+            );
+            assert_eq!(status, 201, "{g}");
+            g["id"].as_str().unwrap().to_string()
+        };
+        let members = |group: &str, op: &str, member: &str| {
+            let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                               "Operations": [{"op": op, "path": "members",
+                                               "value": [{"value": member}]}]});
+            let path = format!("/Groups/{group}");
+            let (status, r, _) = call(&s, reqwest::Method::PATCH, &path, Some(patch), &[]);
+            assert!(status == 200 || status == 204, "{status} {r}");
+        };
+        // u1 is a direct member of A and C; A is in B, B in C, C in D, D in E, E in B (a
+        // cycle). u2 is only in F.
+        let a = group("A", &[u1]);
+        let b = group("B", &[&a]);
+        let c = group("C", &[&b, u1]);
+        let d = group("D", &[&c]);
+        let e = group("E", &[&d]);
+        members(&b, "add", &e);
+        let f = group("F", &[u2]);
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let (direct, indirect) = (sorted(vec![a.clone(), c.clone()]), sorted(vec![b, d, e]));
+        // (value, type, display) of each listed group, in the order the answer has them.
+        let listed = |user: &Value| -> Vec<(String, String, String)> {
+            user["groups"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{}: no groups in {user}", db.name()))
+                .iter()
+                .map(|g| {
+                    let text = |k: &str| g[k].as_str().unwrap_or_default().to_string();
+                    (text("value"), text("type"), text("display"))
+                })
+                .collect()
+        };
+        let expect = |direct: &[String], indirect: &[String]| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> = direct
+                .iter()
+                .map(|g| (g.clone(), "direct".into()))
+                .collect();
+            v.extend(indirect.iter().map(|g| (g.clone(), "indirect".into())));
+            v
+        };
+        let kinds = |user: &Value| -> Vec<(String, String)> {
+            listed(user).into_iter().map(|(v, t, _)| (v, t)).collect()
+        };
+        let want = expect(&direct, &indirect);
+
+        // GET by id (twice: PostgreSQL's batched point reads and the general path).
+        for attrs in ["", "?attributes=groups"] {
+            let (status, r, _) = call(
+                &s,
+                reqwest::Method::GET,
+                &format!("/Users/{u1}{attrs}"),
+                None,
+                &[],
+            );
+            assert_eq!(status, 200, "{r}");
+            assert_eq!(kinds(&r), want, "{}: GET /Users/id{attrs}", db.name());
+        }
+        // Display names of indirect groups are read like those of direct ones.
+        let names: Vec<String> = listed(
+            &call(
+                &s,
+                reqwest::Method::GET,
+                &format!("/Users/{u1}?attributes=groups.display,groups.type"),
+                None,
+                &[],
+            )
+            .1,
+        )
+        .into_iter()
+        .map(|(_, _, d)| d)
+        .collect();
+        assert_eq!(names.len(), 5, "{}: {names:?}", db.name());
+        assert!(names.iter().all(|n| !n.is_empty()), "{names:?}");
+        // A lookup by userName, and a page of every user.
+        let (_, r, _) = call(
+            &s,
+            reqwest::Method::GET,
+            "/Users?filter=userName%20eq%20%22member00000@example.com%22",
+            None,
+            &[],
+        );
+        assert_eq!(
+            kinds(&r["Resources"][0]),
+            want,
+            "{}: userName eq",
+            db.name()
+        );
+        let (_, page, _) = call(&s, reqwest::Method::GET, "/Users?count=10", None, &[]);
+        let of = |id: &str| {
+            page["Resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == id)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(kinds(&of(u1)), want, "{}: a page of users", db.name());
+        assert_eq!(
+            kinds(&of(u2)),
+            expect(std::slice::from_ref(&f), &[]),
+            "{}",
+            db.name()
+        );
+        assert!(of(&ids[2]).get("groups").is_none(), "{}", db.name());
+        // The answer to a PATCH of the user.
+        let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                           "Operations": [{"op": "replace", "path": "displayName",
+                                           "value": "Renamed"}]});
+        let (status, r, _) = call(
+            &s,
+            reqwest::Method::PATCH,
+            &format!("/Users/{u1}"),
+            Some(patch),
+            &[],
+        );
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(kinds(&r), want, "{}: PATCH answer", db.name());
+
+        // Taking E out of B and A out of B breaks the paths to B: u1 keeps D and E through C.
+        members(&indirect[0], "remove", &indirect[2]);
+        let want_b_out = |u: &Value| {
+            let mut left = kinds(u);
+            left.retain(|(_, t)| t == "indirect");
+            left.len()
+        };
+        let (_, r, _) = call(&s, reqwest::Method::GET, &format!("/Users/{u1}"), None, &[]);
+        assert_eq!(
+            want_b_out(&r),
+            3,
+            "{}: B is still reached through A",
+            db.name()
+        );
+        members(&indirect[0], "remove", &a);
+        let (_, r, _) = call(&s, reqwest::Method::GET, &format!("/Users/{u1}"), None, &[]);
+        let left: Vec<String> = kinds(&r)
+            .into_iter()
+            .filter(|(_, t)| t == "indirect")
+            .map(|(v, _)| v)
+            .collect();
+        assert_eq!(
+            left,
+            sorted(vec![indirect[1].clone(), indirect[2].clone()]),
+            "{}: D and E through C",
+            db.name()
+        );
+    }
+}
