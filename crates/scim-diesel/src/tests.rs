@@ -1772,6 +1772,47 @@ fn postgresql_connections_keep_generic_plans_for_prepared_statements() {
         .get_result::<PlanCacheMode>(&mut *conn)
         .unwrap();
     assert_eq!(shown.plan_cache_mode, "force_generic_plan");
+    #[derive(diesel::QueryableByName)]
+    struct Jit {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        jit: String,
+    }
+    let shown = diesel::sql_query("SHOW jit")
+        .get_result::<Jit>(&mut *conn)
+        .unwrap();
+    assert_eq!(shown.jit, "off", "no JIT compilation of short statements");
+}
+
+/// A URL to PostgreSQL on this machine that names no `sslmode` connects without TLS (it
+/// protects nothing on loopback and costs CPU on every message). One that asks for TLS gets
+/// it: `postgresql_connections_use_tls_when_the_url_asks_for_it`.
+#[test]
+fn postgresql_on_loopback_is_reached_without_tls_unless_asked_for() {
+    let Some(base) = crate::testing::postgres_test_url() else {
+        return; // `postgres_test_url` fails under CI without PG
+    };
+    #[derive(diesel::QueryableByName)]
+    struct Tls {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ssl: bool,
+    }
+    let uses_tls = |url: String| -> bool {
+        let store = DieselStore::open(&StoreConfig::new(url)).unwrap();
+        let mut conn = store.connection().unwrap();
+        diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .get_result::<Tls>(&mut *conn)
+            .unwrap()
+            .ssl
+    };
+    let url = crate::testing::fresh_postgres_schema(&base).unwrap();
+    assert!(
+        url.contains("127.0.0.1") || url.contains("localhost"),
+        "the test database is on this machine: {url}"
+    );
+    assert!(!url.contains("sslmode"), "{url}");
+    if std::env::var_os("PGSSLMODE").is_none() {
+        assert!(!uses_tls(url), "no TLS on loopback by default");
+    }
 }
 
 /// The bundled SQLite is built the way the workspace's `.cargo/config.toml` asks
