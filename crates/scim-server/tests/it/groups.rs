@@ -39,6 +39,27 @@ fn users(s: &TestServer, client: &Client, n: usize) -> Vec<String> {
     ids
 }
 
+/// Creates a group with `members` (ids); its id, from `Location`.
+fn create_group(s: &TestServer, name: &str, members: &[impl AsRef<str>]) -> String {
+    let members: Vec<Value> = members
+        .iter()
+        .map(|m| json!({"value": m.as_ref()}))
+        .collect();
+    let (status, g, headers) = call(
+        s,
+        reqwest::Method::POST,
+        "/Groups",
+        Some(
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                    "displayName": name, "members": members}),
+        ),
+        &[("Prefer", "return=minimal")],
+    );
+    assert!(status == 201 || status == 204, "{status} {g}");
+    let location = headers["location"].to_str().unwrap();
+    location.rsplit('/').next().unwrap().to_string()
+}
+
 fn values(members: &Value) -> Vec<String> {
     let mut v: Vec<String> = members
         .as_array()
@@ -56,23 +77,7 @@ fn a_group_larger_than_a_page_of_members_reads_whole_and_consistent() {
     for db in databases() {
         let s = TestServer::start(&db);
         let mut ids = users(&s, &client, 2_500);
-        // Creates a group; its id, from `Location`.
-        let group = |name: &str, members: &[String]| {
-            let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
-            let (status, g, headers) = call(
-                &s,
-                reqwest::Method::POST,
-                "/Groups",
-                Some(
-                    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
-                            "displayName": name, "members": members}),
-                ),
-                &[("Prefer", "return=minimal")],
-            );
-            assert!(status == 201 || status == 204, "{status} {g}");
-            let location = headers["location"].to_str().unwrap();
-            location.rsplit('/').next().unwrap().to_string()
-        };
+        let group = |name: &str, members: &[String]| create_group(&s, name, members);
         let small_id = group("small", &ids[..2]);
         let big_id = group("big", &ids[..500]);
         let path = format!("/Groups/{big_id}");
@@ -368,21 +373,7 @@ fn a_users_groups_include_those_reached_through_nested_groups() {
         let s = TestServer::start(&db);
         let ids = users(&s, &client, 3);
         let (u1, u2) = (&ids[0], &ids[1]);
-        let group = |name: &str, members: &[&String]| {
-            let members: Vec<Value> = members.iter().map(|m| json!({"value": m})).collect();
-            let (status, g, _) = call(
-                &s,
-                reqwest::Method::POST,
-                "/Groups",
-                Some(
-                    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
-                            "displayName": name, "members": members}),
-                ),
-                &[],
-            );
-            assert_eq!(status, 201, "{g}");
-            g["id"].as_str().unwrap().to_string()
-        };
+        let group = |name: &str, members: &[&String]| create_group(&s, name, members);
         let members = |group: &str, op: &str, member: &str| {
             let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
                                "Operations": [{"op": op, "path": "members",
