@@ -982,7 +982,8 @@ fn pinned_record(
 /// Adds to each list of a resource's groups, as `indirect`, the groups the resource belongs to
 /// only through nesting: every group that holds, at any depth, one of the list's `nested`
 /// groups (its direct groups that are members of a group themselves), unless the list has it
-/// already. One statement ([`backend::ancestors`]), none when no group is nested.
+/// already ([`backend::ancestors`]: one statement on PostgreSQL, one per level of nesting on
+/// SQLite); nothing runs when no group is nested.
 fn add_indirect_groups(
     conn: &mut AnyConnection,
     lists: Vec<(&mut Vec<MemberRef>, Vec<String>)>,
@@ -2577,21 +2578,42 @@ impl DieselStore {
                 break;
             }
             let mut conn = self.conn()?;
-            match plan.run(&mut conn, tenant, rt, id, now) {
-                Ok(Some(touched)) => {
-                    let links = links_of(&mut conn, id, rt, include).map_err(map_err)?;
-                    self.note_writes(1 + touched);
-                    return Ok(finish_update(plan, now, include, links));
-                }
-                // Another write landed since the row was read: nothing was written.
-                Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
-                Ok(None) => continue,
-                Err(e) => return Err(e.into()),
+            let outcome = match plan.run(&mut conn, tenant, rt, id, now) {
+                Ok(Some(touched)) => links_of(&mut conn, id, rt, include)
+                    .map(|links| Some((plan, touched, links)))
+                    .map_err(TxError::from),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            if let Some(answer) = self.settle(outcome, now, include, if_match) {
+                return answer;
             }
         }
         self.update_in_transaction((tenant, rt, id, now), if_match, include, update)
     }
 
+    /// What one attempt of an update comes to: `Some`, the answer; `None`, plan again (another
+    /// write landed since the row was read, and nothing was written).
+    fn settle(
+        &self,
+        outcome: Result<Option<(UpdatePlan, u64, Links)>, TxError>,
+        now: &str,
+        include: Include,
+        if_match: Option<i64>,
+    ) -> Option<Result<ResourceRecord, StoreError>> {
+        match outcome {
+            Ok(Some((plan, touched, links))) => {
+                self.note_writes(1 + touched);
+                Some(Ok(finish_update(plan, now, include, links)))
+            }
+            Ok(None) if if_match.is_some() => Some(Err(StoreError::VersionMismatch)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+
+    /// PostgreSQL: the update in a transaction that reads the row with `FOR UPDATE` (locking
+    /// it, so concurrent writers of the resource queue) and runs all its statements.
     fn update_in_transaction(
         &self,
         (tenant, rt, id, now): (&str, &str, &str, &str),
@@ -2614,14 +2636,8 @@ impl DieselStore {
                 let links = links_of(c, id, rt, include)?;
                 Ok(Some((plan, touched, links)))
             });
-            match result {
-                Ok(Some((plan, touched, links))) => {
-                    self.note_writes(1 + touched);
-                    return Ok(finish_update(plan, now, include, links));
-                }
-                Ok(None) if if_match.is_some() => return Err(StoreError::VersionMismatch),
-                Ok(None) => continue,
-                Err(e) => return Err(e.into()),
+            if let Some(answer) = self.settle(result, now, include, if_match) {
+                return answer;
             }
         }
         Err(StoreError::Unavailable(
