@@ -55,7 +55,8 @@ impl Backend {
 /// (`env_sslmode`) says otherwise. libpq's default (`prefer`) negotiates TLS whenever the
 /// server offers it, and TLS on a loopback connection protects nothing while costing both
 /// ends CPU on every message: 17 % of the server's CPU in a benchmark run with PostgreSQL on
-/// the same machine. Plain TCP is one of the outcomes `prefer` allows. Any other URL is
+/// the same machine. Plain TCP is one of the outcomes `prefer` allows; a server that refuses
+/// it gets the URL as given (see [`ConnectionManager::establish`]). Any other URL is
 /// returned as it is.
 pub(crate) fn plain_on_loopback(url: &str, env_sslmode: bool) -> String {
     let unchanged = url.to_string();
@@ -101,6 +102,9 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrati
 #[derive(Debug, Clone)]
 pub struct ConnectionManager {
     url: String,
+    /// PostgreSQL: the URL as given, where `url` adds `sslmode=disable` (see
+    /// [`plain_on_loopback`]); `None` when they are the same
+    given_url: Option<String>,
     backend: Backend,
     busy_timeout: Duration,
     query_timeout: Option<Duration>,
@@ -112,12 +116,20 @@ impl ConnectionManager {
     /// A manager for `url`.
     pub fn new(url: &str, busy_timeout: Duration, query_timeout: Option<Duration>) -> Self {
         let backend = Backend::from_url(url);
-        let url = match backend {
-            Backend::Sqlite => url.strip_prefix("sqlite://").unwrap_or(url).to_string(),
-            Backend::Postgres => plain_on_loopback(url, std::env::var_os("PGSSLMODE").is_some()),
+        let (url, given_url) = match backend {
+            Backend::Sqlite => (
+                url.strip_prefix("sqlite://").unwrap_or(url).to_string(),
+                None,
+            ),
+            Backend::Postgres => {
+                let plain = plain_on_loopback(url, std::env::var_os("PGSSLMODE").is_some());
+                let given = (plain != url).then(|| url.to_string());
+                (plain, given)
+            }
         };
         ConnectionManager {
             url,
+            given_url,
             backend,
             busy_timeout,
             query_timeout,
@@ -134,7 +146,13 @@ impl ConnectionManager {
     pub fn establish(&self) -> Result<AnyConnection, diesel::ConnectionError> {
         match self.backend {
             Backend::Postgres => {
-                let mut c = PgConnection::establish(&self.url)?;
+                // A server that accepts only TLS, even on loopback (`hostssl` lines alone in
+                // `pg_hba.conf`), refuses the plain connection: the URL as given then decides.
+                let mut c = match (PgConnection::establish(&self.url), &self.given_url) {
+                    (Ok(c), _) => c,
+                    (Err(_), Some(given)) => PgConnection::establish(given)?,
+                    (Err(e), None) => return Err(e),
+                };
                 // The statements this crate keeps prepared are lookups by key, whose plan does
                 // not depend on the values bound: with PostgreSQL's default (`auto`) it still
                 // planned some of them anew on every execution (14 % of PostgreSQL's CPU in a

@@ -1852,6 +1852,79 @@ fn postgresql_connections_keep_generic_plans_for_prepared_statements() {
     assert_eq!(shown.jit, "off", "no JIT compilation of short statements");
 }
 
+/// A PostgreSQL on loopback that accepts only TLS (as `hostssl` lines alone in `pg_hba.conf`
+/// make it) still gets connections from a URL that names no `sslmode`: the plain attempt is
+/// refused, and the URL as given (libpq's `prefer`) connects with TLS. The test's
+/// PostgreSQL is put behind a relay that closes every connection not opened with a TLS
+/// request.
+#[cfg(feature = "postgres-tls")]
+#[test]
+fn a_loopback_postgresql_that_requires_tls_still_gets_connections() {
+    use std::io::{Read, Write};
+    let Some(base) = crate::testing::postgres_test_url() else {
+        return; // `postgres_test_url` fails under CI without PG
+    };
+    if !crate::testing::postgres_offers_tls(&base).unwrap() {
+        eprintln!("this PostgreSQL has no TLS: nothing to require");
+        return;
+    }
+    let url = crate::testing::fresh_postgres_schema(&base).unwrap();
+    // `postgres://user@host:port/db?…`: the authority's host and port.
+    let rest = url.split_once("://").unwrap().1;
+    let authority = &rest[..rest.find('/').unwrap()];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let upstream = match host_port.contains(':') {
+        true => host_port.to_string(),
+        false => format!("{host_port}:5432"),
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let relayed = url.replacen(host_port, &listener.local_addr().unwrap().to_string(), 1);
+    std::thread::spawn(move || {
+        const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+        const GSS_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 48];
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut first = [0u8; 8];
+                if client.read_exact(&mut first).is_err() {
+                    return;
+                }
+                if first == GSS_REQUEST {
+                    // no GSS encryption here; libpq goes on with its next request
+                    if client.write_all(b"N").is_err() || client.read_exact(&mut first).is_err() {
+                        return;
+                    }
+                }
+                if first != SSL_REQUEST {
+                    return; // a plain start-up: refused, the connection closed
+                }
+                let Ok(mut server) = std::net::TcpStream::connect(&upstream) else {
+                    return;
+                };
+                if server.write_all(&first).is_err() {
+                    return;
+                }
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+                let _ = std::io::copy(&mut client, &mut server);
+            });
+        }
+    });
+    assert!(!relayed.contains("sslmode"), "{relayed}");
+    let store = DieselStore::open(&StoreConfig::new(relayed)).unwrap();
+    let mut conn = store.connection().unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Tls {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ssl: bool,
+    }
+    let tls = diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .get_result::<Tls>(&mut *conn)
+        .unwrap();
+    assert!(tls.ssl, "connected, with TLS, through the TLS-only relay");
+}
+
 /// A URL to PostgreSQL on this machine that names no `sslmode` connects without TLS (it
 /// protects nothing on loopback and costs CPU on every message). One that asks for TLS gets
 /// it: `postgresql_connections_use_tls_when_the_url_asks_for_it`.
