@@ -152,27 +152,3 @@ impl<DB: Backend, C: QueryFragment<DB>> QueryFragment<DB> for IsNested<C> {
         Ok(())
     }
 }
-
-/// The constant `false` as a [`IsNested`] stand-in, for reads whose linked resources are
-/// never asked about nesting (a group's members).
-#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
-pub struct NeverNested;
-
-impl Expression for NeverNested {
-    type SqlType = Bool;
-}
-
-impl<QS> AppearsOnTable<QS> for NeverNested {}
-
-impl<QS> SelectableExpression<QS> for NeverNested {}
-
-impl<GB> ValidGrouping<GB> for NeverNested {
-    type IsAggregate = is_aggregate::Never;
-}
-
-impl<DB: Backend> QueryFragment<DB> for NeverNested {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("(1 = 0)");
-        Ok(())
-    }
-}

@@ -24,7 +24,7 @@ use crate::combine;
 use crate::conn::{run_migrations, AnyConnection, Backend, ConnectionManager};
 use crate::group::{Checkpointer, GroupWriter};
 use crate::inline::{self, Conn};
-use crate::raw::{IsNested, NeverNested, RawCond};
+use crate::raw::{IsNested, RawCond};
 use crate::schema::{group_members, resource_counts, resource_values, resources, tenants, tokens};
 use crate::turns::Turns;
 
@@ -1439,11 +1439,20 @@ impl DieselStore {
         update: &mut UpdateFn<'_>,
     ) -> Result<UpdatePlan, TxError> {
         let mut conn = self.conn()?;
-        let (current, mut write) =
-            prepare_update(&mut conn, (tenant, rt, id), false, if_match, update)?;
-        let trusted = self.trusts_index(&mut conn);
-        let stored = old_values(&mut conn, id, &mut write, trusted)?;
-        drop(conn);
+        self.plan_update(&mut conn, (tenant, rt, id), if_match, update)
+    }
+
+    /// An update's plan from the row as `conn` reads it now, without a lock.
+    fn plan_update(
+        &self,
+        conn: &mut AnyConnection,
+        (tenant, rt, id): (&str, &str, &str),
+        if_match: Option<i64>,
+        update: &mut UpdateFn<'_>,
+    ) -> Result<UpdatePlan, TxError> {
+        let (current, mut write) = prepare_update(conn, (tenant, rt, id), false, if_match, update)?;
+        let trusted = self.trusts_index(conn);
+        let stored = old_values(conn, id, &mut write, trusted)?;
         Ok(UpdatePlan::new(current, write, stored)?)
     }
 
@@ -1635,7 +1644,8 @@ fn read_links(
                 chunk,
                 group_members::group_id,
                 group_members::member_id,
-                NeverNested
+                // a group's members are never asked about nesting
+                false.into_sql::<diesel::sql_types::Bool>()
             ),
             Side::Groups => links!(
                 chunk,
@@ -2553,9 +2563,6 @@ fn finish_update(plan: UpdatePlan, now: &str, include: Include, links: Links) ->
 }
 
 impl DieselStore {
-    /// PostgreSQL: an update as one transaction on a pooled connection. The row is locked
-    /// before it is read; the conditional UPDATE is a second line of defence, and a lost race
-    /// retries the whole read-modify-write on the fresh row.
     /// PostgreSQL: the row read without a lock, the update planned from it, and written by one
     /// statement that applies only while the row still has the version planned from (a
     /// transaction of its own): a read, the write and the answer's groups are three round
@@ -2571,13 +2578,13 @@ impl DieselStore {
         update: &mut UpdateFn<'_>,
     ) -> Result<ResourceRecord, StoreError> {
         for _attempt in 0..2 {
+            let mut conn = self.conn()?;
             let plan = self
-                .prepare_outside_writer(tenant, rt, id, if_match, update)
+                .plan_update(&mut conn, (tenant, rt, id), if_match, update)
                 .map_err(StoreError::from)?;
             if !plan.is_one_statement() {
                 break;
             }
-            let mut conn = self.conn()?;
             let outcome = match plan.run(&mut conn, tenant, rt, id, now) {
                 Ok(Some(touched)) => links_of(&mut conn, id, rt, include)
                     .map(|links| Some((plan, touched, links)))
@@ -2612,8 +2619,10 @@ impl DieselStore {
         }
     }
 
-    /// PostgreSQL: the update in a transaction that reads the row with `FOR UPDATE` (locking
-    /// it, so concurrent writers of the resource queue) and runs all its statements.
+    /// PostgreSQL: an update as one transaction on a pooled connection. The row is locked
+    /// before it is read (so concurrent writers of the resource queue); the conditional UPDATE
+    /// is a second line of defence, and a lost race retries the whole read-modify-write on the
+    /// fresh row.
     fn update_in_transaction(
         &self,
         (tenant, rt, id, now): (&str, &str, &str, &str),

@@ -1913,16 +1913,28 @@ fn a_loopback_postgresql_that_requires_tls_still_gets_connections() {
     });
     assert!(!relayed.contains("sslmode"), "{relayed}");
     let store = DieselStore::open(&StoreConfig::new(relayed)).unwrap();
-    let mut conn = store.connection().unwrap();
+    assert!(
+        tls_version(&store).is_some(),
+        "connected, with TLS, through the TLS-only relay"
+    );
+}
+
+/// The TLS version of a connection of `store` to PostgreSQL (`pg_stat_ssl`); `None` when the
+/// connection is plain.
+fn tls_version(store: &DieselStore) -> Option<String> {
     #[derive(diesel::QueryableByName)]
-    struct Tls {
+    struct Encrypted {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         ssl: bool,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        version: Option<String>,
     }
-    let tls = diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .get_result::<Tls>(&mut *conn)
-        .unwrap();
-    assert!(tls.ssl, "connected, with TLS, through the TLS-only relay");
+    let mut conn = store.connection().unwrap();
+    let row =
+        diesel::sql_query("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .get_result::<Encrypted>(&mut *conn)
+            .unwrap();
+    row.ssl.then(|| row.version.unwrap_or_default())
 }
 
 /// A URL to PostgreSQL on this machine that names no `sslmode` connects without TLS (it
@@ -1933,19 +1945,6 @@ fn postgresql_on_loopback_is_reached_without_tls_unless_asked_for() {
     let Some(base) = crate::testing::postgres_test_url() else {
         return; // `postgres_test_url` fails under CI without PG
     };
-    #[derive(diesel::QueryableByName)]
-    struct Tls {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        ssl: bool,
-    }
-    let uses_tls = |url: String| -> bool {
-        let store = DieselStore::open(&StoreConfig::new(url)).unwrap();
-        let mut conn = store.connection().unwrap();
-        diesel::sql_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .get_result::<Tls>(&mut *conn)
-            .unwrap()
-            .ssl
-    };
     let url = crate::testing::fresh_postgres_schema(&base).unwrap();
     assert!(
         url.contains("127.0.0.1") || url.contains("localhost"),
@@ -1953,7 +1952,8 @@ fn postgresql_on_loopback_is_reached_without_tls_unless_asked_for() {
     );
     assert!(!url.contains("sslmode"), "{url}");
     if std::env::var_os("PGSSLMODE").is_none() {
-        assert!(!uses_tls(url), "no TLS on loopback by default");
+        let store = DieselStore::open(&StoreConfig::new(url)).unwrap();
+        assert_eq!(tls_version(&store), None, "no TLS on loopback by default");
     }
 }
 
@@ -1997,27 +1997,14 @@ fn postgresql_connections_use_tls_when_the_url_asks_for_it() {
     let Some(base) = crate::testing::postgres_test_url() else {
         return; // a PostgreSQL connection setting; `postgres_test_url` fails under CI without PG
     };
-    #[derive(diesel::QueryableByName)]
-    struct Encrypted {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        ssl: bool,
-        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
-        version: Option<String>,
-    }
     let offered = crate::testing::postgres_offers_tls(&base).unwrap();
     let url = crate::testing::fresh_postgres_schema(&base).unwrap() + "&sslmode=require";
     match DieselStore::open(&StoreConfig::new(url)) {
         Ok(store) => {
             assert!(offered, "an encrypted connection to a server without TLS?");
             store.migrate().unwrap();
-            let mut conn = store.connection().unwrap();
-            let row = diesel::sql_query(
-                "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            )
-            .get_result::<Encrypted>(&mut *conn)
-            .unwrap();
-            assert!(row.ssl, "sslmode=require gave a plain connection");
-            assert!(row.version.is_some_and(|v| v.starts_with("TLS")));
+            let version = tls_version(&store).expect("sslmode=require gave a plain connection");
+            assert!(version.starts_with("TLS"), "{version}");
         }
         Err(e) => {
             let e = e.to_string();
