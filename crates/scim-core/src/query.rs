@@ -681,10 +681,10 @@ fn plan_linked_element(
 
 /// What a linked resource must pass for `sub` (`value`, `display`, `type`; `None`: the
 /// attribute itself) to test true. `op` is never `ne` here. `value` is the linked resource's
-/// id; a group's `display` is its `displayName`; a filter sees direct memberships only, so
-/// every group link it tests is `direct` (a user's `groups` also lists the groups it reaches
-/// through nested groups, as `indirect`, but filters do not follow nesting); a member's
-/// `display` is its `displayName`, else its `userName`, and its `type` its resource type.
+/// id; a group's `display` is its `displayName`, and its `type` that of the membership
+/// (`direct`, or `indirect` through nested groups, as a user's `groups` lists them); a
+/// member's `display` is its `displayName`, else its `userName`, and its `type` its resource
+/// type.
 fn linked_test(
     ctx: &Ctx<'_>,
     Link { path, side, sub }: Link<'_>,
@@ -709,9 +709,12 @@ fn linked_test(
             StoreFilter::Column(Column::DisplayName, op, fold(&text_of(ctx, path, v)?))
         }
         (Some("type"), LinkSide::Groups, None) => StoreFilter::All,
+        // RFC 7643 section 4.1.2's canonical values, compared case-insensitively; a link has
+        // no other type.
         (Some("type"), LinkSide::Groups, Some((CompareOp::Eq, v))) => {
-            if text_of(ctx, path, v)?.eq_ignore_ascii_case("direct") {
-                StoreFilter::All
+            let t = text_of(ctx, path, v)?.to_ascii_lowercase();
+            if t == "direct" || t == "indirect" {
+                StoreFilter::Column(Column::MembershipType, CompareOp::Eq, t)
             } else {
                 StoreFilter::Nothing
             }

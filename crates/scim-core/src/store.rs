@@ -331,6 +331,10 @@ pub enum Column {
     /// folded, what other resources show for this one (`displayName`, else `userName`): a
     /// member's `display`; no index orders it
     Display,
+    /// inside a [`StoreFilter::Linked`] on [`LinkSide::Groups`] only: the type of the
+    /// membership being tested, `direct` or `indirect` (a User's `groups.type`); a property of
+    /// the link, not of either resource. Compared with `eq` only.
+    MembershipType,
 }
 
 /// A filter in terms the store understands; built by [`crate::query::plan_filter`].
@@ -360,11 +364,12 @@ pub enum StoreFilter {
         /// tests on one element
         filter: ElementFilter,
     },
-    /// resources linked by a direct membership to some resource that passes `filter`, a
-    /// filter on the linked resource's own row (`Column`, `All`, `Nothing` and their `And`,
-    /// `Or`, `Not`): `members eq "x"` is the groups with the member `x` (`Column(Id, Eq, x)`),
-    /// `groups.display eq "x"` the members of a group named `x`, `members pr` the groups with
-    /// a member
+    /// resources linked by a membership to some resource that passes `filter`, a filter on the
+    /// linked resource's own row (`Column`, `All`, `Nothing` and their `And`, `Or`, `Not`):
+    /// `members eq "x"` is the groups with the direct member `x` (`Column(Id, Eq, x)`),
+    /// `groups.display eq "x"` the resources in a group named `x`, directly or through groups
+    /// nested in it (RFC 7643 section 4.1.2), `members pr` the groups with a member. On the
+    /// groups side, `Column(MembershipType, Eq, "direct" | "indirect")` tests the link itself.
     Linked {
         /// which side of the membership the linked resource is
         side: LinkSide,

@@ -21,6 +21,8 @@ enum Part {
     Bool(bool),
     /// SQLite only: `scim_alive(<column>) AND ` (see `conn::deadline`)
     Alive(&'static str),
+    /// SQL text that differs by database: (SQLite, PostgreSQL)
+    PerBackend(&'static str, &'static str),
 }
 
 /// A boolean condition: SQL text with bound parameters.
@@ -62,6 +64,11 @@ impl RawCond {
     /// statement.
     pub fn alive(mut self, column: &'static str) -> Self {
         self.parts.push(Part::Alive(column));
+        self
+    }
+    /// Appends SQL text that differs by database (trusted, as for [`Self::push`]).
+    pub fn per_backend(mut self, sqlite: &'static str, postgres: &'static str) -> Self {
+        self.parts.push(Part::PerBackend(sqlite, postgres));
         self
     }
     /// `(a SEP b SEP …)` of the conditions `each` makes of `terms`; `empty` when there are
@@ -112,6 +119,10 @@ impl QueryFragment<AnyBackend> for RawCond {
                 Part::Text(t) => out.push_bind_param::<Text, String>(t)?,
                 Part::Double(d) => out.push_bind_param::<Double, f64>(d)?,
                 Part::Bool(b) => out.push_bind_param::<Bool, bool>(b)?,
+                Part::PerBackend(sqlite, pg) => match out.backend() {
+                    AnyBackend::Sqlite(_) => out.push_sql(sqlite),
+                    AnyBackend::Postgres(_) => out.push_sql(pg),
+                },
                 Part::Alive(column) => {
                     if matches!(out.backend(), AnyBackend::Sqlite(_)) {
                         out.push_sql("scim_alive(");

@@ -496,32 +496,34 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             Box::new(cond.push(" AND ").append(element_test(filter)).push(")"))
         }
         StoreFilter::Linked {
+            side: LinkSide::Groups,
+            linked_type,
+            filter,
+        } if !matches!(filter.as_ref(), StoreFilter::All) => Box::new(nested_groups_condition(
+            filter,
+            tenant,
+            linked_type.as_deref(),
+        )),
+        StoreFilter::Linked {
             side,
             linked_type,
             filter,
         } => {
-            // By id (`members eq "x"`, `groups eq "x"`, the IdPs' queries): the membership
-            // table's own index answers, without the linked resource's row.
-            if let StoreFilter::Column(Column::Id, CompareOp::Eq, v) = filter.as_ref() {
-                let v = v.as_str();
-                return match side {
-                    LinkSide::Members => Box::new(
-                        resources::id.eq_any(
-                            group_members::table
-                                .select(group_members::group_id)
-                                .filter(group_members::member_id.eq(v)),
-                        ),
+            // By id (`members eq "x"`, the IdPs' query): the membership table's own index
+            // answers, without the linked resource's row.
+            if let (LinkSide::Members, StoreFilter::Column(Column::Id, CompareOp::Eq, v)) =
+                (side, filter.as_ref())
+            {
+                return Box::new(
+                    resources::id.eq_any(
+                        group_members::table
+                            .select(group_members::group_id)
+                            .filter(group_members::member_id.eq(v.as_str())),
                     ),
-                    LinkSide::Groups => Box::new(
-                        resources::id.eq_any(
-                            group_members::table
-                                .select(group_members::member_id)
-                                .filter(group_members::group_id.eq(v)),
-                        ),
-                    ),
-                };
+                );
             }
-            // `l` is the linked resource: a group (the resource's groups) or a member.
+            // `l` is the linked resource: a member, or (`groups pr`: a resource in any group
+            // is directly in one) a group.
             let (this_col, other_col) = match side {
                 LinkSide::Groups => ("gm.member_id", "gm.group_id"),
                 LinkSide::Members => ("gm.group_id", "gm.member_id"),
@@ -537,7 +539,7 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             }
             Box::new(
                 cond.push(" AND ")
-                    .append(linked_condition(filter))
+                    .append(linked_condition(filter, Kind::None))
                     .push(")"),
             )
         }
@@ -555,12 +557,96 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
     }
 }
 
+/// The resources in a group that passes `filter` (a [`StoreFilter::Linked`] on
+/// [`LinkSide::Groups`]), directly or through groups nested in it, at any depth (RFC 7643
+/// section 4.1.2: a User's `groups` lists both, typed `direct` and `indirect`).
+///
+/// `down(top, g)` pairs each group `top` that may pass with itself and every group reached
+/// from it through nested groups; `UNION` keeps each pair once, so a cycle of groups ends. A
+/// step follows only members that have members of their own (the rest cannot lead further),
+/// so its cost is the reached groups' members, whatever else the tenant holds. Where `filter`
+/// tests the membership's type, the seed tests everything else (each type test counts as
+/// passed, or failed under a `not`: a superset), and the exact test runs on each link, whose
+/// type is `direct` when the resource is a member of `top` itself.
+fn nested_groups_condition(
+    filter: &StoreFilter,
+    tenant: &str,
+    group_type: Option<&str>,
+) -> RawCond {
+    // PostgreSQL cannot estimate a recursive statement's rows and guesses thousands: it would
+    // scan `resources` whole against them, or join with hashes built from whole tables. An
+    // array is read once and probed by primary key, and `LATERAL (… OFFSET 0)` keeps each step
+    // an index probe. SQLite probes in the order the tables are written with `CROSS JOIN`.
+    let mut seed = RawCond::default()
+        .per_backend("resources.id IN (", "resources.id = ANY(ARRAY(")
+        .push("WITH RECURSIVE down(top, g) AS (SELECT l.id, l.id FROM resources l WHERE ")
+        .alive("l.version")
+        .push("l.tenant_id = ")
+        .text(tenant);
+    if let Some(t) = group_type {
+        seed = seed.push(" AND l.resource_type = ").text(t);
+    }
+    let links = seed
+        .push(" AND ")
+        .append(linked_condition(filter, Kind::Relaxed { positive: true }))
+        .push(" UNION SELECT down.top, n.member_id FROM down")
+        .per_backend(
+            " JOIN group_members n ON n.group_id = down.g WHERE ",
+            " CROSS JOIN LATERAL (SELECT n.member_id FROM group_members n WHERE n.group_id = \
+             down.g AND ",
+        )
+        .alive("0")
+        .push("EXISTS (SELECT 1 FROM group_members x WHERE x.group_id = n.member_id)")
+        .per_backend(")", " OFFSET 0) n)")
+        .push(" SELECT gm.member_id FROM down")
+        .per_backend(
+            " CROSS JOIN group_members gm ON gm.group_id = down.g",
+            " CROSS JOIN LATERAL (SELECT gm.member_id FROM group_members gm WHERE gm.group_id = \
+             down.g OFFSET 0) gm",
+        );
+    let links = if tests_membership_type(filter) {
+        links
+            .push(" JOIN resources l ON l.id = down.top WHERE ")
+            .append(linked_condition(filter, Kind::Exact(MEMBERSHIP_TYPE)))
+    } else {
+        // The seed's test was the exact one.
+        links
+    };
+    links.per_backend(")", "))")
+}
+
+/// Whether a filter on a linked resource tests the membership's type.
+fn tests_membership_type(f: &StoreFilter) -> bool {
+    match f {
+        StoreFilter::Column(Column::MembershipType, ..) => true,
+        StoreFilter::And(t) | StoreFilter::Or(t) => t.iter().any(tests_membership_type),
+        StoreFilter::Not(inner) => tests_membership_type(inner),
+        _ => false,
+    }
+}
+
+/// The type of the link from `gm.member_id` to `down.top` in [`nested_groups_condition`].
+const MEMBERSHIP_TYPE: &str = "CASE WHEN EXISTS (SELECT 1 FROM group_members d WHERE d.group_id = down.top AND d.member_id = gm.member_id) THEN 'direct' ELSE 'indirect' END";
+
+/// How [`linked_condition`] treats a test of the membership's type
+/// ([`Column::MembershipType`]).
+#[derive(Clone, Copy)]
+enum Kind {
+    /// it cannot occur (a filter on a group's members): no link passes it
+    None,
+    /// the SQL expression of the type
+    Exact(&'static str),
+    /// unknown yet: the test passes where it stands under an even number of `not`s
+    /// (`positive`) and fails under an odd one, so the condition is a superset of the exact one
+    Relaxed { positive: bool },
+}
+
 /// A filter on the linked resource `l` of a [`StoreFilter::Linked`]: the planner builds it
-/// from `Column` tests on `id`, `displayName`, the display and the resource type, `All`,
-/// `Nothing`, `And`, `Or`, `Not`.
-fn linked_condition(f: &StoreFilter) -> RawCond {
+/// from `Column` tests on `id`, `displayName`, the display, the resource type and the
+/// membership's type (`kind`), `All`, `Nothing`, `And`, `Or`, `Not`.
+fn linked_condition(f: &StoreFilter, kind: Kind) -> RawCond {
     let join = |terms: &[StoreFilter], sep: &str, empty: &str| {
-        RawCond::joined(terms, sep, empty, linked_condition)
+        RawCond::joined(terms, sep, empty, |t| linked_condition(t, kind))
     };
     let column = |c: Column| match c {
         Column::Id => Some("l.id"),
@@ -573,15 +659,28 @@ fn linked_condition(f: &StoreFilter) -> RawCond {
     match f {
         StoreFilter::All => RawCond::sql("1 = 1"),
         StoreFilter::Nothing => RawCond::sql("1 = 0"),
+        StoreFilter::Column(Column::MembershipType, op, v) => match kind {
+            Kind::Exact(sql) => str_test(RawCond::sql("(").push(sql), *op, v).push(")"),
+            Kind::Relaxed { positive: true } => RawCond::sql("1 = 1"),
+            Kind::Relaxed { positive: false } | Kind::None => RawCond::sql("1 = 0"),
+        },
         StoreFilter::Column(c, op, v) => match column(*c) {
             Some(col) => str_test(RawCond::sql("(").push(col), *op, v).push(")"),
             None => RawCond::sql("1 = 0"),
         },
         StoreFilter::And(t) => join(t, " AND ", "1 = 1"),
         StoreFilter::Or(t) => join(t, " OR ", "1 = 0"),
-        StoreFilter::Not(inner) => RawCond::sql("NOT COALESCE((")
-            .append(linked_condition(inner))
-            .push("), FALSE)"),
+        StoreFilter::Not(inner) => {
+            let flipped = match kind {
+                Kind::Relaxed { positive } => Kind::Relaxed {
+                    positive: !positive,
+                },
+                other => other,
+            };
+            RawCond::sql("NOT COALESCE((")
+                .append(linked_condition(inner, flipped))
+                .push("), FALSE)")
+        }
         // Nothing else comes from the planner.
         _ => RawCond::sql("1 = 0"),
     }
@@ -598,6 +697,8 @@ fn column_sql(c: Column) -> &'static str {
         Column::LastModified => "resources.last_modified",
         Column::ResourceType => "resources.resource_type",
         Column::Display => "COALESCE(resources.display_name_ci, resources.user_name_ci)",
+        // Only inside a filter on a resource's groups (`linked_condition`).
+        Column::MembershipType => "NULL",
     }
 }
 

@@ -524,3 +524,113 @@ fn a_users_groups_include_those_reached_through_nested_groups() {
         );
     }
 }
+
+/// Filters on a user's `groups` see what a read of the user lists: the groups it is in
+/// directly and those it reaches through nested groups, each link typed `direct` or
+/// `indirect`, with the tests in one value filter applied to the same link. A cycle of groups
+/// ends, and a removal of a nested group is seen at once.
+#[test]
+fn filters_on_groups_follow_nested_groups() {
+    let client = Client::new();
+    for db in databases() {
+        let s = TestServer::start(&db);
+        let ids = users(&s, &client, 4);
+        let name = |i: usize| format!("member{i:05}@example.com");
+        let (u1, u2, u3) = (&ids[0], &ids[1], &ids[2]);
+        // A holds u1; B holds A and u2; C holds B and D; D holds C (a cycle) and u3. The
+        // fourth user is in no group.
+        let a = create_group(&s, "A", &[u1]);
+        let b = create_group(&s, "B", &[&a, u2]);
+        let c = create_group(&s, "C", &[&b]);
+        let d = create_group(&s, "D", &[&c, u3]);
+        let patch = |group: &str, op: &str, member: &str| {
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                              "Operations": [{"op": op, "path": "members",
+                                              "value": [{"value": member}]}]});
+            let (status, r, _) = call(
+                &s,
+                reqwest::Method::PATCH,
+                &format!("/Groups/{group}"),
+                Some(body),
+                &[("Prefer", "return=minimal")],
+            );
+            assert!(status == 200 || status == 204, "{status} {r}");
+        };
+        patch(&c, "add", &d);
+        // The users a filter matches, by their index in `ids`.
+        let matched = |filter: &str| -> Vec<usize> {
+            let path = format!(
+                "/Users?attributes=userName&count=100&filter={}",
+                filter.replace(' ', "%20").replace('"', "%22")
+            );
+            let (status, r, _) = call(&s, reqwest::Method::GET, &path, None, &[]);
+            assert_eq!(status, 200, "{}: {filter}: {r}", db.name());
+            let mut found: Vec<usize> = r["Resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| (0..4).find(|i| u["userName"] == name(*i)).unwrap())
+                .collect();
+            found.sort();
+            assert_eq!(r["totalResults"], found.len(), "{filter}");
+            found
+        };
+        let cases: Vec<(String, Vec<usize>)> = vec![
+            (format!("groups eq \"{a}\""), vec![0]),
+            (format!("groups eq \"{c}\""), vec![0, 1, 2]),
+            (format!("groups.value eq \"{b}\""), vec![0, 1]),
+            ("groups.display eq \"c\"".into(), vec![0, 1, 2]),
+            ("groups.display eq \"D\"".into(), vec![0, 1, 2]),
+            ("groups pr".into(), vec![0, 1, 2]),
+            ("groups.type eq \"indirect\"".into(), vec![0, 1, 2]),
+            ("groups.type eq \"Direct\"".into(), vec![0, 1, 2]),
+            ("groups.type ne \"indirect\"".into(), vec![3]),
+            ("groups.type eq \"other\"".into(), vec![]),
+            (
+                "groups[type eq \"direct\" and display eq \"D\"]".into(),
+                vec![2],
+            ),
+            (
+                "groups[type eq \"indirect\" and display eq \"D\"]".into(),
+                vec![0, 1],
+            ),
+            (
+                "groups[display eq \"D\" and not (type eq \"indirect\")]".into(),
+                vec![2],
+            ),
+            (
+                format!("groups[value eq \"{b}\" and type eq \"indirect\"]"),
+                vec![0],
+            ),
+            (
+                format!("groups[value eq \"{c}\" and type eq \"direct\"]"),
+                vec![],
+            ),
+            (
+                "groups[type eq \"direct\" and display eq \"B\"] or groups.display eq \"A\"".into(),
+                vec![0, 1],
+            ),
+            (format!("not (groups eq \"{b}\")"), vec![2, 3]),
+        ];
+        for (filter, want) in &cases {
+            assert_eq!(&matched(filter), want, "{}: {filter}", db.name());
+        }
+        // A out of B: u1 reaches neither B nor C nor D any more.
+        patch(&b, "remove", &a);
+        assert_eq!(
+            matched(&format!("groups eq \"{c}\"")),
+            vec![1, 2],
+            "{}",
+            db.name()
+        );
+        assert_eq!(
+            matched("groups.type eq \"indirect\""),
+            vec![1, 2],
+            "{}",
+            db.name()
+        );
+        // The user's own read agrees with the filters.
+        let (_, r, _) = call(&s, reqwest::Method::GET, &format!("/Users/{u1}"), None, &[]);
+        assert_eq!(r["groups"].as_array().map(Vec::len), Some(1), "{r}");
+    }
+}
