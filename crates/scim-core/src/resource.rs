@@ -397,6 +397,12 @@ pub(crate) fn normalize(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<Norm
             out.external_id = match value {
                 Value::Null => None,
                 Value::String(s) if s.is_empty() => None,
+                // U+0000 is refused as in any other string (`coerce_scalar`).
+                Value::String(s) if s.contains('\0') => {
+                    return Err(ScimError::invalid_value(
+                        "Attribute 'externalId' must be a string without the character U+0000",
+                    ))
+                }
                 Value::String(s) => Some(s.clone()),
                 _ => {
                     return Err(ScimError::invalid_value(

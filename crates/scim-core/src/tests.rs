@@ -764,16 +764,19 @@ fn strings_holding_nul_are_refused_wherever_they_would_be_stored() {
         user(json!({"emails": [{"value": "x\u{0}@example.com"}]})),
         user(json!({"roles": "admin, bil\u{0}ling"})),
         user(json!({enterprise: {"manager": "\u{0}"}})),
+        user(json!({"externalId": "\u{0}"})),
     ] {
         let err = prepare_create(&ctx, &body).unwrap_err();
         assert_eq!(err.scim_type, Some(ScimType::InvalidValue), "{body}");
     }
-    let err = patch_user(
-        user(json!({})),
+    for ops in [
         json!([{"op": "replace", "path": "displayName", "value": "\u{0}"}]),
-    )
-    .unwrap_err();
-    assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
+        json!([{"op": "replace", "path": "externalId", "value": "a\u{0}"}]),
+        json!([{"op": "add", "value": {"externalId": "\u{0}"}}]),
+    ] {
+        let err = patch_user(user(json!({})), ops.clone()).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidValue), "{ops}");
+    }
     let gctx = Ctx::new(&reg, "Group").unwrap();
     let group = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
         "displayName": "g", "members": [{"value": "id\u{0}"}]});

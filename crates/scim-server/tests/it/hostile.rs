@@ -529,6 +529,9 @@ impl Run<'_> {
 }
 
 fn run(db: &Db, strict: bool, unique_group_names: bool, seed: u64, rounds: usize) {
+    // The in-process server's errors (what a 500 was) reach the test's output; `RUST_LOG`
+    // widens it.
+    let _ = env_logger::try_init();
     let s = TestServer::start_with(db, |c| {
         c.strict = strict;
         c.unique_group_names = unique_group_names;
