@@ -363,6 +363,16 @@ fn the_answer_to_a_write_is_read_only_at_the_version_written() {
     }
 }
 
+/// PATCHes the group `group` with one `op` (`add`, `remove`) of `members` naming `member`.
+fn patch_member(s: &TestServer, group: &str, op: &str, member: &str) {
+    let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                       "Operations": [{"op": op, "path": "members",
+                                       "value": [{"value": member}]}]});
+    let path = format!("/Groups/{group}");
+    let (status, r, _) = call(s, reqwest::Method::PATCH, &path, Some(patch), &[]);
+    assert!(status == 200 || status == 204, "{status} {r}");
+}
+
 /// A user's `groups` lists the groups it belongs to through nested groups too, as `indirect`
 /// (RFC 7643 section 4.1.2), after its direct ones; a group it is also a direct member of is
 /// listed once, as `direct`; a cycle of nested groups ends. Read every way a user is read.
@@ -374,14 +384,7 @@ fn a_users_groups_include_those_reached_through_nested_groups() {
         let ids = users(&s, &client, 3);
         let (u1, u2) = (&ids[0], &ids[1]);
         let group = |name: &str, members: &[&String]| create_group(&s, name, members);
-        let members = |group: &str, op: &str, member: &str| {
-            let patch = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                               "Operations": [{"op": op, "path": "members",
-                                               "value": [{"value": member}]}]});
-            let path = format!("/Groups/{group}");
-            let (status, r, _) = call(&s, reqwest::Method::PATCH, &path, Some(patch), &[]);
-            assert!(status == 200 || status == 204, "{status} {r}");
-        };
+        let members = |group: &str, op: &str, member: &str| patch_member(&s, group, op, member);
         // u1 is a direct member of A and C; A is in B, B in C, C in D, D in E, E in B (a
         // cycle). u2 is only in F.
         let a = group("A", &[u1]);
@@ -543,19 +546,7 @@ fn filters_on_groups_follow_nested_groups() {
         let b = create_group(&s, "B", &[&a, u2]);
         let c = create_group(&s, "C", &[&b]);
         let d = create_group(&s, "D", &[&c, u3]);
-        let patch = |group: &str, op: &str, member: &str| {
-            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                              "Operations": [{"op": op, "path": "members",
-                                              "value": [{"value": member}]}]});
-            let (status, r, _) = call(
-                &s,
-                reqwest::Method::PATCH,
-                &format!("/Groups/{group}"),
-                Some(body),
-                &[("Prefer", "return=minimal")],
-            );
-            assert!(status == 200 || status == 204, "{status} {r}");
-        };
+        let patch = |group: &str, op: &str, member: &str| patch_member(&s, group, op, member);
         patch(&c, "add", &d);
         // The users a filter matches, by their index in `ids`.
         let matched = |filter: &str| -> Vec<usize> {
