@@ -519,7 +519,9 @@ impl StoreFilter {
     pub fn scans(&self) -> usize {
         match self {
             StoreFilter::Column(_, CompareOp::Co | CompareOp::Ew, _) => 1,
-            StoreFilter::Column(Column::Display, _, _) => 1,
+            // Both read every membership of the tenant (a member's display has no index; a
+            // link's type is known only once the nesting above it is walked).
+            StoreFilter::Column(Column::Display | Column::MembershipType, _, _) => 1,
             StoreFilter::Value {
                 test: ValueTest::Str(CompareOp::Co | CompareOp::Ew, _),
                 ..

@@ -1,7 +1,8 @@
 //! `RawCond`: a boolean SQL condition assembled at run time from fixed SQL text and bound
 //! parameters. Filter sub-queries on the attribute-value index need correlated `EXISTS` and
-//! `IN` forms that the typed DSL cannot express dynamically; values are always bound
-//! parameters, never spliced into the SQL text.
+//! `IN` forms that the typed DSL cannot express dynamically. Values are bound parameters,
+//! except [`RawCond::planned_text`] on PostgreSQL: an escape string literal, so that the
+//! planner sees the value.
 
 use diesel::backend::Backend;
 use diesel::expression::{
@@ -23,9 +24,12 @@ enum Part {
     Alive(&'static str),
     /// SQL text that differs by database: (SQLite, PostgreSQL)
     PerBackend(&'static str, &'static str),
+    /// a text value PostgreSQL plans for: an escaped literal there, bound on SQLite
+    Planned(String),
 }
 
-/// A boolean condition: SQL text with bound parameters.
+/// A boolean condition: SQL text with bound parameters (and escaped literals, see
+/// [`RawCond::planned_text`]).
 #[derive(Debug, Clone, Default)]
 pub struct RawCond {
     parts: Vec<Part>,
@@ -46,6 +50,17 @@ impl RawCond {
     /// Appends a bound text parameter.
     pub fn text(mut self, v: &str) -> Self {
         self.parts.push(Part::Text(v.to_string()));
+        self
+    }
+    /// Appends a text value that PostgreSQL's planner should see, for comparisons whose best
+    /// plan depends on it (ranges, `LIKE`): its connections plan bound parameters generically
+    /// (`plan_cache_mode = force_generic_plan`, for the statements kept prepared), which
+    /// guesses a third of the rows for any range and walks the creation order instead of the
+    /// range's index. On PostgreSQL the value is written as an escape string (`E'…'`, quotes
+    /// and backslashes doubled, the same whatever `standard_conforming_strings` says); on
+    /// SQLite, and for a value holding U+0000 (which no PostgreSQL text holds), it is bound.
+    pub fn planned_text(mut self, v: &str) -> Self {
+        self.parts.push(Part::Planned(v.to_string()));
         self
     }
     /// Appends a bound number parameter.
@@ -119,6 +134,12 @@ impl QueryFragment<AnyBackend> for RawCond {
                 Part::Text(t) => out.push_bind_param::<Text, String>(t)?,
                 Part::Double(d) => out.push_bind_param::<Double, f64>(d)?,
                 Part::Bool(b) => out.push_bind_param::<Bool, bool>(b)?,
+                Part::Planned(t) => match out.backend() {
+                    AnyBackend::Postgres(_) if !t.contains('\0') => {
+                        out.push_sql(&escape_string_literal(t))
+                    }
+                    _ => out.push_bind_param::<Text, String>(t)?,
+                },
                 Part::PerBackend(sqlite, pg) => match out.backend() {
                     AnyBackend::Sqlite(_) => out.push_sql(sqlite),
                     AnyBackend::Postgres(_) => out.push_sql(pg),
@@ -134,6 +155,22 @@ impl QueryFragment<AnyBackend> for RawCond {
         }
         Ok(())
     }
+}
+
+/// A PostgreSQL escape string literal (`E'…'`) holding `s`: inside one, a quote and a
+/// backslash are the only characters with a meaning, and each is doubled. `s` holds no U+0000.
+pub fn escape_string_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// `EXISTS (SELECT 1 FROM group_members … WHERE member_id = <group>)`: whether the group whose

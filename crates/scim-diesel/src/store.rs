@@ -729,7 +729,11 @@ fn str_test(lhs: RawCond, op: CompareOp, v: &str) -> RawCond {
         CompareOp::Ew => (" LIKE ", format!("%{}", like_literal(v))),
         CompareOp::Co => (" LIKE ", format!("%{}%", like_literal(v))),
     };
-    let cond = lhs.push(sql).text(&arg);
+    // An equality's plan is the same whatever the value; a range's or a pattern's is not.
+    let cond = match op {
+        CompareOp::Eq | CompareOp::Ne => lhs.push(sql).text(&arg),
+        _ => lhs.push(sql).planned_text(&arg),
+    };
     if matches!(op, CompareOp::Sw | CompareOp::Ew | CompareOp::Co) {
         cond.push(" ESCAPE '\\'")
     } else {

@@ -1210,6 +1210,12 @@ const WORDS: &[&str] = &[
     "x_1",
     "a%b",
     "",
+    // Written into PostgreSQL's SQL text as escaped literals by range and pattern tests.
+    "o'neil",
+    "O''Neil",
+    "back\\slash\\",
+    "\\'; --",
+    "$1",
     "Tour Guide",
     "tour",
 ];
@@ -2970,4 +2976,59 @@ fn unique_display_names_are_opened_and_closed_by_the_store() {
         );
         create(&plain, "g6", "Sales").unwrap();
     }
+}
+
+/// Values that range and pattern filters write into PostgreSQL's SQL text
+/// ([`crate::raw::RawCond::planned_text`]) come back from PostgreSQL exactly as given, however
+/// many quotes, backslashes, placeholders and comment markers they hold: each is compared
+/// with the same value bound as a parameter. Under `standard_conforming_strings = off` too.
+#[test]
+fn values_written_as_postgresql_literals_are_read_back_exactly() {
+    let Some(base) = crate::testing::postgres_test_url() else {
+        return; // a PostgreSQL matter; `postgres_test_url` fails under CI without PG
+    };
+    let store = DieselStore::open(&StoreConfig::new(
+        crate::testing::fresh_postgres_schema(&base).unwrap(),
+    ))
+    .unwrap();
+    let mut conn = store.connection().unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Same {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        same: bool,
+    }
+    let values = [
+        "plain",
+        "o'neil",
+        "''",
+        "\\",
+        "back\\slash\\",
+        "\\'; DROP TABLE resources; --",
+        "E'x'",
+        "$1 $$ $tag$",
+        "/* not a comment */",
+        "émile \u{1F600} \t\n",
+        "",
+    ];
+    for conforming in ["on", "off"] {
+        diesel::sql_query(format!("SET standard_conforming_strings = {conforming}"))
+            .execute(&mut *conn)
+            .unwrap();
+        for v in values {
+            let sql = format!(
+                "SELECT {} = $1 AS same",
+                crate::raw::escape_string_literal(v)
+            );
+            let row = diesel::sql_query(sql)
+                .bind::<diesel::sql_types::Text, _>(v)
+                .get_result::<Same>(&mut *conn)
+                .unwrap_or_else(|e| {
+                    panic!("{v:?} (standard_conforming_strings {conforming}): {e}")
+                });
+            assert!(row.same, "{v:?} (standard_conforming_strings {conforming})");
+        }
+    }
+    diesel::sql_query("SET standard_conforming_strings = on")
+        .execute(&mut *conn)
+        .unwrap();
 }

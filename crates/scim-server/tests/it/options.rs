@@ -724,6 +724,8 @@ fn a_filter_costing_more_scans_than_allowed_is_too_many() {
     for hostile in [
         r#"userName co "a" or userName co "b" or userName ew "c""#,
         r#"not (emails[value co "x"]) and title co "y""#,
+        // A membership's type is known only once the nesting above it is walked.
+        r#"groups.type eq "indirect" and userName co "a" and title co "y""#,
     ] {
         let (status, body) = list(hostile);
         assert_eq!(status, 400, "{hostile}: {body}");
