@@ -26,6 +26,8 @@ enum Part {
     PerBackend(&'static str, &'static str),
     /// a text value PostgreSQL plans for: an escaped literal there, bound on SQLite
     Planned(String),
+    /// a number PostgreSQL plans for: a literal there, bound on SQLite
+    PlannedDouble(f64),
 }
 
 /// A boolean condition: SQL text with bound parameters (and escaped literals, see
@@ -61,6 +63,12 @@ impl RawCond {
     /// SQLite, and for a value holding U+0000 (which no PostgreSQL text holds), it is bound.
     pub fn planned_text(mut self, v: &str) -> Self {
         self.parts.push(Part::Planned(v.to_string()));
+        self
+    }
+    /// Appends a number that PostgreSQL's planner should see, as [`Self::planned_text`]: a
+    /// literal there (the shortest digits that read back as the same number), bound on SQLite.
+    pub fn planned_double(mut self, v: f64) -> Self {
+        self.parts.push(Part::PlannedDouble(v));
         self
     }
     /// Appends a bound number parameter.
@@ -140,6 +148,10 @@ impl QueryFragment<AnyBackend> for RawCond {
                     }
                     _ => out.push_bind_param::<Text, String>(t)?,
                 },
+                Part::PlannedDouble(d) => match out.backend() {
+                    AnyBackend::Postgres(_) if d.is_finite() => out.push_sql(&double_literal(*d)),
+                    _ => out.push_bind_param::<Double, f64>(d)?,
+                },
                 Part::PerBackend(sqlite, pg) => match out.backend() {
                     AnyBackend::Sqlite(_) => out.push_sql(sqlite),
                     AnyBackend::Postgres(_) => out.push_sql(pg),
@@ -171,6 +183,12 @@ pub fn escape_string_literal(s: &str) -> String {
     }
     out.push('\'');
     out
+}
+
+/// A PostgreSQL `DOUBLE PRECISION` literal of the finite number `d`: the shortest digits that
+/// read back as `d`, with an exponent (`{:e}`: digits, a point, `e` and a signed integer).
+pub fn double_literal(d: f64) -> String {
+    format!("CAST('{d:e}' AS DOUBLE PRECISION)")
 }
 
 /// `EXISTS (SELECT 1 FROM group_members … WHERE member_id = <group>)`: whether the group whose

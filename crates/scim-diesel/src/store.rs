@@ -755,7 +755,11 @@ fn value_test(alias: &str, test: &ValueTest) -> RawCond {
                 CompareOp::Ne => " <> ",
                 _ => " = ",
             };
-            col("num_value").push(sql).double(*n)
+            match op {
+                CompareOp::Eq | CompareOp::Ne => col("num_value").push(sql).double(*n),
+                // A range's plan depends on its bound (see `str_test`).
+                _ => col("num_value").push(sql).planned_double(*n),
+            }
         }
         ValueTest::Bool(b) => col("bool_value").push(" = ").boolean(*b),
         // Each form implies its column is not NULL, so the partial indexes apply.

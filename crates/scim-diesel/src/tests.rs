@@ -2979,9 +2979,10 @@ fn unique_display_names_are_opened_and_closed_by_the_store() {
 }
 
 /// Values that range and pattern filters write into PostgreSQL's SQL text
-/// ([`crate::raw::RawCond::planned_text`]) come back from PostgreSQL exactly as given, however
-/// many quotes, backslashes, placeholders and comment markers they hold: each is compared
-/// with the same value bound as a parameter. Under `standard_conforming_strings = off` too.
+/// ([`crate::raw::RawCond::planned_text`], [`crate::raw::RawCond::planned_double`]) come back
+/// from PostgreSQL exactly as given, however many quotes, backslashes, placeholders and comment
+/// markers they hold, and numbers to the last bit: each is compared with the same value bound
+/// as a parameter. Under `standard_conforming_strings = off` too.
 #[test]
 fn values_written_as_postgresql_literals_are_read_back_exactly() {
     let Some(base) = crate::testing::postgres_test_url() else {
@@ -3031,4 +3032,22 @@ fn values_written_as_postgresql_literals_are_read_back_exactly() {
     diesel::sql_query("SET standard_conforming_strings = on")
         .execute(&mut *conn)
         .unwrap();
+    for d in [
+        0.0,
+        -0.0,
+        0.1,
+        -1.5,
+        1e300,
+        -2.5e-300,
+        5e-324,
+        123_456_789.125,
+        f64::MAX,
+    ] {
+        let sql = format!("SELECT {} = $1 AS same", crate::raw::double_literal(d));
+        let row = diesel::sql_query(sql)
+            .bind::<diesel::sql_types::Double, _>(d)
+            .get_result::<Same>(&mut *conn)
+            .unwrap_or_else(|e| panic!("{d:e}: {e}"));
+        assert!(row.same, "{d:e}");
+    }
 }
