@@ -1,8 +1,8 @@
 //! `RawCond`: a boolean SQL condition assembled at run time from fixed SQL text and bound
 //! parameters. Filter sub-queries on the attribute-value index need correlated `EXISTS` and
 //! `IN` forms that the typed DSL cannot express dynamically. Values are bound parameters,
-//! except [`RawCond::planned_text`] on PostgreSQL: an escape string literal, so that the
-//! planner sees the value.
+//! except [`RawCond::planned_text`] and [`RawCond::planned_double`] on PostgreSQL: literals
+//! (escaped), so that the planner sees the value.
 
 use diesel::backend::Backend;
 use diesel::expression::{
@@ -25,7 +25,7 @@ enum Part {
     /// SQL text that differs by database: (SQLite, PostgreSQL)
     PerBackend(&'static str, &'static str),
     /// a text value PostgreSQL plans for: an escaped literal there, bound on SQLite
-    Planned(String),
+    PlannedText(String),
     /// a number PostgreSQL plans for: a literal there, bound on SQLite
     PlannedDouble(f64),
 }
@@ -62,7 +62,7 @@ impl RawCond {
     /// and backslashes doubled, the same whatever `standard_conforming_strings` says); on
     /// SQLite, and for a value holding U+0000 (which no PostgreSQL text holds), it is bound.
     pub fn planned_text(mut self, v: &str) -> Self {
-        self.parts.push(Part::Planned(v.to_string()));
+        self.parts.push(Part::PlannedText(v.to_string()));
         self
     }
     /// Appends a number that PostgreSQL's planner should see, as [`Self::planned_text`]: a
@@ -142,7 +142,7 @@ impl QueryFragment<AnyBackend> for RawCond {
                 Part::Text(t) => out.push_bind_param::<Text, String>(t)?,
                 Part::Double(d) => out.push_bind_param::<Double, f64>(d)?,
                 Part::Bool(b) => out.push_bind_param::<Bool, bool>(b)?,
-                Part::Planned(t) => match out.backend() {
+                Part::PlannedText(t) => match out.backend() {
                     AnyBackend::Postgres(_) if !t.contains('\0') => {
                         out.push_sql(&escape_string_literal(t))
                     }
@@ -186,7 +186,7 @@ pub fn escape_string_literal(s: &str) -> String {
 }
 
 /// A PostgreSQL `DOUBLE PRECISION` literal of the finite number `d`: the shortest digits that
-/// read back as `d`, with an exponent (`{:e}`: digits, a point, `e` and a signed integer).
+/// read back as `d`, in Rust's exponent form (`{:e}`: `1.5e-7`, `-0e0`; no other characters).
 pub fn double_literal(d: f64) -> String {
     format!("CAST('{d:e}' AS DOUBLE PRECISION)")
 }
