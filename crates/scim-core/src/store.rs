@@ -480,18 +480,30 @@ impl ElementFilter {
     /// (equality, prefix, range, presence) that every matching element passes, that is the
     /// filter itself or a term of its top-level `and`. Equality on a `value` sub-attribute is
     /// preferred (Entra ID's `emails[type eq "work"].value eq "x"`: `type` matches most
-    /// elements, `value` one), then other equalities, ranges, and presence last. `None` for
-    /// filters without one (`or`, `not`, `co`, `ew`): their elements are found by a scan.
+    /// elements, `value` one), then other equalities, then prefixes and ranges, then any test
+    /// of a `type` (a handful of canonical values, each held by many elements: `emails[type
+    /// eq "work" and value sw "ann"]` is found by its prefix), and flags and presence last.
+    /// `None` for filters without one (`or`, `not`, `co`, `ew`): their elements are found by a
+    /// scan.
     pub fn anchor(&self) -> Option<(&str, &ValueTest)> {
         let rank = |path: &str, test: &ValueTest| match test {
             ValueTest::Str(CompareOp::Eq, _) if path.ends_with(".value") => Some(0),
+            ValueTest::Str(
+                CompareOp::Eq
+                | CompareOp::Sw
+                | CompareOp::Gt
+                | CompareOp::Ge
+                | CompareOp::Lt
+                | CompareOp::Le,
+                _,
+            ) if path.ends_with(".type") => Some(3),
             ValueTest::Str(CompareOp::Eq, _) => Some(1),
             ValueTest::Str(
                 CompareOp::Sw | CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le,
                 _,
             ) => Some(2),
             ValueTest::Num(op, _) if *op != CompareOp::Ne => Some(2),
-            ValueTest::Bool(_) | ValueTest::Present(_) => Some(3),
+            ValueTest::Bool(_) | ValueTest::Present(_) => Some(4),
             _ => None,
         };
         let terms = match self {

@@ -1068,3 +1068,46 @@ fn sorting_a_multi_valued_attribute_prefers_its_primary_element() {
         )
     );
 }
+
+#[test]
+fn an_element_filter_is_found_by_its_most_selective_test() {
+    use crate::store::{CompareOp, ElementFilter, ValueTest};
+    let test = |path: &str, op: CompareOp, v: &str| ElementFilter::Test {
+        path: path.into(),
+        test: ValueTest::Str(op, v.into()),
+    };
+    let anchor = |terms: Vec<ElementFilter>| {
+        ElementFilter::And(terms)
+            .anchor()
+            .map(|(path, t)| (path.to_string(), t.clone()))
+    };
+    let work = || test("emails.type", CompareOp::Eq, "work");
+    // Entra ID's lookup: the value, not the type.
+    assert_eq!(
+        anchor(vec![work(), test("emails.value", CompareOp::Eq, "a@x")]),
+        Some((
+            "emails.value".into(),
+            ValueTest::Str(CompareOp::Eq, "a@x".into())
+        ))
+    );
+    // A prefix of the value is rarer than a type.
+    assert_eq!(
+        anchor(vec![work(), test("emails.value", CompareOp::Sw, "ann")]),
+        Some((
+            "emails.value".into(),
+            ValueTest::Str(CompareOp::Sw, "ann".into())
+        ))
+    );
+    // A type is still better than a flag.
+    let flag = ElementFilter::Test {
+        path: "emails.primary".into(),
+        test: ValueTest::Bool(true),
+    };
+    assert_eq!(
+        anchor(vec![flag, work()]),
+        Some((
+            "emails.type".into(),
+            ValueTest::Str(CompareOp::Eq, "work".into())
+        ))
+    );
+}
