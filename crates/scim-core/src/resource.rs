@@ -52,6 +52,12 @@ pub struct Ctx<'a> {
 /// The default of [`Ctx::max_values`].
 pub const DEFAULT_MAX_VALUES: usize = 10_000;
 
+/// Longest string value a resource may hold, in UTF-8 bytes. Every string value is a key of
+/// an index, and a PostgreSQL B-tree entry holds at most 2,704 bytes with the tenant, type
+/// and attribute path beside the value; a longer value would fail the write there while SQLite
+/// took it. Both databases refuse it alike, with 400 `invalidValue`.
+pub const MAX_STRING_BYTES: usize = 2_048;
+
 impl<'a> Ctx<'a> {
     /// Looks up a resource type.
     pub fn new(registry: &'a SchemaRegistry, resource_type: &str) -> Result<Self, ScimError> {
@@ -277,6 +283,13 @@ pub fn coerce_scalar(
         {
             return Err(bad("a string without the character U+0000"))
         }
+        (AttrType::String | AttrType::Reference | AttrType::Binary, Value::String(s))
+            if s.len() > MAX_STRING_BYTES =>
+        {
+            return Err(bad(&format!(
+                "a string of at most {MAX_STRING_BYTES} bytes"
+            )))
+        }
         (AttrType::String | AttrType::Reference | AttrType::Binary, Value::String(_)) => {
             value.clone()
         }
@@ -397,11 +410,17 @@ pub(crate) fn normalize(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<Norm
             out.external_id = match value {
                 Value::Null => None,
                 Value::String(s) if s.is_empty() => None,
-                // U+0000 is refused as in any other string (`coerce_scalar`).
+                // U+0000 and overlong strings are refused as in any other string
+                // (`coerce_scalar`).
                 Value::String(s) if s.contains('\0') => {
                     return Err(ScimError::invalid_value(
                         "Attribute 'externalId' must be a string without the character U+0000",
                     ))
+                }
+                Value::String(s) if s.len() > MAX_STRING_BYTES => {
+                    return Err(ScimError::invalid_value(format!(
+                        "Attribute 'externalId' must be a string of at most {MAX_STRING_BYTES} bytes"
+                    )))
                 }
                 Value::String(s) => Some(s.clone()),
                 _ => {

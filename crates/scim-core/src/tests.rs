@@ -1111,3 +1111,30 @@ fn an_element_filter_is_found_by_its_most_selective_test() {
         ))
     );
 }
+
+#[test]
+fn strings_longer_than_an_index_key_can_hold_are_refused() {
+    use crate::resource::MAX_STRING_BYTES;
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    let long = "é".repeat(MAX_STRING_BYTES / 2 + 1); // two bytes each: one byte too many
+    let most = "x".repeat(MAX_STRING_BYTES);
+    for body in [
+        user(json!({"title": long})),
+        user(json!({"externalId": long})),
+        user(json!({"emails": [{"value": long}]})),
+        user(json!({enterprise: {"department": long}})),
+        json!({"schemas": [crate::urns::USER], "userName": long}),
+    ] {
+        let err = prepare_create(&ctx, &body).unwrap_err();
+        assert_eq!(err.scim_type, Some(ScimType::InvalidValue), "{body}");
+    }
+    assert!(prepare_create(&ctx, &user(json!({"title": most, "externalId": most}))).is_ok());
+    let err = patch_user(
+        user(json!({})),
+        json!([{"op": "replace", "path": "nickName", "value": long}]),
+    )
+    .unwrap_err();
+    assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
+}

@@ -974,3 +974,68 @@ fn malformed_requests_get_scim_errors() {
         }
     }
 }
+
+/// A string longer than an index key can hold (incompressible, so PostgreSQL cannot shrink
+/// it) is 400 `invalidValue` on both databases, never a 500 from PostgreSQL's B-tree; one at
+/// the limit is stored and found, also under the extension's long attribute path.
+#[test]
+fn overlong_strings_are_refused_alike_and_the_longest_allowed_are_stored() {
+    const MAX: usize = 2_048; // scim_core::resource::MAX_STRING_BYTES
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut noise = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'!' + (state % 90) as u8)
+            })
+            .filter(|c| *c != '"' && *c != '\\')
+            .chain(std::iter::repeat('x'))
+            .take(n)
+            .collect()
+    };
+    let enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    for db in databases() {
+        let s = TestServer::start(&db);
+        let post = |body: Value| crate::server::call(&s, Method::POST, "/Users", Some(body), &[]);
+        for (i, attr) in ["userName", "externalId", "title", "department"]
+            .into_iter()
+            .enumerate()
+        {
+            for (len, want) in [(MAX + 1, 400), (MAX, 201)] {
+                let value = noise(len);
+                let mut body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User",
+                                                  enterprise],
+                                      "userName": format!("long{i}-{len}")});
+                if attr == "department" {
+                    body[enterprise] = json!({"department": value});
+                } else {
+                    body[attr] = json!(value);
+                }
+                let (status, r, _) = post(body);
+                assert_eq!(status, want, "{}: {attr} of {len} bytes: {r}", db.name());
+                if want == 400 {
+                    assert_eq!(r["scimType"], "invalidValue", "{r}");
+                    continue;
+                }
+                // Stored and found by its value.
+                let path = if attr == "department" {
+                    format!("{enterprise}:department")
+                } else {
+                    attr.to_string()
+                };
+                let filter = format!("{path} eq \"{value}\"");
+                let r = Client::new()
+                    .get(format!("{}/Users", s.base))
+                    .query(&[("filter", filter.as_str())])
+                    .bearer_auth(&s.token)
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{}: {attr}", db.name());
+                let body: Value = r.json().unwrap();
+                assert_eq!(body["totalResults"], 1, "{}: {attr}: {body}", db.name());
+            }
+        }
+    }
+}
