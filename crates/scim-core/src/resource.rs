@@ -407,27 +407,16 @@ pub(crate) fn normalize(ctx: &Ctx<'_>, body: &Map<String, Value>) -> Result<Norm
             continue;
         }
         if key.eq_ignore_ascii_case("externalId") {
-            out.external_id = match value {
-                Value::Null => None,
-                Value::String(s) if s.is_empty() => None,
-                // U+0000 and overlong strings are refused as in any other string
-                // (`coerce_scalar`).
-                Value::String(s) if s.contains('\0') => {
-                    return Err(ScimError::invalid_value(
-                        "Attribute 'externalId' must be a string without the character U+0000",
-                    ))
-                }
-                Value::String(s) if s.len() > MAX_STRING_BYTES => {
-                    return Err(ScimError::invalid_value(format!(
-                        "Attribute 'externalId' must be a string of at most {MAX_STRING_BYTES} bytes"
-                    )))
-                }
-                Value::String(s) => Some(s.clone()),
-                _ => {
-                    return Err(ScimError::invalid_value(
-                        "Attribute 'externalId' must be a string",
-                    ))
-                }
+            // Checked as any other string attribute (`coerce_scalar`: a string, without
+            // U+0000, at most `MAX_STRING_BYTES`); kept apart from the document.
+            let attr = ctx
+                .registry
+                .common()
+                .attribute("externalId")
+                .ok_or_else(|| ScimError::internal("the common schema defines no externalId"))?;
+            out.external_id = match coerce_scalar(attr, value, false)? {
+                Some(Value::String(s)) if !s.is_empty() => Some(s),
+                _ => None,
             };
             continue;
         }

@@ -1548,18 +1548,20 @@ impl DieselStore {
         update: &mut UpdateFn<'_>,
     ) -> Result<UpdatePlan, TxError> {
         let mut conn = self.conn()?;
-        self.plan_update(&mut conn, (tenant, rt, id), if_match, update)
+        self.plan_update(&mut conn, (tenant, rt, id), false, if_match, update)
     }
 
-    /// An update's plan from the row as `conn` reads it now, without a lock.
+    /// An update's plan from the row as `conn` reads it now; `lock`: the row is locked as it
+    /// is read (`FOR UPDATE`, inside the caller's transaction).
     fn plan_update(
         &self,
         conn: &mut AnyConnection,
         (tenant, rt, id): (&str, &str, &str),
+        lock: bool,
         if_match: Option<i64>,
         update: &mut UpdateFn<'_>,
     ) -> Result<UpdatePlan, TxError> {
-        let (current, mut write) = prepare_update(conn, (tenant, rt, id), false, if_match, update)?;
+        let (current, mut write) = prepare_update(conn, (tenant, rt, id), lock, if_match, update)?;
         let trusted = self.trusts_index(conn);
         let stored = old_values(conn, id, &mut write, trusted)?;
         Ok(UpdatePlan::new(current, write, stored)?)
@@ -2689,7 +2691,7 @@ impl DieselStore {
         for _attempt in 0..2 {
             let mut conn = self.conn()?;
             let plan = self
-                .plan_update(&mut conn, (tenant, rt, id), if_match, update)
+                .plan_update(&mut conn, (tenant, rt, id), false, if_match, update)
                 .map_err(StoreError::from)?;
             if !plan.is_one_statement() {
                 break;
@@ -2743,11 +2745,7 @@ impl DieselStore {
             let mut conn = self.conn()?;
             let result = (*conn).transaction(|c| {
                 // The row is locked as it is read (`FOR UPDATE`).
-                let (current, mut write) =
-                    prepare_update(c, (tenant, rt, id), true, if_match, update)?;
-                let trusted = self.trusts_index(c);
-                let stored = old_values(c, id, &mut write, trusted)?;
-                let plan = UpdatePlan::new(current, write, stored)?;
+                let plan = self.plan_update(c, (tenant, rt, id), true, if_match, update)?;
                 let Some(touched) = plan.run(c, tenant, rt, id, now)? else {
                     return Ok::<_, TxError>(None); // lost a race: retry
                 };

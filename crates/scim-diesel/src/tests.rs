@@ -60,6 +60,14 @@ fn databases() -> Vec<TestDb> {
     dbs
 }
 
+/// A store on a fresh PostgreSQL schema; `None` when the tests have no PostgreSQL (which
+/// `postgres_test_url` refuses under CI).
+fn postgres_store() -> Option<DieselStore> {
+    let base = crate::testing::postgres_test_url()?;
+    let url = crate::testing::fresh_postgres_schema(&base).unwrap();
+    Some(DieselStore::open(&StoreConfig::new(url)).unwrap())
+}
+
 fn registry() -> SchemaRegistry {
     SchemaRegistry::builtin().unwrap()
 }
@@ -1835,13 +1843,9 @@ fn migrations_are_not_held_to_the_query_timeout() {
 
 #[test]
 fn postgresql_connections_keep_generic_plans_for_prepared_statements() {
-    let Some(base) = crate::testing::postgres_test_url() else {
+    let Some(store) = postgres_store() else {
         return; // a PostgreSQL setting; `postgres_test_url` fails under CI without PG
     };
-    let store = DieselStore::open(&StoreConfig::new(
-        crate::testing::fresh_postgres_schema(&base).unwrap(),
-    ))
-    .unwrap();
     let mut conn = store.connection().unwrap();
     let shown = diesel::sql_query("SHOW plan_cache_mode")
         .get_result::<PlanCacheMode>(&mut *conn)
@@ -2045,13 +2049,9 @@ struct Collated {
 
 #[test]
 fn every_text_column_compares_bytewise_on_postgresql() {
-    let Some(base) = crate::testing::postgres_test_url() else {
+    let Some(store) = postgres_store() else {
         return; // SQLite's BINARY is bytewise; `databases()` fails under CI without PG
     };
-    let store = DieselStore::open(&StoreConfig::new(
-        crate::testing::fresh_postgres_schema(&base).unwrap(),
-    ))
-    .unwrap();
     store.migrate().unwrap();
     let mut conn = store.connection().unwrap();
     let columns: Vec<Collated> = diesel::sql_query(
@@ -2985,13 +2985,9 @@ fn unique_display_names_are_opened_and_closed_by_the_store() {
 /// as a parameter. Under `standard_conforming_strings = off` too.
 #[test]
 fn values_written_as_postgresql_literals_are_read_back_exactly() {
-    let Some(base) = crate::testing::postgres_test_url() else {
+    let Some(store) = postgres_store() else {
         return; // a PostgreSQL matter; `postgres_test_url` fails under CI without PG
     };
-    let store = DieselStore::open(&StoreConfig::new(
-        crate::testing::fresh_postgres_schema(&base).unwrap(),
-    ))
-    .unwrap();
     let mut conn = store.connection().unwrap();
     #[derive(diesel::QueryableByName)]
     struct Same {
