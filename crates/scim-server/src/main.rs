@@ -54,6 +54,12 @@ fn main() -> Result<()> {
         [] | ["serve"] => {
             let state = AppState::open(config)?;
             match state.bootstrap()? {
+                // A token the operator chose is not echoed: they have it, and start-up output
+                // often ends up in a log collector.
+                Some(_) if state.config.bootstrap_token.is_some() => println!(
+                    "Created the first tenant; its bearer token is the one in SCIM_BOOTSTRAP_TOKEN.\n\nTry: curl -H \"Authorization: Bearer $SCIM_BOOTSTRAP_TOKEN\" {}/Users\n",
+                    state.config.public_url
+                ),
                 Some(token) => {
                     println!("Created the first tenant and its bearer token (shown only this once):\n\n    {token}\n");
                     println!("Try: curl -H 'Authorization: Bearer {token}' {}/Users\n", state.config.public_url);

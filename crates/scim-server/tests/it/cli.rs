@@ -334,6 +334,7 @@ fn access_log_under(level: &str) -> String {
     let base = format!("http://127.0.0.1:{port}/scim/v2");
     let token = scim_auth::generate_token().unwrap();
     let log_path = dir.path().join("stderr.log");
+    let out_path = dir.path().join("stdout.log");
     let mut child = Command::new(BIN)
         .env("SCIM_DATABASE_URL", dir.path().join("scim.db"))
         .env("SCIM_LISTEN", format!("127.0.0.1:{port}"))
@@ -341,7 +342,7 @@ fn access_log_under(level: &str) -> String {
         .env("SCIM_BOOTSTRAP_TOKEN", &token)
         .env("SCIM_WORKERS", "1")
         .env("RUST_LOG", level)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
@@ -372,6 +373,11 @@ fn access_log_under(level: &str) -> String {
     child.wait().unwrap();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.contains(&token), "the token was logged: {log}");
+    // The operator chose the first token (SCIM_BOOTSTRAP_TOKEN): the start-up message says
+    // where it is instead of echoing it into whatever collects the output.
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    assert!(!out.contains(&token), "the token was printed: {out}");
+    assert!(out.contains("SCIM_BOOTSTRAP_TOKEN"), "{out}");
     assert!(!log.contains("pii.alice"), "the query was logged: {log}");
     log
 }
