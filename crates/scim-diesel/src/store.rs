@@ -1145,8 +1145,17 @@ fn ops_rows(ops: &[MemberOp]) -> u64 {
 }
 
 /// Settings of the one SQLite writer connection: a page cache of 8 MiB (the readers keep
-/// SQLite's small default), statement journals in memory instead of a file, and checkpoints
-/// of its own only when the background [`Checkpointer`] has fallen 64 MiB of WAL behind.
+/// SQLite's small default), statement journals in memory instead of a file, and a checkpoint
+/// of its own only once the WAL holds 64,000 frames (256 MiB at 4 KiB pages).
+///
+/// The background [`Checkpointer`] copies WAL frames into the database while the writer
+/// goes on, but SQLite starts the WAL over only when a write begins after everything in it
+/// was copied, which a writer that never pauses never sees. Under sustained writes the WAL
+/// therefore grows until this threshold, where the writer checkpoints (and `fsync`s the WAL
+/// and the database) inside a commit, holding up every write queued behind it. At 16,000
+/// frames that came every 1,100 creates or so, often enough to set the p99 of creates (24-28
+/// ms against 7-8 ms at 64,000) and cost 7 % of their rate (docs/BENCHMARKS.md, a twentieth
+/// machine). Readers are not slowed by the longer WAL: they skip the frames already copied.
 ///
 /// The cache is no larger because a commit can cost a walk over all of it: when a B-tree
 /// page splits, SQLite swaps page numbers through the number of the page that holds the lock
@@ -1156,7 +1165,7 @@ fn ops_rows(ops: &[MemberOp]) -> u64 {
 /// from 7,153 to 8,412/s and creates from 2,919 to 3,128/s at 20,000 users, with no loss at
 /// 100,000 (docs/BENCHMARKS.md, a fourteenth machine).
 const WRITER_PRAGMAS: &str =
-    "PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 16000; PRAGMA temp_store = MEMORY;";
+    "PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 64000; PRAGMA temp_store = MEMORY;";
 
 /// SQLite's planner statistics, written by the store instead of measured by `ANALYZE`.
 ///
