@@ -18,7 +18,6 @@ use crate::conn::AnyBackend;
 enum Part {
     Sql(String),
     Text(String),
-    Double(f64),
     Bool(bool),
     /// SQLite only: `scim_alive(<column>) AND ` (see `conn::deadline`)
     Alive(&'static str),
@@ -55,10 +54,13 @@ impl RawCond {
         self
     }
     /// Appends a text value that PostgreSQL's planner should see, for comparisons whose best
-    /// plan depends on it (ranges, `LIKE`): its connections plan bound parameters generically
-    /// (`plan_cache_mode = force_generic_plan`, for the statements kept prepared), which
-    /// guesses a third of the rows for any range and walks the creation order instead of the
-    /// range's index. On PostgreSQL the value is written as an escape string (`E'…'`, quotes
+    /// plan depends on it: its connections plan bound parameters generically
+    /// (`plan_cache_mode = force_generic_plan`, for the statements kept prepared). A bound
+    /// range is guessed to hold a third of the rows, so the creation order was walked instead
+    /// of the range's index; every bound equality on the attribute-value index is guessed at
+    /// the same few rows, so in `postalCode eq "<everyone's>" and phoneNumbers.value eq
+    /// "<one>"` the common one could drive, probing the other once per resource. With the
+    /// attribute path and the value written out, the statistics tell them apart. On PostgreSQL the value is written as an escape string (`E'…'`, quotes
     /// and backslashes doubled, the same whatever `standard_conforming_strings` says); on
     /// SQLite, and for a value holding U+0000 (which no PostgreSQL text holds), it is bound.
     pub fn planned_text(mut self, v: &str) -> Self {
@@ -69,11 +71,6 @@ impl RawCond {
     /// literal there (the shortest digits that read back as the same number), bound on SQLite.
     pub fn planned_double(mut self, v: f64) -> Self {
         self.parts.push(Part::PlannedDouble(v));
-        self
-    }
-    /// Appends a bound number parameter.
-    pub fn double(mut self, v: f64) -> Self {
-        self.parts.push(Part::Double(v));
         self
     }
     /// Appends a bound boolean parameter.
@@ -140,7 +137,6 @@ impl QueryFragment<AnyBackend> for RawCond {
             match p {
                 Part::Sql(s) => out.push_sql(s),
                 Part::Text(t) => out.push_bind_param::<Text, String>(t)?,
-                Part::Double(d) => out.push_bind_param::<Double, f64>(d)?,
                 Part::Bool(b) => out.push_bind_param::<Bool, bool>(b)?,
                 Part::PlannedText(t) => match out.backend() {
                     AnyBackend::Postgres(_) if !t.contains('\0') => {

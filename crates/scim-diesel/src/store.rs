@@ -463,7 +463,7 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
                 .push(" AND v.resource_type = ")
                 .text(rt)
                 .push(" AND v.path = ")
-                .text(path)
+                .planned_text(path)
                 .push(" AND ")
                 .append(value_test("v", test))
                 .push(")"),
@@ -481,7 +481,7 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
                     .push(" AND e.resource_type = ")
                     .text(rt)
                     .push(" AND e.path = ")
-                    .text(p)
+                    .planned_text(p)
                     .push(" AND ")
                     .append(value_test("e", t))
             });
@@ -729,11 +729,9 @@ fn str_test(lhs: RawCond, op: CompareOp, v: &str) -> RawCond {
         CompareOp::Ew => (" LIKE ", format!("%{}", like_literal(v))),
         CompareOp::Co => (" LIKE ", format!("%{}%", like_literal(v))),
     };
-    // An equality's plan is the same whatever the value; a range's or a pattern's is not.
-    let cond = match op {
-        CompareOp::Eq | CompareOp::Ne => lhs.push(sql).text(&arg),
-        _ => lhs.push(sql).planned_text(&arg),
-    };
+    // Every operand is one the planner sees: a range's or a pattern's plan depends on it, and
+    // so does an equality's once it is one of several terms (see `planned_text`).
+    let cond = lhs.push(sql).planned_text(&arg);
     if matches!(op, CompareOp::Sw | CompareOp::Ew | CompareOp::Co) {
         cond.push(" ESCAPE '\\'")
     } else {
@@ -755,11 +753,8 @@ fn value_test(alias: &str, test: &ValueTest) -> RawCond {
                 CompareOp::Ne => " <> ",
                 _ => " = ",
             };
-            match op {
-                CompareOp::Eq | CompareOp::Ne => col("num_value").push(sql).double(*n),
-                // A range's plan depends on its bound (see `str_test`).
-                _ => col("num_value").push(sql).planned_double(*n),
-            }
+            // As for text (see `str_test`).
+            col("num_value").push(sql).planned_double(*n)
         }
         ValueTest::Bool(b) => col("bool_value").push(" = ").boolean(*b),
         // Each form implies its column is not NULL, so the partial indexes apply.
@@ -1501,7 +1496,9 @@ impl DieselStore {
         std::thread::spawn(move || {
             if let Ok(mut conn) = pool.get() {
                 use diesel::connection::SimpleConnection;
-                match conn.batch_execute("ANALYZE resources; ANALYZE group_members;") {
+                match conn.batch_execute(
+                    "ANALYZE resources; ANALYZE group_members; ANALYZE resource_values;",
+                ) {
                     Ok(()) => {
                         let rows: Result<f64, _> = diesel::select(diesel::dsl::sql::<diesel::sql_types::Double>(
                             "(SELECT GREATEST(reltuples, 0)::float8 FROM pg_class WHERE relname = 'resources' AND relnamespace = current_schema()::regnamespace)",
@@ -1814,7 +1811,7 @@ fn members_up_to(
 
 /// [`ResourceStore::list`] on `conn`; `in_snapshot`: the caller's transaction already reads
 /// one snapshot (see [`backend::consistent_reads`]), so no transaction of its own is begun.
-fn list_on(
+pub(crate) fn list_on(
     conn: &mut AnyConnection,
     tenant: &str,
     rt: &str,
