@@ -157,7 +157,9 @@ const UNIQUE_DISPLAY_NAMES: &str = "unique_display_names";
 /// Keeps PostgreSQL's planner statistics fresh when autovacuum is off or lags behind a bulk
 /// import: without statistics the planner can walk the order index instead of probing the
 /// `userName` index, and a lookup becomes a scan. Mirrors autovacuum's rule (analyze after
-/// changes to 10% of the rows, at least 500). Performance only; nothing depends on it.
+/// changes to 10% of the rows, at least 500); also run when the index opens, for tables that
+/// never had statistics, and after a rebuild of the index. Performance only; nothing depends
+/// on it.
 #[derive(Debug)]
 struct AnalyzeState {
     since: std::sync::atomic::AtomicU64,
@@ -1339,6 +1341,9 @@ impl DieselStore {
         let _ = self.index_watch.fingerprint.set(fingerprint.to_string());
         let _ = self.index_watch.since.set(std::time::Instant::now());
         self.index_trusted.store(true, Relaxed);
+        // Statistics for tables that never had any; after a rebuild, for all of them (every
+        // index row was written anew).
+        self.start_analyze(!matches!(state, IndexState::Rebuilt { .. }));
         Ok(state)
     }
 
@@ -1487,24 +1492,27 @@ impl DieselStore {
             return;
         }
         let since = self.analyze.since.fetch_add(n, Relaxed) + n;
-        if since < self.analyze.threshold.load(Relaxed) || self.analyze.running.swap(true, Relaxed)
-        {
+        if since >= self.analyze.threshold.load(Relaxed) {
+            self.start_analyze(false);
+        }
+    }
+
+    /// PostgreSQL: starts a background `ANALYZE` of the tables filters and lookups are planned
+    /// on, unless one is running; with `unanalyzed_only`, of those that never had statistics
+    /// (a database from before this table was analyzed, with autovacuum off). Then sets the
+    /// next threshold from the row count.
+    fn start_analyze(&self, unanalyzed_only: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.backend != Backend::Postgres || self.analyze.running.swap(true, Relaxed) {
             return;
         }
         self.analyze.since.store(0, Relaxed);
         let (pool, state) = (self.pool.clone(), self.analyze.clone());
         std::thread::spawn(move || {
             if let Ok(mut conn) = pool.get() {
-                use diesel::connection::SimpleConnection;
-                match conn.batch_execute(
-                    "ANALYZE resources; ANALYZE group_members; ANALYZE resource_values;",
-                ) {
-                    Ok(()) => {
-                        let rows: Result<f64, _> = diesel::select(diesel::dsl::sql::<diesel::sql_types::Double>(
-                            "(SELECT GREATEST(reltuples, 0)::float8 FROM pg_class WHERE relname = 'resources' AND relnamespace = current_schema()::regnamespace)",
-                        ))
-                        .get_result(&mut *conn);
-                        let next = (rows.unwrap_or(0.0) * 0.1) as u64;
+                match analyze_tables(&mut conn, unanalyzed_only) {
+                    Ok(rows) => {
+                        let next = (rows * 0.1) as u64;
                         state.threshold.store(next.max(500), Relaxed);
                     }
                     Err(e) => log::warn!("background ANALYZE failed: {e}"),
@@ -2166,6 +2174,39 @@ fn value_rows<'a>(
             bool_value: v.bool_value,
         })
         .collect()
+}
+
+/// PostgreSQL: `ANALYZE` of the tables filters and lookups are planned on, in the
+/// connection's schema (with
+/// `unanalyzed_only`, of those whose row count the catalog does not know: `reltuples` is -1
+/// before the first `ANALYZE` since PostgreSQL 14, 0 before that, when analyzing costs
+/// nothing); returns the resources' estimated row count afterwards.
+fn analyze_tables(conn: &mut AnyConnection, unanalyzed_only: bool) -> QueryResult<f64> {
+    #[derive(diesel::QueryableByName)]
+    struct Table {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        rows: f64,
+    }
+    let tables = |conn: &mut AnyConnection| {
+        diesel::sql_query(
+            "SELECT relname::text AS name, reltuples::float8 AS rows FROM pg_class \
+             WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r' \
+             AND relname IN ('resources', 'group_members', 'resource_values')",
+        )
+        .load::<Table>(conn)
+    };
+    for t in tables(conn)? {
+        // A name from the fixed list in the query, never from a client.
+        if !unanalyzed_only || t.rows <= 0.0 {
+            conn.batch_execute(&format!("ANALYZE {}", t.name))?;
+        }
+    }
+    Ok(tables(conn)?
+        .into_iter()
+        .find(|t| t.name == "resources")
+        .map_or(0.0, |t| t.rows.max(0.0)))
 }
 
 /// For a branch that one backend never takes.

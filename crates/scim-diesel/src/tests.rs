@@ -3059,15 +3059,7 @@ fn postgresql_answers_a_conjunction_from_its_rarest_equality() {
     let Some(store) = postgres_store() else {
         return; // a PostgreSQL plan; `postgres_test_url` fails under CI without PG
     };
-    store.migrate().unwrap();
-    {
-        use scim_core::store::CredentialStore;
-        store.ensure_tenant(T, "test", NOW).unwrap();
-    }
-    let mut conn = store.connection().unwrap();
-    diesel::sql_query("ALTER TABLE resource_values SET (autovacuum_enabled = off)")
-        .execute(&mut *conn)
-        .unwrap();
+    let mut conn = unanalyzed_postgres_store(&store);
     let reg = registry();
     let ctx = Ctx::new(&reg, "User").unwrap();
     const USERS: usize = 1_200;
@@ -3091,28 +3083,7 @@ fn postgresql_answers_a_conjunction_from_its_rarest_equality() {
             .unwrap();
     }
     // The store analyzes in the background once enough rows changed.
-    #[derive(diesel::QueryableByName)]
-    struct Analyzed {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        analyzed: bool,
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let row = diesel::sql_query(
-            "SELECT reltuples > 0 AS analyzed FROM pg_class \
-             WHERE relname = 'resource_values' AND relnamespace = current_schema()::regnamespace",
-        )
-        .get_result::<Analyzed>(&mut *conn)
-        .unwrap();
-        if row.analyzed {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the attribute-value table was never analyzed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_until_analyzed(&mut conn, "resource_values");
     #[derive(diesel::QueryableByName)]
     struct Scans {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -3143,4 +3114,83 @@ fn postgresql_answers_a_conjunction_from_its_rarest_equality() {
             "{filter}: {scans} index scans of the attribute-value table for one match among {USERS}"
         );
     }
+}
+
+/// Migrates `store`'s fresh PostgreSQL schema, adds the tenant and turns autovacuum off for
+/// the attribute-value table (as on a server where it is off), so that only the store
+/// analyzes it; returns a connection of the store.
+fn unanalyzed_postgres_store(
+    store: &DieselStore,
+) -> impl std::ops::DerefMut<Target = AnyConnection> + '_ {
+    store.migrate().unwrap();
+    use scim_core::store::CredentialStore;
+    store.ensure_tenant(T, "test", NOW).unwrap();
+    let mut conn = store.connection().unwrap();
+    diesel::sql_query("ALTER TABLE resource_values SET (autovacuum_enabled = off)")
+        .execute(&mut *conn)
+        .unwrap();
+    conn
+}
+
+#[derive(diesel::QueryableByName)]
+struct Analyzed {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    analyzed: bool,
+}
+
+/// Whether PostgreSQL's catalog knows the row count of `table` (it is -1 until an
+/// `ANALYZE`).
+fn is_analyzed(conn: &mut AnyConnection, table: &str) -> bool {
+    diesel::sql_query(
+        "SELECT reltuples > 0 AS analyzed FROM pg_class \
+         WHERE relname = $1 AND relnamespace = current_schema()::regnamespace",
+    )
+    .bind::<diesel::sql_types::Text, _>(table)
+    .get_result::<Analyzed>(conn)
+    .unwrap()
+    .analyzed
+}
+
+/// Waits up to a minute for the store's background `ANALYZE` of `table`.
+fn wait_until_analyzed(conn: &mut AnyConnection, table: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !is_analyzed(conn, table) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} was never analyzed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A PostgreSQL database whose attribute-value table never had statistics (written by a
+/// version that did not analyze it, autovacuum off) gets them when a store opens its index,
+/// without waiting for a tenth of the rows to change.
+#[test]
+fn postgresql_tables_without_statistics_are_analyzed_when_the_index_opens() {
+    let Some(store) = postgres_store() else {
+        return; // a PostgreSQL matter; `postgres_test_url` fails under CI without PG
+    };
+    let mut conn = unanalyzed_postgres_store(&store);
+    let reg = registry();
+    for i in 0..20 {
+        store
+            .create(
+                T,
+                "User",
+                &format!("id{i}"),
+                NOW,
+                user(&reg, &format!("u{i}")),
+                Include::default(),
+            )
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !is_analyzed(&mut conn, "resource_values"),
+        "20 creates are far below the store's threshold: nothing analyzed the table yet"
+    );
+    let fp = scim_core::index::fingerprint(&reg);
+    store.open_index(&fp, true, derive_with(&reg)).unwrap();
+    wait_until_analyzed(&mut conn, "resource_values");
 }
