@@ -21,6 +21,7 @@ mod raw;
 pub mod schema;
 mod store;
 pub mod testing;
+mod tokens;
 mod turns;
 
 pub use conn::{AnyConnection, Backend};

@@ -26,6 +26,7 @@ use crate::group::{Checkpointer, GroupWriter};
 use crate::inline::{self, Conn};
 use crate::raw::{IsNested, RawCond};
 use crate::schema::{group_members, resource_counts, resource_values, resources, tenants, tokens};
+use crate::tokens::TokenLookups;
 use crate::turns::Turns;
 
 /// Largest number of ids bound in one statement (well under SQLite's and PostgreSQL's limits).
@@ -94,6 +95,8 @@ pub struct DieselStore {
     /// the fingerprint `open_index` matched, and when it was last compared with the
     /// database's (see `trusts_index`)
     index_watch: Arc<IndexWatch>,
+    /// PostgreSQL: token lookups in flight, shared by concurrent requests (see `tokens.rs`)
+    token_lookups: Arc<TokenLookups>,
 }
 
 /// What a store checks, now and then, to notice another instance rebuilding the index with
@@ -1268,6 +1271,7 @@ impl DieselStore {
             lost,
             index_trusted: Arc::default(),
             index_watch: Arc::default(),
+            token_lookups: Arc::default(),
         })
     }
 
@@ -3418,21 +3422,13 @@ impl ResourceStore for DieselStore {
 
 impl CredentialStore for DieselStore {
     fn find_token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let mut conn = self.conn()?;
-        let query = tokens::table
-            .filter(tokens::token_hash.eq(token_hash))
-            .filter(tokens::revoked.is_null())
-            .select((tokens::id, tokens::tenant_id, tokens::name, tokens::created));
-        let row: Option<(String, String, String, String)> = native!(&mut *conn, |c| query
-            .get_result(c))
-        .optional()
-        .map_err(map_err)?;
-        Ok(row.map(|(id, tenant_id, name, created)| TokenRecord {
-            id,
-            tenant_id,
-            name,
-            created,
-        }))
+        match self.backend {
+            // Concurrent lookups of one token share a statement (see `tokens.rs`).
+            Backend::Postgres => self
+                .token_lookups
+                .find(token_hash, || self.find_token_now(token_hash)),
+            Backend::Sqlite => self.find_token_now(token_hash),
+        }
     }
 
     fn has_tokens(&self) -> Result<bool, StoreError> {
@@ -3535,5 +3531,26 @@ impl DieselStore {
             .optional()
             .map_err(map_err)
             .map(Option::flatten)
+    }
+}
+
+impl DieselStore {
+    /// The live token with `token_hash`, read now by a statement of its own.
+    fn find_token_now(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let mut conn = self.conn()?;
+        let query = tokens::table
+            .filter(tokens::token_hash.eq(token_hash))
+            .filter(tokens::revoked.is_null())
+            .select((tokens::id, tokens::tenant_id, tokens::name, tokens::created));
+        let row: Option<(String, String, String, String)> = native!(&mut *conn, |c| query
+            .get_result(c))
+        .optional()
+        .map_err(map_err)?;
+        Ok(row.map(|(id, tenant_id, name, created)| TokenRecord {
+            id,
+            tenant_id,
+            name,
+            created,
+        }))
     }
 }
