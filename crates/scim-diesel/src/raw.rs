@@ -60,9 +60,10 @@ impl RawCond {
     /// of the range's index; every bound equality on the attribute-value index is guessed at
     /// the same few rows, so in `postalCode eq "<everyone's>" and phoneNumbers.value eq
     /// "<one>"` the common one could drive, probing the other once per resource. With the
-    /// attribute path and the value written out, the statistics tell them apart. On PostgreSQL the value is written as an escape string (`E'…'`, quotes
-    /// and backslashes doubled, the same whatever `standard_conforming_strings` says); on
-    /// SQLite, and for a value holding U+0000 (which no PostgreSQL text holds), it is bound.
+    /// attribute path and the value written out, the statistics tell them apart. On
+    /// PostgreSQL the value is written as an escape string (`E'…'`, quotes and backslashes
+    /// doubled, the same whatever `standard_conforming_strings` says); on SQLite, and for a
+    /// value holding U+0000 (which no PostgreSQL text holds), it is bound.
     pub fn planned_text(mut self, v: &str) -> Self {
         self.parts.push(Part::PlannedText(v.to_string()));
         self

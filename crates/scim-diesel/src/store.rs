@@ -2181,10 +2181,9 @@ fn value_rows<'a>(
 }
 
 /// PostgreSQL: `ANALYZE` of the tables filters and lookups are planned on, in the
-/// connection's schema (with
-/// `unanalyzed_only`, of those whose row count the catalog does not know: `reltuples` is -1
-/// before the first `ANALYZE` since PostgreSQL 14, 0 before that, when analyzing costs
-/// nothing); returns the resources' estimated row count afterwards.
+/// connection's schema; with `unanalyzed_only`, of those whose row count the catalog does not
+/// know (`reltuples` is -1 before the first `ANALYZE` since PostgreSQL 14, 0 before that, when
+/// analyzing costs nothing). Returns the resources' estimated row count afterwards.
 fn analyze_tables(conn: &mut AnyConnection, unanalyzed_only: bool) -> QueryResult<f64> {
     #[derive(diesel::QueryableByName)]
     struct Table {
@@ -3532,9 +3531,7 @@ impl DieselStore {
             .map_err(map_err)
             .map(Option::flatten)
     }
-}
 
-impl DieselStore {
     /// The live token with `token_hash`, read now by a statement of its own.
     fn find_token_now(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         let mut conn = self.conn()?;
