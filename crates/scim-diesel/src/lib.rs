@@ -21,7 +21,6 @@ mod raw;
 pub mod schema;
 mod store;
 pub mod testing;
-mod tokens;
 mod turns;
 
 pub use conn::{AnyConnection, Backend};

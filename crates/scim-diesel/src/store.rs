@@ -26,7 +26,6 @@ use crate::group::{Checkpointer, GroupWriter};
 use crate::inline::{self, Conn};
 use crate::raw::{IsNested, RawCond};
 use crate::schema::{group_members, resource_counts, resource_values, resources, tenants, tokens};
-use crate::tokens::TokenLookups;
 use crate::turns::Turns;
 
 /// Largest number of ids bound in one statement (well under SQLite's and PostgreSQL's limits).
@@ -95,8 +94,8 @@ pub struct DieselStore {
     /// the fingerprint `open_index` matched, and when it was last compared with the
     /// database's (see `trusts_index`)
     index_watch: Arc<IndexWatch>,
-    /// PostgreSQL: token lookups in flight, shared by concurrent requests (see `tokens.rs`)
-    token_lookups: Arc<TokenLookups>,
+    /// PostgreSQL: token lookups of concurrent requests, read together (see `find_token`)
+    token_lookups: Arc<combine::Combiner<TokenJob, StoreError>>,
 }
 
 /// What a store checks, now and then, to notice another instance rebuilding the index with
@@ -1271,7 +1270,9 @@ impl DieselStore {
             lost,
             index_trusted: Arc::default(),
             index_watch: Arc::default(),
-            token_lookups: Arc::default(),
+            // One lookup statement at a time: what queues behind it shares the next (two, as
+            // for creates, shared half as much: 1.02 statements per create against 0.85).
+            token_lookups: Arc::new(combine::Combiner::with_leaders(1)),
         })
     }
 
@@ -2832,6 +2833,13 @@ fn created_record(
     }
 }
 
+/// A token lookup queued with others (see `DieselStore::find_token`): the batch that reads it
+/// sets `found` when a live token has the hash.
+struct TokenJob {
+    hash: String,
+    found: std::sync::OnceLock<TokenRecord>,
+}
+
 /// A create as the writer runs it: everything it writes, owned, so that it can be queued.
 struct CreateJob {
     id: String,
@@ -3421,12 +3429,25 @@ impl ResourceStore for DieselStore {
 
 impl CredentialStore for DieselStore {
     fn find_token(&self, token_hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        match self.backend {
-            // Concurrent lookups of one token share a statement (see `tokens.rs`).
-            Backend::Postgres => self
-                .token_lookups
-                .find(token_hash, || self.find_token_now(token_hash)),
-            Backend::Sqlite => self.find_token_now(token_hash),
+        if self.backend == Backend::Sqlite {
+            return self.find_token_now(token_hash);
+        }
+        // PostgreSQL: every request that is not a point read resolves its token first, and a
+        // statement of its own costs a round trip and the database's per-statement work, many
+        // times the probe. Lookups queued at one moment are read by one statement (see
+        // `combine.rs`: each is taken from the queue after it was queued, so it sees every
+        // revocation committed before its request arrived).
+        let job = TokenJob {
+            hash: token_hash.to_string(),
+            found: std::sync::OnceLock::new(),
+        };
+        match self
+            .token_lookups
+            .run(job, &|jobs| self.pg_find_tokens(jobs))
+        {
+            (job, combine::Outcome::Done) => Ok(job.found.into_inner()),
+            (_, combine::Outcome::Failed(e)) => Err(e),
+            (_, combine::Outcome::Alone) => self.find_token_now(token_hash),
         }
     }
 
@@ -3530,6 +3551,57 @@ impl DieselStore {
             .optional()
             .map_err(map_err)
             .map(Option::flatten)
+    }
+
+    /// PostgreSQL: the live tokens of one batch of lookups (see `find_token`), by one
+    /// statement; when the database cannot be reached each lookup gets that 503 at once, and
+    /// after any other failure each runs alone for its own answer.
+    fn pg_find_tokens(&self, jobs: &[TokenJob]) -> Vec<combine::Outcome<StoreError>> {
+        let hashes: Vec<&str> = jobs.iter().map(|j| j.hash.as_str()).collect();
+        let read = self.conn().and_then(|mut conn| {
+            let query = tokens::table
+                .filter(tokens::token_hash.eq_any(&hashes))
+                .filter(tokens::revoked.is_null())
+                .select((
+                    tokens::token_hash,
+                    tokens::id,
+                    tokens::tenant_id,
+                    tokens::name,
+                    tokens::created,
+                ));
+            let rows: Vec<(String, String, String, String, String)> =
+                native!(&mut *conn, |c| query.load(c)).map_err(map_err)?;
+            Ok(rows)
+        });
+        match read {
+            Ok(rows) => {
+                let live: HashMap<String, TokenRecord> = rows
+                    .into_iter()
+                    .map(|(hash, id, tenant_id, name, created)| {
+                        let record = TokenRecord {
+                            id,
+                            tenant_id,
+                            name,
+                            created,
+                        };
+                        (hash, record)
+                    })
+                    .collect();
+                jobs.iter()
+                    .map(|j| {
+                        if let Some(t) = live.get(&j.hash) {
+                            let _ = j.found.set(t.clone());
+                        }
+                        combine::Outcome::Done
+                    })
+                    .collect()
+            }
+            Err(StoreError::Unavailable(why)) => jobs
+                .iter()
+                .map(|_| combine::Outcome::Failed(StoreError::Unavailable(why.clone())))
+                .collect(),
+            Err(_) => jobs.iter().map(|_| combine::Outcome::Alone).collect(),
+        }
     }
 
     /// The live token with `token_hash`, read now by a statement of its own.

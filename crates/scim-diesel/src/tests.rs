@@ -3194,3 +3194,56 @@ fn postgresql_tables_without_statistics_are_analyzed_when_the_index_opens() {
     store.open_index(&fp, true, derive_with(&reg)).unwrap();
     wait_until_analyzed(&mut conn, "resource_values");
 }
+
+/// Concurrent token lookups (read together on PostgreSQL, see `find_token`) each get the
+/// tenant of their own token, none for an unknown or revoked one, and a revocation is seen
+/// by every lookup that starts after it.
+#[test]
+fn concurrent_token_lookups_each_get_their_own_tokens_tenant() {
+    use scim_core::store::{CredentialStore, TokenRecord};
+    for db in databases() {
+        let s = Arc::new(db.store.clone());
+        s.ensure_tenant("tenant-2", "other", NOW).unwrap();
+        for (tenant, id, hash) in [
+            (T, "t1", "hash-1"),
+            ("tenant-2", "t2", "hash-2"),
+            (T, "t3", "hash-3"),
+        ] {
+            let record = TokenRecord {
+                id: id.into(),
+                tenant_id: tenant.into(),
+                name: id.into(),
+                created: NOW.into(),
+            };
+            s.create_token(&record, hash).unwrap();
+        }
+        assert!(s.revoke_token("t3", NOW).unwrap());
+        let expect = |hash: &str| match hash {
+            "hash-1" => Some(("t1", T)),
+            "hash-2" => Some(("t2", "tenant-2")),
+            _ => None,
+        };
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    (0..40)
+                        .map(|n| {
+                            let hash = ["hash-1", "hash-2", "hash-3", "unknown"][(i + n) % 4];
+                            let found = s.find_token(hash).unwrap();
+                            (hash, found.map(|t| (t.id, t.tenant_id)))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            for (hash, found) in t.join().unwrap() {
+                let want = expect(hash).map(|(id, tenant)| (id.to_string(), tenant.to_string()));
+                assert_eq!(found, want, "{} {hash}", db.name);
+            }
+        }
+        assert!(s.revoke_token("t1", NOW).unwrap());
+        assert_eq!(s.find_token("hash-1").unwrap(), None, "{}", db.name);
+    }
+}
