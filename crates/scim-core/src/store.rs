@@ -778,6 +778,25 @@ pub trait ResourceStore: Send + Sync {
         Ok(TokenRead::Unsupported)
     }
 
+    /// [`create`](Self::create) for the tenant of the live bearer token with this hash (see
+    /// [`CredentialStore::find_token`]), with the token checked by the create's own statement:
+    /// one round trip to a networked database instead of two. Nothing is written when no live
+    /// token has the hash ([`TokenCreate::NoToken`]); errors are those of `create`. The
+    /// default, and any create a store cannot fold this way, is [`TokenCreate::Unsupported`]
+    /// with `write` handed back: the caller resolves the token and calls `create`.
+    fn create_by_token(
+        &self,
+        token_hash: &str,
+        resource_type: &str,
+        id: &str,
+        now: &str,
+        write: ResourceWrite,
+        include: Include,
+    ) -> Result<TokenCreate, StoreError> {
+        let _ = (token_hash, resource_type, id, now, include);
+        Ok(TokenCreate::Unsupported(Box::new(write)))
+    }
+
     /// [`point_read_by_token`](Self::point_read_by_token) run by the store on a thread of
     /// its own, with `done` called there with the answer, exactly once. A store that talks to
     /// a networked database may answer every read waiting at that moment with one statement,
@@ -908,6 +927,17 @@ pub enum TokenRead {
     NoToken,
     /// the token is live; the resource, if one matched in its tenant
     Read(Option<Box<ResourceRecord>>),
+}
+
+/// The answer of [`ResourceStore::create_by_token`].
+#[derive(Debug)]
+pub enum TokenCreate {
+    /// the store cannot fold the token check into this create: the write, untouched
+    Unsupported(Box<ResourceWrite>),
+    /// no live token has this hash (a 401); nothing was written
+    NoToken,
+    /// the token is live; the resource as created in its tenant
+    Created(Box<ResourceRecord>),
 }
 
 /// A bearer token as stored: only its hash.

@@ -359,14 +359,23 @@ pub fn pg_insert_resource_with_values(
 /// (`ON CONFLICT DO NOTHING`), for its caller to create on its own and get its error. The
 /// resources are inserted in the order of the counting trigger's slots (`resources_count`),
 /// so concurrent batches take those rows' locks in one order and cannot deadlock on them.
+/// `tokens` pairs each resource with the hash of its caller's token, or with `None`: a
+/// resource with a token is created in the tenant of that token, read by the same statement,
+/// and left out when no live token has the hash (its `tenant_id` is not used).
 pub fn pg_insert_many(
     c: &mut diesel::PgConnection,
     resources: &[NewResource<'_>],
+    tokens: &[Option<&str>],
     rows: &[ValueRow<'_>],
 ) -> QueryResult<Vec<String>> {
     PgCreateMany {
         ids: resources.iter().map(|r| r.id).collect(),
-        tenants: resources.iter().map(|r| r.tenant_id).collect(),
+        tenants: resources
+            .iter()
+            .zip(tokens)
+            .map(|(r, token)| token.is_none().then_some(r.tenant_id))
+            .collect(),
+        tokens: tokens.to_vec(),
         types: resources.iter().map(|r| r.resource_type).collect(),
         created: resources.iter().map(|r| r.created).collect(),
         external_ids: resources.iter().map(|r| r.external_id).collect(),
@@ -383,7 +392,10 @@ pub fn pg_insert_many(
 
 struct PgCreateMany<'a> {
     ids: Vec<&'a str>,
-    tenants: Vec<&'a str>,
+    /// `None` for a resource whose tenant is that of its token
+    tenants: Vec<Option<&'a str>>,
+    /// the hash of the caller's token, for a resource created in the token's tenant
+    tokens: Vec<Option<&'a str>>,
     types: Vec<&'a str>,
     created: Vec<&'a str>,
     external_ids: Vec<Option<&'a str>>,
@@ -403,10 +415,13 @@ impl diesel::query_builder::Query for PgCreateMany<'_> {
 impl QueryFragment<Pg> for PgCreateMany<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         use diesel::sql_types::{Array, Nullable, Text};
-        out.push_sql("WITH n AS (SELECT * FROM unnest(");
+        out.push_sql(
+            "WITH n AS (SELECT x.id, COALESCE(x.t, k.tenant_id) AS t, x.rt, x.c, x.e, x.u, \
+             x.d, x.s, x.data, x.pw FROM unnest(",
+        );
         out.push_bind_param::<Array<Text>, _>(&self.ids)?;
         out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&self.tenants)?;
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.tenants)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Text>, _>(&self.types)?;
         out.push_sql(", ");
@@ -424,12 +439,17 @@ impl QueryFragment<Pg> for PgCreateMany<'_> {
         out.push_bind_param::<Array<Text>, _>(&self.data)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Nullable<Text>>, _>(&self.password_hashes)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.tokens)?;
+        // A resource whose token is not live (unknown or revoked) gets no tenant, and is not
+        // inserted.
         out.push_sql(
-            ") AS n (id, t, rt, c, e, u, d, s, data, pw)), \
+            ") AS x (id, t, rt, c, e, u, d, s, data, pw, h) LEFT JOIN tokens k \
+             ON k.token_hash = x.h AND k.revoked IS NULL), \
              r AS (INSERT INTO resources (id, tenant_id, resource_type, version, created, \
              last_modified, external_id, user_name_ci, display_name_ci, display, data, \
              password_hash) SELECT id, t, rt, 1, c, c, e, u, d, s, data, pw FROM n \
-             ORDER BY hashtext(id) & 15 ON CONFLICT DO NOTHING \
+             WHERE t IS NOT NULL ORDER BY hashtext(id) & 15 ON CONFLICT DO NOTHING \
              RETURNING id, tenant_id, resource_type), w AS (",
         );
         out.push_sql(VALUE_COLUMNS);

@@ -13,8 +13,8 @@ use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, Detached, Document, ElementFilter, Include,
     IndexKeys, IndexedField, LinkSide, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey,
     PointKeyBuf, ReadPart, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey,
-    SortTarget, StoreFilter, TokenRead, TokenRecord, UnknownMembers, UpdateFn, ValueKind,
-    ValueTest, Visit, WriteDone,
+    SortTarget, StoreFilter, TokenCreate, TokenRead, TokenRecord, UnknownMembers, UpdateFn,
+    ValueKind, ValueTest, Visit, WriteDone,
 };
 use scim_core::{ScimError, StoreError};
 
@@ -2856,6 +2856,9 @@ struct CreateJob {
     unknown_members: UnknownMembers,
     /// what to read back in the same transaction (a new group's members)
     read: Include,
+    /// PostgreSQL: the hash of the caller's token, when the create is for that token's tenant
+    /// (`tenant` is then unused; see `ResourceStore::create_by_token`)
+    token: Option<String>,
 }
 
 impl CreateJob {
@@ -2888,6 +2891,7 @@ impl CreateJob {
                 groups: false,
                 ..include
             },
+            token: None,
         };
         Ok((job, write))
     }
@@ -2960,12 +2964,13 @@ impl DieselStore {
         Ok(new_links(job.read))
     }
 
-    /// PostgreSQL: the creates of one batch (see `combine.rs`). One job runs as it would
-    /// alone; several are inserted by one statement, and any it leaves out (a unique key
-    /// taken) or that it could not write (the statement failed) run alone afterwards, each
-    /// for its own answer; when the database cannot be reached, each gets that 503 at once.
+    /// PostgreSQL: the creates of one batch (see `combine.rs`). One job without a token runs
+    /// as it would alone; otherwise one statement inserts them all, and any it leaves out (a
+    /// unique key taken, a token not live) or that it could not write (the statement failed)
+    /// run alone afterwards, each for its own answer; when the database cannot be reached,
+    /// each gets that 503 at once.
     fn pg_create_batch(&self, jobs: &[CreateJob]) -> Vec<combine::Outcome<TxError>> {
-        if let [job] = jobs {
+        if let [job @ CreateJob { token: None, .. }] = jobs {
             return vec![match self.pg_create_alone(job) {
                 Ok(_) => combine::Outcome::Done,
                 Err(e) => combine::Outcome::Failed(e),
@@ -2983,7 +2988,8 @@ impl DieselStore {
                 .iter()
                 .flat_map(|j| value_rows(&j.tenant, &j.rt, &j.id, &j.values))
                 .collect();
-            Ok(backend::pg_insert_many(c, &resources, &rows)?
+            let tokens: Vec<Option<&str>> = jobs.iter().map(|j| j.token.as_deref()).collect();
+            Ok(backend::pg_insert_many(c, &resources, &tokens, &rows)?
                 .into_iter()
                 .collect())
         })();
@@ -3059,6 +3065,43 @@ impl ResourceStore for DieselStore {
         let (members, _) = result?;
         self.note_writes(touched);
         Ok(created_record((id, rt, now), write, include, members))
+    }
+
+    /// PostgreSQL, a create without membership changes: queued with the concurrent creates
+    /// (see `create`), whose one statement reads the token's tenant as it inserts. A job it
+    /// leaves out runs alone after a lookup of the token, which tells a token that is not
+    /// live from a unique key that is taken.
+    fn create_by_token(
+        &self,
+        token_hash: &str,
+        rt: &str,
+        id: &str,
+        now: &str,
+        write: ResourceWrite,
+        include: Include,
+    ) -> Result<TokenCreate, StoreError> {
+        if self.backend != Backend::Postgres || !write.member_ops.is_empty() {
+            return Ok(TokenCreate::Unsupported(Box::new(write)));
+        }
+        let (mut job, write) = CreateJob::new(("", rt, id, now), write, include)?;
+        job.token = Some(token_hash.to_string());
+        let (mut job, outcome) = self.creates.run(job, &|jobs| self.pg_create_batch(jobs));
+        match outcome {
+            combine::Outcome::Done => {}
+            combine::Outcome::Failed(e) => return Err(e.into()),
+            combine::Outcome::Alone => {
+                let Some(token) = self.find_token(token_hash)? else {
+                    return Ok(TokenCreate::NoToken);
+                };
+                job.tenant = token.tenant_id;
+                job.token = None;
+                self.pg_create_alone(&job)?;
+            }
+        }
+        self.note_writes(1);
+        let links = new_links(job.read);
+        let rec = created_record((id, rt, now), write, include, links.0);
+        Ok(TokenCreate::Created(Box::new(rec)))
     }
 
     /// SQLite: the job goes to the writer thread as `create` sends it, and the record is

@@ -3200,24 +3200,10 @@ fn postgresql_tables_without_statistics_are_analyzed_when_the_index_opens() {
 /// by every lookup that starts after it.
 #[test]
 fn concurrent_token_lookups_each_get_their_own_tokens_tenant() {
-    use scim_core::store::{CredentialStore, TokenRecord};
+    use scim_core::store::CredentialStore;
     for db in databases() {
         let s = Arc::new(db.store.clone());
-        s.ensure_tenant("tenant-2", "other", NOW).unwrap();
-        for (tenant, id, hash) in [
-            (T, "t1", "hash-1"),
-            ("tenant-2", "t2", "hash-2"),
-            (T, "t3", "hash-3"),
-        ] {
-            let record = TokenRecord {
-                id: id.into(),
-                tenant_id: tenant.into(),
-                name: id.into(),
-                created: NOW.into(),
-            };
-            s.create_token(&record, hash).unwrap();
-        }
-        assert!(s.revoke_token("t3", NOW).unwrap());
+        three_tokens(&s);
         let expect = |hash: &str| match hash {
             "hash-1" => Some(("t1", T)),
             "hash-2" => Some(("t2", "tenant-2")),
@@ -3245,5 +3231,107 @@ fn concurrent_token_lookups_each_get_their_own_tokens_tenant() {
         }
         assert!(s.revoke_token("t1", NOW).unwrap());
         assert_eq!(s.find_token("hash-1").unwrap(), None, "{}", db.name);
+    }
+}
+
+/// Tokens `t1` (hash `hash-1`, tenant `T`) and `t2` (`hash-2`, `tenant-2`), live, and `t3`
+/// (`hash-3`, `T`), revoked.
+fn three_tokens(s: &DieselStore) {
+    use scim_core::store::{CredentialStore, TokenRecord};
+    s.ensure_tenant("tenant-2", "other", NOW).unwrap();
+    for (tenant, id, hash) in [
+        (T, "t1", "hash-1"),
+        ("tenant-2", "t2", "hash-2"),
+        (T, "t3", "hash-3"),
+    ] {
+        let record = TokenRecord {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            name: id.into(),
+            created: NOW.into(),
+        };
+        s.create_token(&record, hash).unwrap();
+    }
+    assert!(s.revoke_token("t3", NOW).unwrap());
+}
+
+/// Creates by token (on PostgreSQL the token is read by the create's own statement, and
+/// concurrent creates share one) land in the tenant of their own token; one whose token is
+/// unknown or revoked writes nothing; a taken `userName` is still a conflict, in the token's
+/// tenant only. SQLite hands the write back.
+#[test]
+fn creates_by_token_land_in_their_tokens_tenant_and_nothing_else_is_written() {
+    use scim_core::store::TokenCreate;
+    let reg = Arc::new(registry());
+    for db in databases() {
+        let s = Arc::new(db.store.clone());
+        three_tokens(&s);
+        let write = user(&reg, "x");
+        let took = s.create_by_token("hash-1", "User", "x", NOW, write, Include::default());
+        if db.name == "sqlite" {
+            assert!(matches!(took, Ok(TokenCreate::Unsupported(_))));
+            continue;
+        }
+        assert!(matches!(took, Ok(TokenCreate::Created(_))), "{took:?}");
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let (s, reg) = (s.clone(), reg.clone());
+                std::thread::spawn(move || {
+                    (0..20)
+                        .map(|n| {
+                            let hash = ["hash-1", "hash-2", "hash-3", "unknown"][(i + n) % 4];
+                            let id = format!("u-{i}-{n}");
+                            let write = user(&reg, &id);
+                            let took = s.create_by_token(
+                                hash,
+                                "User",
+                                &id,
+                                NOW,
+                                write,
+                                Include::default(),
+                            );
+                            let took = match took.unwrap() {
+                                TokenCreate::Created(rec) => Some(rec.id),
+                                TokenCreate::NoToken => None,
+                                TokenCreate::Unsupported(_) => panic!("PostgreSQL folds it"),
+                            };
+                            (hash, id, took)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut created = std::collections::HashMap::new();
+        for t in threads {
+            for (hash, id, took) in t.join().unwrap() {
+                let tenant = match hash {
+                    "hash-1" => Some(T),
+                    "hash-2" => Some("tenant-2"),
+                    _ => None,
+                };
+                assert_eq!(took.as_deref(), tenant.map(|_| id.as_str()), "{hash} {id}");
+                for other in [T, "tenant-2"] {
+                    let got = s.get(other, "User", &id, Include::default());
+                    assert_eq!(got.is_ok(), tenant == Some(other), "{hash} {id} in {other}");
+                }
+                *created.entry(tenant).or_insert(0) += 1;
+            }
+        }
+        for (tenant, n) in [
+            (T, created[&Some(T)] + 1),
+            ("tenant-2", created[&Some("tenant-2")]),
+        ] {
+            let page = s
+                .list(tenant, "User", &first_page(StoreFilter::All, 1000))
+                .unwrap();
+            assert_eq!(page.resources.len(), n, "{tenant}");
+        }
+        let again = |hash: &str, id: &str| {
+            let write = user(&reg, "u-0-0");
+            s.create_by_token(hash, "User", id, NOW, write, Include::default())
+        };
+        assert!(matches!(again("hash-1", "y"), Err(StoreError::Conflict(_))));
+        assert!(matches!(again("hash-3", "y"), Ok(TokenCreate::NoToken)));
+        assert!(matches!(again("hash-2", "y"), Ok(TokenCreate::Created(_))));
     }
 }

@@ -53,13 +53,19 @@ impl Caller {
     pub fn tenant(&self, state: &AppState) -> Result<String, ScimError> {
         match self {
             Caller::Jwt => state.creds.default_tenant()?.ok_or_else(unauthorized),
-            Caller::Token(hash) => state
-                .creds
-                .find_token(hash)?
-                .map(|t| t.tenant_id)
-                .ok_or_else(unauthorized),
+            Caller::Token(hash) => token_tenant(state, hash),
         }
     }
+}
+
+/// The tenant of the live token with this hash (blocking: reads the store); a 401 when there
+/// is none.
+pub(crate) fn token_tenant(state: &AppState, hash: &str) -> Result<String, ScimError> {
+    state
+        .creds
+        .find_token(hash)?
+        .map(|t| t.tenant_id)
+        .ok_or_else(unauthorized)
 }
 
 impl FromRequest for Caller {

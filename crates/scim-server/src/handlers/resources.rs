@@ -167,16 +167,30 @@ pub async fn create(
         Ok((body, params)) => create_detached(&state, &caller, &rt, body, params).await?,
         Err(_) => None,
     };
-    let out = match detached {
-        Some(out) => out,
-        None => {
+    let reply = ops::Reply::Resource;
+    let out = match (detached, &caller, input) {
+        (Some(out), _, _) => out,
+        // The token checked inside the create where the store can (PostgreSQL).
+        (None, Caller::Token(hash), Ok((body, params))) => {
+            let hash = hash.clone();
+            blocking(move || {
+                if let Some(out) = ops::create_for_token(&state, &hash, &rt, &body, &params, reply)?
+                {
+                    return Ok(out);
+                }
+                let tenant = caller.tenant(&state)?;
+                ops::create(&state, &tenant, &rt, &body, &params, reply)
+            })
+            .await?
+        }
+        (None, _, input) => {
             for_caller(
                 state,
                 caller,
                 input,
                 Reads::Any,
                 move |state, tenant, (body, params)| {
-                    ops::create(state, tenant, &rt, &body, &params, ops::Reply::Resource)
+                    ops::create(state, tenant, &rt, &body, &params, reply)
                 },
             )
             .await?
