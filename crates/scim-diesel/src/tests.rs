@@ -3325,6 +3325,7 @@ fn creates_by_token_land_in_their_tokens_tenant_and_nothing_else_is_written() {
                 .list(tenant, "User", &first_page(StoreFilter::All, 1000))
                 .unwrap();
             assert_eq!(page.resources.len(), n, "{tenant}");
+            assert_eq!(page.total as usize, n, "{tenant}: the kept count");
         }
         let again = |hash: &str, id: &str| {
             let write = user(&reg, "u-0-0");
@@ -3333,5 +3334,24 @@ fn creates_by_token_land_in_their_tokens_tenant_and_nothing_else_is_written() {
         assert!(matches!(again("hash-1", "y"), Err(StoreError::Conflict(_))));
         assert!(matches!(again("hash-3", "y"), Ok(TokenCreate::NoToken)));
         assert!(matches!(again("hash-2", "y"), Ok(TokenCreate::Created(_))));
+        // Concurrent deletes keep the count too.
+        let page = s
+            .list(T, "User", &first_page(StoreFilter::All, 1000))
+            .unwrap();
+        let ids: Vec<String> = page.resources.into_iter().map(|r| r.id).collect();
+        std::thread::scope(|scope| {
+            for part in ids.chunks(ids.len().div_ceil(8)) {
+                let s = &s;
+                scope.spawn(move || {
+                    for id in part {
+                        s.delete(T, "User", id, None).unwrap();
+                    }
+                });
+            }
+        });
+        let page = s
+            .list(T, "User", &first_page(StoreFilter::All, 1000))
+            .unwrap();
+        assert_eq!((page.resources.len(), page.total), (0, 0));
     }
 }
