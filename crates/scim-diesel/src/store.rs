@@ -407,9 +407,107 @@ impl diesel::query_builder::QueryFragment<crate::conn::AnyBackend> for Negated<'
     }
 }
 
+/// `SELECT v.resource_id FROM resource_values v WHERE …`: the ids of the resources with a
+/// value at `path` that passes `test`, read from the `(tenant, type, path, value)` index.
+fn value_ids(tenant: &str, rt: &str, path: &str, test: &ValueTest) -> RawCond {
+    RawCond::sql("SELECT v.resource_id FROM resource_values v WHERE ")
+        .alive("v.ordinal")
+        .push("v.tenant_id = ")
+        .text(tenant)
+        .push(" AND v.resource_type = ")
+        .text(rt)
+        .push(" AND v.path = ")
+        .planned_text(path)
+        .push(" AND ")
+        .append(value_test("v", test))
+}
+
+/// [`value_ids`] of `f` when it is one of the `rare` value terms.
+fn rare_ids(f: &StoreFilter, tenant: &str, rt: &str, rare: &[&StoreFilter]) -> Option<RawCond> {
+    match f {
+        StoreFilter::Value { path, test } if rare.iter().any(|t| std::ptr::eq(*t, f)) => {
+            Some(value_ids(tenant, rt, path, test))
+        }
+        _ => None,
+    }
+}
+
+/// Most matches a value term may have to be [rare](rare_value_terms).
+const RARE_MATCHES: i64 = 1_000;
+
+/// Most value terms of one filter probed by [`rare_value_terms`].
+const RARE_PROBES: usize = 4;
+
+/// PostgreSQL: the value terms of `f` (outside any `not`) with a range, `sw` or a presence
+/// test that match at most [`RARE_MATCHES`] values, found by reading at most one more entry
+/// than that from the index (at most [`RARE_PROBES`] terms; equalities, whose estimates come
+/// from the value's own statistics, are not probed).
+///
+/// PostgreSQL keeps one histogram for the values of every attribute, so it cannot tell how
+/// much of one attribute's values a range holds: it guessed `name.givenName lt "Given1"` (one
+/// match among 20,000 users) at 8,000, and so walked the creation order for the first page,
+/// probing every user (136 ms). A term known to be rare is compiled as the array of its ids
+/// (see [`condition`]), which the planner starts from (under 1 ms). A term with many matches
+/// stays as it was: its first page is found early in the walk.
+fn rare_value_terms<'f>(
+    conn: &mut AnyConnection,
+    f: &'f StoreFilter,
+    tenant: &str,
+    rt: &str,
+) -> QueryResult<Vec<&'f StoreFilter>> {
+    fn candidates<'f>(f: &'f StoreFilter, out: &mut Vec<&'f StoreFilter>) {
+        match f {
+            StoreFilter::Value { test, .. } => {
+                // `ne`, `co` and `ew` read every value at the path whatever they match: a
+                // probe would only read them twice.
+                let guessed = match test {
+                    ValueTest::Str(op, _) | ValueTest::Num(op, _) => !matches!(
+                        op,
+                        CompareOp::Eq | CompareOp::Ne | CompareOp::Co | CompareOp::Ew
+                    ),
+                    ValueTest::Present(_) => true,
+                    ValueTest::Bool(_) => false,
+                };
+                if guessed && out.len() < RARE_PROBES {
+                    out.push(f);
+                }
+            }
+            StoreFilter::And(terms) | StoreFilter::Or(terms) => {
+                terms.iter().for_each(|t| candidates(t, out))
+            }
+            _ => {}
+        }
+    }
+    if !matches!(conn, AnyConnection::Postgres(_)) {
+        return Ok(Vec::new());
+    }
+    let mut terms = Vec::new();
+    candidates(f, &mut terms);
+    let mut rare = Vec::new();
+    for term in terms {
+        let StoreFilter::Value { path, test } = term else {
+            continue;
+        };
+        let many = RawCond::sql("(SELECT count(*) FROM (")
+            .append(value_ids(tenant, rt, path, test))
+            .push(&format!(" LIMIT {}) p) > {RARE_MATCHES}", RARE_MATCHES + 1));
+        if !diesel::select(many).get_result::<bool>(conn)? {
+            rare.push(term);
+        }
+    }
+    Ok(rare)
+}
+
 /// Compiles a filter to a condition on `resources`, scoped to one tenant and resource type
 /// (the index sub-queries name them so that they use the `(tenant, type, path, value)` index).
-fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<'a> {
+/// The terms in `rare` (see [`rare_value_terms`]) are matched as the array of their
+/// resources' ids.
+fn condition<'a>(
+    f: &'a StoreFilter,
+    tenant: &'a str,
+    rt: &'a str,
+    rare: &[&StoreFilter],
+) -> BoxedCond<'a> {
     match f {
         StoreFilter::All => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 1")),
         StoreFilter::Nothing => Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("1 = 0")),
@@ -459,19 +557,20 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
             )
             .push(")"),
         ),
-        StoreFilter::Value { path, test } => Box::new(
-            RawCond::sql("resources.id IN (SELECT v.resource_id FROM resource_values v WHERE ")
-                .alive("v.ordinal")
-                .push("v.tenant_id = ")
-                .text(tenant)
-                .push(" AND v.resource_type = ")
-                .text(rt)
-                .push(" AND v.path = ")
-                .planned_text(path)
-                .push(" AND ")
-                .append(value_test("v", test))
-                .push(")"),
-        ),
+        StoreFilter::Value { path, test } => match rare_ids(f, tenant, rt, rare) {
+            // Computed once (an init plan) and then looked up by id: the planner takes it for
+            // a few rows, which it is, and starts from it.
+            Some(ids) => Box::new(
+                RawCond::sql("resources.id = ANY(ARRAY(")
+                    .append(ids)
+                    .push("))"),
+            ),
+            None => Box::new(
+                RawCond::sql("resources.id IN (")
+                    .append(value_ids(tenant, rt, path, test))
+                    .push(")"),
+            ),
+        },
         StoreFilter::Element { paths, filter } => {
             // `e` is a row of the element, and the whole filter is checked on that element.
             // With an anchor test the elements are found from the index rows that pass it (an
@@ -549,15 +648,29 @@ fn condition<'a>(f: &'a StoreFilter, tenant: &'a str, rt: &'a str) -> BoxedCond<
         }
         StoreFilter::And(terms) => terms
             .iter()
-            .map(|t| condition(t, tenant, rt))
+            .map(|t| condition(t, tenant, rt, rare))
             .reduce(|a, b| Box::new(a.and(b)))
-            .unwrap_or_else(|| condition(&StoreFilter::All, tenant, rt)),
-        StoreFilter::Or(terms) => terms
-            .iter()
-            .map(|t| condition(t, tenant, rt))
-            .reduce(|a, b| Box::new(a.or(b)))
-            .unwrap_or_else(|| condition(&StoreFilter::Nothing, tenant, rt)),
-        StoreFilter::Not(inner) => Box::new(Negated(condition(inner, tenant, rt))),
+            .unwrap_or_else(|| condition(&StoreFilter::All, tenant, rt, rare)),
+        StoreFilter::Or(terms) => {
+            let all_rare: Option<Vec<RawCond>> = terms
+                .iter()
+                .map(|t| rare_ids(t, tenant, rt, rare))
+                .collect();
+            match all_rare {
+                // Rare terms in one array: as an array each, the planner walked the order.
+                Some(ids) if !ids.is_empty() => Box::new(
+                    RawCond::sql("resources.id = ANY(ARRAY")
+                        .append(RawCond::joined(&ids, " UNION ALL ", "", Clone::clone))
+                        .push(")"),
+                ),
+                _ => terms
+                    .iter()
+                    .map(|t| condition(t, tenant, rt, rare))
+                    .reduce(|a, b| Box::new(a.or(b)))
+                    .unwrap_or_else(|| condition(&StoreFilter::Nothing, tenant, rt, rare)),
+            }
+        }
+        StoreFilter::Not(inner) => Box::new(Negated(condition(inner, tenant, rt, rare))),
     }
 }
 
@@ -1904,11 +2017,12 @@ pub(crate) fn list_on(
             });
         }
     }
+    let rare = rare_value_terms(conn, &query.filter, tenant, rt).map_err(map_err)?;
     let base = || {
         resources::table
             .filter(resources::tenant_id.eq(tenant))
             .filter(resources::resource_type.eq(rt))
-            .filter(condition(&query.filter, tenant, rt))
+            .filter(condition(&query.filter, tenant, rt, &rare))
             .into_boxed::<crate::conn::AnyBackend>()
     };
     let unique = query.filter.pins_one_row();

@@ -3116,6 +3116,81 @@ fn postgresql_answers_a_conjunction_from_its_rarest_equality() {
     }
 }
 
+/// A range that one user of many passes is answered from that user on PostgreSQL, alone or
+/// beside a term every user passes. PostgreSQL's one histogram for the values of all
+/// attributes took `name.givenName lt "Given0001"` for half the users, and walked the creation
+/// order for the first page, probing every user (136 ms at 20,000 users); the store now
+/// probes such a term first (`rare_value_terms`). Counted as rows of `resources` read in the
+/// reading transaction, which do not depend on timing.
+#[test]
+fn postgresql_answers_a_rare_range_from_its_matches() {
+    let Some(store) = postgres_store() else {
+        return; // a PostgreSQL plan; `postgres_test_url` fails under CI without PG
+    };
+    let mut conn = unanalyzed_postgres_store(&store);
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    const USERS: usize = 1_200;
+    for i in 0..USERS {
+        let body = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": format!("u{i}"),
+            "title": "Engineer",
+            "name": {"givenName": format!("Given{i:04}"), "familyName": "Family"}
+        });
+        let write = prepare_create(&ctx, &body).unwrap();
+        let id = format!("id{i:05}");
+        store
+            .create(T, "User", &id, NOW, write, Include::default())
+            .unwrap();
+    }
+    wait_until_analyzed(&mut conn, "resource_values");
+    #[derive(diesel::QueryableByName)]
+    struct Read {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        rows: i64,
+    }
+    for filter in [
+        r#"name.givenName lt "Given0001""#,
+        r#"title eq "Engineer" and name.givenName lt "Given0001""#,
+        r#"name.givenName le "Given0000" or name.givenName gt "Given9""#,
+    ] {
+        let limits = scim_core::query::QueryLimits::default();
+        let planned = scim_core::query::plan_filter(&ctx, Some(filter), &limits).unwrap();
+        let (page, rows) = conn
+            .transaction::<_, diesel::result::Error, _>(|c| {
+                let page =
+                    crate::store::list_on(c, T, "User", &first_page(planned, 10), true).unwrap();
+                let rows = diesel::sql_query(
+                    "SELECT (COALESCE(SUM(seq_tup_read), 0) + COALESCE(SUM(idx_tup_fetch), 0))::int8 \
+                     AS rows FROM pg_stat_xact_user_tables WHERE relname = 'resources'",
+                )
+                .get_result::<Read>(c)?;
+                Ok((page, rows.rows))
+            })
+            .unwrap();
+        let ids: Vec<&str> = page.resources.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!((ids, page.total), (vec!["id00000"], 1), "{filter}");
+        assert!(
+            rows < 50,
+            "{filter}: {rows} rows of resources read for one match among {USERS}"
+        );
+    }
+    // A range most users pass still gives its first page and its total.
+    let planned = scim_core::query::plan_filter(
+        &ctx,
+        Some(r#"name.givenName gt "Given0001""#),
+        &Default::default(),
+    )
+    .unwrap();
+    let page = crate::store::list_on(&mut conn, T, "User", &first_page(planned, 3), false).unwrap();
+    let ids: Vec<&str> = page.resources.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        (ids, page.total),
+        (vec!["id00002", "id00003", "id00004"], USERS as u64 - 2)
+    );
+}
+
 /// Migrates `store`'s fresh PostgreSQL schema, adds the tenant and turns autovacuum off for
 /// the attribute-value table (as on a server where it is off), so that only the store
 /// analyzes it; returns a connection of the store.
