@@ -7,7 +7,7 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use scim_core::resource::prepare_create;
 use scim_core::store::{
-    Column, CompareOp, Include, IndexedField, LinkSide, ListQuery, MemberOp, PointKey,
+    Column, CompareOp, Include, IndexedField, LinkSide, ListQuery, MemberOp, Page, PointKey,
     ResourceRecord, ResourceStore, ResourceWrite, SortKey, SortTarget, StoreFilter, TokenRead,
     UnknownMembers, ValueKind,
 };
@@ -3063,51 +3063,25 @@ fn postgresql_answers_a_conjunction_from_its_rarest_equality() {
     let reg = registry();
     let ctx = Ctx::new(&reg, "User").unwrap();
     const USERS: usize = 1_200;
-    for i in 0..USERS {
-        let body = json!({
+    create_analyzed_users(&store, &mut conn, &ctx, USERS, |i| {
+        json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
             "userName": format!("u{i}"),
             "addresses": [{"postalCode": "62701", "locality": "Springfield"}],
             "phoneNumbers": [{"value": format!("+1 555 {i:04}")}]
-        });
-        let write = prepare_create(&ctx, &body).unwrap();
-        store
-            .create(
-                T,
-                "User",
-                &format!("id{i:05}"),
-                NOW,
-                write,
-                Include::default(),
-            )
-            .unwrap();
-    }
-    // The store analyzes in the background once enough rows changed.
-    wait_until_analyzed(&mut conn, "resource_values");
-    #[derive(diesel::QueryableByName)]
-    struct Scans {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        scans: i64,
-    }
+        })
+    });
     for filter in [
         r#"addresses.postalCode eq "62701" and phoneNumbers.value eq "+1 555 0042""#,
         r#"phoneNumbers.value eq "+1 555 0042" and addresses.locality eq "Springfield""#,
     ] {
-        let limits = scim_core::query::QueryLimits::default();
-        let planned = scim_core::query::plan_filter(&ctx, Some(filter), &limits).unwrap();
-        let (found, scans) = conn
-            .transaction::<_, diesel::result::Error, _>(|c| {
-                let page =
-                    crate::store::list_on(c, T, "User", &first_page(planned, 10), true).unwrap();
-                let scans = diesel::sql_query(
-                    "SELECT COALESCE(SUM(idx_scan), 0)::int8 AS scans FROM pg_stat_xact_user_tables \
-                     WHERE relname = 'resource_values'",
-                )
-                .get_result::<Scans>(c)?;
-                Ok((page.resources, scans.scans))
-            })
-            .unwrap();
-        let ids: Vec<&str> = found.iter().map(|r| r.id.as_str()).collect();
+        let (page, scans) = list_with_stat(
+            &mut conn,
+            &ctx,
+            filter,
+            "SUM(idx_scan) FROM pg_stat_xact_user_tables WHERE relname = 'resource_values'",
+        );
+        let ids: Vec<&str> = page.resources.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["id00042"], "{filter}");
         assert!(
             scans < 50,
@@ -3131,44 +3105,26 @@ fn postgresql_answers_a_rare_range_from_its_matches() {
     let reg = registry();
     let ctx = Ctx::new(&reg, "User").unwrap();
     const USERS: usize = 1_200;
-    for i in 0..USERS {
-        let body = json!({
+    create_analyzed_users(&store, &mut conn, &ctx, USERS, |i| {
+        json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
             "userName": format!("u{i}"),
             "title": "Engineer",
             "name": {"givenName": format!("Given{i:04}"), "familyName": "Family"}
-        });
-        let write = prepare_create(&ctx, &body).unwrap();
-        let id = format!("id{i:05}");
-        store
-            .create(T, "User", &id, NOW, write, Include::default())
-            .unwrap();
-    }
-    wait_until_analyzed(&mut conn, "resource_values");
-    #[derive(diesel::QueryableByName)]
-    struct Read {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        rows: i64,
-    }
+        })
+    });
     for filter in [
         r#"name.givenName lt "Given0001""#,
         r#"title eq "Engineer" and name.givenName lt "Given0001""#,
         r#"name.givenName le "Given0000" or name.givenName gt "Given9""#,
     ] {
-        let limits = scim_core::query::QueryLimits::default();
-        let planned = scim_core::query::plan_filter(&ctx, Some(filter), &limits).unwrap();
-        let (page, rows) = conn
-            .transaction::<_, diesel::result::Error, _>(|c| {
-                let page =
-                    crate::store::list_on(c, T, "User", &first_page(planned, 10), true).unwrap();
-                let rows = diesel::sql_query(
-                    "SELECT (COALESCE(SUM(seq_tup_read), 0) + COALESCE(SUM(idx_tup_fetch), 0))::int8 \
-                     AS rows FROM pg_stat_xact_user_tables WHERE relname = 'resources'",
-                )
-                .get_result::<Read>(c)?;
-                Ok((page, rows.rows))
-            })
-            .unwrap();
+        let (page, rows) = list_with_stat(
+            &mut conn,
+            &ctx,
+            filter,
+            "SUM(seq_tup_read + idx_tup_fetch) FROM pg_stat_xact_user_tables \
+             WHERE relname = 'resources'",
+        );
         let ids: Vec<&str> = page.resources.iter().map(|r| r.id.as_str()).collect();
         assert_eq!((ids, page.total), (vec!["id00000"], 1), "{filter}");
         assert!(
@@ -3189,6 +3145,48 @@ fn postgresql_answers_a_rare_range_from_its_matches() {
         (ids, page.total),
         (vec!["id00002", "id00003", "id00004"], USERS as u64 - 2)
     );
+}
+
+/// Creates `n` users (ids `id00000`, …) from `body` and waits until the store has analyzed
+/// the attribute-value table (in the background, once enough rows changed).
+fn create_analyzed_users(
+    store: &DieselStore,
+    conn: &mut AnyConnection,
+    ctx: &Ctx<'_>,
+    n: usize,
+    body: impl Fn(usize) -> serde_json::Value,
+) {
+    for i in 0..n {
+        let write = prepare_create(ctx, &body(i)).unwrap();
+        let id = format!("id{i:05}");
+        store
+            .create(T, "User", &id, NOW, write, Include::default())
+            .unwrap();
+    }
+    wait_until_analyzed(conn, "resource_values");
+}
+
+/// The first page of 10 Users passing `filter`, and a statistic of the transaction that read
+/// it (`stat`: `<aggregate> FROM pg_stat_xact_user_tables …`, 0 when `NULL`).
+fn list_with_stat(
+    conn: &mut AnyConnection,
+    ctx: &Ctx<'_>,
+    filter: &str,
+    stat: &str,
+) -> (Page, i64) {
+    #[derive(diesel::QueryableByName)]
+    struct Stat {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let limits = scim_core::query::QueryLimits::default();
+    let planned = scim_core::query::plan_filter(ctx, Some(filter), &limits).unwrap();
+    conn.transaction::<_, diesel::result::Error, _>(|c| {
+        let page = crate::store::list_on(c, T, "User", &first_page(planned, 10), true).unwrap();
+        let sql = format!("SELECT COALESCE((SELECT {stat}), 0)::int8 AS n");
+        Ok((page, diesel::sql_query(sql).get_result::<Stat>(c)?.n))
+    })
+    .unwrap()
 }
 
 /// Migrates `store`'s fresh PostgreSQL schema, adds the tenant and turns autovacuum off for
