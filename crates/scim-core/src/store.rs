@@ -486,6 +486,13 @@ impl ElementFilter {
     /// `None` for filters without one (`or`, `not`, `co`, `ew`): their elements are found by a
     /// scan.
     pub fn anchor(&self) -> Option<(&str, &ValueTest)> {
+        self.anchors().into_iter().next()
+    }
+
+    /// Every test that could be the [`anchor`](Self::anchor), the preferred first (stable:
+    /// tests of one rank in the filter's order). A store that can count what each matches
+    /// may take the one that matches least.
+    pub fn anchors(&self) -> Vec<(&str, &ValueTest)> {
         let rank = |path: &str, test: &ValueTest| match test {
             ValueTest::Str(CompareOp::Eq, _) if path.ends_with(".value") => Some(0),
             ValueTest::Str(
@@ -510,7 +517,7 @@ impl ElementFilter {
             ElementFilter::And(terms) => terms.as_slice(),
             single => std::slice::from_ref(single),
         };
-        terms
+        let mut ranked: Vec<(u8, &str, &ValueTest)> = terms
             .iter()
             .filter_map(|t| match t {
                 ElementFilter::Test { path, test } => {
@@ -518,8 +525,12 @@ impl ElementFilter {
                 }
                 _ => None,
             })
-            .min_by_key(|(r, _, _)| *r)
+            .collect();
+        ranked.sort_by_key(|(r, _, _)| *r);
+        ranked
+            .into_iter()
             .map(|(_, path, test)| (path, test))
+            .collect()
     }
 }
 

@@ -166,6 +166,33 @@ impl QueryFragment<AnyBackend> for RawCond {
     }
 }
 
+/// A [`RawCond`] that is a `BIGINT` instead of a condition (a count read on its own).
+#[derive(Debug, Clone)]
+pub struct RawCount(pub RawCond);
+
+impl Expression for RawCount {
+    type SqlType = diesel::sql_types::BigInt;
+}
+
+impl<QS> AppearsOnTable<QS> for RawCount {}
+
+impl<QS> SelectableExpression<QS> for RawCount {}
+
+impl<GB> ValidGrouping<GB> for RawCount {
+    type IsAggregate = is_aggregate::Never;
+}
+
+impl QueryId for RawCount {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl QueryFragment<AnyBackend> for RawCount {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, AnyBackend>) -> QueryResult<()> {
+        self.0.walk_ast(out)
+    }
+}
+
 /// A PostgreSQL escape string literal (`E'…'`) holding `s`: inside one, a quote and a
 /// backslash are the only characters with a meaning, and each is doubled. `s` holds no U+0000.
 pub fn escape_string_literal(s: &str) -> String {

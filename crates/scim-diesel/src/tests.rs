@@ -3090,12 +3090,14 @@ fn postgresql_answers_a_conjunction_from_its_rarest_equality() {
     }
 }
 
-/// A range that one user of many passes is answered from that user on PostgreSQL, alone or
-/// beside a term every user passes. PostgreSQL's one histogram for the values of all
+/// A range that one user of many passes is answered from that user on PostgreSQL, alone,
+/// beside a term every user passes, in an `or`, and as the anchor of an element filter next
+/// to an equality every element passes. PostgreSQL's one histogram for the values of all
 /// attributes took `name.givenName lt "Given0001"` for half the users, and walked the creation
-/// order for the first page, probing every user (136 ms at 20,000 users); the store now
-/// probes such a term first (`rare_value_terms`). Counted as rows of `resources` read in the
-/// reading transaction, which do not depend on timing.
+/// order for the first page, probing every user (136 ms at 20,000 users); an element filter
+/// took its equality as the anchor, and read every element. The store now probes such terms
+/// first (`probe_terms`). Counted as rows of `resources` read and probes of the
+/// attribute-value index in the reading transaction, which do not depend on timing.
 #[test]
 fn postgresql_answers_a_rare_range_from_its_matches() {
     let Some(store) = postgres_store() else {
@@ -3104,13 +3106,14 @@ fn postgresql_answers_a_rare_range_from_its_matches() {
     let mut conn = unanalyzed_postgres_store(&store);
     let reg = registry();
     let ctx = Ctx::new(&reg, "User").unwrap();
-    const USERS: usize = 1_200;
+    const USERS: usize = 2_500;
     create_analyzed_users(&store, &mut conn, &ctx, USERS, |i| {
         json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
             "userName": format!("u{i}"),
             "title": "Engineer",
-            "name": {"givenName": format!("Given{i:04}"), "familyName": "Family"}
+            "name": {"givenName": format!("Given{i:04}"), "familyName": "Family"},
+            "addresses": [{"locality": "Springfield", "postalCode": format!("{i:05}")}]
         })
     });
     for filter in [
@@ -3118,20 +3121,38 @@ fn postgresql_answers_a_rare_range_from_its_matches() {
         r#"title eq "Engineer" and name.givenName lt "Given0001""#,
         r#"name.givenName le "Given0000" or name.givenName gt "Given9""#,
     ] {
-        let (page, rows) = list_with_stat(
+        // Rows of `resources` read, and probes of the attribute-value index.
+        let (page, work) = list_with_stat(
             &mut conn,
             &ctx,
             filter,
-            "SUM(seq_tup_read + idx_tup_fetch) FROM pg_stat_xact_user_tables \
-             WHERE relname = 'resources'",
+            "SUM(CASE WHEN relname = 'resources' THEN seq_tup_read + idx_tup_fetch \
+             ELSE idx_scan END) FROM pg_stat_xact_user_tables \
+             WHERE relname IN ('resources', 'resource_values')",
         );
         let ids: Vec<&str> = page.resources.iter().map(|r| r.id.as_str()).collect();
         assert_eq!((ids, page.total), (vec!["id00000"], 1), "{filter}");
         assert!(
-            rows < 50,
-            "{filter}: {rows} rows of resources read for one match among {USERS}"
+            work < 50,
+            "{filter}: {work} rows and index probes for one match among {USERS}"
         );
     }
+    // An element filter whose equality every element passes, beside a rare range: found from
+    // the range, after counting at most RARE_MATCHES + 1 elements of the equality (1,029 rows
+    // read); before, from the equality, its anchor by rank (5,027 rows).
+    let filter = r#"addresses[locality eq "Springfield" and postalCode gt "02498"]"#;
+    let (page, read) = list_with_stat(
+        &mut conn,
+        &ctx,
+        filter,
+        "SUM(idx_tup_fetch) FROM pg_stat_xact_user_tables WHERE relname = 'resource_values'",
+    );
+    let ids: Vec<&str> = page.resources.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!((ids, page.total), (vec!["id02499"], 1), "{filter}");
+    assert!(
+        read < 1_500,
+        "{filter}: {read} index rows read for one match among {USERS}"
+    );
     // A range most users pass still gives its first page and its total.
     let planned = scim_core::query::plan_filter(
         &ctx,
