@@ -114,22 +114,30 @@ impl RawCond {
     }
 }
 
-impl Expression for RawCond {
-    type SqlType = Bool;
+/// The expression traits of a raw SQL expression (`$t`, of SQL type `$st`), selectable
+/// anywhere; its SQL is its `QueryFragment`.
+macro_rules! raw_expression {
+    ($t:ty, $st:ty) => {
+        impl Expression for $t {
+            type SqlType = $st;
+        }
+
+        impl<QS> AppearsOnTable<QS> for $t {}
+
+        impl<QS> SelectableExpression<QS> for $t {}
+
+        impl<GB> ValidGrouping<GB> for $t {
+            type IsAggregate = is_aggregate::Never;
+        }
+
+        impl QueryId for $t {
+            type QueryId = ();
+            const HAS_STATIC_QUERY_ID: bool = false;
+        }
+    };
 }
 
-impl<QS> AppearsOnTable<QS> for RawCond {}
-
-impl<QS> SelectableExpression<QS> for RawCond {}
-
-impl<GB> ValidGrouping<GB> for RawCond {
-    type IsAggregate = is_aggregate::Never;
-}
-
-impl QueryId for RawCond {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
+raw_expression!(RawCond, Bool);
 
 impl QueryFragment<AnyBackend> for RawCond {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, AnyBackend>) -> QueryResult<()> {
@@ -170,22 +178,7 @@ impl QueryFragment<AnyBackend> for RawCond {
 #[derive(Debug, Clone)]
 pub struct RawCount(pub RawCond);
 
-impl Expression for RawCount {
-    type SqlType = diesel::sql_types::BigInt;
-}
-
-impl<QS> AppearsOnTable<QS> for RawCount {}
-
-impl<QS> SelectableExpression<QS> for RawCount {}
-
-impl<GB> ValidGrouping<GB> for RawCount {
-    type IsAggregate = is_aggregate::Never;
-}
-
-impl QueryId for RawCount {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
+raw_expression!(RawCount, diesel::sql_types::BigInt);
 
 impl QueryFragment<AnyBackend> for RawCount {
     fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, AnyBackend>) -> QueryResult<()> {
