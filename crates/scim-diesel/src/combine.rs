@@ -10,8 +10,8 @@
 //! on the benchmark machine, eight creates per transaction gave 45 % more creates per second
 //! than one (docs/BENCHMARKS.md); in the server, batching gave 18-23 % more.
 //!
-//! So callers queue their job, and a caller that finds fewer than its combiner's leaders batches running
-//! becomes a leader: it takes everything queued at that moment (up to [`MAX_TAKE`]), its own
+//! So callers queue their job, and a caller that finds fewer batches running than its
+//! combiner allows ([`Combiner::with_leaders`]) becomes a leader: it takes everything queued at that moment (up to [`MAX_TAKE`]), its own
 //! job included, runs the batch, tells the first caller still queued to lead the next batch
 //! (or, with nothing queued, stops counting as a leader), and posts each job's outcome to its
 //! caller. No thread of its own: the callers are the blocking-pool threads that would have

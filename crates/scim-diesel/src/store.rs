@@ -426,6 +426,18 @@ fn value_ids(a: &'static str, tenant: &str, rt: &str, path: &str, test: &ValueTe
     .append(value_test(a, test))
 }
 
+/// `resources.id IN (<ids>)`, or, for ids of a term known to be rare (see [`probe_terms`]),
+/// `resources.id = ANY(ARRAY(<ids>))`: computed once (an init plan) and then looked up by id,
+/// which the planner takes for a few rows, as they are, and starts from.
+fn id_in(ids: RawCond, rare: bool) -> RawCond {
+    match rare {
+        true => RawCond::sql("resources.id = ANY(ARRAY(")
+            .append(ids)
+            .push("))"),
+        false => RawCond::sql("resources.id IN (").append(ids).push(")"),
+    }
+}
+
 /// What the store learned about a filter's terms before compiling it, on PostgreSQL (see
 /// [`probe_terms`]); nothing on SQLite, whose planner keeps statistics per attribute.
 #[derive(Default)]
@@ -438,10 +450,15 @@ struct Probed<'f> {
 }
 
 impl<'f> Probed<'f> {
+    /// Whether `f` is one of the rare value terms.
+    fn is_rare(&self, f: &StoreFilter) -> bool {
+        self.rare.iter().any(|t| std::ptr::eq(*t, f))
+    }
+
     /// [`value_ids`] of `f` when it is a rare value term.
     fn rare_ids(&self, f: &StoreFilter, tenant: &str, rt: &str) -> Option<RawCond> {
         match f {
-            StoreFilter::Value { path, test } if self.rare.iter().any(|t| std::ptr::eq(*t, f)) => {
+            StoreFilter::Value { path, test } if self.is_rare(f) => {
                 Some(value_ids("v", tenant, rt, path, test))
             }
             _ => None,
@@ -632,50 +649,32 @@ fn condition<'a>(
             )
             .push(")"),
         ),
-        StoreFilter::Value { path, test } => match probed.rare_ids(f, tenant, rt) {
-            // Computed once (an init plan) and then looked up by id: the planner takes it for
-            // a few rows, which it is, and starts from it.
-            Some(ids) => Box::new(
-                RawCond::sql("resources.id = ANY(ARRAY(")
-                    .append(ids)
-                    .push("))"),
-            ),
-            None => Box::new(
-                RawCond::sql("resources.id IN (")
-                    .append(value_ids("v", tenant, rt, path, test))
-                    .push(")"),
-            ),
-        },
+        StoreFilter::Value { path, test } => Box::new(id_in(
+            value_ids("v", tenant, rt, path, test),
+            probed.is_rare(f),
+        )),
         StoreFilter::Element { paths, filter } => {
             // `e` is a row of the element, and the whole filter is checked on that element.
             // With an anchor test the elements are found from the index rows that pass it (an
             // index probe); without one, every resource's own rows at the attribute's paths
             // are visited (its primary key; a scan of the tenant's resources).
-            // A rare anchor (see `probe_terms`) as the array of its resources' ids.
-            let (cond, close) = match probed.anchor(f, filter) {
+            let tested = |c: RawCond| c.push(" AND ").append(element_test(filter));
+            match probed.anchor(f, filter) {
                 Some(((p, t), rare)) => {
-                    let open = if rare {
-                        "resources.id = ANY(ARRAY("
-                    } else {
-                        "resources.id IN ("
-                    };
-                    let ids = value_ids("e", tenant, rt, p, t);
-                    (
-                        RawCond::sql(open).append(ids),
-                        if rare { "))" } else { ")" },
+                    Box::new(id_in(tested(value_ids("e", tenant, rt, p, t)), rare))
+                }
+                None => Box::new(
+                    tested(
+                        RawCond::sql("EXISTS (SELECT 1 FROM resource_values e WHERE ")
+                            .alive("e.ordinal")
+                            .push("e.resource_id = resources.id AND e.path IN ")
+                            .append(RawCond::joined(paths, ", ", "(NULL)", |p| {
+                                RawCond::default().text(p)
+                            })),
                     )
-                }
-                None => {
-                    let scan = RawCond::sql("EXISTS (SELECT 1 FROM resource_values e WHERE ")
-                        .alive("e.ordinal")
-                        .push("e.resource_id = resources.id AND e.path IN ")
-                        .append(RawCond::joined(paths, ", ", "(NULL)", |p| {
-                            RawCond::default().text(p)
-                        }));
-                    (scan, ")")
-                }
-            };
-            Box::new(cond.push(" AND ").append(element_test(filter)).push(close))
+                    .push(")"),
+                ),
+            }
         }
         StoreFilter::Linked {
             side: LinkSide::Groups,
@@ -737,11 +736,10 @@ fn condition<'a>(
                 .collect();
             match all_rare {
                 // Rare terms in one array: as an array each, the planner walked the order.
-                Some(ids) if !ids.is_empty() => Box::new(
-                    RawCond::sql("resources.id = ANY(ARRAY")
-                        .append(RawCond::joined(&ids, " UNION ALL ", "", Clone::clone))
-                        .push(")"),
-                ),
+                Some(ids) if !ids.is_empty() => Box::new(id_in(
+                    RawCond::joined(&ids, " UNION ALL ", "", Clone::clone),
+                    true,
+                )),
                 _ => terms
                     .iter()
                     .map(|t| condition(t, tenant, rt, probed))
@@ -3746,21 +3744,13 @@ impl CredentialStore for DieselStore {
 
     fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<(String, String, String, String)> = tokens::table
+        let rows: Vec<TokenRow> = tokens::table
             .filter(tokens::revoked.is_null())
-            .select((tokens::id, tokens::tenant_id, tokens::name, tokens::created))
+            .select(TOKEN_COLUMNS)
             .order(tokens::created)
             .load(&mut *conn)
             .map_err(map_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, tenant_id, name, created)| TokenRecord {
-                id,
-                tenant_id,
-                name,
-                created,
-            })
-            .collect())
+        Ok(rows.into_iter().map(token_record).collect())
     }
 
     fn default_tenant(&self) -> Result<Option<String>, StoreError> {
@@ -3798,14 +3788,8 @@ impl DieselStore {
             let query = tokens::table
                 .filter(tokens::token_hash.eq_any(&hashes))
                 .filter(tokens::revoked.is_null())
-                .select((
-                    tokens::token_hash,
-                    tokens::id,
-                    tokens::tenant_id,
-                    tokens::name,
-                    tokens::created,
-                ));
-            let rows: Vec<(String, String, String, String, String)> =
+                .select((tokens::token_hash, TOKEN_COLUMNS));
+            let rows: Vec<(String, TokenRow)> =
                 native!(&mut *conn, |c| query.load(c)).map_err(map_err)?;
             Ok(rows)
         });
@@ -3813,15 +3797,7 @@ impl DieselStore {
             Ok(rows) => {
                 let live: HashMap<String, TokenRecord> = rows
                     .into_iter()
-                    .map(|(hash, id, tenant_id, name, created)| {
-                        let record = TokenRecord {
-                            id,
-                            tenant_id,
-                            name,
-                            created,
-                        };
-                        (hash, record)
-                    })
+                    .map(|(hash, row)| (hash, token_record(row)))
                     .collect();
                 jobs.iter()
                     .map(|j| {
@@ -3846,16 +3822,26 @@ impl DieselStore {
         let query = tokens::table
             .filter(tokens::token_hash.eq(token_hash))
             .filter(tokens::revoked.is_null())
-            .select((tokens::id, tokens::tenant_id, tokens::name, tokens::created));
-        let row: Option<(String, String, String, String)> = native!(&mut *conn, |c| query
-            .get_result(c))
-        .optional()
-        .map_err(map_err)?;
-        Ok(row.map(|(id, tenant_id, name, created)| TokenRecord {
-            id,
-            tenant_id,
-            name,
-            created,
-        }))
+            .select(TOKEN_COLUMNS);
+        let row: Option<TokenRow> = native!(&mut *conn, |c| query.get_result(c))
+            .optional()
+            .map_err(map_err)?;
+        Ok(row.map(token_record))
+    }
+}
+
+/// What is read of a token ([`TOKEN_COLUMNS`]), for [`token_record`].
+type TokenRow = (String, String, String, String);
+
+/// The columns of a token that make its [`TokenRecord`] (its hash is never returned).
+const TOKEN_COLUMNS: (tokens::id, tokens::tenant_id, tokens::name, tokens::created) =
+    (tokens::id, tokens::tenant_id, tokens::name, tokens::created);
+
+fn token_record((id, tenant_id, name, created): TokenRow) -> TokenRecord {
+    TokenRecord {
+        id,
+        tenant_id,
+        name,
+        created,
     }
 }
