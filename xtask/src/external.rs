@@ -44,8 +44,9 @@ fn venv() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Runs every checker; prints `tool: N passed, M failed, K skipped`; true when none failed.
-pub fn run_all(base: &str, token: &str) -> Result<bool> {
+/// Runs every checker; prints `tool{label}: N passed, M failed, K skipped`; true when none
+/// failed.
+pub fn run_all(base: &str, token: &str, label: &str) -> Result<bool> {
     let dir = venv()?;
     let mut all_ok = true;
 
@@ -78,7 +79,7 @@ pub fn run_all(base: &str, token: &str) -> Result<bool> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    println!("scim2-tester: {pass} passed, {fail} failed, {skip} skipped");
+    println!("scim2-tester{label}: {pass} passed, {fail} failed, {skip} skipped");
     all_ok &= fail == 0;
 
     // scim-sanity, strict and compat modes.
@@ -113,7 +114,7 @@ pub fn run_all(base: &str, token: &str) -> Result<bool> {
             );
         }
         println!(
-            "scim-sanity{}: {pass} passed, {fail} failed, {skip} skipped",
+            "scim-sanity{}{label}: {pass} passed, {fail} failed, {skip} skipped",
             if mode == "--compat" { " (compat)" } else { "" }
         );
         all_ok &= fail == 0;

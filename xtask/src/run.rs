@@ -239,6 +239,71 @@ impl Drop for Server {
     }
 }
 
+/// The PostgreSQL the third-party checkers run on: `SCIM_TEST_POSTGRES_URL`, as for the
+/// test suites. Missing, it is an error when PostgreSQL was asked for by name or under CI
+/// (`CI` set), where nothing may be skipped; otherwise that half is skipped with a message.
+fn postgres_url(asked_for: bool) -> Result<Option<String>> {
+    match std::env::var("SCIM_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Ok(Some(u)),
+        _ if asked_for || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") => {
+            bail!("SCIM_TEST_POSTGRES_URL must be set to run the checkers on PostgreSQL")
+        }
+        _ => {
+            eprintln!("SCIM_TEST_POSTGRES_URL is not set: the checkers run on SQLite only");
+            Ok(None)
+        }
+    }
+}
+
+/// A schema of its own on a PostgreSQL database, made and dropped with `psql`, so that a
+/// checker run starts empty and leaves nothing behind.
+struct PgSchema {
+    base: String,
+    name: String,
+    /// `base` with `options=-csearch_path=name`: the server's connections use the schema
+    url: String,
+}
+
+impl PgSchema {
+    fn create(base: &str) -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let name = format!("xtask_{nanos:x}_{}", std::process::id());
+        psql(base, &format!("CREATE SCHEMA {name}"))?;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{name}");
+        Ok(PgSchema {
+            base: base.to_string(),
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Err(e) = psql(&self.base, &format!("DROP SCHEMA {} CASCADE", self.name)) {
+            eprintln!("could not drop schema {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Runs one SQL command with `psql` (the PostgreSQL client) on `url`.
+fn psql(url: &str, sql: &str) -> Result<()> {
+    let out = Command::new("psql")
+        .args([url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .context("running psql (the PostgreSQL client), needed for the checkers on PostgreSQL")?;
+    if !out.status.success() {
+        bail!(
+            "psql -c {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn check_loopback(url: &str) -> Result<()> {
     let host = url
         .split("://")
@@ -258,6 +323,9 @@ fn check_loopback(url: &str) -> Result<()> {
 pub fn conformance(root: &Path, flags: &Flags) -> Result<()> {
     let mut env: Vec<(&str, String)> = Vec::new();
     let backend = flags.value("--backend").unwrap_or_else(|| "all".into());
+    if !["sqlite", "postgres", "all"].contains(&backend.as_str()) {
+        bail!("--backend is sqlite, postgres or all, not {backend:?}");
+    }
     let url = flags.value("--url");
     if let Some(url) = &url {
         check_loopback(url)?;
@@ -300,15 +368,24 @@ pub fn conformance(root: &Path, flags: &Flags) -> Result<()> {
     );
     let mut external_ok = true;
     if flags.has("--external") {
-        let (base, token, _server) = match url {
-            Some(u) => (u, flags.value("--token").unwrap_or_default(), None),
-            None => {
-                let bin = target_dir(root).join("debug/scim-server");
+        if let Some(u) = url {
+            external_ok =
+                crate::external::run_all(&u, &flags.value("--token").unwrap_or_default(), "")?;
+        } else {
+            let bin = target_dir(root).join("debug/scim-server");
+            if backend == "sqlite" || backend == "all" {
                 let s = Server::start(&bin, None, &[])?;
-                (s.base.clone(), s.token.clone(), Some(s))
+                external_ok &= crate::external::run_all(&s.base, &s.token, " [SQLite]")?;
             }
-        };
-        external_ok = crate::external::run_all(&base, &token)?;
+            if backend == "postgres" || backend == "all" {
+                if let Some(base_url) = postgres_url(backend == "postgres")? {
+                    let schema = PgSchema::create(&base_url)?;
+                    let s = Server::start(&bin, Some(&schema.url), &[])?;
+                    external_ok &= crate::external::run_all(&s.base, &s.token, " [PostgreSQL]")?;
+                    drop(s);
+                }
+            }
+        }
     }
     if !own_ok || !external_ok {
         bail!("conformance failures");
