@@ -408,6 +408,13 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
         ],
     )?;
     let release = target_dir(root).join("release");
+    // A PostgreSQL run gets a schema of its own (declared first: dropped after the servers).
+    let schema = match flags.value("--database-url") {
+        Some(u) if u.starts_with("postgres") && flags.value("--url").is_none() => {
+            Some(PgSchema::create(&u)?)
+        }
+        _ => None,
+    };
     let mut servers: Vec<Server> = Vec::new();
     let (bases, token) = match flags.value("--url") {
         Some(u) => {
@@ -415,7 +422,10 @@ pub fn bench(root: &Path, flags: &Flags) -> Result<()> {
             (vec![u], flags.value("--token").unwrap_or_default())
         }
         None => {
-            let db = flags.value("--database-url");
+            let db = match &schema {
+                Some(fresh) => Some(fresh.url.clone()),
+                None => flags.value("--database-url"),
+            };
             let instances: usize = flags
                 .value("--instances")
                 .map(|v| v.parse())
