@@ -808,6 +808,37 @@ pub trait ResourceStore: Send + Sync {
         Ok(TokenCreate::Unsupported(Box::new(write)))
     }
 
+    /// [`update`](Self::update) for the tenant of the live bearer token with this hash (see
+    /// [`CredentialStore::find_token`]), with the token checked by the statement that reads
+    /// the resource: a networked database is asked one question fewer. `update` is called
+    /// only once the token is known to be live, so its errors (and a hashed password) are only
+    /// ever for a caller with one. Nothing is written when no live token has the hash
+    /// ([`TokenUpdate::NoToken`]); errors are those of `update`. The default, and any update a
+    /// store cannot fold this way, is [`TokenUpdate::Unsupported`], before anything is read:
+    /// the caller resolves the token and calls `update`.
+    #[allow(clippy::too_many_arguments)]
+    fn update_by_token(
+        &self,
+        token_hash: &str,
+        resource_type: &str,
+        id: &str,
+        now: &str,
+        if_match: Option<i64>,
+        include: Include,
+        update: &mut UpdateFn<'_>,
+    ) -> Result<TokenUpdate, StoreError> {
+        let _ = (
+            token_hash,
+            resource_type,
+            id,
+            now,
+            if_match,
+            include,
+            update,
+        );
+        Ok(TokenUpdate::Unsupported)
+    }
+
     /// [`point_read_by_token`](Self::point_read_by_token) run by the store on a thread of
     /// its own, with `done` called there with the answer, exactly once. A store that talks to
     /// a networked database may answer every read waiting at that moment with one statement,
@@ -949,6 +980,17 @@ pub enum TokenCreate {
     NoToken,
     /// the token is live; the resource as created in its tenant
     Created(Box<ResourceRecord>),
+}
+
+/// The answer of [`ResourceStore::update_by_token`].
+#[derive(Debug)]
+pub enum TokenUpdate {
+    /// the store cannot fold the token check into this update; nothing was read or written
+    Unsupported,
+    /// no live token has this hash (a 401); nothing was written
+    NoToken,
+    /// the token is live; the resource as updated in its tenant
+    Updated(Box<ResourceRecord>),
 }
 
 /// A bearer token as stored: only its hash.

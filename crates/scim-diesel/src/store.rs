@@ -13,8 +13,8 @@ use scim_core::store::{
     Column, CompareOp, CredentialStore, CursorKey, Detached, Document, ElementFilter, Include,
     IndexKeys, IndexedField, LinkSide, ListQuery, MemberOp, MemberRef, Page, PagedRead, PointKey,
     PointKeyBuf, ReadPart, ResourceRecord, ResourceStore, ResourceWrite, SecretChange, SortKey,
-    SortTarget, StoreFilter, TokenCreate, TokenRead, TokenRecord, UnknownMembers, UpdateFn,
-    ValueKind, ValueTest, Visit, WriteDone,
+    SortTarget, StoreFilter, TokenCreate, TokenRead, TokenRecord, TokenUpdate, UnknownMembers,
+    UpdateFn, ValueKind, ValueTest, Visit, WriteDone,
 };
 use scim_core::{ScimError, StoreError};
 
@@ -1067,11 +1067,12 @@ diesel::alias!(resources as linked: Linked);
 /// (`$owner_tenant`), then to its groups, one row per group in id order, each saying whether
 /// it is nested in another group (see [`pinned_record`]). On PostgreSQL each statement is a
 /// round trip, and a User read returns its `groups` by default.
-/// `None`: no such owner; `Some(None)`: the owner exists and nothing matched.
+/// `None`: no such owner; `Some((tenant, None))`: the owner, of that tenant, exists and
+/// nothing matched.
 macro_rules! one_pinned {
     ($conn:expr, $owner:expr, $owner_tenant:expr, $owner_filter:expr,
      $rt:expr, $col:expr, $value:expr, $groups:expr) => {{
-        (|| -> QueryResult<Option<Option<PinnedParts>>> {
+        (|| -> QueryResult<Option<(String, Option<PinnedParts>)>> {
             let owned = $owner.left_join(
                 resources::table.on(resources::tenant_id
                     .eq($owner_tenant)
@@ -1082,12 +1083,12 @@ macro_rules! one_pinned {
             );
             if !$groups {
                 // `get_result`, not `first`: see `load_row`.
-                let row: Option<Option<Row>> = native!(&mut *$conn, |c| owned
+                let row: Option<(String, Option<Row>)> = native!(&mut *$conn, |c| owned
                     .filter($owner_filter)
-                    .select(row_columns().nullable())
+                    .select(($owner_tenant, row_columns().nullable()))
                     .get_result(c))
                 .optional()?;
-                return Ok(row.map(|r| r.map(|r| (r, None, Vec::new()))));
+                return Ok(row.map(|(t, r)| (t, r.map(|r| (r, None, Vec::new())))));
             }
             let joined = owned
                 .left_join(group_members::table.on(group_members::member_id.eq(resources::id)))
@@ -1100,18 +1101,27 @@ macro_rules! one_pinned {
                 linked.field(resources::display),
             );
             let nested = IsNested(linked.field(resources::id));
-            let rows: Vec<(Option<Row>, Option<(String, String, Option<String>)>, bool)> =
-                native!(&mut *$conn, |c| joined
-                    .select((row_columns().nullable(), group.nullable(), nested))
-                    .load(c))?;
+            let rows: Vec<(
+                String,
+                Option<Row>,
+                Option<(String, String, Option<String>)>,
+                bool,
+            )> = native!(&mut *$conn, |c| joined
+                .select((
+                    $owner_tenant,
+                    row_columns().nullable(),
+                    group.nullable(),
+                    nested,
+                ))
+                .load(c))?;
             let mut rows = rows.into_iter();
-            let Some((row, first, first_nested)) = rows.next() else {
+            let Some((tenant, row, first, first_nested)) = rows.next() else {
                 return Ok(None);
             };
-            Ok(Some(row.map(|row| {
+            let found = row.map(|row| {
                 let mut nested = Vec::new();
                 let groups = std::iter::once((first, first_nested))
-                    .chain(rows.map(|(_, g, n)| (g, n)))
+                    .chain(rows.map(|(_, _, g, n)| (g, n)))
                     .filter_map(|(g, n)| {
                         let g = g?;
                         if n {
@@ -1120,7 +1130,8 @@ macro_rules! one_pinned {
                         Some(g)
                     });
                 (row, Some(member_refs(groups)), nested)
-            })))
+            });
+            Ok(Some((tenant, found)))
         })()
     }};
 }
@@ -1770,9 +1781,19 @@ impl DieselStore {
         if_match: Option<i64>,
         update: &mut UpdateFn<'_>,
     ) -> Result<UpdatePlan, TxError> {
-        let (current, mut write) = prepare_update(conn, (tenant, rt, id), lock, if_match, update)?;
+        let (current, write) = prepare_update(conn, (tenant, rt, id), lock, if_match, update)?;
+        self.plan(conn, current, write)
+    }
+
+    /// The plan of writing `write` over `current`.
+    fn plan(
+        &self,
+        conn: &mut AnyConnection,
+        current: ResourceRecord,
+        mut write: ResourceWrite,
+    ) -> Result<UpdatePlan, TxError> {
         let trusted = self.trusts_index(conn);
-        let stored = old_values(conn, id, &mut write, trusted)?;
+        let stored = old_values(conn, &current.id, &mut write, trusted)?;
         Ok(UpdatePlan::new(current, write, stored)?)
     }
 
@@ -1890,10 +1911,18 @@ fn prepare_update(
         false => load_row(conn, tenant, rt, id)?,
     };
     let row = row.ok_or(StoreError::NotFound)?;
-    if if_match.is_some_and(|v| v != row.version) {
+    update_from(row.into_record()?, if_match, update)
+}
+
+/// An update's write computed from `current`, with `If-Match` checked first.
+fn update_from(
+    current: ResourceRecord,
+    if_match: Option<i64>,
+    update: &mut UpdateFn<'_>,
+) -> Result<(ResourceRecord, ResourceWrite), TxError> {
+    if if_match.is_some_and(|v| v != current.version) {
         return Err(StoreError::VersionMismatch.into());
     }
-    let current = row.into_record()?;
     let write = update(&current)?;
     Ok((current, write))
 }
@@ -2043,7 +2072,7 @@ pub(crate) fn list_on(
             _ => None,
         };
         if let Some(one) = one {
-            let found = pinned_record(c, one.map_err(map_err)?.flatten())?;
+            let found = pinned_record(c, one.map_err(map_err)?.and_then(|(_, f)| f))?;
             let resources: Vec<ResourceRecord> = found.into_iter().collect();
             return Ok(Page {
                 total: resources.len() as u64,
@@ -2952,6 +2981,58 @@ impl DieselStore {
         self.update_in_transaction((tenant, rt, id, now), if_match, include, update)
     }
 
+    /// PostgreSQL: [`Self::update_in_one_statement`] for the tenant of a live token, whose
+    /// first read checks the token and reads the groups the answer shows with the resource
+    /// (one statement, [`one_pinned!`]), so that an update of one statement is two round
+    /// trips instead of four (token, read, write, groups). The groups are as of that read:
+    /// an update never changes the groups of the resource it writes. An update that needs
+    /// more than one statement, or lost a race to another writer, goes on as
+    /// [`Self::update_in_one_statement`] for the token's tenant. `Ok(None)`: no live token.
+    #[allow(clippy::too_many_arguments)]
+    fn update_for_token(
+        &self,
+        (token_hash, rt, id, now): (&str, &str, &str, &str),
+        if_match: Option<i64>,
+        include: Include,
+        update: &mut UpdateFn<'_>,
+    ) -> Result<Option<ResourceRecord>, StoreError> {
+        let mut conn = self.conn()?;
+        let c: &mut AnyConnection = &mut conn;
+        let live = tokens::token_hash
+            .eq(token_hash)
+            .and(tokens::revoked.is_null());
+        let read = one_pinned!(
+            c,
+            tokens::table,
+            tokens::tenant_id,
+            live,
+            rt,
+            resources::id,
+            id,
+            include.groups
+        );
+        let Some((tenant, found)) = read.map_err(map_err)? else {
+            return Ok(None);
+        };
+        let mut current = pinned_record(c, found)?.ok_or(StoreError::NotFound)?;
+        let groups = current.groups.take();
+        let plan = update_from(current, if_match, update)
+            .and_then(|(current, write)| self.plan(c, current, write))
+            .map_err(StoreError::from)?;
+        if plan.is_one_statement() {
+            let outcome = plan
+                .run(c, &tenant, rt, id, now)
+                .map(|written| written.map(|touched| (plan, touched, (None, groups))));
+            if let Some(answer) = self.settle(outcome, now, include, if_match) {
+                return answer.map(Some);
+            }
+        }
+        drop(conn);
+        let key = (tenant.as_str(), rt, id, now);
+        self.update_in_one_statement(key, if_match, include, update)
+            .map(Some)
+    }
+
     /// What one attempt of an update comes to: `Some`, the answer; `None`, plan again (another
     /// write landed since the row was read, and nothing was written).
     fn settle(
@@ -3345,7 +3426,7 @@ impl ResourceStore for DieselStore {
         if groups_only(include) {
             let c: &mut AnyConnection = &mut conn;
             let found = one_in_tenant!(c, tenant, rt, resources::id, id, true).map_err(map_err)?;
-            return pinned_record(c, found.flatten())?.ok_or(StoreError::NotFound);
+            return pinned_record(c, found.and_then(|(_, f)| f))?.ok_or(StoreError::NotFound);
         }
         let row = load_row(&mut conn, tenant, rt, id)
             .map_err(map_err)?
@@ -3487,6 +3568,30 @@ impl ResourceStore for DieselStore {
         Err(StoreError::Unavailable(
             "too much contention on this resource; retry".into(),
         ))
+    }
+
+    /// PostgreSQL, for an update whose answer needs no members (those are read after the
+    /// write): see [`Self::update_for_token`].
+    fn update_by_token(
+        &self,
+        token_hash: &str,
+        rt: &str,
+        id: &str,
+        now: &str,
+        if_match: Option<i64>,
+        include: Include,
+        update: &mut UpdateFn<'_>,
+    ) -> Result<TokenUpdate, StoreError> {
+        if self.writer.is_some() || include.members || names_nothing(id) {
+            return Ok(TokenUpdate::Unsupported);
+        }
+        let key = (token_hash, rt, id, now);
+        Ok(
+            match self.update_for_token(key, if_match, include, update)? {
+                Some(rec) => TokenUpdate::Updated(Box::new(rec)),
+                None => TokenUpdate::NoToken,
+            },
+        )
     }
 
     /// SQLite, on a thread holding a reservation: the plan is made here as `update` makes it,
@@ -3637,7 +3742,7 @@ impl ResourceStore for DieselStore {
         };
         Ok(match read.map_err(map_err)? {
             None => TokenRead::NoToken,
-            Some(found) => TokenRead::Read(pinned_record(c, found)?.map(Box::new)),
+            Some((_, found)) => TokenRead::Read(pinned_record(c, found)?.map(Box::new)),
         })
     }
 

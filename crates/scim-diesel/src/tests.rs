@@ -3449,3 +3449,144 @@ fn creates_by_token_land_in_their_tokens_tenant_and_nothing_else_is_written() {
         assert_eq!((page.resources.len(), page.total), (0, 0));
     }
 }
+
+/// Updates by token (on PostgreSQL the token is checked by the update's read, which also
+/// reads the groups of the answer) change only a resource of their own token's tenant; an
+/// unknown or revoked token, another tenant's resource or a stale `If-Match` writes nothing
+/// and never calls the update. Concurrent read-modify-writes through it lose nothing, and a
+/// membership change (more than one statement) is applied. SQLite hands the update back.
+#[test]
+fn updates_by_token_change_only_their_tokens_tenant_and_lose_nothing() {
+    use scim_core::store::TokenUpdate;
+    let reg = Arc::new(registry());
+    let with_groups = Include {
+        groups: true,
+        ..Include::default()
+    };
+    let count_of = |rec: &ResourceRecord| {
+        rec.data
+            .get("nickName")
+            .map_or(0, |n| n.as_str().unwrap().parse::<u32>().unwrap())
+    };
+    let bump = |reg: &SchemaRegistry, cur: &ResourceRecord| {
+        let mut w = user(reg, cur.data["userName"].as_str().unwrap());
+        w.data
+            .insert("nickName".into(), json!((count_of(cur) + 1).to_string()));
+        Ok(w)
+    };
+    for db in databases() {
+        let s = Arc::new(db.store.clone());
+        three_tokens(&s);
+        s.create(T, "User", "a", NOW, user(&reg, "a"), Include::default())
+            .unwrap();
+        s.create(
+            "tenant-2",
+            "User",
+            "b",
+            NOW,
+            user(&reg, "b"),
+            Include::default(),
+        )
+        .unwrap();
+        s.create(
+            T,
+            "Group",
+            "g",
+            NOW,
+            group(&reg, "g", &["a"]),
+            Include::default(),
+        )
+        .unwrap();
+        let by = |hash: &str,
+                  id: &str,
+                  if_match: Option<i64>,
+                  f: &mut scim_core::store::UpdateFn<'_>| {
+            s.update_by_token(hash, "User", id, NOW, if_match, with_groups, f)
+        };
+        let took = by("hash-1", "a", None, &mut |cur| bump(&reg, cur));
+        if db.name == "sqlite" {
+            assert!(matches!(took, Ok(TokenUpdate::Unsupported)), "{took:?}");
+            continue;
+        }
+        let Ok(TokenUpdate::Updated(rec)) = took else {
+            panic!("{took:?}")
+        };
+        assert_eq!((rec.version, count_of(&rec)), (2, 1));
+        let groups: Vec<_> = rec.groups.unwrap().into_iter().map(|g| g.id).collect();
+        assert_eq!(groups, ["g"], "the answer shows the user's groups");
+        // Nothing written, and the update never called, for these.
+        let never = &mut |_: &ResourceRecord| -> Result<ResourceWrite, scim_core::ScimError> {
+            panic!("must not be called")
+        };
+        assert!(matches!(
+            by("hash-3", "a", None, never),
+            Ok(TokenUpdate::NoToken)
+        ));
+        assert!(matches!(
+            by("unknown", "a", None, never),
+            Ok(TokenUpdate::NoToken)
+        ));
+        assert!(matches!(
+            by("hash-2", "a", None, never),
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            by("hash-1", "b", None, never),
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            by("hash-1", "a", Some(1), never),
+            Err(StoreError::VersionMismatch)
+        ));
+        let a = s.get(T, "User", "a", Include::default()).unwrap();
+        assert_eq!((a.version, count_of(&a)), (2, 1));
+        // Concurrent read-modify-writes of one user, each adding one.
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                let (s, reg) = (&s, &reg);
+                scope.spawn(move || {
+                    for _ in 0..10 {
+                        let took = s.update_by_token(
+                            "hash-1",
+                            "User",
+                            "a",
+                            NOW,
+                            None,
+                            with_groups,
+                            &mut |cur| bump(reg, cur),
+                        );
+                        assert!(matches!(took, Ok(TokenUpdate::Updated(_))), "{took:?}");
+                    }
+                });
+            }
+        });
+        let a = s.get(T, "User", "a", Include::default()).unwrap();
+        assert_eq!((a.version, count_of(&a)), (82, 81), "no update lost");
+        // A membership change takes more than one statement.
+        s.create(T, "User", "c", NOW, user(&reg, "c"), Include::default())
+            .unwrap();
+        let ctx = Ctx::new(&reg, "Group").unwrap();
+        let took = s.update_by_token(
+            "hash-1",
+            "Group",
+            "g",
+            NOW,
+            None,
+            Include::default(),
+            &mut |cur| {
+                Ok(ResourceWrite {
+                    data: (*cur.data).clone(),
+                    external_id: cur.external_id.clone(),
+                    keys: scim_core::resource::index_keys(&ctx, &cur.data),
+                    member_ops: vec![MemberOp::Add(vec!["c".into()])],
+                    unknown_members: UnknownMembers::Reject,
+                    password: Default::default(),
+                    values: Vec::new(),
+                    previous_values: None,
+                })
+            },
+        );
+        assert!(matches!(took, Ok(TokenUpdate::Updated(_))), "{took:?}");
+        assert_eq!(member_ids(&s, "g"), ["a", "c"]);
+    }
+}

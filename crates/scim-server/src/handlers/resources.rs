@@ -371,9 +371,29 @@ async fn update(
         }
         Err(_) => None,
     };
-    let out = match detached {
-        Some(out) => out,
-        None => {
+    let out = match (detached, &caller, input) {
+        (Some(out), _, _) => out,
+        // The token checked by the update's read where the store can (PostgreSQL).
+        (None, Caller::Token(hash), Ok((body, params, expected))) => {
+            let hash = hash.clone();
+            blocking(move || {
+                let request = ops::UpdateRequest {
+                    rt: &rt,
+                    id: &id,
+                    body: &body,
+                    params: &params,
+                    expected,
+                    change,
+                    reply,
+                };
+                if let Some(out) = ops::update_for_token(&state, &hash, &request)? {
+                    return Ok(out);
+                }
+                ops::update(&state, &caller.tenant(&state)?, &request)
+            })
+            .await?
+        }
+        (None, _, input) => {
             for_caller(
                 state,
                 caller,

@@ -8,7 +8,7 @@ use scim_core::render::{parse_etag, Projection, Rendered};
 use scim_core::resource::{prepare_create, prepare_reactivation, prepare_replace};
 use scim_core::store::{
     Include, IndexedField, ListQuery, Page, PointKeyBuf, PointRead, ResourceRecord, SecretChange,
-    StoreFilter, TokenCreate, TokenRead,
+    StoreFilter, TokenCreate, TokenRead, TokenUpdate,
 };
 use scim_core::{Ctx, ScimError, StoreError};
 use serde_json::Value;
@@ -837,6 +837,38 @@ pub fn update(st: &AppState, tenant: &str, req: &UpdateRequest<'_>) -> Result<Ou
         &mut |cur| update_write(st, &call.ctx, req.body, req.change, cur, &mut hashed),
     )?;
     Ok(call.answer(st, &rec))
+}
+
+/// [`update`] for the tenant of the live token with this hash, the token checked by the
+/// store's read of the resource where it can (PostgreSQL). `Ok(None)`: the store does not, or
+/// the request has an error of its own, which is reported only once the token is known to be
+/// good; call [`update`] for the token's tenant.
+pub fn update_for_token(
+    st: &AppState,
+    token_hash: &str,
+    req: &UpdateRequest<'_>,
+) -> Result<Option<Outcome>, ScimError> {
+    if check_operations(st, req).is_err() {
+        return Ok(None);
+    }
+    let Ok(call) = UpdateCall::new(st, req.rt, req.params, req.reply) else {
+        return Ok(None);
+    };
+    let mut hashed: Option<(String, String)> = None;
+    let updated = st.store.update_by_token(
+        token_hash,
+        &call.ctx.rt.id,
+        req.id,
+        &now(),
+        req.expected,
+        call.include,
+        &mut |cur| update_write(st, &call.ctx, req.body, req.change, cur, &mut hashed),
+    )?;
+    match updated {
+        TokenUpdate::Unsupported => Ok(None),
+        TokenUpdate::NoToken => Err(crate::auth::unauthorized()),
+        TokenUpdate::Updated(rec) => Ok(Some(call.answer(st, &rec))),
+    }
 }
 
 /// Whether a PUT or PATCH body may set a password (any key or PATCH path that names one):
