@@ -2,11 +2,11 @@
 """Outage drill (BENCHMARKS.md, 2026-12-03). Usage: outage_drill.py PORT[,PORT...] USERS,
 with the servers on 127.0.0.1 sharing one database and the token in SCIM_BENCH_TOKEN. Stop and
 start PostgreSQL while it runs; at the end it prints the status counts and checks that every
-acknowledged user is stored once and is in the group."""
+acknowledged user is stored once, is in the group and has its PATCHed title."""
 import os
 TOKEN = os.environ.get("SCIM_BENCH_TOKEN", "benchtoken123456789")
-# Outage drill: N threads create users and add them to one shared group through two server
-# instances, retrying 503s and connection errors as an IdP would; prints status counts.
+# Outage drill: N threads create users, add them to one shared group and PATCH them through two
+# server instances, retrying 503s and connection errors as an IdP would; prints status counts.
 import http.client, json, sys, threading, time, collections
 ports = [int(p) for p in sys.argv[1].split(",")]
 users = int(sys.argv[2]); threads = 16
@@ -49,10 +49,13 @@ def work(t):
         with lock: acked.add(uid)
         st, _ = req(ports[(i + 1) % len(ports)], "PATCH", "/scim/v2/Groups/" + gid, {"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{"op":"add","path":"members","value":[{"value":uid}]}]})
         assert st in (200, 204), st
+        st, body = req(port, "PATCH", "/scim/v2/Users/" + uid, {"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{"op":"replace","path":"title","value":"drilled" + RUN}]})
+        assert st == 200 and body["title"] == "drilled" + RUN, (st, body)
 ts = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
 t0 = time.time(); [t.start() for t in ts]; [t.join() for t in ts]
 print("elapsed %.1fs" % (time.time() - t0), dict(counts))
 st, grp = req(ports[1 % len(ports)], "GET", "/scim/v2/Groups/" + gid)
 members = {m["value"] for m in grp.get("members", [])}
 st, page = req(ports[0], "GET", '/scim/v2/Users?filter=userName%20sw%20%22drill' + RUN + '%22&count=0')
-print("acked users", len(acked), "users stored", page["totalResults"], "group members", len(members), "missing from group", len(acked - members))
+st, patched = req(ports[1 % len(ports)], "GET", '/scim/v2/Users?filter=title%20eq%20%22drilled' + RUN + '%22&count=0')
+print("acked users", len(acked), "users stored", page["totalResults"], "group members", len(members), "missing from group", len(acked - members), "patched", patched["totalResults"])
