@@ -5,7 +5,8 @@
 /// What `cargo xtask --help` prints.
 const USAGE: &str = "usage: cargo xtask <command>
   codegen [--check]     regenerate code from crates/scim-core/schemas (--check: fail if stale)
-  lint                  cargo fmt --check, codegen --check, cargo clippy -D warnings
+  lint                  cargo fmt --check, codegen --check, cargo clippy -D warnings,
+                        cargo doc with warnings as errors
   ci                    lint, then cargo test --workspace
   conformance [--url URL --token T] [--backend sqlite|postgres|all] [--external]
                         the black-box corpus against the server binary (or a URL);
@@ -61,9 +62,16 @@ fn project_root() -> PathBuf {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
-    eprintln!("$ cargo {}", args.join(" "));
+    cargo_with(root, args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+fn cargo_with(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
+    eprintln!("$ {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
@@ -86,5 +94,12 @@ fn lint(root: &Path) -> Result<()> {
             "-D",
             "warnings",
         ],
+    )?;
+    // The library crates are reused by other teams: their API docs must build without a
+    // broken or private link.
+    cargo_with(
+        root,
+        &["doc", "--no-deps", "--workspace"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
     )
 }

@@ -544,7 +544,7 @@ pub(crate) fn validate(
 /// The attributes [`index_keys`] reads: the user name and the display name.
 const KEY_ATTRIBUTES: [&str; 2] = ["userName", "displayName"];
 
-/// Computes the index keys of a document (from [`KEY_ATTRIBUTES`] only); the unique name is
+/// Computes the index keys of a document (from `KEY_ATTRIBUTES` only); the unique name is
 /// the value of [`unique_attribute`].
 pub fn index_keys(ctx: &Ctx<'_>, data: &Map<String, Value>) -> IndexKeys {
     let [user_name_attr, display_name_attr] = KEY_ATTRIBUTES;

@@ -414,7 +414,7 @@ impl SchemaRegistry {
 
     /// Resolves an attribute path (optional URN, name, optional sub) for a resource type.
     /// A name without URN is looked up in the core schema, then among the common attributes,
-    /// then in the extensions (see [`Self::unqualified_extension_attribute`]). Returns `None`
+    /// then in the extensions (see `unqualified_extension_attribute`). Returns `None`
     /// when the schema has no such attribute.
     pub fn resolve<'a>(
         &'a self,

@@ -1511,7 +1511,7 @@ impl DieselStore {
     /// removed or edited, an attribute's `caseExact` flipped) or by an older version of the
     /// derivation would miss or find the wrong resources.
     ///
-    /// The rebuild runs in transactions of [`REBUILD_BATCH`] resources in id order, each
+    /// The rebuild runs in transactions of `REBUILD_BATCH` resources in id order, each
     /// replacing the rows of the resources it reads (locked on PostgreSQL, so a write by
     /// another instance waits or comes after); the fingerprint is recorded after the last
     /// one, so an interrupted rebuild starts again. Other instances writing meanwhile with
@@ -3571,7 +3571,7 @@ impl ResourceStore for DieselStore {
     }
 
     /// PostgreSQL, for an update whose answer needs no members (those are read after the
-    /// write): see [`Self::update_for_token`].
+    /// write): see `DieselStore::update_for_token`.
     fn update_by_token(
         &self,
         token_hash: &str,
@@ -3698,7 +3698,7 @@ impl ResourceStore for DieselStore {
     }
 
     /// The users' point reads (with their groups, as identity providers read them) and reads
-    /// of one row without memberships, as one statement whatever the outcome ([`one_pinned!`]):
+    /// of one row without memberships, as one statement whatever the outcome (`one_pinned!`):
     /// hit, miss and dead token are each one round trip.
     fn point_read_by_token(
         &self,

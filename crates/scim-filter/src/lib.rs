@@ -3,7 +3,7 @@
 //! # Design
 //!
 //! * The grammar lives in `grammar.pest`; this crate turns pest pairs into the [`Filter`] and
-//!   [`PatchPath`] trees of [`ast`](crate::ast).
+//!   [`PatchPath`] trees of its `ast` module.
 //! * Limits are checked on the raw text first (length, bracket depth), so the recursive
 //!   descent of the generated parser and of every consumer of the tree is bounded.
 //! * `and`/`or` chains are flattened into n-ary nodes.
