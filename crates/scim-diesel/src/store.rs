@@ -2985,9 +2985,10 @@ impl DieselStore {
     /// first read checks the token and reads the groups the answer shows with the resource
     /// (one statement, [`one_pinned!`]), so that an update of one statement is two round
     /// trips instead of four (token, read, write, groups). The groups are as of that read:
-    /// an update never changes the groups of the resource it writes. An update that needs
-    /// more than one statement, or lost a race to another writer, goes on as
-    /// [`Self::update_in_one_statement`] for the token's tenant. `Ok(None)`: no live token.
+    /// an update never changes the groups of the resource it writes. For the token's tenant,
+    /// an update that needs more than one statement goes on as
+    /// [`Self::update_in_transaction`], and one that lost a race to another writer as
+    /// [`Self::update_in_one_statement`]. `Ok(None)`: no live token.
     #[allow(clippy::too_many_arguments)]
     fn update_for_token(
         &self,
@@ -3019,16 +3020,20 @@ impl DieselStore {
         let plan = update_from(current, if_match, update)
             .and_then(|(current, write)| self.plan(c, current, write))
             .map_err(StoreError::from)?;
-        if plan.is_one_statement() {
-            let outcome = plan
-                .run(c, &tenant, rt, id, now)
-                .map(|written| written.map(|touched| (plan, touched, (None, groups))));
-            if let Some(answer) = self.settle(outcome, now, include, if_match) {
-                return answer.map(Some);
-            }
+        let key = (tenant.as_str(), rt, id, now);
+        if !plan.is_one_statement() {
+            drop(conn);
+            return self
+                .update_in_transaction(key, if_match, include, update)
+                .map(Some);
+        }
+        let outcome = plan
+            .run(c, &tenant, rt, id, now)
+            .map(|written| written.map(|touched| (plan, touched, (None, groups))));
+        if let Some(answer) = self.settle(outcome, now, include, if_match) {
+            return answer.map(Some);
         }
         drop(conn);
-        let key = (tenant.as_str(), rt, id, now);
         self.update_in_one_statement(key, if_match, include, update)
             .map(Some)
     }
