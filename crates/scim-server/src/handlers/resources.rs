@@ -371,11 +371,10 @@ async fn update(
         }
         Err(_) => None,
     };
-    let out = match (detached, &caller, input) {
-        (Some(out), _, _) => out,
+    let out = match (detached, input) {
+        (Some(out), _) => out,
         // The token checked by the update's read where the store can (PostgreSQL).
-        (None, Caller::Token(hash), Ok((body, params, expected))) => {
-            let hash = hash.clone();
+        (None, Ok((body, params, expected))) => {
             blocking(move || {
                 let request = ops::UpdateRequest {
                     rt: &rt,
@@ -386,32 +385,20 @@ async fn update(
                     change,
                     reply,
                 };
-                if let Some(out) = ops::update_for_token(&state, &hash, &request)? {
-                    return Ok(out);
-                }
-                ops::update(&state, &caller.tenant(&state)?, &request)
+                let token = match &caller {
+                    Caller::Token(hash) => Some(hash.as_str()),
+                    _ => None,
+                };
+                ops::update_for(&state, token, &|| caller.tenant(&state), &request)
             })
             .await?
         }
-        (None, _, input) => {
-            for_caller(
-                state,
-                caller,
-                input,
-                Reads::Any,
-                move |state, tenant, (body, params, expected)| {
-                    let request = ops::UpdateRequest {
-                        rt: &rt,
-                        id: &id,
-                        body: &body,
-                        params: &params,
-                        expected,
-                        change,
-                        reply,
-                    };
-                    ops::update(state, tenant, &request)
-                },
-            )
+        // A body or header that cannot be read: reported once the caller is known to be good.
+        (None, Err(e)) => {
+            blocking(move || {
+                caller.tenant(&state)?;
+                Err(e.0)
+            })
             .await?
         }
     };

@@ -821,54 +821,62 @@ fn check_operations(st: &AppState, req: &UpdateRequest<'_>) -> Result<(), ScimEr
 
 /// PUT / PATCH
 pub fn update(st: &AppState, tenant: &str, req: &UpdateRequest<'_>) -> Result<Outcome, ScimError> {
-    check_operations(st, req)?;
-    let call = UpdateCall::new(st, req.rt, req.params, req.reply)?;
+    update_for(st, None, &|| Ok(tenant.to_string()), req)
+}
+
+/// [`update`] for a caller: with `token` (the hash of a bearer token of this server), in that
+/// token's tenant, the token checked by the store's read of the resource where the store can
+/// (PostgreSQL, [`ResourceStore::update_by_token`](scim_core::store::ResourceStore::update_by_token));
+/// otherwise in the tenant `tenant` gives. An error of the request's own (too many
+/// operations, bad parameters) is reported only once `tenant` has said the caller is good.
+pub fn update_for(
+    st: &AppState,
+    token: Option<&str>,
+    tenant: &dyn Fn() -> Result<String, ScimError>,
+    req: &UpdateRequest<'_>,
+) -> Result<Outcome, ScimError> {
+    let checked =
+        check_operations(st, req).and_then(|()| UpdateCall::new(st, req.rt, req.params, req.reply));
+    let call = match checked {
+        Ok(call) => call,
+        Err(e) => {
+            tenant()?;
+            return Err(e);
+        }
+    };
     // The store may call this more than once (it prepares the write before taking the writer
     // and again if the resource changed meanwhile); a password (Okta's password sync) is hashed
     // once per request, and only the first time, which the store runs outside its writer.
     let mut hashed: Option<(String, String)> = None;
+    let mut write =
+        |cur: &ResourceRecord| update_write(st, &call.ctx, req.body, req.change, cur, &mut hashed);
+    let (rt, time) = (call.ctx.rt.id.as_str(), now());
+    if let Some(hash) = token {
+        let folded = st.store.update_by_token(
+            hash,
+            rt,
+            req.id,
+            &time,
+            req.expected,
+            call.include,
+            &mut write,
+        )?;
+        match folded {
+            TokenUpdate::Updated(rec) => return Ok(call.answer(st, &rec)),
+            TokenUpdate::NoToken => return Err(crate::auth::unauthorized()),
+            TokenUpdate::Unsupported => {}
+        }
+    }
     let rec = st.store.update(
-        tenant,
-        &call.ctx.rt.id,
+        &tenant()?,
+        rt,
         req.id,
-        &now(),
+        &time,
         req.expected,
         call.include,
-        &mut |cur| update_write(st, &call.ctx, req.body, req.change, cur, &mut hashed),
+        &mut write,
     )?;
     Ok(call.answer(st, &rec))
-}
-
-/// [`update`] for the tenant of the live token with this hash, the token checked by the
-/// store's read of the resource where it can (PostgreSQL). `Ok(None)`: the store does not, or
-/// the request has an error of its own, which is reported only once the token is known to be
-/// good; call [`update`] for the token's tenant.
-pub fn update_for_token(
-    st: &AppState,
-    token_hash: &str,
-    req: &UpdateRequest<'_>,
-) -> Result<Option<Outcome>, ScimError> {
-    if check_operations(st, req).is_err() {
-        return Ok(None);
-    }
-    let Ok(call) = UpdateCall::new(st, req.rt, req.params, req.reply) else {
-        return Ok(None);
-    };
-    let mut hashed: Option<(String, String)> = None;
-    let updated = st.store.update_by_token(
-        token_hash,
-        &call.ctx.rt.id,
-        req.id,
-        &now(),
-        req.expected,
-        call.include,
-        &mut |cur| update_write(st, &call.ctx, req.body, req.change, cur, &mut hashed),
-    )?;
-    match updated {
-        TokenUpdate::Unsupported => Ok(None),
-        TokenUpdate::NoToken => Err(crate::auth::unauthorized()),
-        TokenUpdate::Updated(rec) => Ok(Some(call.answer(st, &rec))),
-    }
 }
 
 /// Whether a PUT or PATCH body may set a password (any key or PATCH path that names one):
