@@ -3518,26 +3518,21 @@ fn updates_by_token_change_only_their_tokens_tenant_and_lose_nothing() {
         let never = &mut |_: &ResourceRecord| -> Result<ResourceWrite, scim_core::ScimError> {
             panic!("must not be called")
         };
-        assert!(matches!(
-            by("hash-3", "a", None, never),
-            Ok(TokenUpdate::NoToken)
-        ));
-        assert!(matches!(
-            by("unknown", "a", None, never),
-            Ok(TokenUpdate::NoToken)
-        ));
-        assert!(matches!(
-            by("hash-2", "a", None, never),
-            Err(StoreError::NotFound)
-        ));
-        assert!(matches!(
-            by("hash-1", "b", None, never),
-            Err(StoreError::NotFound)
-        ));
-        assert!(matches!(
-            by("hash-1", "a", Some(1), never),
-            Err(StoreError::VersionMismatch)
-        ));
+        for (hash, id, if_match, expected) in [
+            ("hash-3", "a", None, "no token"),
+            ("unknown", "a", None, "no token"),
+            ("hash-2", "a", None, "not found"),
+            ("hash-1", "b", None, "not found"),
+            ("hash-1", "a", Some(1), "version mismatch"),
+        ] {
+            let got = match by(hash, id, if_match, never) {
+                Ok(TokenUpdate::NoToken) => "no token",
+                Err(StoreError::NotFound) => "not found",
+                Err(StoreError::VersionMismatch) => "version mismatch",
+                other => panic!("{hash} {id}: {other:?}"),
+            };
+            assert_eq!(got, expected, "{hash} {id} {if_match:?}");
+        }
         let a = s.get(T, "User", "a", Include::default()).unwrap();
         assert_eq!((a.version, count_of(&a)), (2, 1));
         // Concurrent read-modify-writes of one user, each adding one.
