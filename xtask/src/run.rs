@@ -256,7 +256,8 @@ fn postgres_url(asked_for: bool) -> Result<Option<String>> {
 }
 
 /// A schema of its own on a PostgreSQL database, made and dropped with `psql`, so that a
-/// checker run starts empty and leaves nothing behind.
+/// checker or benchmark run starts empty and leaves nothing behind. Schemas of runs that were
+/// killed before they could drop theirs are dropped by the next run, once a day old.
 struct PgSchema {
     base: String,
     name: String,
@@ -269,6 +270,7 @@ impl PgSchema {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos();
+        drop_stale_schemas(base, nanos);
         let name = format!("xtask_{nanos:x}_{}", std::process::id());
         psql(base, &format!("CREATE SCHEMA {name}"))?;
         let sep = if base.contains('?') { '&' } else { '?' };
@@ -289,19 +291,51 @@ impl Drop for PgSchema {
     }
 }
 
-/// Runs one SQL command with `psql` (the PostgreSQL client) on `url`.
-fn psql(url: &str, sql: &str) -> Result<()> {
+/// Drops the schemas [`PgSchema`] made more than a day before `now_nanos` (their names carry
+/// their creation time). Failures are ignored: this is tidying.
+fn drop_stale_schemas(base: &str, now_nanos: u128) {
+    const DAY: u128 = 86_400_000_000_000;
+    let Ok(names) = psql(
+        base,
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'xtask\\_%'",
+    ) else {
+        return;
+    };
+    for name in names.lines() {
+        let created = name
+            .split('_')
+            .nth(1)
+            .and_then(|hex| u128::from_str_radix(hex, 16).ok());
+        let ours = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ours && created.is_some_and(|c| c + DAY < now_nanos) {
+            let _ = psql(base, &format!("DROP SCHEMA {name} CASCADE"));
+        }
+    }
+}
+
+/// Runs one SQL command with `psql` (the PostgreSQL client) on `url`; its output, unaligned.
+fn psql(url: &str, sql: &str) -> Result<String> {
     let out = Command::new("psql")
-        .args([url, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args([
+            url,
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
         .output()
-        .context("running psql (the PostgreSQL client), needed for the checkers on PostgreSQL")?;
+        .context("running psql (the PostgreSQL client), which makes the fresh schema of a run")?;
     if !out.status.success() {
         bail!(
             "psql -c {sql:?} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn check_loopback(url: &str) -> Result<()> {

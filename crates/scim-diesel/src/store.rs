@@ -2989,7 +2989,6 @@ impl DieselStore {
     /// an update that needs more than one statement goes on as
     /// [`Self::update_in_transaction`], and one that lost a race to another writer as
     /// [`Self::update_in_one_statement`]. `Ok(None)`: no live token.
-    #[allow(clippy::too_many_arguments)]
     fn update_for_token(
         &self,
         (token_hash, rt, id, now): (&str, &str, &str, &str),
