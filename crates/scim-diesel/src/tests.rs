@@ -3585,3 +3585,88 @@ fn updates_by_token_change_only_their_tokens_tenant_and_lose_nothing() {
         assert_eq!(member_ids(&s, "g"), ["a", "c"]);
     }
 }
+
+/// PATCHes racing the deletes of the resources they write (as an identity provider's retry
+/// can race its own deprovisioning) either land before the delete or find nothing: no
+/// resource comes back, no index row outlives its resource, and the kept count ends at zero.
+/// On PostgreSQL half of the writers check their token in the update's read.
+#[test]
+fn updates_racing_deletes_leave_no_resource_and_no_index_rows() {
+    use scim_core::store::TokenUpdate;
+    let reg = Arc::new(registry());
+    for db in databases() {
+        let s = Arc::new(db.store.clone());
+        three_tokens(&s);
+        let ids: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+        for id in &ids {
+            s.create(T, "User", id, NOW, user(&reg, id), Include::default())
+                .unwrap();
+        }
+        std::thread::scope(|scope| {
+            for w in 0..4 {
+                let (s, reg, ids) = (&s, &reg, &ids);
+                scope.spawn(move || {
+                    for round in 0..5 {
+                        for id in ids {
+                            let f = &mut |cur: &ResourceRecord| {
+                                let mut w = user(reg, cur.data["userName"].as_str().unwrap());
+                                w.data.insert("title".into(), json!(format!("t{round}")));
+                                Ok(w)
+                            };
+                            let took = match w % 2 {
+                                0 => s.update(T, "User", id, NOW, None, Include::default(), f),
+                                _ => match s.update_by_token(
+                                    "hash-1",
+                                    "User",
+                                    id,
+                                    NOW,
+                                    None,
+                                    Include::default(),
+                                    f,
+                                ) {
+                                    Ok(TokenUpdate::Updated(rec)) => Ok(*rec),
+                                    Ok(TokenUpdate::Unsupported) => {
+                                        s.update(T, "User", id, NOW, None, Include::default(), f)
+                                    }
+                                    Ok(TokenUpdate::NoToken) => panic!("hash-1 is live"),
+                                    Err(e) => Err(e),
+                                },
+                            };
+                            assert!(
+                                matches!(took, Ok(_) | Err(StoreError::NotFound)),
+                                "{id}: {took:?}"
+                            );
+                        }
+                    }
+                });
+            }
+            let (s, ids) = (&s, &ids);
+            scope.spawn(move || {
+                for id in ids {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    s.delete(T, "User", id, None).unwrap();
+                }
+            });
+        });
+        for id in &ids {
+            assert!(matches!(
+                s.get(T, "User", id, Include::default()),
+                Err(StoreError::NotFound)
+            ));
+        }
+        let left: i64 = {
+            use crate::schema::resource_values::dsl as v;
+            let mut conn = s.connection().unwrap();
+            v::resource_values
+                .filter(v::resource_id.eq_any(&ids))
+                .count()
+                .get_result(&mut *conn)
+                .unwrap()
+        };
+        assert_eq!(left, 0, "{}: index rows outlived their resources", db.name);
+        let page = s
+            .list(T, "User", &first_page(StoreFilter::All, 100))
+            .unwrap();
+        assert_eq!((page.resources.len(), page.total), (0, 0), "{}", db.name);
+    }
+}
