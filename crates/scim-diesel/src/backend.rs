@@ -87,23 +87,6 @@ impl QueryFragment<Pg> for PgMembers<'_> {
     }
 }
 
-/// Locks a resource row for the rest of the write transaction, so concurrent
-/// read-modify-write cycles on one resource queue instead of racing.
-/// PostgreSQL: `SELECT … FOR UPDATE`. SQLite: nothing to do, `BEGIN IMMEDIATE` already holds
-/// the database write lock.
-pub fn lock_resource(conn: &mut AnyConnection, id: &str) -> QueryResult<()> {
-    use crate::schema::resources;
-    match conn {
-        AnyConnection::Sqlite(_) => Ok(()),
-        AnyConnection::Postgres(c) => resources::table
-            .filter(resources::id.eq(id))
-            .select(resources::id)
-            .for_update()
-            .load::<String>(c)
-            .map(|_| ()),
-    }
-}
-
 /// Makes the rest of a read transaction see one snapshot. PostgreSQL's default isolation gives
 /// every statement its own snapshot, so it asks for `REPEATABLE READ`; a SQLite transaction
 /// reads one snapshot already.

@@ -1738,7 +1738,7 @@ impl DieselStore {
             Some(w) => w.run(body),
             None => {
                 let mut conn = self.conn()?;
-                // Rows are locked as they are read (`load_row_for_update`, `lock_resource`);
+                // Rows are locked as they are read (`load_row_for_update`);
                 // versions are checked by conditional updates.
                 (*conn).transaction(body)
             }
@@ -3666,10 +3666,10 @@ impl ResourceStore for DieselStore {
         let (tenant, rt, id) = (tenant.to_string(), rt.to_string(), id.to_string());
         let result: Result<(), TxError> = self.write(move |c| {
             let (tenant, rt, id) = (tenant.as_str(), rt.as_str(), id.as_str());
-            // Locked first, so that a PATCH of this resource that is in flight commits its
-            // index rows before they are deleted below (none is left behind).
-            backend::lock_resource(c, id)?;
-            let row = load_row(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
+            // Locked as it is read (one statement on PostgreSQL), so that a PATCH of this
+            // resource that is in flight commits its index rows before they are deleted below
+            // (none is left behind).
+            let row = load_row_for_update(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
             if if_match.is_some_and(|v| v != row.version) {
                 return Err(StoreError::VersionMismatch.into());
             }
