@@ -3586,7 +3586,7 @@ impl ResourceStore for DieselStore {
         include: Include,
         update: &mut UpdateFn<'_>,
     ) -> Result<TokenUpdate, StoreError> {
-        if self.writer.is_some() || include.members || names_nothing(id) {
+        if self.backend != Backend::Postgres || include.members || names_nothing(id) {
             return Ok(TokenUpdate::Unsupported);
         }
         let key = (token_hash, rt, id, now);

@@ -49,6 +49,15 @@ impl Caller {
         Ok(Caller::Token(scim_auth::hash_token(token)))
     }
 
+    /// The hash of the caller's token, for a token of this server (a store may check it in
+    /// the statement of the request's own read or write).
+    pub fn token_hash(&self) -> Option<&str> {
+        match self {
+            Caller::Token(hash) => Some(hash),
+            Caller::Jwt => None,
+        }
+    }
+
     /// The caller's tenant (blocking: reads the store). A revoked or unknown token is a 401.
     pub fn tenant(&self, state: &AppState) -> Result<String, ScimError> {
         match self {
@@ -60,7 +69,7 @@ impl Caller {
 
 /// The tenant of the live token with this hash (blocking: reads the store); a 401 when there
 /// is none.
-pub(crate) fn token_tenant(state: &AppState, hash: &str) -> Result<String, ScimError> {
+fn token_tenant(state: &AppState, hash: &str) -> Result<String, ScimError> {
     state
         .creds
         .find_token(hash)?

@@ -168,33 +168,18 @@ pub async fn create(
         Err(_) => None,
     };
     let reply = ops::Reply::Resource;
-    let out = match (detached, &caller, input) {
-        (Some(out), _, _) => out,
+    let out = match (detached, input) {
+        (Some(out), _) => out,
         // The token checked inside the create where the store can (PostgreSQL).
-        (None, Caller::Token(hash), Ok((body, params))) => {
-            let hash = hash.clone();
+        (None, Ok((body, params))) => {
             blocking(move || {
-                if let Some(out) = ops::create_for_token(&state, &hash, &rt, &body, &params, reply)?
-                {
-                    return Ok(out);
-                }
-                let tenant = caller.tenant(&state)?;
-                ops::create(&state, &tenant, &rt, &body, &params, reply)
+                let tenant = || caller.tenant(&state);
+                let token = caller.token_hash();
+                ops::create_for(&state, token, &tenant, &rt, &body, &params, reply)
             })
             .await?
         }
-        (None, _, input) => {
-            for_caller(
-                state,
-                caller,
-                input,
-                Reads::Any,
-                move |state, tenant, (body, params)| {
-                    ops::create(state, tenant, &rt, &body, &params, reply)
-                },
-            )
-            .await?
-        }
+        (None, Err(e)) => input_refused(state, caller, e).await?,
     };
     let location = out
         .location
@@ -385,22 +370,12 @@ async fn update(
                     change,
                     reply,
                 };
-                let token = match &caller {
-                    Caller::Token(hash) => Some(hash.as_str()),
-                    _ => None,
-                };
-                ops::update_for(&state, token, &|| caller.tenant(&state), &request)
+                let tenant = || caller.tenant(&state);
+                ops::update_for(&state, caller.token_hash(), &tenant, &request)
             })
             .await?
         }
-        // A body or header that cannot be read: reported once the caller is known to be good.
-        (None, Err(e)) => {
-            blocking(move || {
-                caller.tenant(&state)?;
-                Err(e.0)
-            })
-            .await?
-        }
+        (None, Err(e)) => input_refused(state, caller, e).await?,
     };
     if out.read_after {
         // Every member asked for: the group as it is now, page by page, if it is still the
@@ -423,6 +398,20 @@ async fn update(
         return Ok(with_etag(HttpResponse::NoContent().finish(), out.version));
     }
     Ok(respond(StatusCode::OK, out))
+}
+
+/// A request whose body or headers cannot be read: its error, once the caller is known to
+/// be good (a wrong token is a 401 whatever else is wrong with the request).
+async fn input_refused(
+    state: web::Data<AppState>,
+    caller: Caller,
+    e: ApiError,
+) -> ApiResult<ops::Outcome> {
+    blocking(move || {
+        caller.tenant(&state)?;
+        Err(e.0)
+    })
+    .await
 }
 
 /// A POST validated right here and inserted by the store's writer while this thread serves

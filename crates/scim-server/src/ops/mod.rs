@@ -181,58 +181,68 @@ pub fn create(
     params: &Params,
     reply: Reply,
 ) -> Result<Outcome, ScimError> {
-    let (call, mut write) = CreateCall::new(st, rt, body, params, reply)?;
-    // Hashing is slow by design: done here, before the transaction.
-    write.password = protect(st, std::mem::take(&mut write.password))?;
-    let created = st.store.create(
-        tenant,
-        &call.ctx.rt.id,
-        &call.id,
-        &now(),
-        write,
-        call.include,
-    );
-    finish_create(st, &call, body, reply, created, &|| Ok(tenant.to_string()))
+    create_for(
+        st,
+        None,
+        &|| Ok(tenant.to_string()),
+        rt,
+        body,
+        params,
+        reply,
+    )
 }
 
-/// [`create`] for the tenant of the bearer token with this hash, the token checked by the
-/// store in the create's own statement where it can (see
-/// [`ResourceStore::create_by_token`](scim_core::store::ResourceStore::create_by_token)):
-/// on PostgreSQL one round trip instead of two. `Ok(None)`: not run, because the body does
-/// not validate (its error is reported only once the token is known to be good) or sets a
-/// password that is hashed (slow by design: only for a caller known to be one); resolve the
-/// token and call [`create`].
-pub fn create_for_token(
+/// [`create`] for a caller: with `token` (the hash of a bearer token of this server), in that
+/// token's tenant, the token checked by the store in the create's own statement where it can
+/// (PostgreSQL, [`ResourceStore::create_by_token`](scim_core::store::ResourceStore::create_by_token):
+/// one round trip instead of two); otherwise in the tenant `tenant` gives. A body that does
+/// not validate is reported only once `tenant` has said the caller is good, and a password
+/// is hashed (slow by design) only for a caller known to be one.
+pub fn create_for(
     st: &AppState,
-    token_hash: &str,
+    token: Option<&str>,
+    tenant: &dyn Fn() -> Result<String, ScimError>,
     rt: &str,
     body: &Value,
     params: &Params,
     reply: Reply,
-) -> Result<Option<Outcome>, ScimError> {
-    let Ok((call, mut write)) = CreateCall::new(st, rt, body, params, reply) else {
-        return Ok(None);
+) -> Result<Outcome, ScimError> {
+    let (call, mut write) = match CreateCall::new(st, rt, body, params, reply) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            tenant()?;
+            return Err(e);
+        }
     };
-    if st.config.hash_passwords && matches!(write.password, SecretChange::Set(_)) {
-        return Ok(None);
-    }
-    // Without hashing a password is not kept at all.
+    let hashes = st.config.hash_passwords && matches!(write.password, SecretChange::Set(_));
+    // The tenant, looked up now unless the store checks the token with the create.
+    let known = match token {
+        Some(_) if !hashes => None,
+        _ => Some(tenant()?),
+    };
+    let resolved = || known.clone().map_or_else(tenant, Ok);
+    // Hashing is slow by design: done here, before the transaction (without hashing a
+    // password is not kept at all).
     write.password = protect(st, std::mem::take(&mut write.password))?;
     let (rt, id, time) = (call.ctx.rt.id.as_str(), call.id.as_str(), now());
-    let tenant = || crate::auth::token_tenant(st, token_hash);
-    let created = match st
-        .store
-        .create_by_token(token_hash, rt, id, &time, write, call.include)
-    {
-        Ok(TokenCreate::Created(rec)) => Ok(*rec),
-        Ok(TokenCreate::NoToken) => return Err(crate::auth::unauthorized()),
-        Ok(TokenCreate::Unsupported(write)) => {
-            st.store
-                .create(&tenant()?, rt, id, &time, *write, call.include)
-        }
-        Err(e) => Err(e),
+    let created = match token.filter(|_| known.is_none()) {
+        Some(hash) => match st
+            .store
+            .create_by_token(hash, rt, id, &time, write, call.include)
+        {
+            Ok(TokenCreate::Created(rec)) => Ok(*rec),
+            Ok(TokenCreate::NoToken) => return Err(crate::auth::unauthorized()),
+            Ok(TokenCreate::Unsupported(write)) => {
+                st.store
+                    .create(&resolved()?, rt, id, &time, *write, call.include)
+            }
+            Err(e) => Err(e),
+        },
+        None => st
+            .store
+            .create(&resolved()?, rt, id, &time, write, call.include),
     };
-    finish_create(st, &call, body, reply, created, &tenant).map(Some)
+    finish_create(st, &call, body, reply, created, &resolved)
 }
 
 /// The answer to a create once the store has run it: a collision that
