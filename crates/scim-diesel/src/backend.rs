@@ -340,8 +340,10 @@ pub fn pg_insert_resource_with_values(
 /// statement; returns the ids of the resources it inserted. A resource that collides with a
 /// stored one on a unique key (`userName`, a unique group name) is left out with its rows
 /// (`ON CONFLICT DO NOTHING`), for its caller to create on its own and get its error. The
-/// resources are inserted in the order of the counting trigger's slots (`resources_count`),
-/// so concurrent batches take those rows' locks in one order and cannot deadlock on them.
+/// resources are inserted in the order of their unique keys (`userName`, then group names),
+/// so that two batches holding the same names (an identity provider's retries) wait for one
+/// another in one order and cannot deadlock on them. The counts are kept once per statement
+/// (`resources_count_added`).
 /// `tokens` pairs each resource with the hash of its caller's token, or with `None`: a
 /// resource with a token is created in the tenant of that token, read by the same statement,
 /// and left out when no live token has the hash (its `tenant_id` is not used).
@@ -432,7 +434,7 @@ impl QueryFragment<Pg> for PgCreateMany<'_> {
              r AS (INSERT INTO resources (id, tenant_id, resource_type, version, created, \
              last_modified, external_id, user_name_ci, display_name_ci, display, data, \
              password_hash) SELECT id, t, rt, 1, c, c, e, u, d, s, data, pw FROM n \
-             WHERE t IS NOT NULL ORDER BY hashtext(id) & 15 ON CONFLICT DO NOTHING \
+             WHERE t IS NOT NULL ORDER BY u COLLATE \"C\", d COLLATE \"C\" ON CONFLICT DO NOTHING \
              RETURNING id, tenant_id, resource_type), w AS (",
         );
         out.push_sql(VALUE_COLUMNS);
