@@ -1025,27 +1025,14 @@ fn unfiltered_totals_follow_every_write() {
     for db in databases() {
         let s = &db.store;
         let total = |rt: &str| {
-            let q = ListQuery {
-                filter: StoreFilter::All,
-                start_index: 1,
-                count: 0,
-                include: Include::default(),
-                sort: None,
-                after: None,
-            };
-            s.list(T, rt, &q).unwrap().total
+            s.list(T, rt, &first_page(StoreFilter::All, 0))
+                .unwrap()
+                .total
         };
         // What the rows say, counted the slow way.
         let counted = |rt: &str| {
-            let q = ListQuery {
-                filter: StoreFilter::Not(Box::new(StoreFilter::Nothing)),
-                start_index: 1,
-                count: 0,
-                include: Include::default(),
-                sort: None,
-                after: None,
-            };
-            s.list(T, rt, &q).unwrap().total
+            let rows = StoreFilter::Not(Box::new(StoreFilter::Nothing));
+            s.list(T, rt, &first_page(rows, 0)).unwrap().total
         };
         for i in 0..6 {
             s.create(
@@ -3684,18 +3671,10 @@ fn kept_counts_follow_concurrent_creates_and_deletes_of_several_types() {
         let s = Arc::new(db.store.clone());
         s.ensure_tenant("tenant-2", "other", NOW).unwrap();
         let totals = |tenant: &str, rt: &str| {
-            let q = |filter| ListQuery {
-                filter,
-                start_index: 1,
-                count: 0,
-                include: Include::default(),
-                sort: None,
-                after: None,
-            };
-            let kept = s.list(tenant, rt, &q(StoreFilter::All)).unwrap().total;
+            let total = |filter| s.list(tenant, rt, &first_page(filter, 0)).unwrap().total;
             // `not (nothing)` is counted from the rows, not from the kept count.
             let rows = StoreFilter::Not(Box::new(StoreFilter::Nothing));
-            (kept, s.list(tenant, rt, &q(rows)).unwrap().total)
+            (total(StoreFilter::All), total(rows))
         };
         let threads: Vec<_> = (0..8)
             .map(|i| {
