@@ -765,6 +765,14 @@ pub trait ResourceStore: Send + Sync {
         Ok(())
     }
 
+    /// Called by a server once it has stopped serving: leaves the store's files complete in
+    /// themselves, so that they can be copied alone (an embedded database moves its
+    /// write-ahead log into its main file). Every committed write is durable before this;
+    /// it changes no data. The default, for stores with nothing to settle, does nothing.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Offers to run bounded reads (a resource by id, a filter that pins one row) on the
     /// calling thread, for a caller that would otherwise hand them to a thread pool: `Some`
     /// only when this store answers such reads in microseconds without waiting (an embedded

@@ -3302,6 +3302,17 @@ impl DieselStore {
 /// The links of a resource just created without membership changes: a group with no
 /// members, in no group (what `links_of` would read for it; the corpus checks a new group's
 /// `members` on both databases).
+/// The row `PRAGMA wal_checkpoint` answers.
+#[derive(QueryableByName)]
+struct WalCheckpoint {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    busy: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    log: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    checkpointed: i32,
+}
+
 fn new_links(read: Include) -> Links {
     (read.members.then(Vec::new), read.groups.then(Vec::new))
 }
@@ -3311,6 +3322,27 @@ impl ResourceStore for DieselStore {
     fn check(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         (*conn).batch_execute("SELECT 1").map_err(map_err)
+    }
+
+    /// SQLite: a `TRUNCATE` checkpoint, which copies the whole write-ahead log into the
+    /// database file and empties the log (waiting, within the busy timeout, for a write still
+    /// running). PostgreSQL keeps nothing in the server's files.
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        let done: WalCheckpoint = diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .get_result(&mut *conn)
+            .map_err(map_err)?;
+        if done.busy != 0 {
+            return Err(StoreError::Unavailable(format!(
+                "the write-ahead log could not be emptied: a connection still uses it \
+                 ({} of {} frames copied into the database file)",
+                done.checkpointed, done.log
+            )));
+        }
+        Ok(())
     }
 
     fn create(
