@@ -35,6 +35,9 @@ pub struct Config {
     pub query_timeout: Option<Duration>,
     /// `SCIM_WORKERS` (0 = one per core)
     pub workers: usize,
+    /// `SCIM_SHUTDOWN_TIMEOUT_S`: after `SIGTERM`, how long the requests in flight have to
+    /// finish (the listener is closed at once); what is still running then is dropped
+    pub shutdown_timeout: Duration,
     /// `SCIM_UNKNOWN_MEMBERS`: `ignore` (default) or `reject`
     pub unknown_members: UnknownMembers,
     /// `SCIM_REACTIVATE_ON_CONFLICT`: a POST whose userName belongs to an inactive user
@@ -158,6 +161,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             query_timeout: Some(Duration::from_secs(30)),
             workers: 0,
+            shutdown_timeout: Duration::from_secs(25),
             unknown_members: UnknownMembers::Ignore,
             reactivate_on_conflict: false,
             user_delete: UserDelete::Delete,
@@ -217,6 +221,7 @@ impl Config {
                 ms => Some(Duration::from_millis(ms)),
             },
             workers: num("SCIM_WORKERS", 0)?,
+            shutdown_timeout: Duration::from_secs(num("SCIM_SHUTDOWN_TIMEOUT_S", 25)?),
             reactivate_on_conflict: flag("SCIM_REACTIVATE_ON_CONFLICT", false)?,
             unique_group_names: flag("SCIM_UNIQUE_GROUP_NAMES", false)?,
             user_delete: choice(

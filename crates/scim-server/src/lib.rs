@@ -400,10 +400,17 @@ pub fn server_on(
     listener: std::net::TcpListener,
 ) -> Result<actix_web::dev::Server> {
     let workers = state.config.workers;
+    let drain = state.config.shutdown_timeout.as_secs();
     let state = web::Data::new(state);
     // Answers written page by page leave in several writes; without this the second waits for
     // the client's delayed ACK of the first (40 ms on Linux).
-    let mut server = actix_web::HttpServer::new(move || app(state.clone())).tcp_nodelay(true);
+    // A graceful stop (`ServerHandle::stop(true)`, see `serve` for the signals) closes the
+    // listener, lets the requests in flight finish for up to `drain` seconds (each connection
+    // closes after its answer) and then drops what is left.
+    let mut server = actix_web::HttpServer::new(move || app(state.clone()))
+        .tcp_nodelay(true)
+        .disable_signals()
+        .shutdown_timeout(drain);
     if workers > 0 {
         server = server.workers(workers);
     }
@@ -416,6 +423,58 @@ pub async fn serve(state: AppState) -> Result<()> {
     let listener =
         std::net::TcpListener::bind(&listen).with_context(|| format!("binding {listen}"))?;
     log::info!("listening on http://{}/scim/v2", listener.local_addr()?);
-    server_on(state, listener)?.await?;
+    let store = state.store.clone();
+    let server = server_on(state, listener)?;
+    stop_on_signals(server.handle());
+    server.await?;
+    // Nothing is served any more: leave the database's files complete in themselves (a
+    // SQLite file copied alone then holds every answered write).
+    match web::block(move || store.flush()).await {
+        Ok(Ok(())) => log::info!("stopped"),
+        Ok(Err(e)) => log::warn!("stopped; {e}"),
+        Err(e) => log::warn!("stopped; {e}"),
+    }
     Ok(())
+}
+
+/// `SIGTERM` (container runtimes, systemd) and `SIGINT` (Ctrl-C): stop listening and let the
+/// requests in flight finish, for up to `SCIM_SHUTDOWN_TIMEOUT_S`; `SIGQUIT`: stop at once.
+#[cfg(unix)]
+fn stop_on_signals(handle: actix_web::dev::ServerHandle) {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    for (kind, name, graceful) in [
+        (SignalKind::terminate(), "SIGTERM", true),
+        (SignalKind::interrupt(), "SIGINT", true),
+        (SignalKind::quit(), "SIGQUIT", false),
+    ] {
+        let mut received = match signal(kind) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot handle {name}: {e}");
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        actix_web::rt::spawn(async move {
+            if received.recv().await.is_some() {
+                if graceful {
+                    log::info!("{name}: no new connections; finishing the requests in flight");
+                } else {
+                    log::info!("{name}: stopping at once");
+                }
+                handle.stop(graceful).await;
+            }
+        });
+    }
+}
+
+/// Ctrl-C: stop listening and let the requests in flight finish.
+#[cfg(not(unix))]
+fn stop_on_signals(handle: actix_web::dev::ServerHandle) {
+    actix_web::rt::spawn(async move {
+        if actix_web::rt::signal::ctrl_c().await.is_ok() {
+            log::info!("Ctrl-C: no new connections; finishing the requests in flight");
+            handle.stop(true).await;
+        }
+    });
 }

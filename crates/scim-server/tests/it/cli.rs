@@ -255,6 +255,7 @@ fn an_invalid_setting_stops_the_server_naming_the_variable() {
         ("SCIM_RATE_LIMIT_BURST", "many"),
         ("SCIM_BODY_TIMEOUT_MS", "0"),
         ("SCIM_UNIQUE_GROUP_NAMES", "sometimes"),
+        ("SCIM_SHUTDOWN_TIMEOUT_S", "-1"),
     ] {
         let out = Command::new(BIN)
             .arg("migrate")
@@ -395,4 +396,177 @@ fn the_access_log_records_method_and_path_only_and_only_when_enabled() {
         !warn.contains("GET /scim/v2/Users"),
         "access lines at warn: {warn}"
     );
+}
+
+/// A `POST /Users` creating `name`, on a connection of its own, sent up to half its body
+/// and held there: the server has answered `100 Continue`, so the request is in its hands.
+/// Returns the connection and the rest of the body.
+fn post_held_halfway(server: &TestServer, name: &str) -> (std::net::TcpStream, Vec<u8>) {
+    use std::io::{BufRead, Write};
+    let body = serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": name,
+    })
+    .to_string()
+    .into_bytes();
+    let addr = server_addr(server);
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let half = body.len() / 2;
+    write!(
+        conn,
+        "POST /scim/v2/Users HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/scim+json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        server.token,
+        body.len()
+    )
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&conn).read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 100"), "{line:?}");
+    conn.write_all(&body[..half]).unwrap();
+    (conn, body[half..].to_vec())
+}
+
+fn server_addr(server: &TestServer) -> String {
+    let rest = server.base.strip_prefix("http://").unwrap();
+    rest.split('/').next().unwrap().to_string()
+}
+
+/// Sends `signal` (`"TERM"`, `"INT"`) to a server started with `spawn_binary`.
+fn send_signal(server: &TestServer, signal: &str) {
+    let pid = server.pid().unwrap().to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (up to 10 s) until the server's port refuses connections.
+fn wait_until_refused(addr: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_err() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// How many users named `name` a fresh server on `db` finds, asked with `token` (a token
+/// the database holds).
+fn users_named(db: &str, token: &str, name: &str) -> u64 {
+    let server = TestServer::spawn_binary(BIN, &Db::Exact(db.to_string()));
+    let r = Client::new()
+        .get(format!(
+            "{}/Users?filter=userName%20eq%20%22{name}%22",
+            server.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<serde_json::Value>().unwrap()["totalResults"]
+        .as_u64()
+        .unwrap()
+}
+
+/// A rolling restart: `SIGTERM` (or Ctrl-C's `SIGINT`) closes the listener at once (a load
+/// balancer sends new connections elsewhere), the request in flight still gets its answer,
+/// and the process then exits with success, leaving a database file that holds every
+/// answered write on its own (the write-ahead log moved into it), as a backup by copying
+/// the stopped server's file expects.
+#[test]
+fn sigterm_lets_the_requests_in_flight_finish_then_stops() {
+    use std::io::{Read, Write};
+    for signal in ["TERM", "INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("scim.db").to_string_lossy().into_owned();
+        let mut server = TestServer::spawn_binary(BIN, &Db::Exact(db.clone()));
+        let addr = server_addr(&server);
+        let (mut conn, rest) = post_held_halfway(&server, "drained");
+
+        send_signal(&server, signal);
+        assert!(
+            wait_until_refused(&addr),
+            "SIG{signal}: the listener closes"
+        );
+        assert!(
+            server
+                .wait_exit(std::time::Duration::from_millis(300))
+                .is_none(),
+            "SIG{signal}: the server waits for the request in flight"
+        );
+        conn.write_all(&rest).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 201"), "SIG{signal}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "SIG{signal}: {answer}"
+        );
+        assert!(answer.contains("\"drained\""), "SIG{signal}: {answer}");
+
+        let status = server.wait_exit(std::time::Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "SIG{signal}: exits with success once the answer is sent: {status:?}"
+        );
+        let token = server.token.clone();
+        drop(server);
+        let wal = std::fs::metadata(format!("{db}-wal")).map_or(0, |m| m.len());
+        assert_eq!(wal, 0, "SIG{signal}: the write-ahead log is emptied");
+        let copy = tempfile::tempdir().unwrap();
+        let copied = copy.path().join("scim.db");
+        std::fs::copy(&db, &copied).unwrap();
+        assert_eq!(
+            users_named(&copied.to_string_lossy(), &token, "drained"),
+            1,
+            "SIG{signal}: the answered create is in the database file alone"
+        );
+    }
+}
+
+/// `SCIM_SHUTDOWN_TIMEOUT_S` bounds the wait: a request still in flight when it runs out is
+/// dropped without an answer and writes nothing.
+#[test]
+fn the_shutdown_timeout_bounds_how_long_a_request_in_flight_holds_the_server() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scim.db").to_string_lossy().into_owned();
+    let mut server = TestServer::spawn_binary_with(
+        BIN,
+        &Db::Exact(db.clone()),
+        &[
+            ("SCIM_SHUTDOWN_TIMEOUT_S", "1"),
+            ("SCIM_BODY_TIMEOUT_MS", "60000"),
+        ],
+    );
+    let (mut conn, _rest) = post_held_halfway(&server, "abandoned");
+
+    let sent = std::time::Instant::now();
+    send_signal(&server, "TERM");
+    let status = server.wait_exit(std::time::Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "stops once the timeout has run out: {status:?}"
+    );
+    assert!(
+        sent.elapsed() >= std::time::Duration::from_millis(900),
+        "not before the timeout: {:?}",
+        sent.elapsed()
+    );
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let token = server.token.clone();
+    drop(server);
+    assert_eq!(users_named(&db, &token, "abandoned"), 0);
 }

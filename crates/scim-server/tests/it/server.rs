@@ -87,6 +87,24 @@ impl TestServer {
         }
     }
 
+    /// Waits up to `within` for a server started with [`TestServer::spawn_binary`] to exit;
+    /// its exit status, or `None` if it is still running.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let Kind::Child(child) = &mut self.kind else {
+            return None;
+        };
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn start(db: &Db) -> TestServer {
         Self::start_with(db, |_| {})
     }
@@ -137,6 +155,11 @@ impl TestServer {
 
     /// Starts the `scim-server` binary at `bin` as a child process on a free port.
     pub fn spawn_binary(bin: &str, db: &Db) -> TestServer {
+        Self::spawn_binary_with(bin, db, &[])
+    }
+
+    /// [`TestServer::spawn_binary`] with more environment variables for the server.
+    pub fn spawn_binary_with(bin: &str, db: &Db, env: &[(&str, &str)]) -> TestServer {
         let (url, dir, db_path) = db.open();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -154,6 +177,7 @@ impl TestServer {
             .env("SCIM_MAX_BODY_BYTES", TEST_MAX_BODY.to_string())
             .env("SCIM_WORKERS", "2")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
