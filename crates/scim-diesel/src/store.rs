@@ -3299,9 +3299,6 @@ impl DieselStore {
     }
 }
 
-/// The links of a resource just created without membership changes: a group with no
-/// members, in no group (what `links_of` would read for it; the corpus checks a new group's
-/// `members` on both databases).
 /// The row `PRAGMA wal_checkpoint` answers.
 #[derive(QueryableByName)]
 struct WalCheckpoint {
@@ -3313,6 +3310,9 @@ struct WalCheckpoint {
     checkpointed: i32,
 }
 
+/// The links of a resource just created without membership changes: a group with no
+/// members, in no group (what `links_of` would read for it; the corpus checks a new group's
+/// `members` on both databases).
 fn new_links(read: Include) -> Links {
     (read.members.then(Vec::new), read.groups.then(Vec::new))
 }
