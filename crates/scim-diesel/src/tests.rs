@@ -1320,7 +1320,7 @@ fn random_filter(rng: &mut Rng, depth: u32) -> String {
                 "emails[{} or primary eq true]",
                 format_args!("value sw {}", lit(rng))
             ),
-            // Element filters the index can anchor on (see `anchor` in store.rs).
+            // Element filters the index can anchor on (see `anchor` in store/filter.rs).
             1 => format!(
                 "emails[type eq \"{}\"].value eq {}",
                 rng.pick(&["work", "home"]),

@@ -1,7 +1,7 @@
 //! Turns by key: in this process, one holder per key at a time.
 //!
 //! SQLite updates are planned outside the writer and run by it only while the version they
-//! were planned from is still the stored one (see `store.rs`). Two updates of one resource
+//! were planned from is still the stored one (see `store/mod.rs`). Two updates of one resource
 //! planned at once would have the second one planned again after the first commits, and
 //! again while more keep coming; taking turns per resource makes the second wait for the
 //! first instead, so a hot resource (a group many clients change at once) costs one plan per
