@@ -1,4 +1,5 @@
-//! The databases themselves: migrations, the schema module, timeouts, plan settings, TLS, and bytewise text.
+//! The databases themselves: migrations, the schema module, timeouts, plan settings, TLS, and
+//! bytewise text.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Filters in SQL: agreement with the in-memory evaluator, point reads, literals, and PostgreSQL's plans for rare terms.
+//! Filters in SQL: agreement with the in-memory evaluator, point reads, literals, and PostgreSQL's
+//! plans for rare terms.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! The attribute index as a whole: rebuilt when its schemas change, noticed by other instances, unique group names.
+//! The attribute index as a whole: rebuilt when its schemas change, noticed by other instances,
+//! unique group names.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Creates, reads, lists and deletes: versions, uniqueness, membership as set operations, paging, kept totals.
+//! Creates, reads, lists and deletes: versions, uniqueness, membership as set operations, paging,
+//! kept totals.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Concurrent and detached writes: shared commits, optimistic updates planned again, and the attribute index kept row by row under random updates.
+//! Concurrent and detached writes: shared commits, optimistic updates planned again, and the
+//! attribute index kept row by row under random updates.
 
 use super::*;
 
