@@ -35,8 +35,8 @@ pub struct Config {
     pub query_timeout: Option<Duration>,
     /// `SCIM_WORKERS` (0 = one per core)
     pub workers: usize,
-    /// `SCIM_SHUTDOWN_TIMEOUT_S`: after `SIGTERM`, how long the requests in flight have to
-    /// finish (the listener is closed at once); what is still running then is dropped
+    /// `SCIM_SHUTDOWN_TIMEOUT_S`: after `SIGTERM` or `SIGINT`, how long the requests in flight
+    /// have to finish (the listener is closed at once); what is still running then is dropped
     pub shutdown_timeout: Duration,
     /// `SCIM_UNKNOWN_MEMBERS`: `ignore` (default) or `reject`
     pub unknown_members: UnknownMembers,

@@ -439,9 +439,14 @@ pub async fn serve(state: AppState) -> Result<()> {
 
 /// `SIGTERM` (container runtimes, systemd) and `SIGINT` (Ctrl-C): stop listening and let the
 /// requests in flight finish, for up to `SCIM_SHUTDOWN_TIMEOUT_S`; `SIGQUIT`: stop at once.
+/// Any of them while the server is already stopping ends the process there and then (an
+/// operator's second Ctrl-C): what was answered is committed, and a write cut off is rolled
+/// back by its database.
 #[cfg(unix)]
 fn stop_on_signals(handle: actix_web::dev::ServerHandle) {
     use actix_web::rt::signal::unix::{signal, SignalKind};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stopping = Arc::new(AtomicBool::new(false));
     for (kind, name, graceful) in [
         (SignalKind::terminate(), "SIGTERM", true),
         (SignalKind::interrupt(), "SIGINT", true),
@@ -454,15 +459,21 @@ fn stop_on_signals(handle: actix_web::dev::ServerHandle) {
                 continue;
             }
         };
-        let handle = handle.clone();
+        let (handle, stopping) = (handle.clone(), Arc::clone(&stopping));
         actix_web::rt::spawn(async move {
-            if received.recv().await.is_some() {
+            while received.recv().await.is_some() {
+                if stopping.swap(true, Ordering::SeqCst) {
+                    log::warn!("{name} while stopping: exiting now");
+                    std::process::exit(1);
+                }
                 if graceful {
                     log::info!("{name}: no new connections; finishing the requests in flight");
                 } else {
                     log::info!("{name}: stopping at once");
                 }
-                handle.stop(graceful).await;
+                // Not awaited here: this task goes on listening for a second signal.
+                let handle = handle.clone();
+                actix_web::rt::spawn(async move { handle.stop(graceful).await });
             }
         });
     }

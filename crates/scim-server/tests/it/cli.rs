@@ -570,3 +570,37 @@ fn the_shutdown_timeout_bounds_how_long_a_request_in_flight_holds_the_server() {
     drop(server);
     assert_eq!(users_named(&db, &token, "abandoned"), 0);
 }
+
+/// A second signal while the server waits for a request in flight (an operator pressing
+/// Ctrl-C again) ends the process at once, without waiting out the shutdown timeout.
+#[test]
+fn a_second_signal_while_stopping_ends_the_process_at_once() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scim.db").to_string_lossy().into_owned();
+    let mut server =
+        TestServer::spawn_binary_with(BIN, &Db::Exact(db), &[("SCIM_BODY_TIMEOUT_MS", "60000")]);
+    let addr = server_addr(&server);
+    let (mut conn, _rest) = post_held_halfway(&server, "interrupted");
+    send_signal(&server, "INT");
+    assert!(wait_until_refused(&addr), "the listener closes");
+    assert!(
+        server
+            .wait_exit(std::time::Duration::from_millis(300))
+            .is_none(),
+        "the first signal waits for the request in flight"
+    );
+    send_signal(&server, "INT");
+    let status = server.wait_exit(std::time::Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the second ends the process at once, with a failure status: {status:?}"
+    );
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
