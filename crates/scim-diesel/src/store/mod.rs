@@ -319,6 +319,23 @@ impl From<ScimError> for TxError {
     }
 }
 
+/// PostgreSQL: a member a membership change names was deleted by another transaction between
+/// the check that it exists (`check_member_ops`) and the insert of its row, and the foreign key
+/// refused the row. Such a change is planned again; the check then finds the member gone and
+/// skips or refuses it as `SCIM_UNKNOWN_MEMBERS` says. (SQLite's one writer runs the check and
+/// the insert with no other write in between.)
+fn member_vanished(e: &TxError) -> bool {
+    matches!(
+        e,
+        TxError::Db(DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info))
+            if info.constraint_name() == Some("group_members_member_id_fkey")
+    )
+}
+
+/// How often a membership change is planned again after [`member_vanished`] (each time a
+/// member it names was deleted in between: a bound, not an expected count).
+const VANISHED_RETRIES: usize = 8;
+
 impl From<TxError> for StoreError {
     fn from(e: TxError) -> Self {
         match e {
@@ -1326,6 +1343,17 @@ impl ResourceStore for DieselStore {
                 combine::Outcome::Done => Ok(new_links(job.read)),
                 combine::Outcome::Failed(e) => Err(e),
                 combine::Outcome::Alone => self.pg_create_alone(&job),
+            }
+        } else if self.writer.is_none() {
+            // PostgreSQL, a group created with members: in a transaction of its own, planned
+            // again if a member it names is deleted meanwhile.
+            let mut attempt = 0;
+            loop {
+                let mut conn = self.conn()?;
+                match (*conn).transaction(|c| job.run(c)) {
+                    Err(e) if member_vanished(&e) && attempt < VANISHED_RETRIES => attempt += 1,
+                    done => break done,
+                }
             }
         } else {
             // The job goes back with the answer, so that its index rows are freed here, not

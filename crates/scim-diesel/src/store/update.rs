@@ -530,6 +530,9 @@ impl DieselStore {
                 let links = links_of(c, id, rt, include)?;
                 Ok(Some((plan, touched, links)))
             });
+            if matches!(&result, Err(e) if member_vanished(e)) {
+                continue; // a member it names was deleted meanwhile: plan again
+            }
             if let Some(answer) = self.settle(result, now, include, if_match) {
                 return answer;
             }
