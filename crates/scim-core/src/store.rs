@@ -749,13 +749,16 @@ pub trait ResourceStore: Send + Sync {
         Err(Box::new((write, done)))
     }
 
-    /// Deletes a resource and its memberships.
+    /// Deletes a resource and its memberships. The groups that listed it as a member change
+    /// with it: their versions move on and their `meta.lastModified` becomes `now`, as for any
+    /// other change of their members.
     fn delete(
         &self,
         tenant: &str,
         resource_type: &str,
         id: &str,
         if_match: Option<i64>,
+        now: &str,
     ) -> Result<(), StoreError>;
 
     /// Whether the store can serve now: its database answers a trivial statement within the

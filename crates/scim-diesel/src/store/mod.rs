@@ -332,9 +332,28 @@ fn member_vanished(e: &TxError) -> bool {
     )
 }
 
-/// How often a membership change is planned again after [`member_vanished`] (each time a
-/// member it names was deleted in between: a bound, not an expected count).
-const VANISHED_RETRIES: usize = 8;
+/// PostgreSQL failed the transaction to break a deadlock (two writers each waiting for a row
+/// the other holds: a membership change of a group waiting to name a member that is being
+/// deleted, while the delete waits to move that group's version on) or a serialization
+/// conflict. The others went on; running it again is correct.
+fn deadlocked(e: &TxError) -> bool {
+    matches!(
+        e,
+        TxError::Db(DieselError::DatabaseError(kind, info))
+            if matches!(kind, DatabaseErrorKind::SerializationFailure)
+                || info.message().contains("deadlock detected")
+    )
+}
+
+/// Whether a PostgreSQL transaction that failed so is run again: a member vanished meanwhile
+/// ([`member_vanished`]) or PostgreSQL broke a deadlock ([`deadlocked`]).
+fn run_again(e: &TxError) -> bool {
+    member_vanished(e) || deadlocked(e)
+}
+
+/// How often a PostgreSQL transaction is run again after [`run_again`] (a bound, not an
+/// expected count: each time means another writer got in between).
+const RUNS_AGAIN: usize = 8;
 
 impl From<TxError> for StoreError {
     fn from(e: TxError) -> Self {
@@ -1167,6 +1186,22 @@ impl DieselStore {
         }
     }
 
+    /// PostgreSQL: `body` in a transaction of its own on a pooled connection, run again (up to
+    /// [`RUNS_AGAIN`] times) when it failed for a reason another writer caused ([`run_again`]).
+    fn pg_transaction<T>(
+        &self,
+        mut body: impl FnMut(&mut AnyConnection) -> Result<T, TxError>,
+    ) -> Result<T, TxError> {
+        let mut runs = 0;
+        loop {
+            let mut conn = self.conn()?;
+            match (*conn).transaction(&mut body) {
+                Err(e) if run_again(&e) && runs < RUNS_AGAIN => runs += 1,
+                done => return done,
+            }
+        }
+    }
+
     /// SQLite: prepares an update before it takes the writer, from the last committed row read
     /// on a reader connection, so that parsing the document, applying the change, computing
     /// its index rows and hashing a password run beside other writes instead of inside the one
@@ -1194,7 +1229,7 @@ impl DieselStore {
     }
 
     /// An update's plan from the row as `conn` reads it now; `lock`: the row is locked as it
-    /// is read (`FOR UPDATE`, inside the caller's transaction).
+    /// is read (`FOR NO KEY UPDATE`, inside the caller's transaction).
     fn plan_update(
         &self,
         conn: &mut AnyConnection,
@@ -1279,6 +1314,43 @@ impl DieselStore {
     }
 }
 
+/// Deletes one resource in the caller's transaction, with its attribute-index rows (they have
+/// no foreign key: it cost a check per row on every write). Its memberships go by the foreign
+/// keys' cascade; the groups that listed it as a member change with it, so their versions move
+/// on and `now` becomes their last change (their `ETag` and `meta.lastModified` then tell a
+/// client that the member list it holds is stale).
+fn delete_resource(
+    c: &mut AnyConnection,
+    (tenant, rt, id, now): (&str, &str, &str, &str),
+    if_match: Option<i64>,
+) -> Result<(), TxError> {
+    // Locked as it is read (one statement on PostgreSQL), so that a PATCH of this resource
+    // that is in flight commits its index rows before they are deleted below (none is left
+    // behind).
+    let row = load_row_for_update(c, tenant, rt, id, Lock::Delete)?.ok_or(StoreError::NotFound)?;
+    if if_match.is_some_and(|v| v != row.version) {
+        return Err(StoreError::VersionMismatch.into());
+    }
+    let listing = group_members::table
+        .filter(group_members::member_id.eq(id))
+        .select(group_members::group_id);
+    diesel::update(resources::table.filter(resources::id.eq_any(listing)))
+        .set((
+            resources::version.eq(resources::version + 1),
+            resources::last_modified.eq(now),
+        ))
+        .execute(c)?;
+    diesel::delete(resource_values::table.filter(resource_values::resource_id.eq(id)))
+        .execute(c)?;
+    diesel::delete(
+        resources::table
+            .filter(resources::id.eq(id))
+            .filter(resources::tenant_id.eq(tenant)),
+    )
+    .execute(c)?;
+    Ok(())
+}
+
 /// The row `PRAGMA wal_checkpoint` answers.
 #[derive(QueryableByName)]
 struct WalCheckpoint {
@@ -1347,14 +1419,7 @@ impl ResourceStore for DieselStore {
         } else if self.writer.is_none() {
             // PostgreSQL, a group created with members: in a transaction of its own, planned
             // again if a member it names is deleted meanwhile.
-            let mut attempt = 0;
-            loop {
-                let mut conn = self.conn()?;
-                match (*conn).transaction(|c| job.run(c)) {
-                    Err(e) if member_vanished(&e) && attempt < VANISHED_RETRIES => attempt += 1,
-                    done => break done,
-                }
-            }
+            self.pg_transaction(|c| job.run(c))
         } else {
             // The job goes back with the answer, so that its index rows are freed here, not
             // on the writer thread every write waits for.
@@ -1682,32 +1747,21 @@ impl ResourceStore for DieselStore {
         rt: &str,
         id: &str,
         if_match: Option<i64>,
+        now: &str,
     ) -> Result<(), StoreError> {
         if names_nothing(id) {
             return Err(StoreError::NotFound);
         }
-        let (tenant, rt, id) = (tenant.to_string(), rt.to_string(), id.to_string());
-        let result: Result<(), TxError> = self.write(move |c| {
-            let (tenant, rt, id) = (tenant.as_str(), rt.as_str(), id.as_str());
-            // Locked as it is read (one statement on PostgreSQL), so that a PATCH of this
-            // resource that is in flight commits its index rows before they are deleted below
-            // (none is left behind).
-            let row = load_row_for_update(c, tenant, rt, id)?.ok_or(StoreError::NotFound)?;
-            if if_match.is_some_and(|v| v != row.version) {
-                return Err(StoreError::VersionMismatch.into());
+        let result = match self.writer {
+            Some(_) => {
+                let key = [tenant, rt, id, now].map(str::to_string);
+                self.write(move |c| {
+                    let [tenant, rt, id, now] = key.each_ref().map(String::as_str);
+                    delete_resource(c, (tenant, rt, id, now), if_match)
+                })
             }
-            // The attribute-value index has no foreign key (it cost a check per row on every
-            // write); its rows go with their resource here, in the same transaction.
-            diesel::delete(resource_values::table.filter(resource_values::resource_id.eq(id)))
-                .execute(c)?;
-            diesel::delete(
-                resources::table
-                    .filter(resources::id.eq(id))
-                    .filter(resources::tenant_id.eq(tenant)),
-            )
-            .execute(c)?;
-            Ok(())
-        });
+            None => self.pg_transaction(|c| delete_resource(c, (tenant, rt, id, now), if_match)),
+        };
         if result.is_ok() {
             self.note_writes(1);
         }

@@ -21,26 +21,40 @@ pub(super) fn load_row(
     native!(conn, |c| query.select(Row::as_select()).get_result(c)).optional()
 }
 
-/// [`load_row`] for an update, in its transaction. On PostgreSQL the row is locked by the
-/// statement that reads it (`FOR UPDATE`): the read-modify-write holds the row from the moment
+/// How a PostgreSQL read-modify-write locks the row it reads (SQLite's one writer serialises
+/// writes).
+#[derive(Clone, Copy)]
+pub(super) enum Lock {
+    /// an update (`FOR NO KEY UPDATE`): it never changes the row's id, so a membership change
+    /// elsewhere naming this resource (whose foreign key check takes `FOR KEY SHARE`) does
+    /// not wait for it, nor deadlock with it
+    Update,
+    /// a delete (`FOR UPDATE`): foreign key checks of rows that would name it wait for it
+    Delete,
+}
+
+/// [`load_row`] for a write, in its transaction. On PostgreSQL the row is locked by the
+/// statement that reads it (see [`Lock`]): the read-modify-write holds the row from the moment
 /// it has read it, and reads the newest committed version once a concurrent writer lets go,
-/// in one statement instead of a lock and a read. SQLite's one writer serialises updates.
+/// in one statement instead of a lock and a read.
 pub(super) fn load_row_for_update(
     conn: &mut AnyConnection,
     tenant: &str,
     rt: &str,
     id: &str,
+    lock: Lock,
 ) -> QueryResult<Option<Row>> {
-    match conn {
-        AnyConnection::Sqlite(_) => load_row(conn, tenant, rt, id),
-        AnyConnection::Postgres(c) => resources::table
-            .filter(resources::tenant_id.eq(tenant))
-            .filter(resources::resource_type.eq(rt))
-            .filter(resources::id.eq(id))
-            .select(Row::as_select())
-            .for_update()
-            .get_result(c)
-            .optional(),
+    let AnyConnection::Postgres(c) = conn else {
+        return load_row(conn, tenant, rt, id);
+    };
+    let query = resources::table
+        .filter(resources::tenant_id.eq(tenant))
+        .filter(resources::resource_type.eq(rt))
+        .filter(resources::id.eq(id))
+        .select(Row::as_select());
+    match lock {
+        Lock::Update => query.for_no_key_update().get_result(c).optional(),
+        Lock::Delete => query.for_update().get_result(c).optional(),
     }
 }
 
@@ -53,7 +67,7 @@ pub(super) fn prepare_update(
     update: &mut UpdateFn<'_>,
 ) -> Result<(ResourceRecord, ResourceWrite), TxError> {
     let row = match lock {
-        true => load_row_for_update(conn, tenant, rt, id)?,
+        true => load_row_for_update(conn, tenant, rt, id, Lock::Update)?,
         false => load_row(conn, tenant, rt, id)?,
     };
     let row = row.ok_or(StoreError::NotFound)?;

@@ -489,7 +489,8 @@ impl DieselStore {
     }
 
     /// What one attempt of an update comes to: `Some`, the answer; `None`, plan again (another
-    /// write landed since the row was read, and nothing was written).
+    /// write landed since the row was read, or got in the way as [`run_again`] tells, and
+    /// nothing was written).
     fn settle(
         &self,
         outcome: Result<Option<(UpdatePlan, u64, Links)>, TxError>,
@@ -504,6 +505,9 @@ impl DieselStore {
             }
             Ok(None) if if_match.is_some() => Some(Err(StoreError::VersionMismatch)),
             Ok(None) => None,
+            // Another writer got in between (a deadlock PostgreSQL broke, a member deleted
+            // meanwhile): nothing was written.
+            Err(e) if run_again(&e) => None,
             Err(e) => Some(Err(e.into())),
         }
     }
@@ -522,7 +526,7 @@ impl DieselStore {
         for _attempt in 0..8 {
             let mut conn = self.conn()?;
             let result = (*conn).transaction(|c| {
-                // The row is locked as it is read (`FOR UPDATE`).
+                // The row is locked as it is read (`FOR NO KEY UPDATE`, see `Lock`).
                 let plan = self.plan_update(c, (tenant, rt, id), true, if_match, update)?;
                 let Some(touched) = plan.run(c, tenant, rt, id, now)? else {
                     return Ok::<_, TxError>(None); // lost a race: retry
@@ -530,9 +534,6 @@ impl DieselStore {
                 let links = links_of(c, id, rt, include)?;
                 Ok(Some((plan, touched, links)))
             });
-            if matches!(&result, Err(e) if member_vanished(e)) {
-                continue; // a member it names was deleted meanwhile: plan again
-            }
             if let Some(answer) = self.settle(result, now, include, if_match) {
                 return answer;
             }

@@ -249,7 +249,7 @@ fn unique_display_names_are_opened_and_closed_by_the_store() {
             None,
             "{name}"
         );
-        s.delete(T, "Group", "g2", None).unwrap();
+        s.delete(T, "Group", "g2", None, NOW).unwrap();
         create(&plain, "g3", "Ops").unwrap();
         assert_eq!(
             s.open_unique_display_names(&groups, true).unwrap(),

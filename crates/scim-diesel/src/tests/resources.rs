@@ -78,10 +78,10 @@ fn crud_and_versions() {
             db.name
         );
         assert!(matches!(
-            s.delete(T, "User", "u1", Some(1)),
+            s.delete(T, "User", "u1", Some(1), NOW),
             Err(StoreError::VersionMismatch)
         ));
-        s.delete(T, "User", "u1", Some(2)).unwrap();
+        s.delete(T, "User", "u1", Some(2), NOW).unwrap();
         let left: i64 = {
             use crate::schema::resource_values::dsl as v;
             let mut conn = s.connection().unwrap();
@@ -93,7 +93,7 @@ fn crud_and_versions() {
         };
         assert_eq!(left, 0, "{}: a deleted user's index rows are gone", db.name);
         assert!(matches!(
-            s.delete(T, "User", "u1", None),
+            s.delete(T, "User", "u1", None, NOW),
             Err(StoreError::NotFound)
         ));
     }
@@ -126,7 +126,7 @@ fn a_key_holding_nul_names_nothing_on_either_database() {
         });
         assert!(matches!(updated, Err(StoreError::NotFound)), "{}", db.name);
         assert!(matches!(
-            s.delete(T, "User", bad, None),
+            s.delete(T, "User", bad, None, NOW),
             Err(StoreError::NotFound)
         ));
         let read = s
@@ -471,7 +471,7 @@ fn membership_is_set_operations_and_atomic() {
             )
             .unwrap();
         assert_eq!(b.groups.unwrap()[0].display.as_deref(), Some("G"));
-        s.delete(T, "User", "b", None).unwrap();
+        s.delete(T, "User", "b", None, NOW).unwrap();
         assert_eq!(member_ids(s, "g"), ["c"]);
         // Filter by member.
         let page = s
@@ -619,9 +619,9 @@ fn unfiltered_totals_follow_every_write() {
         assert!(s
             .create(T, "User", "dup", NOW, user(&reg, "C1"), Include::default())
             .is_err());
-        assert!(s.delete(T, "User", "nope", None).is_err());
-        s.delete(T, "User", "c2", None).unwrap();
-        s.delete(T, "User", "c3", Some(1)).unwrap();
+        assert!(s.delete(T, "User", "nope", None, NOW).is_err());
+        s.delete(T, "User", "c2", None, NOW).unwrap();
+        s.delete(T, "User", "c3", Some(1), NOW).unwrap();
         assert_eq!((total("User"), total("Group")), (4, 1), "{}", db.name);
         assert_eq!((counted("User"), counted("Group")), (4, 1), "{}", db.name);
         assert_eq!(
@@ -930,7 +930,7 @@ fn updates_racing_deletes_leave_no_resource_and_no_index_rows() {
             scope.spawn(move || {
                 for id in ids {
                     std::thread::sleep(std::time::Duration::from_millis(2));
-                    s.delete(T, "User", id, None).unwrap();
+                    s.delete(T, "User", id, None, NOW).unwrap();
                 }
             });
         });
@@ -1002,7 +1002,7 @@ fn kept_counts_follow_concurrent_creates_and_deletes_of_several_types() {
                         made.unwrap();
                         if n % 4 == 1 {
                             let rt = if n % 3 == 2 { "Group" } else { "User" };
-                            s.delete(tenant, rt, &id, None).unwrap();
+                            s.delete(tenant, rt, &id, None, NOW).unwrap();
                         }
                     }
                 })
@@ -1042,5 +1042,60 @@ fn kept_counts_follow_concurrent_creates_and_deletes_of_several_types() {
             .flat_map(|t| ["User", "Group"].map(|rt| totals(t, rt).0))
             .sum();
         assert_eq!(all, 6 * 11, "{}", db.name);
+    }
+}
+
+/// A delete changes the member lists of the groups that listed it, so their versions (the
+/// `ETag`) and `meta.lastModified` move on with it; groups that did not list it stay as they
+/// were. Nested: deleting a group moves on the groups it was a member of.
+#[test]
+fn deleting_a_member_moves_its_groups_versions_on() {
+    const LATER: &str = "2026-01-02T00:00:00.000000Z";
+    let reg = registry();
+    for db in databases() {
+        let s = &db.store;
+        for u in ["u1", "u2"] {
+            s.create(T, "User", u, NOW, user(&reg, u), Include::default())
+                .unwrap();
+        }
+        for (g, members) in [("g1", &["u1", "u2"][..]), ("g2", &["u2"]), ("parent", &[])] {
+            s.create(
+                T,
+                "Group",
+                g,
+                NOW,
+                group(&reg, g, members),
+                Include::default(),
+            )
+            .unwrap();
+        }
+        set_members(s, "parent", vec![MemberOp::Add(vec!["g1".into()])]).unwrap();
+        let state = |id: &str| {
+            let rec = s.get(T, "Group", id, Include::default()).unwrap();
+            (rec.version, rec.last_modified)
+        };
+        assert_eq!(state("parent").0, 2, "{}", db.name);
+
+        s.delete(T, "User", "u1", None, LATER).unwrap();
+        assert_eq!(
+            state("g1"),
+            (2, LATER.to_string()),
+            "{}: g1 lost u1",
+            db.name
+        );
+        assert_eq!(
+            state("g2"),
+            (1, NOW.to_string()),
+            "{}: g2 did not list u1",
+            db.name
+        );
+        assert_eq!(member_ids(s, "g1"), ["u2"], "{}", db.name);
+
+        s.delete(T, "Group", "g1", None, LATER).unwrap();
+        assert_eq!(state("parent").0, 3, "{}: parent lost g1", db.name);
+        assert_eq!(member_ids(s, "parent"), Vec::<String>::new(), "{}", db.name);
+
+        s.delete(T, "User", "u2", Some(1), LATER).unwrap();
+        assert_eq!(state("g2"), (2, LATER.to_string()), "{}", db.name);
     }
 }

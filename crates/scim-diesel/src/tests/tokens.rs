@@ -324,7 +324,7 @@ fn creates_by_token_land_in_their_tokens_tenant_and_nothing_else_is_written() {
                 let s = &s;
                 scope.spawn(move || {
                     for id in part {
-                        s.delete(T, "User", id, None).unwrap();
+                        s.delete(T, "User", id, None, NOW).unwrap();
                     }
                 });
             }

@@ -801,7 +801,7 @@ fn concurrent_random_membership_changes_and_deletes_leave_members_and_groups_con
                                 &g,
                                 vec![MemberOp::RemoveAll, MemberOp::Add(some(&mut rng, 4))],
                             ),
-                            7 => s.delete(T, "User", rng.pick(users).as_str(), None),
+                            7 => s.delete(T, "User", rng.pick(users).as_str(), None, NOW),
                             _ => {
                                 // A user deleted earlier comes back under a new id.
                                 let name = format!("n{t}-{round}");
@@ -863,5 +863,186 @@ fn concurrent_random_membership_changes_and_deletes_leave_members_and_groups_con
         };
         assert_eq!(total("User"), stored.len() as u64, "{}", db.name);
         assert_eq!(total("Group"), groups.len() as u64, "{}", db.name);
+    }
+}
+
+/// Groups changing under each other: eight threads add users and groups as members (nested
+/// groups), remove them, rename groups (with unique group names on and off), replace a group
+/// with PUT, delete groups and users and create new ones. No write fails for another reason
+/// than what it names being gone or a name being taken; afterwards every member is stored,
+/// every resource's `groups` are the groups that list it directly, every index row is its
+/// document's, and the kept totals are the rows there are.
+#[test]
+fn concurrent_random_group_changes_leave_members_groups_and_names_consistent() {
+    use std::collections::{BTreeMap, BTreeSet};
+    const THREADS: u64 = 8;
+    const ROUNDS: usize = 200;
+    for unique in [false, true] {
+        let reg = match unique {
+            false => registry(),
+            true => registry().with_unique_display_names("Group").unwrap(),
+        };
+        for db in databases() {
+            let s = &db.store;
+            let types: Vec<String> = if unique { vec!["Group".into()] } else { vec![] };
+            s.open_unique_display_names(&types, true).unwrap();
+            let users: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
+            for u in &users {
+                s.create(T, "User", u, NOW, user(&reg, u), Include::default())
+                    .unwrap();
+            }
+            let groups: Vec<String> = (0..6).map(|i| format!("g{i}")).collect();
+            for g in &groups {
+                s.create(T, "Group", g, NOW, group(&reg, g, &[]), Include::default())
+                    .unwrap();
+            }
+            let names = ["Sales", "sales", "Eng", "Ops", "OPS", "Legal"];
+            std::thread::scope(|scope| {
+                for t in 0..THREADS {
+                    let (reg, users, groups) = (&reg, &users, &groups);
+                    scope.spawn(move || {
+                        let ctx = Ctx::new(reg, "Group").unwrap();
+                        let limits = scim_filter::Limits::default();
+                        let mut rng = Rng(0x8dec_5eed_0000_0001 + t * 19 + u64::from(unique));
+                        let some = |rng: &mut Rng, n: u64| -> Vec<String> {
+                            (0..1 + rng.next() % n)
+                                .map(|_| {
+                                    if rng.chance(25) {
+                                        rng.pick(groups).clone()
+                                    } else {
+                                        rng.pick(users).clone()
+                                    }
+                                })
+                                .collect()
+                        };
+                        for round in 0..ROUNDS {
+                            let g = rng.pick(groups).clone();
+                            let kind = rng.next() % 12;
+                            let result = match kind {
+                                0..=3 => set_members(s, &g, vec![MemberOp::Add(some(&mut rng, 4))]),
+                                4 => set_members(s, &g, vec![MemberOp::Remove(some(&mut rng, 3))]),
+                                5 => {
+                                    let name = *rng.pick(&names);
+                                    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                                        "Operations": [{"op": "replace", "path": "displayName", "value": name}]});
+                                    s.update(T, "Group", &g, NOW, None, Include::default(), &mut |cur| {
+                                        scim_core::patch::prepare_patch(&ctx, &body, cur, &limits)
+                                    })
+                                    .map(|_| ())
+                                }
+                                6 => {
+                                    let members: Vec<_> = some(&mut rng, 4)
+                                        .into_iter()
+                                        .map(|m| json!({"value": m}))
+                                        .collect();
+                                    let body = json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                                        "displayName": format!("{g}-put-{t}-{round}"), "members": members});
+                                    s.update(T, "Group", &g, NOW, None, Include::default(), &mut |cur| {
+                                        scim_core::resource::prepare_replace(&ctx, &body, cur)
+                                    })
+                                    .map(|_| ())
+                                }
+                                7 => s.delete(T, "Group", &g, None, NOW),
+                                8 => s.delete(T, "User", rng.pick(users).as_str(), None, NOW),
+                                9 => {
+                                    // A deleted group comes back under its id (ids are the
+                                    // caller's here), with members.
+                                    let members = some(&mut rng, 3);
+                                    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+                                    s.create(T, "Group", &g, NOW, group(reg, &format!("{g}-{t}-{round}"), &members), Include::default())
+                                        .map(|_| ())
+                                }
+                                _ => {
+                                    let name = format!("n{t}-{round}");
+                                    s.create(T, "User", &name, NOW, user(reg, &name), Include::default())
+                                        .map(|_| ())
+                                }
+                            };
+                            match result {
+                                Ok(())
+                                | Err(StoreError::NotFound)
+                                | Err(StoreError::Conflict(_))
+                                | Err(StoreError::Scim(_)) => {}
+                                Err(e) => panic!("{} (unique names: {unique}), operation {kind}: {e:?}", db.name),
+                            }
+                        }
+                    });
+                }
+            });
+            let all = |rt| -> BTreeSet<String> {
+                s.list(T, rt, &first_page(StoreFilter::All, 1000))
+                    .unwrap()
+                    .resources
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect()
+            };
+            let (stored_users, stored_groups) = (all("User"), all("Group"));
+            let mut listed_in: BTreeMap<String, BTreeSet<String>> = Default::default();
+            let mut group_names = BTreeSet::new();
+            for g in &stored_groups {
+                let rec = s
+                    .get(
+                        T,
+                        "Group",
+                        g,
+                        Include {
+                            members: true,
+                            groups: false,
+                            member_limit: None,
+                        },
+                    )
+                    .unwrap();
+                if unique {
+                    let name = rec.data["displayName"].as_str().unwrap().to_lowercase();
+                    assert!(group_names.insert(name), "{}: a group name twice", db.name);
+                }
+                for m in rec.members.unwrap() {
+                    assert!(
+                        stored_users.contains(&m.id) || stored_groups.contains(&m.id),
+                        "{}: {g} lists {}, which is not stored",
+                        db.name,
+                        m.id
+                    );
+                    listed_in.entry(m.id).or_default().insert(g.clone());
+                }
+            }
+            for (rt, ids) in [("User", &stored_users), ("Group", &stored_groups)] {
+                for id in ids {
+                    let rec = s
+                        .get(
+                            T,
+                            rt,
+                            id,
+                            Include {
+                                members: false,
+                                groups: true,
+                                member_limit: None,
+                            },
+                        )
+                        .unwrap();
+                    let direct: BTreeSet<String> = rec
+                        .groups
+                        .unwrap()
+                        .into_iter()
+                        .filter(|m| !m.indirect)
+                        .map(|m| m.id)
+                        .collect();
+                    assert_eq!(
+                        direct,
+                        listed_in.remove(id).unwrap_or_default(),
+                        "{} (unique names: {unique}): {id}'s groups",
+                        db.name
+                    );
+                }
+            }
+            let total = |rt| {
+                s.list(T, rt, &first_page(StoreFilter::All, 0))
+                    .unwrap()
+                    .total
+            };
+            assert_eq!(total("User"), stored_users.len() as u64, "{}", db.name);
+            assert_eq!(total("Group"), stored_groups.len() as u64, "{}", db.name);
+        }
     }
 }

@@ -971,7 +971,7 @@ pub fn delete(
         update(st, tenant, &req)?;
         log::info!("deactivated user {id} on DELETE (SCIM_USER_DELETE=deactivate)");
     } else {
-        st.store.delete(tenant, &ctx.rt.id, id, expected)?;
+        st.store.delete(tenant, &ctx.rt.id, id, expected, &now())?;
     }
     Ok(Outcome {
         body: None,
