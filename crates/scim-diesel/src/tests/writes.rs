@@ -596,6 +596,60 @@ fn random_patch(rng: &mut Rng) -> serde_json::Value {
     json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
 }
 
+/// Users `ids` created from [`random_user`] on `s`, whose attribute index is first opened with
+/// `reg`'s schemas when `opened` (as the server opens it: updates then derive the rows they
+/// replace from the document instead of reading them).
+fn random_users(
+    s: &DieselStore,
+    reg: &SchemaRegistry,
+    ids: &[String],
+    opened: bool,
+    rng: &mut Rng,
+) {
+    if opened {
+        let fp = scim_core::index::fingerprint(reg);
+        s.open_index(&fp, true, derive_with(reg)).unwrap();
+    }
+    let ctx = Ctx::new(reg, "User").unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let write = prepare_create(&ctx, &random_user(rng, i)).unwrap();
+        s.create(T, "User", id, NOW, write, Include::default())
+            .unwrap();
+    }
+}
+
+/// A random update of user `id` as clients send them: one time in ten a PUT of a
+/// [`random_user`] named `name`, else a [`random_patch`]. Returns the answer and the version
+/// the update was planned from (the last one, if it was planned again).
+fn random_update(
+    s: &DieselStore,
+    reg: &SchemaRegistry,
+    id: &str,
+    name: String,
+    rng: &mut Rng,
+) -> (Result<ResourceRecord, StoreError>, i64, serde_json::Value) {
+    let ctx = Ctx::new(reg, "User").unwrap();
+    let limits = scim_filter::Limits::default();
+    let put = rng.chance(10);
+    let body = if put {
+        let mut u = random_user(rng, 0);
+        u["userName"] = json!(name);
+        u
+    } else {
+        random_patch(rng)
+    };
+    let mut seen = 0;
+    let res = s.update(T, "User", id, NOW, None, Include::default(), &mut |cur| {
+        seen = cur.version;
+        if put {
+            scim_core::resource::prepare_replace(&ctx, &body, cur)
+        } else {
+            scim_core::patch::prepare_patch(&ctx, &body, cur, &limits)
+        }
+    });
+    (res, seen, body)
+}
+
 /// Updates keep the attribute index incrementally (only the rows that change are written,
 /// derived from the document they replace when the index is opened with the server's schemas,
 /// read from the database otherwise). After every one of a few hundred random PATCHes and
@@ -604,40 +658,16 @@ fn random_patch(rng: &mut Rng) -> serde_json::Value {
 #[test]
 fn random_updates_leave_every_resource_the_index_rows_of_its_document() {
     let reg = registry();
-    let ctx = Ctx::new(&reg, "User").unwrap();
-    let limits = scim_filter::Limits::default();
     for opened in [false, true] {
         for db in databases() {
             let s = &db.store;
-            if opened {
-                let fp = scim_core::index::fingerprint(&reg);
-                s.open_index(&fp, true, derive_with(&reg)).unwrap();
-            }
             let mut rng = Rng(0x1dec_5eed_0000_0001 + u64::from(opened));
             let ids: Vec<String> = (0..4).map(|i| format!("r{i}")).collect();
-            for (i, id) in ids.iter().enumerate() {
-                let write = prepare_create(&ctx, &random_user(&mut rng, i)).unwrap();
-                s.create(T, "User", id, NOW, write, Include::default())
-                    .unwrap();
-            }
+            random_users(s, &reg, &ids, opened, &mut rng);
             let (mut applied, mut refused) = (0, 0);
             for round in 0..150 {
                 let id = rng.pick(&ids).clone();
-                let body = if rng.chance(10) {
-                    let mut u = random_user(&mut rng, round + 10);
-                    u["userName"] = json!(format!("{id}-{round}"));
-                    u
-                } else {
-                    random_patch(&mut rng)
-                };
-                let put = body.get("userName").is_some();
-                let res = s.update(T, "User", &id, NOW, None, Include::default(), &mut |cur| {
-                    if put {
-                        scim_core::resource::prepare_replace(&ctx, &body, cur)
-                    } else {
-                        scim_core::patch::prepare_patch(&ctx, &body, cur, &limits)
-                    }
-                });
+                let (res, _, body) = random_update(s, &reg, &id, format!("{id}-{round}"), &mut rng);
                 match res {
                     Ok(_) => applied += 1,
                     Err(StoreError::Scim(_)) => refused += 1,
@@ -666,67 +696,33 @@ fn random_updates_leave_every_resource_the_index_rows_of_its_document() {
 /// changes nothing keeps the version, and answers with it).
 #[test]
 fn concurrent_random_updates_leave_every_resource_the_index_rows_of_its_document() {
+    use std::sync::atomic::{AtomicI64, Ordering};
     const THREADS: u64 = 4;
     const ROUNDS: usize = 60;
     let reg = registry();
     for opened in [false, true] {
         for db in databases() {
             let s = &db.store;
-            if opened {
-                let fp = scim_core::index::fingerprint(&reg);
-                s.open_index(&fp, true, derive_with(&reg)).unwrap();
-            }
-            let ctx = Ctx::new(&reg, "User").unwrap();
             let ids: Vec<String> = (0..3).map(|i| format!("c{i}")).collect();
-            let mut rng = Rng(0x3dec_5eed_0000_0001 + u64::from(opened));
-            for (i, id) in ids.iter().enumerate() {
-                let write = prepare_create(&ctx, &random_user(&mut rng, i)).unwrap();
-                s.create(T, "User", id, NOW, write, Include::default())
-                    .unwrap();
-            }
-            let applied: Vec<std::sync::atomic::AtomicI64> =
-                ids.iter().map(|_| Default::default()).collect();
+            random_users(s, &reg, &ids, opened, &mut Rng(0x3dec_5eed_0000_0001));
+            let changes: Vec<AtomicI64> = ids.iter().map(|_| Default::default()).collect();
             std::thread::scope(|scope| {
                 for t in 0..THREADS {
-                    let (reg, ids, applied) = (&reg, &ids, &applied);
+                    let (reg, ids, changes) = (&reg, &ids, &changes);
                     scope.spawn(move || {
-                        let ctx = Ctx::new(reg, "User").unwrap();
-                        let limits = scim_filter::Limits::default();
                         let mut rng = Rng(0x4dec_5eed_0000_0001 + t * 7 + u64::from(opened));
                         for round in 0..ROUNDS {
                             let k = (rng.next() % ids.len() as u64) as usize;
-                            let put = rng.chance(10);
-                            let body = if put {
-                                let mut u = random_user(&mut rng, round);
-                                u["userName"] = json!(format!("{}-{t}-{round}", ids[k]));
-                                u
-                            } else {
-                                random_patch(&mut rng)
-                            };
-                            let mut seen = 0;
-                            let res = s.update(
-                                T,
-                                "User",
-                                &ids[k],
-                                NOW,
-                                None,
-                                Include::default(),
-                                &mut |cur| {
-                                    seen = cur.version;
-                                    if put {
-                                        scim_core::resource::prepare_replace(&ctx, &body, cur)
-                                    } else {
-                                        scim_core::patch::prepare_patch(&ctx, &body, cur, &limits)
-                                    }
-                                },
-                            );
-                            match res {
-                                Ok(rec) if rec.version == seen + 1 => {
-                                    applied[k].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let name = format!("{}-{t}-{round}", ids[k]);
+                            match random_update(s, reg, &ids[k], name, &mut rng) {
+                                (Ok(rec), seen, _) if rec.version == seen + 1 => {
+                                    changes[k].fetch_add(1, Ordering::Relaxed);
                                 }
-                                Ok(rec) => assert_eq!(rec.version, seen, "{}: {body}", db.name),
-                                Err(StoreError::Scim(_)) => {}
-                                Err(e) => panic!("{}: {e:?} for {body}", db.name),
+                                (Ok(rec), seen, body) => {
+                                    assert_eq!(rec.version, seen, "{}: {body}", db.name)
+                                }
+                                (Err(StoreError::Scim(_)), ..) => {}
+                                (Err(e), _, body) => panic!("{}: {e:?} for {body}", db.name),
                             }
                         }
                     });
@@ -736,7 +732,7 @@ fn concurrent_random_updates_leave_every_resource_the_index_rows_of_its_document
                 let rec = s.get(T, "User", id, Include::default()).unwrap();
                 assert_eq!(
                     rec.version,
-                    1 + applied[k].load(std::sync::atomic::Ordering::Relaxed),
+                    1 + changes[k].load(Ordering::Relaxed),
                     "{} (index opened: {opened}): {id}'s version counts its changes",
                     db.name
                 );
@@ -751,6 +747,75 @@ fn concurrent_random_updates_leave_every_resource_the_index_rows_of_its_document
     }
 }
 
+/// Users and groups (the groups without members) created with these ids.
+fn users_and_groups(s: &DieselStore, reg: &SchemaRegistry, users: &[String], groups: &[String]) {
+    for u in users {
+        s.create(T, "User", u, NOW, user(reg, u), Include::default())
+            .unwrap();
+    }
+    for g in groups {
+        s.create(T, "Group", g, NOW, group(reg, g, &[]), Include::default())
+            .unwrap();
+    }
+}
+
+/// After racing writes: every member of every stored group is stored, every stored resource's
+/// direct `groups` are exactly the groups that list it, and the kept totals are the rows there
+/// are. Returns the stored groups.
+fn assert_memberships_consistent(s: &DieselStore, db: &str) -> Vec<ResourceRecord> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let all = |rt| {
+        s.list(T, rt, &first_page(StoreFilter::All, 1000))
+            .unwrap()
+            .resources
+    };
+    let (users, groups) = (all("User"), all("Group"));
+    let stored: BTreeSet<&str> = users.iter().chain(&groups).map(|r| r.id.as_str()).collect();
+    let with = |members, groups| Include {
+        members,
+        groups,
+        member_limit: None,
+    };
+    let mut listed_in: BTreeMap<String, BTreeSet<String>> = Default::default();
+    for g in &groups {
+        let rec = s.get(T, "Group", &g.id, with(true, false)).unwrap();
+        for m in rec.members.unwrap() {
+            assert!(
+                stored.contains(m.id.as_str()),
+                "{db}: {} lists {}, which is not stored",
+                g.id,
+                m.id
+            );
+            listed_in.entry(m.id).or_default().insert(g.id.clone());
+        }
+    }
+    let typed = users.iter().map(|r| ("User", r));
+    for (rt, r) in typed.chain(groups.iter().map(|r| ("Group", r))) {
+        let rec = s.get(T, rt, &r.id, with(false, true)).unwrap();
+        let direct: BTreeSet<String> = rec
+            .groups
+            .unwrap()
+            .into_iter()
+            .filter(|m| !m.indirect)
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(
+            direct,
+            listed_in.remove(&r.id).unwrap_or_default(),
+            "{db}: {}'s groups are the groups that list it",
+            r.id
+        );
+    }
+    let total = |rt| {
+        s.list(T, rt, &first_page(StoreFilter::All, 0))
+            .unwrap()
+            .total
+    };
+    assert_eq!(total("User"), users.len() as u64, "{db}");
+    assert_eq!(total("Group"), groups.len() as u64, "{db}");
+    groups
+}
+
 /// Random membership changes (adds, removes, replacements of the whole list) from eight threads
 /// on four groups, racing creates and deletes of the users they name. No change fails for
 /// another reason than a member it names being gone (on PostgreSQL a member deleted between a
@@ -760,27 +825,14 @@ fn concurrent_random_updates_leave_every_resource_the_index_rows_of_its_document
 /// are.
 #[test]
 fn concurrent_random_membership_changes_and_deletes_leave_members_and_groups_consistent() {
-    use std::collections::BTreeSet;
     const THREADS: u64 = 8;
     const ROUNDS: usize = 300;
     let reg = registry();
-    let with = |members, groups| Include {
-        members,
-        groups,
-        member_limit: None,
-    };
     for db in databases() {
         let s = &db.store;
         let users: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
-        for u in &users {
-            s.create(T, "User", u, NOW, user(&reg, u), Include::default())
-                .unwrap();
-        }
         let groups: Vec<String> = (0..4).map(|i| format!("g{i}")).collect();
-        for g in &groups {
-            s.create(T, "Group", g, NOW, group(&reg, g, &[]), Include::default())
-                .unwrap();
-        }
+        users_and_groups(s, &reg, &users, &groups);
         std::thread::scope(|scope| {
             for t in 0..THREADS {
                 let (reg, users, groups) = (&reg, &users, &groups);
@@ -824,45 +876,7 @@ fn concurrent_random_membership_changes_and_deletes_leave_members_and_groups_con
                 });
             }
         });
-        let stored: BTreeSet<String> = s
-            .list(T, "User", &first_page(StoreFilter::All, 1000))
-            .unwrap()
-            .resources
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        let mut listed_in: std::collections::BTreeMap<String, BTreeSet<String>> =
-            Default::default();
-        for g in &groups {
-            let rec = s.get(T, "Group", g, with(true, false)).unwrap();
-            for m in rec.members.unwrap() {
-                assert!(
-                    stored.contains(&m.id),
-                    "{}: {g} lists {}, which is not stored",
-                    db.name,
-                    m.id
-                );
-                listed_in.entry(m.id).or_default().insert(g.clone());
-            }
-        }
-        for u in &stored {
-            let rec = s.get(T, "User", u, with(false, true)).unwrap();
-            let in_groups: BTreeSet<String> =
-                rec.groups.unwrap().into_iter().map(|m| m.id).collect();
-            assert_eq!(
-                in_groups,
-                listed_in.remove(u).unwrap_or_default(),
-                "{}: {u}'s groups are the groups that list it",
-                db.name
-            );
-        }
-        let total = |rt| {
-            s.list(T, rt, &first_page(StoreFilter::All, 0))
-                .unwrap()
-                .total
-        };
-        assert_eq!(total("User"), stored.len() as u64, "{}", db.name);
-        assert_eq!(total("Group"), groups.len() as u64, "{}", db.name);
+        assert_memberships_consistent(s, db.name);
     }
 }
 
@@ -874,7 +888,6 @@ fn concurrent_random_membership_changes_and_deletes_leave_members_and_groups_con
 /// document's, and the kept totals are the rows there are.
 #[test]
 fn concurrent_random_group_changes_leave_members_groups_and_names_consistent() {
-    use std::collections::{BTreeMap, BTreeSet};
     const THREADS: u64 = 8;
     const ROUNDS: usize = 200;
     for unique in [false, true] {
@@ -887,15 +900,8 @@ fn concurrent_random_group_changes_leave_members_groups_and_names_consistent() {
             let types: Vec<String> = if unique { vec!["Group".into()] } else { vec![] };
             s.open_unique_display_names(&types, true).unwrap();
             let users: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
-            for u in &users {
-                s.create(T, "User", u, NOW, user(&reg, u), Include::default())
-                    .unwrap();
-            }
             let groups: Vec<String> = (0..6).map(|i| format!("g{i}")).collect();
-            for g in &groups {
-                s.create(T, "Group", g, NOW, group(&reg, g, &[]), Include::default())
-                    .unwrap();
-            }
+            users_and_groups(s, &reg, &users, &groups);
             let names = ["Sales", "sales", "Eng", "Ops", "OPS", "Legal"];
             std::thread::scope(|scope| {
                 for t in 0..THREADS {
@@ -969,80 +975,19 @@ fn concurrent_random_group_changes_leave_members_groups_and_names_consistent() {
                     });
                 }
             });
-            let all = |rt| -> BTreeSet<String> {
-                s.list(T, rt, &first_page(StoreFilter::All, 1000))
-                    .unwrap()
-                    .resources
-                    .into_iter()
-                    .map(|r| r.id)
-                    .collect()
-            };
-            let (stored_users, stored_groups) = (all("User"), all("Group"));
-            let mut listed_in: BTreeMap<String, BTreeSet<String>> = Default::default();
-            let mut group_names = BTreeSet::new();
-            for g in &stored_groups {
-                let rec = s
-                    .get(
-                        T,
-                        "Group",
-                        g,
-                        Include {
-                            members: true,
-                            groups: false,
-                            member_limit: None,
-                        },
-                    )
-                    .unwrap();
-                if unique {
-                    let name = rec.data["displayName"].as_str().unwrap().to_lowercase();
-                    assert!(group_names.insert(name), "{}: a group name twice", db.name);
-                }
-                for m in rec.members.unwrap() {
-                    assert!(
-                        stored_users.contains(&m.id) || stored_groups.contains(&m.id),
-                        "{}: {g} lists {}, which is not stored",
-                        db.name,
-                        m.id
-                    );
-                    listed_in.entry(m.id).or_default().insert(g.clone());
-                }
+            let stored_groups = assert_memberships_consistent(s, db.name);
+            if unique {
+                let names: std::collections::BTreeSet<String> = stored_groups
+                    .iter()
+                    .map(|g| g.data["displayName"].as_str().unwrap().to_lowercase())
+                    .collect();
+                assert_eq!(
+                    names.len(),
+                    stored_groups.len(),
+                    "{}: a group name twice",
+                    db.name
+                );
             }
-            for (rt, ids) in [("User", &stored_users), ("Group", &stored_groups)] {
-                for id in ids {
-                    let rec = s
-                        .get(
-                            T,
-                            rt,
-                            id,
-                            Include {
-                                members: false,
-                                groups: true,
-                                member_limit: None,
-                            },
-                        )
-                        .unwrap();
-                    let direct: BTreeSet<String> = rec
-                        .groups
-                        .unwrap()
-                        .into_iter()
-                        .filter(|m| !m.indirect)
-                        .map(|m| m.id)
-                        .collect();
-                    assert_eq!(
-                        direct,
-                        listed_in.remove(id).unwrap_or_default(),
-                        "{} (unique names: {unique}): {id}'s groups",
-                        db.name
-                    );
-                }
-            }
-            let total = |rt| {
-                s.list(T, rt, &first_page(StoreFilter::All, 0))
-                    .unwrap()
-                    .total
-            };
-            assert_eq!(total("User"), stored_users.len() as u64, "{}", db.name);
-            assert_eq!(total("Group"), stored_groups.len() as u64, "{}", db.name);
         }
     }
 }

@@ -444,6 +444,18 @@ fn send_signal(server: &TestServer, signal: &str) {
     assert!(status.success());
 }
 
+/// The server closed `conn` without answering the request on it.
+fn assert_no_answer(conn: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "no answer: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 /// Waits (up to 10 s) until the server's port refuses connections.
 fn wait_until_refused(addr: &str) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -534,7 +546,6 @@ fn sigterm_lets_the_requests_in_flight_finish_then_stops() {
 /// dropped without an answer and writes nothing.
 #[test]
 fn the_shutdown_timeout_bounds_how_long_a_request_in_flight_holds_the_server() {
-    use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("scim.db").to_string_lossy().into_owned();
     let mut server = TestServer::spawn_binary_with(
@@ -559,13 +570,7 @@ fn the_shutdown_timeout_bounds_how_long_a_request_in_flight_holds_the_server() {
         "not before the timeout: {:?}",
         sent.elapsed()
     );
-    let mut answer = Vec::new();
-    let _ = conn.read_to_end(&mut answer);
-    assert!(
-        answer.is_empty(),
-        "no answer: {}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert_no_answer(&mut conn);
     let token = server.token.clone();
     drop(server);
     assert_eq!(users_named(&db, &token, "abandoned"), 0);
@@ -575,7 +580,6 @@ fn the_shutdown_timeout_bounds_how_long_a_request_in_flight_holds_the_server() {
 /// Ctrl-C again) ends the process at once, without waiting out the shutdown timeout.
 #[test]
 fn a_second_signal_while_stopping_ends_the_process_at_once() {
-    use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("scim.db").to_string_lossy().into_owned();
     let mut server =
@@ -596,11 +600,5 @@ fn a_second_signal_while_stopping_ends_the_process_at_once() {
         status.is_some_and(|s| !s.success()),
         "the second ends the process at once, with a failure status: {status:?}"
     );
-    let mut answer = Vec::new();
-    let _ = conn.read_to_end(&mut answer);
-    assert!(
-        answer.is_empty(),
-        "no answer: {}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert_no_answer(&mut conn);
 }
