@@ -1099,3 +1099,81 @@ fn deleting_a_member_moves_its_groups_versions_on() {
         assert_eq!(state("g2"), (2, LATER.to_string()), "{}", db.name);
     }
 }
+
+/// A cursor walk (keyset on creation order) while other writers create and delete users: no
+/// resource is seen twice, and every user that existed for the whole walk is seen (a walk by
+/// `startIndex` loses users when earlier ones are deleted under it). Each page is read on its
+/// own, as a client reads them, with writes landing between and during the reads.
+#[test]
+fn cursor_walks_neither_skip_nor_repeat_while_others_create_and_delete() {
+    use scim_core::store::CursorKey;
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let reg = registry();
+    for db in databases() {
+        let s = &db.store;
+        // Stable users (never deleted) interleaved with doomed ones (deleted during the walk).
+        let ids: Vec<String> = (0..240).map(|i| format!("w{i:03}")).collect();
+        for id in &ids {
+            s.create(T, "User", id, NOW, user(&reg, id), Include::default())
+                .unwrap();
+        }
+        let stable: BTreeSet<&str> = ids.iter().step_by(2).map(String::as_str).collect();
+        let walking = AtomicBool::new(true);
+        let seen = std::thread::scope(|scope| {
+            let (reg, ids, walking) = (&reg, &ids, &walking);
+            scope.spawn(move || {
+                let mut rng = Rng(0x5eed_c0de_0000_0001);
+                let mut n = 0;
+                while walking.load(Ordering::Relaxed) && n < 2_000 {
+                    n += 1;
+                    if rng.chance(50) {
+                        // One of the doomed: odd positions.
+                        let k = 1 + 2 * (rng.next() % (ids.len() as u64 / 2)) as usize;
+                        let _ = s.delete(T, "User", &ids[k], None, NOW);
+                    } else {
+                        let id = format!("z{n:04}");
+                        let later = "2026-01-01T00:00:01.000000Z";
+                        s.create(T, "User", &id, later, user(reg, &id), Include::default())
+                            .unwrap();
+                    }
+                }
+            });
+            let mut seen: Vec<String> = Vec::new();
+            let mut after = None;
+            loop {
+                let query = ListQuery {
+                    after: after.take(),
+                    ..first_page(StoreFilter::All, 7)
+                };
+                let page = s.list(T, "User", &query).unwrap();
+                let Some(last) = page.resources.last() else {
+                    break;
+                };
+                after = Some(CursorKey {
+                    created: last.created.clone(),
+                    id: last.id.clone(),
+                    backward: false,
+                    key: None,
+                });
+                seen.extend(page.resources.iter().map(|r| r.id.clone()));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            walking.store(false, Ordering::Relaxed);
+            seen
+        });
+        let distinct: BTreeSet<&str> = seen.iter().map(String::as_str).collect();
+        assert_eq!(
+            distinct.len(),
+            seen.len(),
+            "{}: a resource seen twice",
+            db.name
+        );
+        let missed: Vec<_> = stable.difference(&distinct).collect();
+        assert!(
+            missed.is_empty(),
+            "{}: the walk skipped {missed:?}",
+            db.name
+        );
+    }
+}
