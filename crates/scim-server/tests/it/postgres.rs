@@ -229,6 +229,172 @@ fn relayed(base: &str, sslmode: &str, pool_size: u32, user_name: &str) -> (Relay
     (relay, s)
 }
 
+/// One step of xorshift: deterministic numbers, so that a failure replays.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// Identity providers changing memberships through two instances while users are deleted
+/// and created, over HTTP: group PATCHes (add, remove with a value list, replace), PUTs with
+/// members, groups as members of groups, user PATCHes, deletes, and `/Bulk` requests that
+/// create a user and add it by `bulkId`. No answer is a 5xx (a member deleted under a change,
+/// and deadlocks, gave a few 500s in most runs before such transactions were run again), and
+/// afterwards every member of every group is a stored resource and every user's `groups` are
+/// the groups that list it.
+#[test]
+fn racing_membership_changes_and_deletes_through_two_instances_answer_no_5xx() {
+    let Some(base) = pg() else { return };
+    let url = scim_diesel::testing::fresh_postgres_schema(&base).unwrap();
+    let bin = env!("CARGO_BIN_EXE_scim-server");
+    let a = TestServer::spawn_binary(bin, &Db::Exact(url.clone()));
+    let mut b = TestServer::spawn_binary(bin, &Db::Exact(url));
+    b.token = a.token.clone();
+    let servers = [&a, &b];
+    let (user, group, patch) = (
+        "urn:ietf:params:scim:schemas:core:2.0:User",
+        "urn:ietf:params:scim:schemas:core:2.0:Group",
+        "urn:ietf:params:scim:api:messages:2.0:PatchOp",
+    );
+    let create = |rt: &str, body: Value| {
+        let (status, created, _) = send(&a, reqwest::Method::POST, rt, Some(body));
+        assert_eq!(status, 201, "{created}");
+        created["id"].as_str().unwrap().to_string()
+    };
+    let users: Vec<String> = (0..24)
+        .map(|i| {
+            create(
+                "/Users",
+                json!({"schemas": [user], "userName": format!("race{i}")}),
+            )
+        })
+        .collect();
+    let groups: Vec<String> = (0..5)
+        .map(|i| {
+            create(
+                "/Groups",
+                json!({"schemas": [group], "displayName": format!("team{i}")}),
+            )
+        })
+        .collect();
+    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let (users, groups, errors) = (&users, &groups, &errors);
+            scope.spawn(move || {
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
+                for round in 0..200 {
+                    let s = servers[(next(&mut x) % 2) as usize];
+                    let g = &groups[(next(&mut x) % groups.len() as u64) as usize];
+                    let some = |x: &mut u64, n: u64| -> Vec<Value> {
+                        (0..1 + next(x) % n)
+                            .map(|_| {
+                                let all = if next(x) % 4 == 0 { groups } else { users };
+                                json!({"value": all[(next(x) % all.len() as u64) as usize]})
+                            })
+                            .collect()
+                    };
+                    let any_user = users[(next(&mut x) % users.len() as u64) as usize].clone();
+                    let kind = next(&mut x) % 10;
+                    let ops = |op: &str, path: &str, value: Value| {
+                        json!({"schemas": [patch], "Operations": [{"op": op, "path": path, "value": value}]})
+                    };
+                    let (method, path, body) = match kind {
+                        0..=2 => ("PATCH", format!("/Groups/{g}"), ops("add", "members", json!(some(&mut x, 5)))),
+                        3 => ("PATCH", format!("/Groups/{g}"), ops("remove", "members", json!(some(&mut x, 3)))),
+                        4 => ("PATCH", format!("/Groups/{g}"), ops("replace", "members", json!(some(&mut x, 4)))),
+                        5 => (
+                            "PUT",
+                            format!("/Groups/{g}"),
+                            json!({"schemas": [group], "displayName": format!("team-{t}-{round}"), "members": some(&mut x, 4)}),
+                        ),
+                        6 => ("DELETE", format!("/Users/{any_user}"), Value::Null),
+                        7 => (
+                            "PATCH",
+                            format!("/Users/{any_user}"),
+                            ops("replace", "title", json!(format!("t{round}"))),
+                        ),
+                        _ => (
+                            "POST",
+                            "/Bulk".to_string(),
+                            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": [
+                                {"method": "POST", "path": "/Users", "bulkId": "n",
+                                 "data": {"schemas": [user], "userName": format!("bulk-{t}-{round}")}},
+                                {"method": "PATCH", "path": format!("/Groups/{g}"),
+                                 "data": {"schemas": [patch], "Operations": [{"op": "add", "path": "members",
+                                    "value": [{"value": "bulkId:n"}]}]}},
+                                {"method": "PATCH", "path": format!("/Groups/{g}"),
+                                 "data": ops("add", "members", json!(some(&mut x, 3)))},
+                            ]}),
+                        ),
+                    };
+                    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+                    let body = (!body.is_null()).then_some(body);
+                    let (status, answer, _) = send(s, method.clone(), &path, body);
+                    let failed_ops: Vec<&Value> = answer["Operations"]
+                        .as_array()
+                        .map(|ops| ops.iter().filter(|o| o["status"].as_str().is_some_and(|c| c.starts_with('5'))).collect())
+                        .unwrap_or_default();
+                    if status >= 500 || !failed_ops.is_empty() {
+                        errors.lock().unwrap().push(format!("{method} {path}: {status} {answer}"));
+                    }
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} answers were 5xx: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+
+    // Afterwards: members are stored resources, and each user's groups are those listing it.
+    let mut listed_in: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for g in &groups {
+        let (status, rec, _) = send(&b, reqwest::Method::GET, &format!("/Groups/{g}"), None);
+        assert_eq!(status, 200);
+        for m in rec["members"].as_array().into_iter().flatten() {
+            let id = m["value"].as_str().unwrap();
+            let path = format!("/{}s/{id}", m["type"].as_str().unwrap());
+            assert_eq!(
+                send(&a, reqwest::Method::GET, &path, None).0,
+                200,
+                "{g} lists {id}"
+            );
+            listed_in
+                .entry(id.to_string())
+                .or_default()
+                .insert(g.clone());
+        }
+    }
+    let (_, page, _) = send(
+        &a,
+        reqwest::Method::GET,
+        "/Users?count=1000&attributes=groups",
+        None,
+    );
+    for u in page["Resources"].as_array().unwrap() {
+        let id = u["id"].as_str().unwrap();
+        let in_groups: std::collections::BTreeSet<String> = u["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["type"] == "direct")
+            .map(|g| g["value"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            in_groups,
+            listed_in.remove(id).unwrap_or_default(),
+            "{id}'s groups"
+        );
+    }
+}
+
 #[test]
 fn database_outage_gives_503_and_the_server_recovers_by_itself() {
     let Some(base) = pg() else { return };
