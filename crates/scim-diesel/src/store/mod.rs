@@ -335,7 +335,9 @@ fn member_vanished(e: &TxError) -> bool {
 /// PostgreSQL failed the transaction to break a deadlock (two writers each waiting for a row
 /// the other holds: a membership change of a group waiting to name a member that is being
 /// deleted, while the delete waits to move that group's version on) or a serialization
-/// conflict. The others went on; running it again is correct.
+/// conflict. The others went on; running it again is correct. Told by the message, as
+/// [`is_transient`] tells its errors (diesel passes on no SQLSTATE; see DEPLOYMENT.md on
+/// `lc_messages`).
 fn deadlocked(e: &TxError) -> bool {
     matches!(
         e,
