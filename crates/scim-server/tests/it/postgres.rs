@@ -26,15 +26,21 @@ fn pg() -> Option<String> {
     scim_diesel::testing::postgres_test_url()
 }
 
-#[test]
-fn two_server_processes_on_one_database_agree() {
-    let Some(base) = pg() else { return };
-    let url = scim_diesel::testing::fresh_postgres_schema(&base).unwrap();
+/// Two server processes on a fresh schema of the test database, with the same token.
+fn two_instances(base: &str) -> (TestServer, TestServer) {
+    let url = scim_diesel::testing::fresh_postgres_schema(base).unwrap();
     let bin = env!("CARGO_BIN_EXE_scim-server");
     let a = TestServer::spawn_binary(bin, &Db::Exact(url.clone()));
     // The second instance finds a token in the database and creates none: use the first's.
     let mut b = TestServer::spawn_binary(bin, &Db::Exact(url));
     b.token = a.token.clone();
+    (a, b)
+}
+
+#[test]
+fn two_server_processes_on_one_database_agree() {
+    let Some(base) = pg() else { return };
+    let (a, b) = two_instances(&base);
     let servers = [&a, &b];
     let client = Client::new();
 
@@ -247,11 +253,7 @@ fn next(x: &mut u64) -> u64 {
 #[test]
 fn racing_membership_changes_and_deletes_through_two_instances_answer_no_5xx() {
     let Some(base) = pg() else { return };
-    let url = scim_diesel::testing::fresh_postgres_schema(&base).unwrap();
-    let bin = env!("CARGO_BIN_EXE_scim-server");
-    let a = TestServer::spawn_binary(bin, &Db::Exact(url.clone()));
-    let mut b = TestServer::spawn_binary(bin, &Db::Exact(url));
-    b.token = a.token.clone();
+    let (a, b) = two_instances(&base);
     let servers = [&a, &b];
     let (user, group, patch) = (
         "urn:ietf:params:scim:schemas:core:2.0:User",
