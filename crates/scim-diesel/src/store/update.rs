@@ -319,7 +319,8 @@ pub(super) fn check_member_ops(
                 missing.len(),
                 shown.join(", ")
             );
-            wanted.retain(|w| !missing.iter().any(|m| m == w));
+            let gone: HashSet<&str> = missing.iter().map(String::as_str).collect();
+            wanted.retain(|w| !gone.contains(w));
         } else if !missing.is_empty() {
             let shown: Vec<String> = missing
                 .iter()
