@@ -557,8 +557,16 @@ impl<'a> Patcher<'a> {
                     None => vec![],
                 };
                 let key = |v: &Value| v.get("value").cloned().unwrap_or_else(|| v.clone());
-                let drop: Vec<Value> = given.iter().map(key).collect();
-                items.retain(|i| !drop.contains(&key(i)));
+                if items.len().saturating_mul(given.len()) <= 256 {
+                    let drop: Vec<Value> = given.iter().map(key).collect();
+                    items.retain(|i| !drop.contains(&key(i)));
+                } else {
+                    // Many against many: compared by canonical text in a set, as `add` does,
+                    // so that the work is their number, not its square.
+                    let drop: std::collections::HashSet<String> =
+                        given.iter().map(|v| canonical(&key(v))).collect();
+                    items.retain(|i| !drop.contains(&canonical(&key(i))));
+                }
             }
             _ => {
                 c.remove(&attr.name);

@@ -1138,3 +1138,38 @@ fn strings_longer_than_an_index_key_can_hold_are_refused() {
     .unwrap_err();
     assert_eq!(err.scim_type, Some(ScimType::InvalidValue));
 }
+
+/// `remove` with a value list on a multi-valued attribute drops exactly the values named
+/// (matched on `value`), whether the lists are small or long enough to be compared through a
+/// set; values not held are ignored.
+#[test]
+fn remove_with_a_value_list_drops_exactly_those_values_at_any_size() {
+    for (held, named) in [(5usize, 3usize), (300, 200)] {
+        let emails: Vec<Value> = (0..held)
+            .map(|i| json!({"value": format!("e{i}@x.io"), "type": "work"}))
+            .collect();
+        // Every other held value, and as many that are not held.
+        let drop: Vec<Value> = (0..named)
+            .map(|i| match i % 2 {
+                0 => json!({"value": format!("e{i}@x.io")}),
+                _ => json!({"value": format!("absent{i}@x.io")}),
+            })
+            .collect();
+        let out = patch_user(
+            user(json!({"emails": emails})),
+            json!([{"op": "remove", "path": "emails", "value": drop}]),
+        )
+        .unwrap();
+        let left: Vec<&str> = out["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["value"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (0..held)
+            .filter(|i| !(i % 2 == 0 && *i < named))
+            .map(|i| format!("e{i}@x.io"))
+            .collect();
+        assert_eq!(left, expected, "{held} held, {named} named");
+    }
+}
