@@ -48,12 +48,22 @@ impl Entry {
 impl Projection {
     /// Parses the comma-separated query parameters. Names the schema does not know are ignored.
     pub fn parse(ctx: &Ctx<'_>, attributes: Option<&str>, excluded: Option<&str>) -> Self {
+        // Each name once: every resource rendered is checked against the list, and a client
+        // may repeat names (a 24,000-name list of three names cost 0.3 s per page of 100).
+        // Names that resolve are the schemas' attributes, so the list stays short.
         let parse_list = |s: &str| -> Vec<Entry> {
-            s.split(',')
+            let mut entries: Vec<Entry> = Vec::new();
+            for e in s
+                .split(',')
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
                 .filter_map(|p| resolve(ctx, p))
-                .collect()
+            {
+                if !entries.contains(&e) {
+                    entries.push(e);
+                }
+            }
+            entries
         };
         Projection {
             attributes: attributes.filter(|s| !s.trim().is_empty()).map(parse_list),

@@ -1173,3 +1173,26 @@ fn remove_with_a_value_list_drops_exactly_those_values_at_any_size() {
         assert_eq!(left, expected, "{held} held, {named} named");
     }
 }
+
+/// Repeating names in `attributes` / `excludedAttributes` changes nothing in what is shown.
+#[test]
+fn repeated_attribute_names_project_as_one() {
+    let reg = registry();
+    let ctx = Ctx::new(&reg, "User").unwrap();
+    let w = prepare_create(&ctx, &user(json!({"title": "T", "name": {"givenName": "B", "familyName": "J"}, "emails": [{"value": "b@x", "type": "work"}]}))).unwrap();
+    let rec = record(&ctx, w);
+    let shown = |a: Option<&str>, e: Option<&str>| {
+        render(
+            &ctx,
+            &rec,
+            "http://x/scim/v2",
+            &Projection::parse(&ctx, a, e),
+        )
+    };
+    let names = "emails.value,name.givenName";
+    let repeated = vec![names; 500].join(",");
+    assert_eq!(shown(Some(&repeated), None), shown(Some(names), None));
+    assert_eq!(shown(None, Some(&repeated)), shown(None, Some(names)));
+    assert!(shown(Some(names), None)["title"].is_null());
+    assert_eq!(shown(None, Some(names))["title"], json!("T"));
+}
