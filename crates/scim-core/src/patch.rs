@@ -557,7 +557,7 @@ impl<'a> Patcher<'a> {
                     None => vec![],
                 };
                 let key = |v: &Value| v.get("value").cloned().unwrap_or_else(|| v.clone());
-                if items.len().saturating_mul(given.len()) <= 256 {
+                if items.len().saturating_mul(given.len()) <= PAIRWISE_AT_MOST {
                     let drop: Vec<Value> = given.iter().map(key).collect();
                     items.retain(|i| !drop.contains(&key(i)));
                 } else {
@@ -718,11 +718,16 @@ fn primaries(items: &[Value]) -> Vec<Value> {
     items.iter().filter(|v| is_primary(v)).cloned().collect()
 }
 
+/// Up to this many pairs, values are compared pair by pair; beyond it through a set of their
+/// canonical texts (`add_distinct`, `remove` with a value list), so that long lists cost their
+/// length, not its square.
+const PAIRWISE_AT_MOST: usize = 256;
+
 /// Appends the values of `new` that `items` does not hold yet (RFC 7644 section 3.5.2.1:
 /// `add` merges). Many values are compared by a canonical text in a set, so an `add` of
 /// thousands of values to thousands costs their number, not its square.
 fn add_distinct(items: &mut Vec<Value>, new: Vec<Value>) {
-    if items.len().saturating_mul(new.len()) <= 256 {
+    if items.len().saturating_mul(new.len()) <= PAIRWISE_AT_MOST {
         for n in new {
             if !items.contains(&n) {
                 items.push(n);

@@ -274,20 +274,24 @@ fn group_membership_becomes_set_operations() {
     );
 }
 
+/// `rec` rendered with `attributes` / `excludedAttributes` as a client sends them.
+fn projected(
+    ctx: &Ctx<'_>,
+    rec: &ResourceRecord,
+    attributes: Option<&str>,
+    excluded: Option<&str>,
+) -> Value {
+    let projection = Projection::parse(ctx, attributes, excluded);
+    render(ctx, rec, "http://x/scim/v2", &projection)
+}
+
 #[test]
 fn projection_honours_returned_and_parameters() {
     let reg = registry();
     let ctx = Ctx::new(&reg, "User").unwrap();
     let w = prepare_create(&ctx, &user(json!({"externalId": "e1", "name": {"givenName": "B", "familyName": "J"}, "emails": [{"value": "b@x", "type": "work"}]}))).unwrap();
     let rec = record(&ctx, w);
-    let r = |a: Option<&str>, e: Option<&str>| {
-        render(
-            &ctx,
-            &rec,
-            "http://x/scim/v2",
-            &Projection::parse(&ctx, a, e),
-        )
-    };
+    let r = |a: Option<&str>, e: Option<&str>| projected(&ctx, &rec, a, e);
     let only = r(Some("userName,name.givenName"), None);
     assert_eq!(
         only,
@@ -1181,14 +1185,7 @@ fn repeated_attribute_names_project_as_one() {
     let ctx = Ctx::new(&reg, "User").unwrap();
     let w = prepare_create(&ctx, &user(json!({"title": "T", "name": {"givenName": "B", "familyName": "J"}, "emails": [{"value": "b@x", "type": "work"}]}))).unwrap();
     let rec = record(&ctx, w);
-    let shown = |a: Option<&str>, e: Option<&str>| {
-        render(
-            &ctx,
-            &rec,
-            "http://x/scim/v2",
-            &Projection::parse(&ctx, a, e),
-        )
-    };
+    let shown = |a: Option<&str>, e: Option<&str>| projected(&ctx, &rec, a, e);
     let names = "emails.value,name.givenName";
     let repeated = vec![names; 500].join(",");
     assert_eq!(shown(Some(&repeated), None), shown(Some(names), None));

@@ -602,3 +602,30 @@ fn a_second_signal_while_stopping_ends_the_process_at_once() {
     );
     assert_no_answer(&mut conn);
 }
+
+/// `SIGQUIT` stops at once: the request in flight is dropped without an answer (it wrote
+/// nothing), the process exits with success without waiting out the shutdown timeout, and the
+/// database file is left complete in itself, as after any stop by a signal.
+#[test]
+fn sigquit_stops_at_once_and_leaves_the_files_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("scim.db").to_string_lossy().into_owned();
+    let mut server = TestServer::spawn_binary_with(
+        BIN,
+        &Db::Exact(db.clone()),
+        &[("SCIM_BODY_TIMEOUT_MS", "60000")],
+    );
+    let (mut conn, _rest) = post_held_halfway(&server, "quitter");
+    send_signal(&server, "QUIT");
+    let status = server.wait_exit(std::time::Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "stops at once, with success: {status:?}"
+    );
+    assert_no_answer(&mut conn);
+    let wal = std::fs::metadata(format!("{db}-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the write-ahead log is emptied");
+    let token = server.token.clone();
+    drop(server);
+    assert_eq!(users_named(&db, &token, "quitter"), 0);
+}

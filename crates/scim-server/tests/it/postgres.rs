@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
+use crate::hostile::Rng;
 use crate::server::{Db, TestServer};
 
 fn send(
@@ -235,14 +236,6 @@ fn relayed(base: &str, sslmode: &str, pool_size: u32, user_name: &str) -> (Relay
     (relay, s)
 }
 
-/// One step of xorshift: deterministic numbers, so that a failure replays.
-fn next(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
-}
-
 /// Identity providers changing memberships through two instances while users are deleted
 /// and created, over HTTP: group PATCHes (add, remove with a value list, replace), PUTs with
 /// members, groups as members of groups, user PATCHes, deletes, and `/Bulk` requests that
@@ -286,31 +279,31 @@ fn racing_membership_changes_and_deletes_through_two_instances_answer_no_5xx() {
         for t in 0..8u64 {
             let (users, groups, errors) = (&users, &groups, &errors);
             scope.spawn(move || {
-                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (t + 1);
+                let mut rng = Rng(t + 1);
                 for round in 0..200 {
-                    let s = servers[(next(&mut x) % 2) as usize];
-                    let g = &groups[(next(&mut x) % groups.len() as u64) as usize];
-                    let some = |x: &mut u64, n: u64| -> Vec<Value> {
-                        (0..1 + next(x) % n)
+                    let s = *rng.pick(&servers);
+                    let g = rng.pick(groups);
+                    let some = |rng: &mut Rng, n: usize| -> Vec<Value> {
+                        (0..1 + rng.below(n))
                             .map(|_| {
-                                let all = if next(x) % 4 == 0 { groups } else { users };
-                                json!({"value": all[(next(x) % all.len() as u64) as usize]})
+                                let all = if rng.chance(25) { groups } else { users };
+                                json!({"value": rng.pick(all)})
                             })
                             .collect()
                     };
-                    let any_user = users[(next(&mut x) % users.len() as u64) as usize].clone();
-                    let kind = next(&mut x) % 10;
+                    let any_user = rng.pick(users).clone();
+                    let kind = rng.below(10);
                     let ops = |op: &str, path: &str, value: Value| {
                         json!({"schemas": [patch], "Operations": [{"op": op, "path": path, "value": value}]})
                     };
                     let (method, path, body) = match kind {
-                        0..=2 => ("PATCH", format!("/Groups/{g}"), ops("add", "members", json!(some(&mut x, 5)))),
-                        3 => ("PATCH", format!("/Groups/{g}"), ops("remove", "members", json!(some(&mut x, 3)))),
-                        4 => ("PATCH", format!("/Groups/{g}"), ops("replace", "members", json!(some(&mut x, 4)))),
+                        0..=2 => ("PATCH", format!("/Groups/{g}"), ops("add", "members", json!(some(&mut rng, 5)))),
+                        3 => ("PATCH", format!("/Groups/{g}"), ops("remove", "members", json!(some(&mut rng, 3)))),
+                        4 => ("PATCH", format!("/Groups/{g}"), ops("replace", "members", json!(some(&mut rng, 4)))),
                         5 => (
                             "PUT",
                             format!("/Groups/{g}"),
-                            json!({"schemas": [group], "displayName": format!("team-{t}-{round}"), "members": some(&mut x, 4)}),
+                            json!({"schemas": [group], "displayName": format!("team-{t}-{round}"), "members": some(&mut rng, 4)}),
                         ),
                         6 => ("DELETE", format!("/Users/{any_user}"), Value::Null),
                         7 => (
@@ -328,7 +321,7 @@ fn racing_membership_changes_and_deletes_through_two_instances_answer_no_5xx() {
                                  "data": {"schemas": [patch], "Operations": [{"op": "add", "path": "members",
                                     "value": [{"value": "bulkId:n"}]}]}},
                                 {"method": "PATCH", "path": format!("/Groups/{g}"),
-                                 "data": ops("add", "members", json!(some(&mut x, 3)))},
+                                 "data": ops("add", "members", json!(some(&mut rng, 3)))},
                             ]}),
                         ),
                     };
